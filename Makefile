@@ -1,0 +1,33 @@
+# `make demo` and `make test` work on a fresh machine: both build .venv and install everything first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# uv resolves Airflow's dependency tree in seconds where pip takes minutes.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/python -m airflow_provider_imggen.demo --output demo-output
+
+bench: install
+	$(BIN)/python benchmarks/bench_import_cost.py
+	$(BIN)/python benchmarks/bench_hook_overhead.py
+
+clean:
+	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .mypy_cache .ruff_cache

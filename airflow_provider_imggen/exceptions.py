@@ -1,0 +1,73 @@
+"""Exceptions raised by the image generation provider."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+class ImageGenerationError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class ImageGenerationValidationError(AirflowFailException, ValueError):
+    """
+    A request parameter is invalid; raised before any (billable) request is sent.
+
+    It derives from ``AirflowFailException`` so Airflow does not retry a task that can never
+    succeed, and from ``ValueError`` so plain Python callers can catch it the usual way.
+    """
+
+    def __init__(self, parameter: str, value: object, allowed: str) -> None:
+        self.parameter = parameter
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value)
+        if len(shown) > 120:
+            shown = f"{shown[:100]}... ({len(value) if hasattr(value, '__len__') else '?'} characters)"
+        super().__init__(f"Invalid {parameter}={shown}: {allowed}")
+
+
+class ImageGenerationAPIError(ImageGenerationError):
+    """
+    The API answered with an error (or could not be reached).
+
+    :param message: the API's own message (with the API key redacted)
+    :param status: HTTP status, or ``None`` when no response arrived
+    :param code: the API's error code (``InvalidParameter``, ``invalid_api_key``...)
+    :param request_id: the request id the API reported, for support tickets
+    :param param: the request parameter the API blamed, when it says
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.param = param
+        details = [
+            f"{name}={value}"
+            for name, value in (
+                ("status", status),
+                ("code", code),
+                ("param", param),
+                ("request_id", request_id),
+            )
+            if value is not None
+        ]
+        super().__init__(f"{message} ({', '.join(details)})" if details else message)
+
+
+class ImageGenerationRejectedError(ImageGenerationAPIError, AirflowFailException):
+    """
+    The API refused the request for a reason a retry cannot fix (bad parameter, bad key, no quota).
+
+    Airflow does not retry tasks failing with it: a retry would fail again, or bill again.
+    """

@@ -1,0 +1,81 @@
+"""
+Provider metadata for Airflow's providers manager.
+
+Airflow imports this module whenever ``airflow`` itself is imported, so it must stay stdlib-only and cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_imggen import __version__
+
+INTEGRATION = "Image Generation"
+# Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
+# there because this module is loaded on every `import airflow`.
+KNOWN_MODEL_NAMES = ["qwen-image", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-imggen",
+        "name": "Image Generation",
+        "description": "Generate images from text (qwen-image, wan2.2-t2i via OpenAI-compatible gateways "
+        "or DashScope) and land them, with their metadata, in S3.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://pypi.org/project/airflow-provider-imggen/",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.hooks.image_generation"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "imggen",
+                "hook-class-name": "airflow_provider_imggen.hooks.image_generation.ImageGenerationHook",
+                "hook-name": "Image Generation",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API Key", "host": "Base URL"},
+                    "placeholders": {
+                        "host": "https://gateway.example.com/v1",
+                        "password": "sk-...",
+                    },
+                },
+                "conn-fields": {
+                    "default_model": {
+                        "label": "Default model",
+                        "description": "Model used when a task names none, e.g. "
+                        + ", ".join(KNOWN_MODEL_NAMES)
+                        + " (any name the gateway serves is accepted).",
+                        "schema": {"type": ["string", "null"], "examples": KNOWN_MODEL_NAMES},
+                    },
+                    "request_timeout": {
+                        "label": "Request timeout (seconds)",
+                        "description": "Read timeout of one generation request; slow models take tens "
+                        "of seconds.",
+                        "schema": {"type": ["number", "null"], "minimum": 1, "default": 180},
+                    },
+                    "max_retries": {
+                        "label": "Maximum retries",
+                        "description": "Retries on throttling (429), server errors (5xx), timeouts (408) and "
+                        "connection errors, with exponential backoff honouring Retry-After.",
+                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 3},
+                    },
+                    "api_style": {
+                        "label": "API style",
+                        "description": "openai: a gateway serving POST /v1/images/generations. "
+                        "dashscope: the native asynchronous task API.",
+                        "schema": {"type": "string", "enum": ["openai", "dashscope"], "default": "openai"},
+                    },
+                },
+            }
+        ],
+    }

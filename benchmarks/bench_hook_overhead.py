@@ -1,0 +1,122 @@
+"""
+Per-request overhead of ImageGenerationHook.generate_images against the in-process emulator.
+
+The same request is sent --requests times by three clients, in interleaved rounds so machine noise hits
+all alike: the anchor (a bare ``requests.Session().post``, no validation, parsing or retries), the hook,
+and the official openai client. Targets: hook <= 1.10x the anchor, and faster than the openai client.
+
+    python benchmarks/bench_hook_overhead.py [--requests 200] [--rounds 5] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-hook-"))
+
+API_KEY = "sk-bench"
+PROMPT = "A C4D-style e-commerce promotion poster in blue tones, presenting a fresh and lively vibe"
+BODY = {
+    "model": "wan2.2-t2i-flash",
+    "prompt": PROMPT,
+    "n": 1,
+    "size": "1024x1024",
+    "response_format": "url",
+    "seed": "42",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--requests", type=int, default=200, help="requests per client (split over rounds)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+
+    import requests
+    from openai import OpenAI
+
+    from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY)) as emulator:
+        os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"] = json.dumps(
+            {"conn_type": "imggen", "host": f"{emulator.base_url}/v1", "password": API_KEY}
+        )
+        # Task logs go to a file in Airflow; keep the terminal out of the measurement but keep the formatting.
+        logging.basicConfig(level=logging.INFO, handlers=[logging.FileHandler(os.devnull)], force=True)
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {API_KEY}"
+        url = f"{emulator.base_url}/v1/images/generations"
+
+        def bare() -> None:
+            response = session.post(url, json=BODY, timeout=30)
+            response.raise_for_status()
+            response.json()
+
+        hook = ImageGenerationHook()
+
+        def via_hook() -> None:
+            hook.generate_images(PROMPT, model="wan2.2-t2i-flash", n=1, size="1024x1024", seed=42)
+
+        client = OpenAI(base_url=f"{emulator.base_url}/v1", api_key=API_KEY, max_retries=0)
+
+        def via_openai() -> None:
+            client.images.generate(
+                prompt=PROMPT,
+                model="wan2.2-t2i-flash",
+                n=1,
+                size="1024x1024",
+                response_format="url",
+                extra_body={"seed": "42"},
+            )
+
+        clients: dict[str, Callable[[], None]] = {
+            "anchor: bare requests.Session().post": bare,
+            "ImageGenerationHook.generate_images": via_hook,
+            "openai client images.generate": via_openai,
+        }
+        for call in clients.values():  # warm connections and code paths
+            for _ in range(5):
+                call()
+        per_round = max(1, args.requests // args.rounds)
+        totals: dict[str, list[float]] = {label: [] for label in clients}
+        for _ in range(args.rounds):
+            for label, call in clients.items():
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    call()
+                totals[label].append(time.perf_counter() - started)
+        billed = emulator.billed_images()
+
+    anchor_label = next(iter(clients))
+    anchor = statistics.median(totals[anchor_label])
+    hook_ratio = statistics.median(totals["ImageGenerationHook.generate_images"]) / anchor
+    openai_ratio = statistics.median(totals["openai client images.generate"]) / anchor
+    print(
+        f"{per_round * args.rounds} sequential requests per client, {args.rounds} interleaved rounds; "
+        f"{billed} images billed by the emulator"
+    )
+    for label, values in totals.items():
+        median = statistics.median(values)
+        print(f"{label:<40} {median / per_round * 1000:7.2f} ms/request  {median / anchor:5.3f}x")
+    hook_ok = hook_ratio <= 1.10
+    faster = hook_ratio < openai_ratio
+    print(
+        f"hook <= 1.10x anchor: {'ok' if hook_ok else 'MISSED'} ({hook_ratio:.3f}x); "
+        f"hook faster than openai client: {'ok' if faster else 'MISSED'} "
+        f"({hook_ratio:.3f}x vs {openai_ratio:.3f}x)"
+    )
+    return 1 if args.check and not (hook_ok and faster) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
