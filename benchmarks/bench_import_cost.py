@@ -37,7 +37,7 @@ def time_once(statement: str, env: dict[str, str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target ratio is missed")
     args = parser.parse_args()
 

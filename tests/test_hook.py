@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -173,7 +174,6 @@ def test_wrong_key_is_rejected_without_retry_and_never_shown(
     assert error.request_id
     # The emulator echoes the key it was sent, as some gateways do; the hook must redact it.
     assert "Incorrect API key provided" in str(error)
-    assert "Requesting 1 image(s)" in logged
     for text in (str(error), repr(error), repr(hook), repr(hook.settings), logged):
         assert wrong_key not in text
     assert len(generation_requests(emulator)) == 1
@@ -268,7 +268,7 @@ def test_key_never_in_logs(imggen_conn: EmulatorServer, capfd: pytest.CaptureFix
     assert hook.test_connection()[0] is False
 
     logged = "".join(capfd.readouterr())
-    assert "Requesting 2 image(s)" in logged and "retrying in" in logged
+    assert "Generated 2 image(s)" in logged and "retrying in" in logged
     for text in (logged, str(raised.value), repr(hook), repr(result), repr(hook.settings)):
         assert API_KEY not in text
     # Result URLs are logged, but never with their signature.
@@ -308,3 +308,31 @@ def test_mask_url() -> None:
         mask_url(url) == "https://bucket.oss.example.com/a/b.png?Expires=***&OSSAccessKeyId=***&Signature=***"
     )
     assert mask_url("https://example.com/x.png") == "https://example.com/x.png"
+
+
+def test_proxy_variables_are_honoured(imggen_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    with pytest.raises(ImageGenerationAPIError, match="ProxyError"):
+        fast_hook(max_retries=0).generate_images("a cat", size="512x512")
+    assert imggen_conn.requests_log() == []
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert len(fast_hook().generate_images("a cat", size="512x512").images) == 1
+
+
+def test_netrc_never_replaces_the_bearer_key(
+    imggen_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # requests applies ~/.netrc credentials over a session's Authorization header unless told not to.
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password sk-from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert len(fast_hook().generate_images("a cat", size="512x512").images) == 1

@@ -196,6 +196,9 @@ class ImageGenerationHook(BaseHook):
         from airflow_provider_imggen import __version__
 
         session = requests.Session()
+        # Proxy and CA-bundle variables are resolved once per host (see _environment_settings) rather than
+        # on every request, and ~/.netrc is ignored: requests would let its credentials replace the key.
+        session.trust_env = False
         session.headers.update(
             {
                 "Authorization": f"Bearer {self.settings.api_key}",
@@ -205,6 +208,26 @@ class ImageGenerationHook(BaseHook):
             }
         )
         return session
+
+    def _environment_settings(self, url: str) -> dict[str, Any]:
+        """``proxies`` and ``verify`` for a URL from the environment, as requests would find them."""
+        import os
+
+        from requests.utils import get_environ_proxies
+
+        host = urlsplit(url)[:2]
+        settings = self._environment_cache.get(host)
+        if settings is None:
+            settings = {
+                "proxies": get_environ_proxies(url),
+                "verify": os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True,
+            }
+            self._environment_cache[host] = settings
+        return settings
+
+    @cached_property
+    def _environment_cache(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
 
     def close(self) -> None:
         """Close the pooled HTTP session (``on_kill`` calls this to abort a request in flight)."""
@@ -303,30 +326,24 @@ class ImageGenerationHook(BaseHook):
 
     def _generate_openai(self, request: GenerationRequest, *, timeout: float | None) -> ImageGenerationResult:
         url = f"{self.settings.base_url}/v1/images/generations"
-        self.log.info(
-            "Requesting %d image(s): model=%s size=%s seed=%s response_format=%s prompt=%r",
-            request.n,
-            request.model,
-            request.size,
-            request.seed,
-            request.response_format,
-            request.prompt[:PROMPT_LOG_CHARS],
-        )
+        self.log.debug("POST %s: model=%s n=%d size=%s", url, request.model, request.n, request.size)
         started = time.monotonic()
         body, request_id = self._request_json("POST", url, json=request.to_openai_body(), timeout=timeout)
         result = self._parse_openai_result(body, request, request_id)
+        # One line per request: enough to find, reproduce and bill-check it; URLs masked, never the key.
         self.log.info(
-            "Generated %d image(s) in %.2fs: model=%s request_id=%s",
+            "Generated %d image(s) in %.2fs: model=%s size=%s seed=%s request_id=%s prompt=%r urls=%s",
             len(result.images),
             time.monotonic() - started,
             result.model,
+            request.size,
+            request.seed,
             result.request_id,
+            request.prompt[:PROMPT_LOG_CHARS],
+            [image.masked_url for image in result.images]
+            if request.response_format == "url"
+            else "(b64_json)",
         )
-        for image in result.images:
-            if image.url:
-                self.log.info(
-                    "Image %d: %s (expires %s)", image.index, image.masked_url, image.url_expires_at
-                )
         return result
 
     def _parse_openai_result(
@@ -424,7 +441,11 @@ class ImageGenerationHook(BaseHook):
             ):
                 with attempt:
                     response = self.get_conn().request(
-                        method, url, timeout=(self.connect_timeout, timeout), **kwargs
+                        method,
+                        url,
+                        timeout=(self.connect_timeout, timeout),
+                        **self._environment_settings(url),
+                        **kwargs,
                     )
                     return self._json_or_raise(response)
         except _RetryableAPIError as error:
