@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +57,57 @@ def imggen_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Em
         monkeypatch, f"{emulator.base_url}/v1", default_model="wan2.2-t2i-flash", max_retries=3
     )
     return emulator
+
+
+AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
+TESTS_DIR = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of a fresh AIRFLOW_HOME with a migrated SQLite metadata DB, for the CLI and `dags test`."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **{
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+        },
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(TESTS_DIR / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+    }
+    subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    return env
+
+
+def run_dag(
+    airflow_env: dict[str, str], dag_id: str, dag_file: Path, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """`airflow dags test` one DAG file; returns the finished process (output captured)."""
+    return subprocess.run(
+        [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(dag_file)],
+        env={**airflow_env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def dag_run_rows(airflow_env: dict[str, str], dag_id: str, table: str, columns: str) -> list[tuple]:
+    """Rows of one metadata table for the latest run of a DAG (XComs, rendered fields...)."""
+    database = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as db:
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        return db.execute(
+            f"SELECT {columns} FROM {table} WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+        ).fetchall()
+
+
+def emulator_connection_env(emulator: EmulatorServer, **extra: object) -> dict[str, str]:
+    """AIRFLOW_CONN_IMGGEN_DEFAULT for a subprocess, pointing at the emulator."""
+    conn = {"conn_type": "imggen", "host": f"{emulator.base_url}/v1", "password": API_KEY, "extra": extra}
+    return {"AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(conn)}

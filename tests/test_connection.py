@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,7 @@ from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.get_provider_info import KNOWN_MODEL_NAMES, get_provider_info
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, parse_connection
 from airflow_provider_imggen.models import KNOWN_MODELS
-from tests.conftest import API_KEY
-
-AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
+from tests.conftest import AIRFLOW_BIN, API_KEY
 
 
 def make_conn(**fields: object) -> Connection:
@@ -124,21 +120,6 @@ def test_connection_from_json_env_var(emulator: EmulatorServer, monkeypatch: pyt
     monkeypatch.setenv("AIRFLOW_CONN_IMGGEN_JSON", json.dumps(conn))
     result = ImageGenerationHook(imggen_conn_id="imggen_json").generate_images("a cat", size="512x512")
     assert result.model == "wan2.2-t2i-plus"
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A fresh AIRFLOW_HOME with a migrated SQLite metadata DB, for the CLI."""
-    home = tmp_path_factory.mktemp("airflow-cli-home")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-    }
-    env = {key: value for key, value in env.items() if not key.startswith("AIRFLOW_CONN_")}
-    subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    return env
 
 
 def test_airflow_providers_list_shows_the_provider(airflow_env: dict[str, str]) -> None:
