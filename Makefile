@@ -28,6 +28,8 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/bench_import_cost.py
 	$(BIN)/python benchmarks/bench_hook_overhead.py
+	$(BIN)/python benchmarks/bench_transfer_memory.py
+	$(BIN)/python benchmarks/bench_transfer_concurrency.py
 
 clean:
 	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .mypy_cache .ruff_cache

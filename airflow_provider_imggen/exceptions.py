@@ -71,3 +71,22 @@ class ImageGenerationRejectedError(ImageGenerationAPIError, AirflowFailException
 
     Airflow does not retry tasks failing with it: a retry would fail again, or bill again.
     """
+
+
+class ImageTransferError(ImageGenerationError):
+    """
+    Storing generated images failed in a way a task retry may fix (downloads kept failing, S3 errored).
+
+    A retry downloads again from the still-valid result URLs: it never generates (and bills) again.
+    """
+
+
+class ImageTransferRejectedError(ImageTransferError, AirflowFailException):
+    """
+    Storing generated images failed for a reason a retry cannot fix: the content is not an image or is
+    too large, keys collide, or an existing object holds different content. Nothing was overwritten.
+    """
+
+
+class ImageResultExpiredError(ImageTransferRejectedError):
+    """A signed result URL has expired (or was refused): the generation task must be re-run."""

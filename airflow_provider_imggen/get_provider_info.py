@@ -36,6 +36,20 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_imggen.hooks.image_generation"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.operators.image_generation"],
+            }
+        ],
+        "transfers": [
+            {
+                "source-integration-name": INTEGRATION,
+                "target-integration-name": "Amazon Simple Storage Service (S3)",
+                "python-module": "airflow_provider_imggen.transfers.image_generation_to_s3",
+            }
+        ],
+        "extra-links": ["airflow_provider_imggen.transfers.image_generation_to_s3.S3ImageLink"],
         "connection-types": [
             {
                 "connection-type": "imggen",

@@ -1,0 +1,1 @@
+"""Transfer operators: move generated images where they are kept."""
