@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_hook_overhead.py
 	$(BIN)/python benchmarks/bench_transfer_memory.py
 	$(BIN)/python benchmarks/bench_transfer_concurrency.py
+	$(BIN)/python benchmarks/bench_pipeline_faults.py
 
 clean:
 	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,87 +1,213 @@
 """
-``make demo``: generate images offline, on embedded defaults, and show where they landed.
+``make demo``: run the example content pipeline end to end, offline, and show where the images landed.
 
-Starts the emulator on a free loopback port, defines the ``imggen_default`` connection through the
-environment (as a deployment would), generates images with :class:`ImageGenerationHook`, downloads them
-from their signed URLs into the output folder and prints each file's size, dimensions and checksum.
+Starts the API emulator and a local S3 endpoint (moto_server) on free loopback ports, points the
+``imggen_default`` and ``aws_default`` connections at them through the environment, runs the pipeline with
+``airflow dags test`` on a throw-away SQLite metadata DB, copies the stored objects to the output folder
+and prints each S3 URI, size, dimensions and checksum. The servers it started are stopped on the way out,
+also when something fails. ``offline_stack`` is reused by benchmarks/bench_pipeline_faults.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
-import struct
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEMO_API_KEY = "sk-demo-emulator"
-DEMO_REQUESTS = [
-    {
-        "prompt": "A C4D-style e-commerce poster in blue tones, bold 3D text 'Double 11 pre-sale'",
-        "model": "qwen-image",
-        "size": "1328x1328",
-        "seed": 123456,
-    },
-    {
-        "prompt": "Product shot of a ceramic coffee mug on a wooden table, morning light",
-        "model": "wan2.2-t2i-flash",
-        "size": "1024*768",
-        "n": 2,
-        "seed": 42,
-        "negative_prompt": "low resolution, blurry",
-    },
-]
+DAG_ID = "example_content_pipeline"
+BUCKET = "imggen-content"
 
 
-def png_dimensions(data: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def background(command: list[str], probe_url: str, log_path: Path) -> Iterator[None]:
+    """Run a server until the block ends; wait until ``probe_url`` answers first."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(probe_url, timeout=2).close()
+                    break
+                except OSError as error:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{command[0]} did not start (see {log_path})") from error
+                    time.sleep(0.2)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@dataclass(frozen=True)
+class OfflineStack:
+    """The emulator, moto_server and an Airflow environment (SQLite) wired together through env vars."""
+
+    work: Path
+    dags_folder: Path
+    env: dict[str, str]
+    emulator_url: str
+    s3_endpoint: str
+
+    def emulator_admin(self, path: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
+        """Call the emulator's admin API (``/_emulator/...``)."""
+        request = urllib.request.Request(
+            f"{self.emulator_url}/_emulator/{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)
+
+    def run_dag(
+        self, dag_id: str, log_path: Path, conf: dict[str, Any] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """``airflow dags test`` one DAG of the dags folder, its output written to ``log_path``."""
+        command = [
+            str(Path(sys.executable).parent / "airflow"),
+            "dags",
+            "test",
+            dag_id,
+            "--dagfile-path",
+            str(self.dags_folder / f"{dag_id}.py"),
+        ]
+        if conf is not None:
+            command += ["--conf", json.dumps(conf)]
+        with log_path.open("w") as log:
+            return subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def offline_stack(
+    dags_folder: Path, *, emulator_args: Sequence[str] = (), extra_env: dict[str, str] | None = None
+) -> Iterator[OfflineStack]:
+    """
+    Start the emulator and moto_server on free ports and migrate a fresh SQLite metadata DB.
+
+    Also sets the connections in this process's environment, so that S3Hook here reads the same bucket.
+    """
+    bin_dir = Path(sys.executable).parent
+    work = Path(tempfile.mkdtemp(prefix="imggen-demo-"))
+    emulator_port, s3_port = free_port(), free_port()
+    emulator_url = f"http://127.0.0.1:{emulator_port}"
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(work / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work}/airflow.db",
+        "AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(
+            {"conn_type": "imggen", "host": f"{emulator_url}/v1", "password": DEMO_API_KEY}
+        ),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "demo",
+                "password": "demo-secret",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            }
+        ),
+        **(extra_env or {}),
+    }
+    os.environ.update(env)
+    with ExitStack() as servers:
+        servers.enter_context(
+            background(
+                [
+                    sys.executable,
+                    "-m",
+                    "airflow_provider_imggen.emulator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(emulator_port),
+                    "--api-key",
+                    DEMO_API_KEY,
+                    *emulator_args,
+                ],
+                f"{emulator_url}/_emulator/faults",
+                work / "emulator.log",
+            )
+        )
+        servers.enter_context(
+            background(
+                [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                f"{s3_endpoint}/",
+                work / "moto.log",
+            )
+        )
+        subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+        yield OfflineStack(work, dags_folder, env, emulator_url, s3_endpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--output", type=Path, default=Path("demo-output"), help="folder for the images")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("demo-output"), help="where to copy the images")
+    parser.add_argument("--dags-folder", type=Path, default=Path("example_dags"))
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="imggen-demo-airflow-"))
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    print("Starting the emulator and S3 (moto_server) on free loopback ports, migrating SQLite...")
+    with offline_stack(args.dags_folder.resolve()) as stack:
+        print(f"Emulator: {stack.emulator_url}  S3: {stack.s3_endpoint}  work dir: {stack.work}")
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    import requests
+        s3 = S3Hook(aws_conn_id="aws_default")
+        s3.create_bucket(bucket_name=BUCKET)
 
-    from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
-    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+        run_log = stack.work / "dag-run.log"
+        print(f"Running {DAG_ID} with airflow dags test (task logs: {run_log})...")
+        finished = stack.run_dag(DAG_ID, run_log)
+        if finished.returncode != 0:
+            print(run_log.read_text()[-4000:])
+            print(f"The pipeline failed (exit {finished.returncode}); full log: {run_log}")
+            return finished.returncode
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    with EmulatorServer(EmulatorConfig(api_key=DEMO_API_KEY)) as emulator:
-        print(f"Emulator listening on {emulator.base_url}")
-        os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"] = json.dumps(
-            {"conn_type": "imggen", "host": f"{emulator.base_url}/v1", "password": DEMO_API_KEY}
-        )
-        hook = ImageGenerationHook()
-        for request in DEMO_REQUESTS:
-            params = dict(request)
-            prompt = str(params.pop("prompt"))
-            result = hook.generate_images(prompt, **params)  # type: ignore[arg-type]
-            print(f"\n{result.model} request_id={result.request_id}: {prompt!r}")
-            for image in result.images:
-                assert image.url is not None
-                data = requests.get(image.url, timeout=30).content
-                seed = int(result.parameters["seed"]) + image.index
-                path = args.output / f"{result.model}-seed{seed}-{image.index}.png"
-                path.write_bytes(data)
-                width, height = png_dimensions(data)
-                print(
-                    f"  {path}  {len(data):>9,} bytes  {width}x{height}  "
-                    f"sha256={hashlib.sha256(data).hexdigest()}"
-                )
-                print(f"    from {image.masked_url} (expires {image.url_expires_at:%Y-%m-%d %H:%M} UTC)")
-        print(f"\nBilled images (emulator request log): {emulator.billed_images()}")
-    print(f"Images are in {args.output.resolve()}")
+        from PIL import Image
+
+        if args.output.exists():
+            shutil.rmtree(args.output)
+        keys = sorted(s3.list_keys(bucket_name=BUCKET) or [])
+        print(f"\n{len(keys)} images landed in s3://{BUCKET}:")
+        for key in keys:
+            obj = s3.get_key(key, bucket_name=BUCKET)
+            data = obj.get()["Body"].read()
+            local = args.output / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            width, height = Image.open(io.BytesIO(data)).size
+            print(
+                f"  s3://{BUCKET}/{key}  {len(data):>9,} bytes  {width}x{height}  {obj.content_type}  "
+                f"sha256={hashlib.sha256(data).hexdigest()}"
+            )
+            print(f"    metadata {obj.metadata}")
+        billed = stack.emulator_admin("requests")["billed_images"]
+        print(f"\nImages billed by the emulator: {billed}. Copies of the objects: {args.output.resolve()}")
     return 0
 
 

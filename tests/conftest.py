@@ -83,11 +83,18 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def run_dag(
-    airflow_env: dict[str, str], dag_id: str, dag_file: Path, **extra_env: str
+    airflow_env: dict[str, str],
+    dag_id: str,
+    dag_file: Path,
+    conf: dict[str, object] | None = None,
+    **extra_env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`airflow dags test` one DAG file; returns the finished process (output captured)."""
+    """`airflow dags test` one DAG file (``conf`` overrides params); returns the finished process."""
+    command = [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(dag_file)]
+    if conf is not None:
+        command += ["--conf", json.dumps(conf)]
     return subprocess.run(
-        [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(dag_file)],
+        command,
         env={**airflow_env, **extra_env},
         capture_output=True,
         text=True,

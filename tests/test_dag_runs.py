@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
 from tests.conftest import API_KEY, TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag
 
+if TYPE_CHECKING:
+    from tests.s3_fixtures import S3Bucket
+
+pytest_plugins = ["tests.s3_fixtures"]
+
 TEST_DAGS = TESTS_DIR / "dags" / "imggen_test_dags.py"
 EXAMPLE_DAGS = TESTS_DIR.parent / "example_dags"
 
 
 def xcoms(airflow_env: dict[str, str], dag_id: str) -> dict[tuple[str, int], object]:
-    rows = dag_run_rows(airflow_env, dag_id, "xcom", "task_id, map_index, value")
-    return {(task_id, map_index): json.loads(value) for task_id, map_index, value in rows}
+    rows = [
+        (task_id, map_index, value)
+        for task_id, map_index, key, value in dag_run_rows(
+            airflow_env, dag_id, "xcom", "task_id, map_index, key, value"
+        )
+        if key == "return_value"
+    ]
+    # SQLite's JSON column hands back plain numbers as numbers.
+    return {
+        (task_id, map_index): json.loads(value) if isinstance(value, str | bytes) else value
+        for task_id, map_index, value in rows
+    }
 
 
 def assert_key_nowhere(airflow_env: dict[str, str], dag_id: str, *outputs: str) -> None:
@@ -103,3 +120,50 @@ def test_example_dag_runs(airflow_env: dict[str, str], emulator: EmulatorServer,
     assert isinstance(metadata, dict) and metadata["model"] == "qwen-image"
     assert "watercolour style" in metadata["prompt"]
     assert emulator.billed_images() == 1
+
+
+def test_example_content_pipeline_lands_images_and_metadata_in_s3(
+    airflow_env: dict[str, str], emulator: EmulatorServer, s3: S3Bucket
+) -> None:
+    from tests.s3_fixtures import aws_connection
+
+    dag_id = "example_content_pipeline"
+    subjects = ["a teapot on a windowsill", "a bicycle against a brick wall"]
+    finished = run_dag(
+        {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)},
+        dag_id,
+        EXAMPLE_DAGS / f"{dag_id}.py",
+        conf={"bucket": s3.name, "subjects": subjects},
+        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(s3.endpoint_url),
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        **emulator_connection_env(emulator),
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    results = xcoms(airflow_env, dag_id)
+    stored = results[("store_in_s3", -1)]
+    assert isinstance(stored, list) and len(stored) == 2 * len(subjects)
+    (logical_date,) = {row[0][:10] for row in dag_run_rows(airflow_env, dag_id, "dag_run", "logical_date")}
+    assert s3.object_keys() == sorted(entry["key"] for entry in stored)
+    for entry in stored:
+        assert entry["key"].startswith(f"campaigns/{logical_date}/")
+        body = s3.read(entry["key"])
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+        assert (len(body), entry["width"], entry["height"]) == (entry["bytes"], 1024, 768)
+        assert s3.head(entry["key"])["ContentType"] == "image/png"
+        assert subjects[entry["generation"]] in entry["prompt"]
+    # Each mapped generation's metadata reached the transfer: seeds and request ids match its XCom.
+    for map_index in range(len(subjects)):
+        generation = results[("generate", map_index)]
+        assert isinstance(generation, dict)
+        mine = [entry for entry in stored if entry["generation"] == map_index]
+        assert {entry["request_id"] for entry in mine} == {generation["request_id"]}
+        assert sorted(entry["seed"] for entry in mine) == [image["seed"] for image in generation["images"]]
+    summary = results[("summarize", -1)]
+    assert isinstance(summary, dict)
+    assert summary["images"] == len(stored)
+    assert summary["objects"] == [entry["s3_uri"] for entry in stored]
+    assert emulator.billed_images() == len(stored)
+    assert len(json.dumps(stored)) < 64 * 1024
+    assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
