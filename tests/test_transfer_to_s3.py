@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -535,6 +536,26 @@ def test_a_different_existing_object_fails_and_nothing_is_uploaded(
     assert s3.read("d/1.png") == b"older content"
 
 
+def test_a_failed_upload_is_retried_from_the_same_generation_without_billing_again(
+    imggen_conn: EmulatorServer, s3: S3Bucket
+) -> None:
+    generation = generate(n=2)
+    billed = imggen_conn.billed_images()
+    missing_bucket = f"{s3.name}-not-yet"
+
+    with pytest.raises(ImageTransferError, match=r"Uploading image 0 .* failed.*NoSuchBucket") as raised:
+        run(make_operator(generation=generation, s3_bucket=missing_bucket, s3_key="u/{index}.png"))
+    # An Airflow retry is allowed (the cause may be transient) ...
+    assert not isinstance(raised.value, AirflowFailException)
+
+    # ... and the retry stores the images the generation already paid for.
+    s3.client.create_bucket(Bucket=missing_bucket)
+    stored = run(make_operator(generation=generation, s3_bucket=missing_bucket, s3_key="u/{index}.png"))
+    assert [entry["key"] for entry in stored] == ["u/0.png", "u/1.png"]
+    assert [entry["skipped"] for entry in stored] == [False, False]
+    assert imggen_conn.billed_images() == billed == 2
+
+
 def test_replace_overwrites(imggen_conn: EmulatorServer, s3: S3Bucket) -> None:
     s3.client.put_object(Bucket=s3.name, Key="w/0.png", Body=b"older content")
     generation = generate(n=1)
@@ -784,6 +805,19 @@ def test_at_most_max_concurrency_downloads_run_at_once(s3: S3Bucket, limit: int)
         )
     assert server.peak == limit
     assert len(s3.object_keys()) == 8
+
+
+def test_parts_upload_in_sequence_unless_the_connection_says_otherwise(
+    s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images run concurrently already; boto3's per-image part threads cost ~18 MB (bench_transfer_memory)."""
+    operator = make_operator(generation="https://example.com/a.png", s3_bucket=s3.name, s3_key="a.png")
+    assert operator.get_s3_hook().transfer_config.use_threads is False
+
+    connection = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    connection["extra"]["service_config"] = {"s3": {"transfer_config_args": {"use_threads": True}}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    assert operator.get_s3_hook().transfer_config.use_threads is True
 
 
 # -- a real DAG run -----------------------------------------------------------------------------------
