@@ -33,8 +33,7 @@ from airflow_provider_imggen.exceptions import (
     ImageTransferError,
     ImageTransferRejectedError,
 )
-from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, ImageGenerationResult
-from airflow_provider_imggen.models import MAX_SEED
+from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
 from airflow_provider_imggen.transfers.image_generation_to_s3 import ImageGenerationToS3Operator, S3ImageLink
 from tests.conftest import (
     API_KEY,
@@ -75,48 +74,6 @@ XCOM_KEYS = {
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def generation_xcom(
-    result: ImageGenerationResult, seed: int, output_dir: Path | None = None
-) -> dict[str, Any]:
-    """What ImageGenerationOperator pushes for ``result`` (b64_json images written under ``output_dir``)."""
-    images = []
-    for image in result.images:
-        entry: dict[str, Any] = {
-            "index": image.index,
-            "seed": (seed + image.index) % (MAX_SEED + 1),
-            "url": image.url,
-            "url_expires_at": image.url_expires_at.isoformat() if image.url_expires_at else None,
-            "revised_prompt": image.revised_prompt,
-            "location": None,
-            "bytes": None,
-            "sha256": None,
-        }
-        if image.data is not None:
-            assert output_dir is not None
-            path = output_dir / f"{result.request_id}-{image.index}.png"
-            path.write_bytes(image.data)
-            entry.update(
-                location=path.as_uri(), bytes=len(image.data), sha256=hashlib.sha256(image.data).hexdigest()
-            )
-        images.append(entry)
-    parameters = result.parameters
-    return {
-        "model": result.model,
-        "prompt": parameters["prompt"],
-        "negative_prompt": parameters.get("negative_prompt"),
-        "size": parameters["size"],
-        "n": parameters["n"],
-        "seed": seed,
-        "response_format": parameters["response_format"],
-        "prompt_upsampling": parameters.get("prompt_upsampling"),
-        "created": result.created,
-        "created_at": result.created_at.isoformat(),
-        "request_id": result.request_id,
-        "usage": result.usage,
-        "images": images,
-    }
-
-
 def generate(
     *,
     n: int = 2,
@@ -126,15 +83,22 @@ def generate(
     response_format: str = "url",
     output_dir: Path | None = None,
 ) -> dict[str, Any]:
-    result = ImageGenerationHook().generate_images(
-        prompt,
-        model="wan2.2-t2i-flash",
-        n=n,
-        size=size,
-        seed=seed,
-        response_format=response_format,  # type: ignore[arg-type]
-    )
-    return generation_xcom(result, seed, output_dir)
+    """The XCom a real ImageGenerationOperator pushes (b64_json images written under ``output_dir``)."""
+    with DAG(dag_id="unit", schedule=None, start_date=START):
+        operator = ImageGenerationOperator(
+            task_id="generate",
+            prompt=prompt,
+            model="wan2.2-t2i-flash",
+            n=n,
+            size=size,
+            seed=seed,
+            response_format=response_format,
+            output_path=str(output_dir) if output_dir else None,
+        )
+    ti = StubTaskInstance()
+    context: dict[str, Any] = {"ti": ti, "task_instance": ti}
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+    return operator.execute(context)  # type: ignore[arg-type]
 
 
 def direct_download(url: str) -> bytes:
