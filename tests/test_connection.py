@@ -32,6 +32,8 @@ def make_conn(**fields: object) -> Connection:
         ({"host": "https://openrouter.example/api/v1"}, "https://openrouter.example/api"),
         ({"host": "http://127.0.0.1", "port": 8099, "schema": "v1"}, "http://127.0.0.1:8099"),
         ({"host": "http://127.0.0.1:8099"}, "http://127.0.0.1:8099"),
+        # Airflow 3.3's UI sends port 0 for "no port"; no API listens on port 0.
+        ({"host": "https://gateway.example.com/v1", "port": 0}, "https://gateway.example.com"),
         (
             {"host": "https://dashscope.example.com/api/v1", "extra": {"api_style": "dashscope"}},
             "https://dashscope.example.com",

@@ -1,0 +1,120 @@
+"""
+Airflow plugin of the provider: makes the UI's Test button work for ``imggen`` connections on Airflow 3.3.
+
+Airflow 3.3's connection list posts ``port: Number(connection.port)`` to ``POST /api/v2/connections/test``,
+which is ``0`` for a connection without a port (every ``imggen`` connection: the form hides Port). The API
+server then takes ``0`` for "a different destination than the stored connection" and, because the UI sends
+the masked ``***`` password, answers ``400 Bad Request`` before the hook is ever called. Fixed upstream in
+apache/airflow#73298 (the endpoint treats port 0 as no port).
+
+:class:`ConnectionTestPortFix` rewrites ``port: 0`` to ``null`` in those request bodies, for ``imggen``
+connections only, and does nothing on an Airflow whose endpoint already accepts port 0. No port is ever 0,
+so nothing a user meant is lost. Registered through the ``airflow.plugins`` entry point; this module is
+imported by every Airflow process that loads plugins, so it stays stdlib-only until a request arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CONNECTION_TEST_PATH = "/api/v2/connections/test"
+CONN_TYPE = "imggen"
+
+
+def airflow_rejects_port_zero() -> bool:
+    """Whether this Airflow's connection test endpoint refuses ``port: 0`` for a connection without port."""
+    try:
+        from airflow.api_fastapi.core_api.routes.public.connections import _same_endpoint
+    except ImportError:
+        # The comparison this works around is gone: leave the endpoint alone.
+        return False
+    return not _same_endpoint(0, None)
+
+
+def fix_connection_test_body(body: bytes) -> bytes | None:
+    """The body with ``port: 0`` replaced by ``null`` for an ``imggen`` connection, else ``None``."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or payload.get("conn_type") != CONN_TYPE:
+        return None
+    port = payload.get("port")
+    if port != 0 or isinstance(port, bool):
+        return None
+    payload["port"] = None
+    return json.dumps(payload).encode()
+
+
+class ConnectionTestPortFix:
+    """
+    ASGI middleware: ``port: 0`` → ``null`` in ``POST /api/v2/connections/test`` for ``imggen`` connections.
+
+    :param app: the wrapped ASGI application
+    :param enabled: rewrite bodies; by default only when the installed Airflow still refuses port 0
+    """
+
+    def __init__(self, app: ASGIApp, *, enabled: bool | None = None) -> None:
+        self.app = app
+        self.enabled = airflow_rejects_port_zero() if enabled is None else enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            self.enabled
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].endswith(CONNECTION_TEST_PATH)
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client went away before sending its body: nothing to fix.
+                await self.app(scope, _replay(message, receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        fixed = fix_connection_test_body(body)
+        if fixed is not None:
+            body = fixed
+            headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"content-length"]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        replayed = _replay({"type": "http.request", "body": body, "more_body": False}, receive)
+        await self.app(scope, replayed, send)
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """A ``receive`` that returns ``first`` once, then defers to the original one."""
+    pending = [first]
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replayed
+
+
+class ImageGenerationPlugin(AirflowPlugin):
+    """The provider's API server additions (see the module docstring)."""
+
+    name = "imggen"
+    fastapi_root_middlewares = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
+        {"middleware": ConnectionTestPortFix, "name": "imggen: accept port 0 from the connection Test button"}
+    ]
