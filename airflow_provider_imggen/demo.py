@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def background(command: list[str], probe_url: str, log_path: Path) -> Iterator[None]:
-    """Run a server until the block ends; wait until ``probe_url`` answers first."""
+def background(
+    command: list[str],
+    probe_url: str,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    Run a server in its own process group until the block ends; wait until ``probe_url`` answers first.
+
+    On the way out the whole group is stopped (SIGTERM, then SIGKILL for what is left): servers such as
+    ``airflow standalone`` leave children behind when only their parent is signalled.
+    """
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + start_timeout
             while True:
                 try:
                     urllib.request.urlopen(probe_url, timeout=2).close()
@@ -54,13 +69,25 @@ def background(command: list[str], probe_url: str, log_path: Path) -> Iterator[N
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{command[0]} did not start (see {log_path})") from error
                     time.sleep(0.2)
-            yield
+            yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float = 20) -> None:
+    """SIGTERM the process group led by ``process``; SIGKILL whatever still runs after the grace period."""
+    deadline = time.monotonic() + grace_seconds
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    # Children may outlive the leader for a moment while they shut down.
+    with suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(process.pid, 0)
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @dataclass(frozen=True)
