@@ -175,20 +175,20 @@ class StaticServer:
                     server._condition.wait_for(
                         lambda: server.in_flight >= server.hold_for, timeout=hold_seconds
                     )
-                try:
-                    route = server.routes.get(path, {"status": 404, "body": b"missing"})
-                    status = route["status"]
-                    if route.get("fail_first", 0) >= server.hits[path]:
-                        status = 503
-                    self.send_response(status)
-                    self.send_header("Content-Type", route.get("content_type", "image/png"))
-                    if route.get("content_length", True):
-                        self.send_header("Content-Length", str(len(route["body"])))
-                    self.end_headers()
-                    self.wfile.write(route["body"])
-                finally:
-                    with server._condition:
-                        server.in_flight -= 1
+                    # Counted out before answering: the client frees its slot only once it has the answer,
+                    # so its next request can never be counted alongside this one (counting out after the
+                    # write raced with that next request on a loaded machine).
+                    server.in_flight -= 1
+                route = server.routes.get(path, {"status": 404, "body": b"missing"})
+                status = route["status"]
+                if route.get("fail_first", 0) >= server.hits[path]:
+                    status = 503
+                self.send_response(status)
+                self.send_header("Content-Type", route.get("content_type", "image/png"))
+                if route.get("content_length", True):
+                    self.send_header("Content-Length", str(len(route["body"])))
+                self.end_headers()
+                self.wfile.write(route["body"])
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -1059,13 +1059,17 @@ class ImageGenerationToS3Operator(BaseOperator):
 
             futures = [pool.submit(guarded, item) for item in items]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((future for future in futures if future in done and future.exception()), None)
-            if failed is not None:
+            if any(future.exception() for future in done):
                 stop.set()
                 for future in futures:
                     future.cancel()
                 wait(futures)
-                error = failed.exception()
+                # The earliest item that failed, whichever thread failed first: the same error every run.
+                error = next(
+                    future.exception()
+                    for future in futures
+                    if not future.cancelled() and future.exception() is not None
+                )
                 assert error is not None
                 raise error
         return [future.result() for future in futures]
