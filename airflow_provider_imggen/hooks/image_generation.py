@@ -10,9 +10,10 @@ task parsing and the error classes: everything but the HTTP client.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -39,6 +40,9 @@ from airflow_provider_imggen.models import (
 from airflow_provider_imggen.utils import mask_url, redact, url_expiry
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    import httpx
     import requests
     from airflow.sdk import Connection
     from tenacity import RetryCallState
@@ -49,6 +53,7 @@ __all__ = [
     "ConnectionSettings",
     "FailedImage",
     "GeneratedImage",
+    "ImageGenerationAsyncHook",
     "ImageGenerationHook",
     "ImageGenerationResult",
     "SubmittedTask",
@@ -280,14 +285,7 @@ class _ImageGenerationHookBase(BaseHook):
     """
     What the blocking and the asyncio hooks share: connection settings, validation, retry policy, parsing.
 
-    :param imggen_conn_id: the :ref:`imggen connection <howto/connection:imggen>` to use
-    :param request_timeout: read timeout in seconds; overrides the connection's ``request_timeout``
-    :param max_retries: retries on throttling, server errors and connection errors; overrides the connection
-    :param connect_timeout: TCP/TLS connect timeout in seconds
-    :param retry_wait_initial: first backoff in seconds (doubled each retry, with jitter)
-    :param retry_wait_max: longest backoff in seconds
-    :param max_retry_after: longest server-requested wait (``Retry-After``) honoured, in seconds; a longer
-        one falls back to the exponential backoff
+    The constructor's parameters are documented on :class:`ImageGenerationHook`.
     """
 
     conn_name_attr = "imggen_conn_id"
@@ -928,6 +926,139 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         if settings.default_model:
             message += f"; default model {settings.default_model}"
         return True, message
+
+
+class ImageGenerationAsyncHook(_ImageGenerationHookBase):
+    """
+    The asyncio hook for triggers: status queries and cancels on DashScope's native task API.
+
+    It never submits (a trigger may run more than once; a submission bills), and it never blocks the event
+    loop: the connection comes from ``aget_connection``, the HTTP client (httpx) is built in a thread (it
+    loads CA certificates from disk), retries sleep with ``asyncio.sleep`` (tenacity's ``AsyncRetrying``).
+    Connection parsing, the retry policy, response and task parsing, errors and masking are the same as
+    :class:`ImageGenerationHook`'s.
+
+    httpx rather than aiohttp: httpx is a dependency of Airflow's core and Task SDK (aiohttp only comes with
+    the http provider), it has connect and read timeouts like ``requests``, and it never reads ``~/.netrc``,
+    whose credentials could replace the key (aiohttp's ``trust_env`` does read it).
+
+    Use it as an async context manager to keep one connection pool for many calls::
+
+        async with ImageGenerationAsyncHook("imggen_default") as hook:
+            state = await hook.get_task(task_id)
+
+    Called outside one, each call uses a client of its own.
+    """
+
+    def __init__(
+        self, imggen_conn_id: str = _ImageGenerationHookBase.default_conn_name, **kwargs: Any
+    ) -> None:
+        super().__init__(imggen_conn_id, **kwargs)
+        self._client: httpx.AsyncClient | None = None
+
+    async def aget_settings(self) -> ConnectionSettings:
+        """The parsed connection, loaded without blocking the event loop (once; then cached)."""
+        if "settings" not in self.__dict__:
+            from airflow.sdk.log import amask_secret
+
+            conn = await self.aget_connection(self.imggen_conn_id)
+            settings = parse_connection(conn, await conn.aextra_dejson())
+            await amask_secret(settings.api_key)
+            self.__dict__["connection"] = conn
+            self.__dict__["settings"] = settings
+        return self.settings
+
+    async def __aenter__(self) -> ImageGenerationAsyncHook:
+        if self._client is None:
+            self._client = await self._new_client()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def _new_client(self) -> httpx.AsyncClient:
+        import asyncio
+
+        await self.aget_settings()
+        return await asyncio.to_thread(self._build_client)
+
+    def _build_client(self) -> httpx.AsyncClient:
+        import ssl
+
+        import httpx
+
+        ca_bundle = _ca_bundle()
+        return httpx.AsyncClient(
+            headers=self._headers(),
+            timeout=httpx.Timeout(self.effective_request_timeout, connect=self.connect_timeout),
+            # The CA bundle variables requests honours, so both hooks trust the same servers; proxies and
+            # NO_PROXY come from the environment (trust_env), ~/.netrc is never read.
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+            trust_env=True,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _client_in_use(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._client is not None:
+            yield self._client
+            return
+        async with await self._new_client() as client:
+            yield client
+
+    async def get_task(self, task_id: str) -> TaskState:
+        """As :meth:`ImageGenerationHook.get_task`: the task's status and, once SUCCEEDED, its images."""
+        await self.aget_settings()
+        self._require_dashscope("get_task()")
+        url = self._task_url(task_id)
+        body, request_id = await self._request_json("GET", url)
+        return self._parse_task_state(body, request_id, task_id)
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """As :meth:`ImageGenerationHook.cancel_task`: True if canceled, False if no longer pending."""
+        await self.aget_settings()
+        self._require_dashscope("cancel_task()")
+        url = self._task_url(task_id, "/cancel")
+        try:
+            await self._request_json("POST", url)
+        except ImageGenerationRejectedError as error:
+            if self._cancel_refused(error, task_id):
+                return False
+            raise
+        self.log.info("Canceled task %s", task_id)
+        return True
+
+    async def _request_json(self, method: str, url: str) -> tuple[dict[str, Any], str | None]:
+        """Send one idempotent request, retried on every transient failure; its JSON body and request id."""
+        import httpx
+        from tenacity import AsyncRetrying
+
+        def is_transient(error: BaseException) -> bool:
+            return isinstance(error, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+
+        try:
+            async for attempt in AsyncRetrying(**self._retry_policy(method, url, is_transient)):
+                with attempt:
+                    async with self._client_in_use() as client:
+                        response = await client.request(method, url)
+                    return self._decode(
+                        response.status_code, response.reason_phrase, response.headers, response.text
+                    )
+        except _RetryableAPIError as error:
+            raise self._gave_up(error, method, url) from None
+        except httpx.HTTPError as error:
+            raise self._gave_up(error, method, url) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
 
 def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
