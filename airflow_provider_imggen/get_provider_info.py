@@ -42,6 +42,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_imggen.operators.image_generation"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.triggers.image_generation"],
+            }
+        ],
         "transfers": [
             {
                 "source-integration-name": INTEGRATION,
