@@ -526,8 +526,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
         # A hook of its own: on_kill runs in a signal handler, possibly in the middle of a request on
-        # this operator's session.
+        # this operator's session. It takes the connection already loaded, if any, rather than asking the
+        # supervisor for it again from the handler.
         hook = ImageGenerationHook(imggen_conn_id=self.imggen_conn_id, request_timeout=10.0, max_retries=1)
+        loaded = self.__dict__.get("hook")
+        if loaded is not None and "connection" in loaded.__dict__:
+            hook.__dict__["connection"] = loaded.connection
         try:
             if hook.cancel_task(task_id):
                 self.log.info("Canceled task %s: it was still PENDING, nothing is billed for it", task_id)
