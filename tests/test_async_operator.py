@@ -316,6 +316,27 @@ def test_deferred_partial_failure_is_reported_per_image(dashscope_conn: Emulator
     assert [failed["index"] for failed in metadata["failed_images"]] == [0]
 
 
+def test_killing_a_deferred_operator_cancels_its_pending_task_a_sensor_does_not(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    """A user kills the deferred task: the triggerer calls the trigger's on_kill."""
+    dashscope_conn.set_faults(task_pending_ms=60_000)
+    operator = make_operator(deferrable=True, **fast())
+    with pytest.raises(TaskDeferred) as operator_deferred:
+        operator.execute(make_context(operator))  # type: ignore[arg-type]
+    watched = submit()
+    sensor = make_sensor(generation_task_id=watched, deferrable=True)
+    with pytest.raises(TaskDeferred) as sensor_deferred:
+        sensor.execute(make_context(sensor))  # type: ignore[arg-type]
+
+    asyncio.run(operator_deferred.value.trigger.on_kill())
+    asyncio.run(sensor_deferred.value.trigger.on_kill())
+
+    statuses = {task["task_id"]: task["task_status"] for task in dashscope_conn.tasks()}
+    assert statuses[operator_deferred.value.trigger.task_id] == "CANCELED", "the operator paid for it"
+    assert statuses[watched] == "PENDING", "the sensor only watches a task it does not own"
+
+
 # -- sensor ----------------------------------------------------------------------------------------------
 
 

@@ -473,6 +473,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 end_time=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
+                # This task paid for it: a user killing the deferred task cancels it while still PENDING.
+                cancel_on_kill=True,
             ),
             method_name="execute_complete",
             kwargs={"request": dataclasses.asdict(self._submitting_request)},
