@@ -349,8 +349,9 @@ def test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape(dashscope_c
 
     assert set(metadata) == XCOM_KEYS
     assert metadata["task_id"] == task_id and len(metadata["images"]) == 2 and metadata["n"] == 2
-    # A bare task id tells nothing of the request: those fields are None, not guessed.
-    assert (metadata["seed"], metadata["size"], metadata["prompt"]) == (None, None, None)
+    # The prompt comes with the results; the rest of the request does not: None, not guessed.
+    assert metadata["prompt"] == "a lighthouse at dawn"
+    assert (metadata["seed"], metadata["size"], metadata["model"]) == (None, None, None)
     check_images_download(metadata, (512, 512))
     assert len(task_queries(dashscope_conn)) >= 2
     assert len(task_submissions(dashscope_conn)) == 1, "the sensor only reads"
