@@ -55,6 +55,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "airflow_provider_imggen.transfers.image_generation_to_s3",
             }
         ],
+        "sensors": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.sensors.image_generation"],
+            }
+        ],
         "extra-links": ["airflow_provider_imggen.transfers.image_generation_to_s3.S3ImageLink"],
         "connection-types": [
             {
