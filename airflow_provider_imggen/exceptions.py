@@ -73,6 +73,50 @@ class ImageGenerationRejectedError(ImageGenerationAPIError, AirflowFailException
     """
 
 
+class ImageGenerationTaskFailedError(ImageGenerationRejectedError):
+    """
+    A native generation task ended FAILED, CANCELED or UNKNOWN (no such task, or expired), or SUCCEEDED
+    without a single image. Airflow does not retry: re-running would submit (and bill) a new task.
+
+    :param task_id: the task
+    :param task_status: its final status (``status`` is the HTTP status, as for every API error)
+    :param code: the API's error code, e.g. ``DataInspectionFailed``
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str,
+        task_status: str,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.task_status = task_status
+        super().__init__(f"Task {task_id} {task_status}: {message}", code=code, request_id=request_id)
+        self.message = message
+
+
+class ImageGenerationTaskTimeoutError(ImageGenerationAPIError):
+    """
+    A native task was still not done when the wait's timeout passed. The task itself goes on: Airflow may
+    retry, and a retry that reconnects to ``task_id`` pays nothing more.
+    """
+
+    def __init__(self, *, task_id: str, task_status: str | None, waited: float | None) -> None:
+        self.task_id = task_id
+        self.task_status = task_status
+        super().__init__(f"Task {task_id} was still {task_status} after {waited}s")
+
+
+class ImageGenerationSubmissionUnknownError(ImageGenerationAPIError, AirflowFailException):
+    """
+    The connection failed after a billable submission was sent: the API may have created (and billed) the
+    task, or not. Not retried, by the hook or by Airflow, so that nothing is paid twice.
+    """
+
+
 class ImageTransferError(ImageGenerationError):
     """
     Storing generated images failed in a way a task retry may fix (downloads kept failing, S3 errored).

@@ -25,6 +25,10 @@ NAMED_FIELDS = frozenset(
 
 ResponseFormat = Literal["url", "b64_json"]
 
+# DashScope's native asynchronous task flow (api-notes §3): UNKNOWN is "no such task, or expired".
+TASK_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
+TASK_TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -129,6 +133,25 @@ class GenerationRequest:
             body["seed"] = str(self.seed)
         body.update(self.extra_body)
         return body
+
+    def to_dashscope_body(self) -> dict[str, Any]:
+        """
+        The JSON body of DashScope's ``POST /api/v1/services/aigc/text2image/image-synthesis``.
+
+        ``n`` is always sent: the native default for wan2.2-t2i-* is 4 (and bills 4 images).
+        ``prompt_upsampling`` is sent as ``prompt_extend``; ``extra_body`` fields join ``parameters``
+        (``{"watermark": false}``).
+        """
+        text_input: dict[str, Any] = {"prompt": self.prompt}
+        if self.negative_prompt is not None:
+            text_input["negative_prompt"] = self.negative_prompt
+        parameters: dict[str, Any] = {"size": f"{self.width}*{self.height}", "n": self.n}
+        if self.seed is not None:
+            parameters["seed"] = self.seed
+        if self.prompt_upsampling is not None:
+            parameters["prompt_extend"] = self.prompt_upsampling
+        parameters.update(self.extra_body)
+        return {"model": self.model, "input": text_input, "parameters": parameters}
 
 
 def parse_size(size: object) -> tuple[int, int]:

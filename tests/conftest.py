@@ -59,6 +59,25 @@ def imggen_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Em
     return emulator
 
 
+@pytest.fixture
+def dashscope_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    """``imggen_default`` speaking the emulator's native task API (api_style dashscope), fast retries."""
+    set_imggen_connection(
+        monkeypatch, emulator.base_url, default_model="wan2.2-t2i-flash", max_retries=3, api_style="dashscope"
+    )
+    return emulator
+
+
+def task_submissions(emulator: EmulatorServer) -> list[dict[str, object]]:
+    """The request-log entries of native task submissions (one per POST; ``task_id`` set if it made one)."""
+    return [entry for entry in emulator.requests_log() if entry["kind"] == "submit"]
+
+
+def task_queries(emulator: EmulatorServer) -> list[dict[str, object]]:
+    """The request-log entries of native task status queries."""
+    return [entry for entry in emulator.requests_log() if entry["kind"] == "task"]
+
+
 AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 TESTS_DIR = Path(__file__).parent
 

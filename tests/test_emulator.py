@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -416,6 +417,272 @@ def test_latency(emu: EmulatorServer) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+# Native task API (DashScope's asynchronous flow) -----------------------------------------------------------
+SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+ASYNC = {**AUTH, "X-DashScope-Async": "enable"}
+
+
+def submit(
+    emu: EmulatorServer,
+    headers: dict[str, str] | None = None,
+    *,
+    model: str = "wan2.2-t2i-flash",
+    prompt: str = "a red fox in the snow",
+    **parameters: Any,
+) -> requests.Response:
+    parameters.setdefault("n", 1)
+    parameters.setdefault("size", "512*512")
+    return requests.post(
+        f"{emu.base_url}{SUBMIT_PATH}",
+        json={"model": model, "input": {"prompt": prompt}, "parameters": parameters},
+        headers=ASYNC if headers is None else headers,
+        timeout=30,
+    )
+
+
+def submitted_task_id(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["output"]["task_status"] == "PENDING"
+    assert body["request_id"] == response.headers["x-request-id"]
+    return str(body["output"]["task_id"])
+
+
+def task(emu: EmulatorServer, task_id: str) -> dict[str, Any]:
+    response = requests.get(f"{emu.base_url}/api/v1/tasks/{task_id}", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def submissions(emu: EmulatorServer) -> list[dict[str, Any]]:
+    return [entry for entry in emu.requests_log() if entry["kind"] == "submit"]
+
+
+def test_task_succeeds_with_downloadable_results(emu: EmulatorServer) -> None:
+    task_id = submitted_task_id(
+        submit(emu, n=2, size="768*512", seed=100, prompt_extend=False, watermark=False)
+    )
+    body = task(emu, task_id)
+
+    output = body["output"]
+    assert (output["task_id"], output["task_status"]) == (task_id, "SUCCEEDED")
+    assert output["submit_time"] <= output["scheduled_time"] <= output["end_time"]
+    assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 2, "FAILED": 0}
+    assert body["usage"] == {"image_count": 2}
+    for index, result in enumerate(output["results"]):
+        assert result["orig_prompt"] == result["actual_prompt"] == "a red fox in the snow"
+        download = requests.get(result["url"], timeout=30)
+        assert download.status_code == 200
+        expected = render_png("wan2.2-t2i-flash", "a red fox in the snow", None, 100 + index, 768, 512)
+        assert download.content == expected
+    # The task answers the same on every query (URLs signed from the task's end time).
+    assert task(emu, task_id)["output"]["results"] == output["results"]
+    # One log entry per submission, carrying the task id; the images are billed once.
+    [entry] = submissions(emu)
+    assert (entry["task_id"], entry["billed_images"], entry["n"]) == (task_id, 2, 2)
+    assert emu.billed_images() == 2
+    assert [t["task_id"] for t in emu.tasks()] == [task_id]
+
+
+def test_prompt_extend_defaults_to_true(emu: EmulatorServer) -> None:
+    [result] = task(emu, submitted_task_id(submit(emu)))["output"]["results"]
+    assert result["orig_prompt"] == "a red fox in the snow"
+    assert result["actual_prompt"] == "a red fox in the snow, highly detailed"
+
+
+def test_native_default_n_is_four(emu: EmulatorServer) -> None:
+    # Why the hook always sends n: left out, wan2.2-t2i-* generate (and bill) 4 images.
+    response = requests.post(
+        f"{emu.base_url}{SUBMIT_PATH}",
+        json={"model": "wan2.2-t2i-flash", "input": {"prompt": "x"}, "parameters": {"size": "512*512"}},
+        headers=ASYNC,
+        timeout=30,
+    )
+    assert len(task(emu, submitted_task_id(response))["output"]["results"]) == 4
+    assert emu.billed_images() == 4
+
+
+@pytest.mark.parametrize(
+    ("pending_ms", "duration_ms", "status"),
+    [(60_000, 0, "PENDING"), (0, 60_000, "RUNNING"), (0, 0, "SUCCEEDED")],
+)
+def test_task_status_follows_configured_times(
+    emu: EmulatorServer, pending_ms: int, duration_ms: int, status: str
+) -> None:
+    emu.set_faults(task_pending_ms=pending_ms, task_duration_ms=duration_ms)
+    output = task(emu, submitted_task_id(submit(emu)))["output"]
+    assert output["task_status"] == status
+    assert ("results" in output) == (status == "SUCCEEDED")
+    assert ("scheduled_time" in output) == (status != "PENDING")
+
+
+def test_task_progresses_pending_running_succeeded(emu: EmulatorServer) -> None:
+    emu.set_faults(task_pending_ms=400, task_duration_ms=400)
+    task_id = submitted_task_id(submit(emu))
+    # Settings changed after submission do not change a submitted task's timings.
+    emu.set_faults(task_pending_ms=0, task_duration_ms=600_000)
+    seen = [task(emu, task_id)["output"]["task_status"]]
+    while seen[-1] != "SUCCEEDED":
+        time.sleep(0.05)
+        seen.append(task(emu, task_id)["output"]["task_status"])
+    order = ["PENDING", "RUNNING", "SUCCEEDED"]
+    assert [order.index(status) for status in seen] == sorted(order.index(status) for status in seen)
+    output = task(emu, task_id)["output"]
+    submitted, scheduled, ended = (
+        datetime.strptime(output[name], "%Y-%m-%d %H:%M:%S.%f")
+        for name in ("submit_time", "scheduled_time", "end_time")
+    )
+    assert abs((scheduled - submitted).total_seconds() - 0.4) < 0.01
+    assert abs((ended - scheduled).total_seconds() - 0.4) < 0.01
+
+
+def test_submission_needs_the_async_header(emu: EmulatorServer) -> None:
+    response = submit(emu, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "AccessDenied",
+        "message": "current user api does not support synchronous calls",
+        "request_id": response.headers["x-request-id"],
+    }
+    assert emu.tasks() == [] and emu.billed_images() == 0
+    [entry] = submissions(emu)
+    assert (entry["status"], entry["task_id"]) == (400, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "qwen-image", "input": {"prompt": "x"}, "parameters": {"n": 2}}, "Invalid n=2"),
+        ({"model": "wan2.2-t2i-plus", "input": {"prompt": "x"}, "parameters": {"size": "2048*2048"}}, "size"),
+        ({"model": "wan2.2-t2i-plus", "input": {"prompt": ""}}, "prompt"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "not under input"}, "input must be an object"),
+        ({"input": {"prompt": "no model"}}, "model"),
+    ],
+)
+def test_submission_validates_like_the_gateway(
+    emu: EmulatorServer, body: dict[str, Any], message: str
+) -> None:
+    response = requests.post(f"{emu.base_url}{SUBMIT_PATH}", json=body, headers=ASYNC, timeout=30)
+    assert response.status_code == 400
+    error = response.json()
+    assert set(error) == {"code", "message", "request_id"}
+    assert error["code"] == "InvalidParameter" and message in error["message"]
+    assert emu.tasks() == [] and emu.billed_images() == 0
+
+
+def test_injected_failed_task(emu: EmulatorServer) -> None:
+    emu.set_faults(fail_next_tasks=["DataInspectionFailed", "none"])
+    failed_id = submitted_task_id(submit(emu, n=2))
+    ok_id = submitted_task_id(submit(emu))
+
+    output = task(emu, failed_id)["output"]
+    assert output["task_status"] == "FAILED"
+    assert output["code"] == "DataInspectionFailed"
+    assert output["message"] == "Output data may contain inappropriate content."
+    assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 0, "FAILED": 2}
+    assert "results" not in output
+    assert task(emu, ok_id)["output"]["task_status"] == "SUCCEEDED"
+    assert emu.state.faults.fail_next_tasks == ()
+    assert [entry["billed_images"] for entry in submissions(emu)] == [0, 1]  # a failed task costs nothing
+
+
+def test_injected_partial_failure(emu: EmulatorServer) -> None:
+    emu.set_faults(fail_next_task_images=[[1, 7]])  # 7 is past n: ignored
+    body = task(emu, submitted_task_id(submit(emu, n=3)))
+
+    output = body["output"]
+    assert output["task_status"] == "SUCCEEDED"
+    assert output["results"][1] == {
+        "code": "DataInspectionFailed",
+        "message": "Output data may contain inappropriate content.",
+    }
+    assert all("url" in output["results"][index] for index in (0, 2))
+    assert output["task_metrics"] == {"TOTAL": 3, "SUCCEEDED": 2, "FAILED": 1}
+    assert body["usage"] == {"image_count": 2}
+    assert emu.billed_images() == 2
+    assert task(emu, submitted_task_id(submit(emu, n=3)))["output"]["task_metrics"]["FAILED"] == 0
+
+
+def test_unknown_and_expired_tasks_read_unknown(emu: EmulatorServer) -> None:
+    assert task(emu, "no-such-task")["output"] == {"task_id": "no-such-task", "task_status": "UNKNOWN"}
+
+    expired_id = submitted_task_id(submit(emu))
+    response = requests.post(f"{emu.base_url}/_emulator/tasks/{expired_id}/expire", timeout=30)
+    assert response.status_code == 200
+    assert task(emu, expired_id)["output"] == {"task_id": expired_id, "task_status": "UNKNOWN"}
+    assert requests.post(f"{emu.base_url}/_emulator/tasks/nope/expire", timeout=30).status_code == 404
+
+    old_id = submitted_task_id(submit(emu))
+    assert task(emu, old_id)["output"]["task_status"] == "SUCCEEDED"
+    emu.set_faults(task_ttl_ms=0)  # every task is now older than its lifetime
+    assert task(emu, old_id)["output"]["task_status"] == "UNKNOWN"
+
+
+def test_cancel_only_pending_tasks(emu: EmulatorServer) -> None:
+    def cancel(task_id: str) -> requests.Response:
+        return requests.post(f"{emu.base_url}/api/v1/tasks/{task_id}/cancel", headers=AUTH, timeout=30)
+
+    emu.set_faults(task_pending_ms=600_000)
+    pending_id = submitted_task_id(submit(emu, n=2))
+    assert emu.billed_images() == 2
+    response = cancel(pending_id)
+    assert response.status_code == 200
+    assert response.json() == {"request_id": response.headers["x-request-id"]}
+    output = task(emu, pending_id)["output"]
+    assert output["task_status"] == "CANCELED" and "results" not in output
+    assert emu.billed_images() == 0  # a canceled task is not billed
+
+    emu.set_faults(task_pending_ms=0)
+    done_id = submitted_task_id(submit(emu))
+    for task_id, status in ((pending_id, "CANCELED"), (done_id, "SUCCEEDED"), ("no-such-task", "UNKNOWN")):
+        refused = cancel(task_id)
+        assert refused.status_code == 400
+        assert refused.json()["code"] == "UnsupportedOperation"
+        assert status in refused.json()["message"]
+    assert [entry["status"] for entry in emu.requests_log() if entry["kind"] == "cancel"] == [
+        200,
+        400,
+        400,
+        400,
+    ]
+
+
+def test_task_routes_need_the_key_and_take_faults(emu: EmulatorServer) -> None:
+    wrong = {"Authorization": "Bearer sk-leaked-1"}
+    task_id = submitted_task_id(submit(emu))
+    for response in (
+        submit(emu, headers={**wrong, "X-DashScope-Async": "enable"}),
+        requests.get(f"{emu.base_url}/api/v1/tasks/{task_id}", headers=wrong, timeout=30),
+        requests.post(f"{emu.base_url}/api/v1/tasks/{task_id}/cancel", headers=wrong, timeout=30),
+    ):
+        assert response.status_code == 401
+        assert response.json()["code"] == "InvalidApiKey"  # DashScope's shape, whatever error_style says
+
+    emu.set_faults(fail_next=["429", "500", "none"], retry_after_seconds=0.01)
+    throttled = submit(emu)
+    assert throttled.status_code == 429 and throttled.json()["code"] == "Throttling.RateQuota"
+    failed = requests.get(f"{emu.base_url}/api/v1/tasks/{task_id}", headers=AUTH, timeout=30)
+    assert failed.status_code == 500 and failed.json()["code"] == "InternalError"
+    assert task(emu, task_id)["output"]["task_status"] == "SUCCEEDED"
+    assert len(emu.tasks()) == 1  # the throttled submission created no task
+    kinds = [(entry["kind"], entry["fault"]) for entry in emu.requests_log()]
+    assert kinds[-3:] == [("submit", "429"), ("task", "500"), ("task", None)]
+
+
+def test_admin_tasks_endpoint(emu: EmulatorServer) -> None:
+    emu.set_faults(fail_next_tasks=["InvalidParameter"], task_pending_ms=600_000)
+    task_id = submitted_task_id(submit(emu, n=2))
+    [listed] = requests.get(f"{emu.base_url}/_emulator/tasks", timeout=30).json()["tasks"]
+    assert listed["task_id"] == task_id and listed["task_status"] == "PENDING"
+    assert (listed["model"], listed["n"], listed["failure_code"]) == (
+        "wan2.2-t2i-flash",
+        2,
+        "InvalidParameter",
+    )
+
+
 # Admin and log ---------------------------------------------------------------------------------------------
 def test_request_log_counts_billed_images(emu: EmulatorServer) -> None:
     assert generate(emu, n=3, size="512x512").status_code == 200
@@ -444,16 +711,22 @@ def test_request_log_counts_billed_images(emu: EmulatorServer) -> None:
 
 def test_admin_faults_endpoints(emu: EmulatorServer) -> None:
     base = emu.base_url
-    defaults = {**dataclasses.asdict(FaultConfig()), "fail_next": []}
+    defaults = {
+        **dataclasses.asdict(FaultConfig()),
+        **{name: [] for name in ("fail_next", "fail_next_tasks", "fail_next_task_images")},
+    }
     assert requests.get(f"{base}/_emulator/faults", timeout=30).json() == defaults
     assert (
         requests.put(f"{base}/_emulator/faults", json={"rate_500": 1}, timeout=30).json()["rate_500"] == 1.0
     )
     assert requests.put(f"{base}/_emulator/faults", json={"bogus": 1}, timeout=30).status_code == 400
     assert requests.put(f"{base}/_emulator/faults", json={"rate_429": 2}, timeout=30).status_code == 400
-    assert (
-        requests.put(f"{base}/_emulator/faults", json={"fail_next": ["418"]}, timeout=30).status_code == 400
-    )
+    for bad in (
+        {"fail_next": ["418"]},
+        {"fail_next_tasks": "InvalidParameter"},
+        {"fail_next_task_images": [1]},
+    ):
+        assert requests.put(f"{base}/_emulator/faults", json=bad, timeout=30).status_code == 400
     assert generate(emu).status_code == 500
     assert requests.post(f"{base}/_emulator/reset", timeout=30).status_code == 200
     assert emu.state.faults == FaultConfig()
@@ -504,6 +777,7 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
             [
                 *(sys.executable, "-m", "airflow_provider_imggen.emulator"),
                 *("--host", "127.0.0.1", "--port", str(port), "--api-key", "sk-cli"),
+                *("--task-duration-ms", "600000"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -528,6 +802,18 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
             )
             assert response.status_code == 200, response.text
             assert png_size(requests.get(response.json()["data"][0]["url"], timeout=30).content) == (512, 512)
+            native = {"Authorization": "Bearer sk-cli", "X-DashScope-Async": "enable"}
+            submitted = requests.post(
+                f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+                json={"model": "qwen-image", "input": {"prompt": "from the cli"}},
+                headers=native,
+                timeout=30,
+            )
+            task_id = submitted.json()["output"]["task_id"]
+            status = requests.get(
+                f"http://127.0.0.1:{port}/api/v1/tasks/{task_id}", headers=native, timeout=30
+            )
+            assert status.json()["output"]["task_status"] == "RUNNING"  # --task-duration-ms took effect
 
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0

@@ -42,6 +42,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     faults.add_argument("--retry-after", type=float, default=1.0, help="seconds advertised with 429s")
     faults.add_argument("--error-style", choices=("openai", "dashscope"), default="openai")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
+    tasks = parser.add_argument_group("native task API (DashScope's asynchronous flow)")
+    tasks.add_argument("--task-pending-ms", type=float, default=0.0, help="PENDING time after submission")
+    tasks.add_argument("--task-duration-ms", type=float, default=0.0, help="then RUNNING, then done")
+    tasks.add_argument("--task-ttl-ms", type=float, default=86_400_000.0, help="older task ids read UNKNOWN")
     return parser.parse_args(argv)
 
 
@@ -75,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_after_seconds=args.retry_after,
             error_style=args.error_style,
             seed=args.fault_seed,
+            task_pending_ms=args.task_pending_ms,
+            task_duration_ms=args.task_duration_ms,
+            task_ttl_ms=args.task_ttl_ms,
         ).validated()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

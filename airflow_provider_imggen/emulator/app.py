@@ -2,9 +2,12 @@
 FastAPI application emulating the image generation gateway and its object store.
 
 Wire behaviour follows the gateway contract (seed document and API notes): the OpenAI-compatible
-``POST /v1/images/generations``, signed result URLs served by an OSS-like ``GET /results/...`` (XML errors,
-``Expires`` checks), and injectable faults (429/500/503, dropped connections, truncated downloads, HTTP 200
-with an error body) drawn from one seeded RNG so that a sequential test run repeats exactly.
+``POST /v1/images/generations``, DashScope's native asynchronous task API (``POST
+/api/v1/services/aigc/text2image/image-synthesis`` with ``X-DashScope-Async: enable``, ``GET
+/api/v1/tasks/{task_id}``, ``POST /api/v1/tasks/{task_id}/cancel``), signed result URLs served by an OSS-like
+``GET /results/...`` (XML errors, ``Expires`` checks), and injectable faults (429/500/503, dropped
+connections, truncated downloads, HTTP 200 with an error body, FAILED tasks, per-image failures, expired
+tasks) drawn from one seeded RNG or scripted, so that a sequential test run repeats exactly.
 
 Validation goes through :func:`airflow_provider_imggen.models.validate_generation_request`, the same table the
 provider uses, so the emulator can never accept what the provider refuses (or the reverse).
@@ -39,7 +42,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from airflow_provider_imggen.emulator.images import render_png
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.models import KNOWN_MODELS, MAX_SEED, NAMED_FIELDS, validate_generation_request
+from airflow_provider_imggen.models import (
+    KNOWN_MODELS,
+    MAX_SEED,
+    NAMED_FIELDS,
+    GenerationRequest,
+    validate_generation_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,8 @@ _RAW_SEND = "imggen.raw_send"
 _REQUEST_ID = "imggen.request_id"
 # Result URLs of evicted images answer 404 NoSuchKey, like objects past their lifecycle in a real bucket.
 _MAX_REMEMBERED_IMAGES = 10_000
+# Evicted native tasks read as UNKNOWN, like task ids past their 24 h lifetime.
+_MAX_REMEMBERED_TASKS = 10_000
 _SEED_MODULUS = MAX_SEED + 1
 _DISCONNECT_WAIT_SECONDS = 5.0
 
@@ -67,7 +78,15 @@ class FaultConfig:
     downloads (its own RNG, so downloads interleaving with API calls do not shift the API fault sequence).
     ``fail_next`` scripts the next API calls exactly (``["429", "429"]``: two 429s, then the rates apply
     again); a scripted call does not consume a draw. ``"moderation"`` (400 DataInspectionFailed) can only
-    be scripted: it stands for the content check no client can do beforehand.
+    be scripted: it stands for the content check no client can do beforehand. API calls are the
+    generation, model-list, task submission, task status and task cancel requests.
+
+    Native tasks (DashScope's asynchronous API) read PENDING for ``task_pending_ms`` after submission, then
+    RUNNING for ``task_duration_ms``, then SUCCEEDED (or FAILED); each task keeps the timings in force when
+    it was submitted. Tasks older than ``task_ttl_ms`` (read at query time) are UNKNOWN. The next submitted
+    tasks can be scripted: ``fail_next_tasks`` (``["DataInspectionFailed", "none"]``: the next task ends
+    FAILED with that code, the one after normally) and ``fail_next_task_images`` (``[[1], [0, 2]]``: in the
+    next task image 1 fails, in the one after images 0 and 2; the task still SUCCEEDS with the others).
     """
 
     latency_ms: float = 0  # added to every generation request
@@ -82,6 +101,11 @@ class FaultConfig:
     error_style: ErrorStyle = "openai"
     seed: int = 0
     fail_next: tuple[str, ...] = ()
+    task_pending_ms: float = 0
+    task_duration_ms: float = 0
+    task_ttl_ms: float = 86_400_000  # DashScope task ids live 24 h
+    fail_next_tasks: tuple[str, ...] = ()
+    fail_next_task_images: tuple[tuple[int, ...], ...] = ()
 
     def validated(self) -> FaultConfig:
         """Return a copy with numeric fields coerced, raising ValueError on nonsense values."""
@@ -100,6 +124,10 @@ class FaultConfig:
                     raise ValueError(
                         f"fail_next: unknown fault(s) {unknown}; known: {list(SCRIPTABLE_FAULTS)}"
                     )
+            elif item.name == "fail_next_tasks":
+                value = _validated_codes(value)
+            elif item.name == "fail_next_task_images":
+                value = _validated_index_lists(value)
             elif item.name == "seed":
                 if isinstance(value, bool) or not isinstance(value, int | str):
                     raise ValueError(f"seed must be an integer, got {value!r}")
@@ -114,6 +142,29 @@ class FaultConfig:
                     raise ValueError(f"{item.name} is a probability and must be <= 1, got {value!r}")
             values[item.name] = value
         return FaultConfig(**values)
+
+
+def _validated_codes(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"fail_next_tasks must be a list of error codes (or 'none'), got {value!r}")
+    codes = tuple("none" if code is None else code for code in value)
+    if not all(isinstance(code, str) and code.strip() for code in codes):
+        raise ValueError(f"fail_next_tasks: each entry must be an error code (or 'none'), got {value!r}")
+    return codes
+
+
+def _validated_index_lists(value: object) -> tuple[tuple[int, ...], ...]:
+    allowed = "fail_next_task_images must be a list of lists of image indexes (whole numbers >= 0)"
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"{allowed}, got {value!r}")
+    lists = []
+    for indexes in value:
+        if isinstance(indexes, str) or not isinstance(indexes, list | tuple):
+            raise ValueError(f"{allowed}, got {value!r}")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indexes):
+            raise ValueError(f"{allowed}, got {value!r}")
+        lists.append(tuple(indexes))
+    return tuple(lists)
 
 
 @dataclass
@@ -138,6 +189,57 @@ class _ImageParams:
     height: int
 
 
+# Messages of the task failures the emulator can inject (DashScope's wording where known).
+_TASK_FAILURE_MESSAGES = {
+    "InvalidParameter": "The request parameters are invalid for this model.",
+    "DataInspectionFailed": "Output data may contain inappropriate content.",
+    "InternalError.Algo": "An internal algorithm error occurred while generating the image.",
+}
+# A failed image of a task that otherwise SUCCEEDED (an output content check, typically).
+_IMAGE_FAILURE = {"code": "DataInspectionFailed", "message": "Output data may contain inappropriate content."}
+
+
+@dataclass
+class _Task:
+    """One native task. Its status is a function of the wall clock (see :meth:`status_at`)."""
+
+    task_id: str
+    images: tuple[_ImageParams, ...]
+    orig_prompt: str
+    actual_prompt: str
+    submitted_at: float
+    pending_s: float
+    duration_s: float
+    failure_code: str | None
+    failed_images: frozenset[int]
+    log_entry: dict[str, Any]
+    canceled_at: float | None = None
+    expired: bool = False
+
+    @property
+    def scheduled_at(self) -> float:
+        return self.submitted_at + self.pending_s
+
+    @property
+    def ended_at(self) -> float:
+        return self.scheduled_at + self.duration_s
+
+    @property
+    def succeeded_count(self) -> int:
+        return 0 if self.failure_code else len(self.images) - len(self.failed_images)
+
+    def status_at(self, now: float, ttl_s: float) -> str:
+        if self.expired or now - self.submitted_at > ttl_s:
+            return "UNKNOWN"
+        if self.canceled_at is not None:
+            return "CANCELED"
+        if now < self.scheduled_at:
+            return "PENDING"
+        if now < self.ended_at:
+            return "RUNNING"
+        return "FAILED" if self.failure_code else "SUCCEEDED"
+
+
 class EmulatorState:
     """
     All mutable state of one emulator: faults and their RNGs, the request log, the image registry.
@@ -151,6 +253,7 @@ class EmulatorState:
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._images: collections.OrderedDict[str, _ImageParams] = collections.OrderedDict()
+        self._tasks: collections.OrderedDict[str, _Task] = collections.OrderedDict()
         self._faults = config.faults.validated()
         self._generation_rng = random.Random(self._faults.seed)
         self._download_rng = random.Random(self._faults.seed + 1)
@@ -198,6 +301,23 @@ class EmulatorState:
                 return name  # type: ignore[return-value]
         return None
 
+    def draw_task_outcome(self) -> tuple[str | None, frozenset[int]]:
+        """The scripted outcome of the next submitted task: (failure code or None, failing image indexes)."""
+        with self._lock:
+            faults = self._faults
+            code: str | None = None
+            failed: frozenset[int] = frozenset()
+            if faults.fail_next_tasks:
+                scripted, *rest = faults.fail_next_tasks
+                code = None if scripted == "none" else scripted
+                faults = dataclasses.replace(faults, fail_next_tasks=tuple(rest))
+            if faults.fail_next_task_images:
+                indexes, *remaining = faults.fail_next_task_images
+                failed = frozenset(indexes)
+                faults = dataclasses.replace(faults, fail_next_task_images=tuple(remaining))
+            self._faults = faults
+            return code, failed
+
     def draw_truncate(self) -> bool:
         with self._lock:
             return self._download_rng.random() < self._faults.rate_truncate
@@ -229,9 +349,11 @@ class EmulatorState:
             self._log.clear()
 
     def reset(self) -> None:
-        """Faults back to the configured defaults (RNGs reseeded), log cleared. Issued URLs stay valid."""
+        """Faults back to the configured defaults (RNGs reseeded); log and tasks cleared; issued URLs stay."""
         self.set_faults(**dataclasses.asdict(self.config.faults))
         self.clear_log()
+        with self._lock:
+            self._tasks.clear()
 
     # Images -------------------------------------------------------------------------------------------
     def remember_image(self, image_id: str, params: _ImageParams) -> None:
@@ -244,6 +366,59 @@ class EmulatorState:
     def lookup_image(self, image_id: str) -> _ImageParams | None:
         with self._lock:
             return self._images.get(image_id)
+
+    # Native tasks ---------------------------------------------------------------------------------------
+    def add_task(self, task: _Task) -> None:
+        with self._lock:
+            self._tasks[task.task_id] = task
+            while len(self._tasks) > _MAX_REMEMBERED_TASKS:
+                self._tasks.popitem(last=False)
+
+    def lookup_task(self, task_id: str) -> tuple[_Task | None, str]:
+        """The task (a snapshot) and its status now; ``(None, "UNKNOWN")`` for an unknown id."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return None, "UNKNOWN"
+            return dataclasses.replace(task), task.status_at(time.time(), self._faults.task_ttl_ms / 1000)
+
+    def cancel_task(self, task_id: str) -> str:
+        """Cancel a PENDING task (its images are then not billed); returns the status it had."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return "UNKNOWN"
+            now = time.time()
+            status = task.status_at(now, self._faults.task_ttl_ms / 1000)
+            if status == "PENDING":
+                task.canceled_at = now
+                task.log_entry["billed_images"] = 0
+            return status
+
+    def expire_task(self, task_id: str) -> bool:
+        """Make a task read as UNKNOWN from now on, as if its 24 h had passed; False if there is none."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None:
+                task.expired = True
+            return task is not None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every remembered task, oldest first: id, status now, model, n, outcome (for tests and humans)."""
+        with self._lock:
+            now, ttl_s = time.time(), self._faults.task_ttl_ms / 1000
+            return [
+                {
+                    "task_id": task.task_id,
+                    "task_status": task.status_at(now, ttl_s),
+                    "model": task.images[0].model,
+                    "n": len(task.images),
+                    "failure_code": task.failure_code,
+                    "failed_images": sorted(task.failed_images),
+                    "submitted_at": task.submitted_at,
+                }
+                for task in self._tasks.values()
+            ]
 
     # URL signing (OSS V1 style query-string signature) -------------------------------------------------
     def sign(self, path: str, expires: int) -> str:
@@ -270,6 +445,45 @@ def _image_id(params: _ImageParams) -> str:
     return _digest(
         "image", params.model, params.prompt, params.negative_prompt, params.seed, params.width, params.height
     ).hex()[:32]
+
+
+def _image_params(validated: GenerationRequest) -> list[_ImageParams]:
+    """One image per index; image ``i`` uses ``seed + i`` (a seed derived from the request when none)."""
+    seed = validated.seed
+    if seed is None:
+        seed = _default_seed(validated.model, validated.prompt, validated.negative_prompt, validated.size)
+    return [
+        _ImageParams(
+            model=validated.model,
+            prompt=validated.prompt,
+            negative_prompt=validated.negative_prompt,
+            seed=(seed + index) % _SEED_MODULUS,
+            width=validated.width,
+            height=validated.height,
+        )
+        for index in range(validated.n)
+    ]
+
+
+def _upsampled_prompt(validated: GenerationRequest) -> str | None:
+    """The prompt as the API rewrites it; prompt_upsampling (prompt_extend) defaults to true."""
+    return f"{validated.prompt}, highly detailed" if validated.prompt_upsampling in (None, True) else None
+
+
+def _dashscope_time(epoch: float) -> str:
+    """DashScope's timestamp format, ``2025-01-08 16:03:59.840`` (the emulator uses UTC)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+async def _json_object(request: Request) -> dict[str, Any] | str:
+    """The request's body as a JSON object, or the message saying why it is not one."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"The request body is not valid JSON: {exc}"
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object."
+    return body
 
 
 def _b64encode(data: bytes) -> str:
@@ -305,16 +519,22 @@ def _error_response(
     param: str | None = None,
     dashscope_code: str | None = None,
     headers: dict[str, str] | None = None,
+    style: ErrorStyle | None = None,
 ) -> JSONResponse:
-    """Error body in the configured style: OpenAI ``{"error": {...}}`` or DashScope ``{code, message}``."""
-    if state.faults.error_style == "dashscope":
+    """
+    Error body in ``style`` (default: the configured one): OpenAI ``{"error": {...}}`` or DashScope
+    ``{code, message, request_id}``. The native task routes always answer in DashScope's shape.
+    """
+    if (style or state.faults.error_style) == "dashscope":
         body: dict[str, Any] = {"code": dashscope_code or code, "message": message, "request_id": request_id}
     else:
         body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _unauthorized(state: EmulatorState, request: Request, request_id: str) -> JSONResponse:
+def _unauthorized(
+    state: EmulatorState, request: Request, request_id: str, style: ErrorStyle | None = None
+) -> JSONResponse:
     presented = _presented_key(request)
     if presented is None:
         message = (
@@ -332,6 +552,7 @@ def _unauthorized(state: EmulatorState, request: Request, request_id: str) -> JS
         dashscope_code="InvalidApiKey",
         message=message,
         error_type="invalid_request_error",
+        style=style,
     )
 
 
@@ -450,26 +671,36 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         request_id: str,
         status: int,
         *,
+        kind: str,
         billed: int = 0,
         model: str | None = None,
         n: int | None = None,
         fault: FaultName | None = None,
-    ) -> None:
-        state.record(
-            {
-                "time": time.time(),
-                "method": request.method,
-                "path": request.url.path,
-                "status": status,
-                "request_id": request_id,
-                "billed_images": billed,
-                "model": model,
-                "n": n,
-                "fault": fault,
-            }
-        )
+        task_id: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Log one request. ``kind``: generate, submit (one entry per task submission; ``task_id`` set when
+        it created a task), task (status query), cancel, download or models.
+        """
+        entry = {
+            "time": time.time(),
+            "kind": kind,
+            "method": request.method,
+            "path": request.url.path,
+            "status": status,
+            "request_id": request_id,
+            "billed_images": billed,
+            "model": model,
+            "n": n,
+            "fault": fault,
+            "task_id": task_id,
+        }
+        state.record(entry)
+        return entry
 
-    def _invalid(request_id: str, message: str, param: str | None) -> JSONResponse:
+    def _invalid(
+        request_id: str, message: str, param: str | None, style: ErrorStyle | None = None
+    ) -> JSONResponse:
         return _error_response(
             state,
             request_id,
@@ -478,9 +709,12 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             message=message,
             error_type="invalid_request_error",
             param=param,
+            style=style,
         )
 
-    def _fault_response(fault: FaultName, request_id: str, faults: FaultConfig) -> Response:
+    def _fault_response(
+        fault: FaultName, request_id: str, faults: FaultConfig, style: ErrorStyle | None = None
+    ) -> Response:
         if fault == "drop":
             return _DroppedConnection()
         if fault == "429":
@@ -491,6 +725,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 code="Throttling.RateQuota",
                 message="Rate limit exceeded: requests rate limit exceeded, please try again later.",
                 error_type="rate_limit_error",
+                style=style,
                 headers={
                     "Retry-After": str(math.ceil(faults.retry_after_seconds)),
                     "retry-after-ms": str(round(faults.retry_after_seconds * 1000)),
@@ -504,6 +739,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 code="DataInspectionFailed",
                 message="Input data may contain inappropriate content.",
                 error_type="invalid_request_error",
+                style=style,
             )
         if fault == "500":
             return _error_response(
@@ -513,6 +749,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 code="InternalError",
                 message="An internal error has occurred, please try again later or contact service support.",
                 error_type="server_error",
+                style=style,
             )
         if fault == "503":
             return _error_response(
@@ -522,6 +759,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 code="ModelUnavailable",
                 message="The model is temporarily unavailable, please try again later.",
                 error_type="server_error",
+                style=style,
             )
         # 200_error: the gateway relays a failed upstream task with HTTP 200.
         return _error_response(
@@ -531,12 +769,14 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             code="InternalError.Algo",
             message="upstream task failed: InternalError.Algo",
             error_type="upstream_error",
+            style=style,
         )
 
-    def _signed_url(request: Request, params: _ImageParams) -> str:
+    def _signed_url(request: Request, params: _ImageParams, issued_at: float | None = None) -> str:
+        """A signed URL of the image, valid ``url_ttl_seconds`` from ``issued_at`` (default: now)."""
         image_id = _image_id(params)
         state.remember_image(image_id, params)
-        now = time.time()
+        now = time.time() if issued_at is None else issued_at
         path = f"/results/{datetime.fromtimestamp(now, UTC):%Y%m%d}/{image_id}.png"
         # Whole seconds, rounded up, so a positive TTL never yields an already-expired URL.
         expires = math.ceil(now + config.url_ttl_seconds)
@@ -551,30 +791,32 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
         return f"{request.url.scheme}://{host}{path}?{query}"
 
+    def _refuse(request: Request, request_id: str, *, kind: str, style: ErrorStyle | None) -> Response | None:
+        """The 401 or the injected fault this API call gets (logged), or None to serve it."""
+        if not _is_authorized(request, config.api_key):
+            record(request, request_id, 401, kind=kind)
+            return _unauthorized(state, request, request_id, style)
+        fault = state.draw_api_fault()
+        if fault is None:
+            return None
+        response = _fault_response(fault, request_id, state.faults, style)
+        record(request, request_id, 0 if fault == "drop" else response.status_code, kind=kind, fault=fault)
+        return response
+
     @app.post("/v1/images/generations")
     async def generate_images(request: Request) -> Response:
         request_id = _request_id(request)
         faults = state.faults
         if faults.latency_ms > 0:
             await asyncio.sleep(faults.latency_ms / 1000)
-        if not _is_authorized(request, config.api_key):
-            record(request, request_id, 401)
-            return _unauthorized(state, request, request_id)
+        refused = _refuse(request, request_id, kind="generate", style=None)
+        if refused is not None:
+            return refused
 
-        fault = state.draw_api_fault()
-        if fault is not None:
-            response = _fault_response(fault, request_id, faults)
-            record(request, request_id, 0 if fault == "drop" else response.status_code, fault=fault)
-            return response
-
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            record(request, request_id, 400)
-            return _invalid(request_id, f"The request body is not valid JSON: {exc}", None)
-        if not isinstance(body, dict):
-            record(request, request_id, 400)
-            return _invalid(request_id, "The request body must be a JSON object.", None)
+        body = await _json_object(request)
+        if isinstance(body, str):
+            record(request, request_id, 400, kind="generate")
+            return _invalid(request_id, body, None)
 
         model = body.get("model")
         try:
@@ -591,29 +833,12 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 extra_body={key: value for key, value in body.items() if key not in NAMED_FIELDS},
             )
         except ImageGenerationValidationError as exc:
-            record(request, request_id, 400, model=model if isinstance(model, str) else None)
+            record(request, request_id, 400, kind="generate", model=model if isinstance(model, str) else None)
             return _invalid(request_id, str(exc), exc.parameter)
 
-        seed = validated.seed
-        if seed is None:
-            seed = _default_seed(validated.model, validated.prompt, validated.negative_prompt, validated.size)
-        images = [
-            _ImageParams(
-                model=validated.model,
-                prompt=validated.prompt,
-                negative_prompt=validated.negative_prompt,
-                seed=(seed + index) % _SEED_MODULUS,
-                width=validated.width,
-                height=validated.height,
-            )
-            for index in range(validated.n)
-        ]
-        # The gateway's documented default for prompt_upsampling is true.
-        revised_prompt = (
-            f"{validated.prompt}, highly detailed" if validated.prompt_upsampling in (None, True) else None
-        )
+        revised_prompt = _upsampled_prompt(validated)
         data: list[dict[str, str]] = []
-        for params in images:
+        for params in _image_params(validated):
             item: dict[str, str]
             if validated.response_format == "b64_json":
                 # Rendering and encoding take tens of ms per image: keep them off the event loop.
@@ -633,7 +858,8 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 item["revised_prompt"] = revised_prompt
             data.append(item)
 
-        record(request, request_id, 200, billed=validated.n, model=validated.model, n=validated.n)
+        billed = validated.n
+        record(request, request_id, 200, kind="generate", billed=billed, model=validated.model, n=billed)
         return JSONResponse(
             {
                 "created": int(time.time()),
@@ -655,7 +881,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         path = request.url.path
 
         def deny(code: str, message: str, status: int = 403, model: str | None = None) -> Response:
-            record(request, request_id, status, model=model)
+            record(request, request_id, status, kind="download", model=model)
             return _oss_error(code, message, request_id, status)
 
         key_id = params.get("OSSAccessKeyId")
@@ -693,7 +919,14 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             image.height,
         )
         truncate = state.draw_truncate()
-        record(request, request_id, 200, model=image.model, fault="truncate" if truncate else None)
+        record(
+            request,
+            request_id,
+            200,
+            kind="download",
+            model=image.model,
+            fault="truncate" if truncate else None,
+        )
         response_class = _TruncatedResponse if truncate else Response
         return response_class(
             png,
@@ -704,17 +937,12 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         request_id = _request_id(request)
-        if not _is_authorized(request, config.api_key):
-            record(request, request_id, 401)
-            return _unauthorized(state, request, request_id)
         # Faults apply here too (a failing gateway fails the connection test), but not the latency,
         # which stands for image generation time.
-        fault = state.draw_api_fault()
-        if fault is not None:
-            response = _fault_response(fault, request_id, state.faults)
-            record(request, request_id, 0 if fault == "drop" else response.status_code, fault=fault)
-            return response
-        record(request, request_id, 200)
+        refused = _refuse(request, request_id, kind="models", style=None)
+        if refused is not None:
+            return refused
+        record(request, request_id, 200, kind="models")
         return JSONResponse(
             {
                 "object": "list",
@@ -724,6 +952,157 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 ],
             }
         )
+
+    # DashScope's native asynchronous task API ------------------------------------------------------------
+    # Always in DashScope's error shape. The generation time is the task's PENDING + RUNNING time
+    # (task_pending_ms, task_duration_ms); latency_ms, which stands for a synchronous generation, does not
+    # apply.
+    @app.post("/api/v1/services/aigc/text2image/image-synthesis")
+    async def submit_task(request: Request) -> Response:
+        request_id = _request_id(request)
+        refused = _refuse(request, request_id, kind="submit", style="dashscope")
+        if refused is not None:
+            return refused
+        if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
+            record(request, request_id, 400, kind="submit")
+            return _error_response(
+                state,
+                request_id,
+                status=400,
+                code="AccessDenied",
+                message="current user api does not support synchronous calls",
+                error_type="invalid_request_error",
+                style="dashscope",
+            )
+        body = await _json_object(request)
+        if isinstance(body, str):
+            record(request, request_id, 400, kind="submit")
+            return _invalid(request_id, body, None, "dashscope")
+        model = body.get("model")
+        text_input, parameters = body.get("input"), body.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(text_input, dict) or not isinstance(parameters, dict):
+            record(request, request_id, 400, kind="submit")
+            return _invalid(
+                request_id,
+                "input must be an object with a prompt, and parameters an object when given.",
+                None,
+                "dashscope",
+            )
+        spec = KNOWN_MODELS.get(model) if isinstance(model, str) else None
+        try:
+            validated = validate_generation_request(
+                prompt=text_input.get("prompt"),
+                model=model,
+                # The native default n is 4 (wan2.2-t2i-*), capped by what the model allows.
+                n=parameters.get("n", min(spec.max_n, 4) if spec else 1),
+                size=parameters.get("size"),
+                negative_prompt=text_input.get("negative_prompt"),
+                prompt_upsampling=parameters.get("prompt_extend"),
+                seed=parameters.get("seed"),
+            )
+        except ImageGenerationValidationError as exc:
+            record(request, request_id, 400, kind="submit", model=model if isinstance(model, str) else None)
+            return _invalid(request_id, str(exc), exc.parameter, "dashscope")
+
+        failure_code, failed_images = state.draw_task_outcome()
+        failed_images = frozenset(index for index in failed_images if index < validated.n)
+        faults = state.faults
+        task = _Task(
+            task_id=str(uuid.uuid4()),
+            images=tuple(_image_params(validated)),
+            orig_prompt=validated.prompt,
+            actual_prompt=_upsampled_prompt(validated) or validated.prompt,
+            submitted_at=time.time(),
+            pending_s=faults.task_pending_ms / 1000,
+            duration_s=faults.task_duration_ms / 1000,
+            failure_code=failure_code,
+            failed_images=failed_images,
+            log_entry={},
+        )
+        # Billed at submission for what the task will deliver: failed images and FAILED tasks cost
+        # nothing, and a cancel (of a PENDING task) un-bills.
+        task.log_entry = record(
+            request,
+            request_id,
+            200,
+            kind="submit",
+            billed=task.succeeded_count,
+            model=validated.model,
+            n=validated.n,
+            task_id=task.task_id,
+        )
+        state.add_task(task)
+        return JSONResponse(
+            {"output": {"task_status": "PENDING", "task_id": task.task_id}, "request_id": request_id}
+        )
+
+    @app.get("/api/v1/tasks/{task_id}")
+    async def get_task(request: Request, task_id: str) -> Response:
+        request_id = _request_id(request)
+        refused = _refuse(request, request_id, kind="task", style="dashscope")
+        if refused is not None:
+            return refused
+        task, status = state.lookup_task(task_id)
+        record(request, request_id, 200, kind="task", task_id=task_id)
+        output: dict[str, Any] = {"task_id": task_id, "task_status": status}
+        body: dict[str, Any] = {"request_id": request_id, "output": output}
+        if task is None or status == "UNKNOWN":
+            return JSONResponse(body)
+        output["submit_time"] = _dashscope_time(task.submitted_at)
+        if status != "PENDING" and task.canceled_at is None:
+            output["scheduled_time"] = _dashscope_time(task.scheduled_at)
+        total = len(task.images)
+        metrics = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
+        if status == "CANCELED" and task.canceled_at is not None:
+            output["end_time"] = _dashscope_time(task.canceled_at)
+        elif status == "FAILED":
+            output["end_time"] = _dashscope_time(task.ended_at)
+            output["code"] = task.failure_code
+            output["message"] = _TASK_FAILURE_MESSAGES.get(
+                task.failure_code or "", f"The task failed: {task.failure_code}"
+            )
+            metrics["FAILED"] = total
+        elif status == "SUCCEEDED":
+            output["end_time"] = _dashscope_time(task.ended_at)
+            results: list[dict[str, str]] = []
+            for index, params in enumerate(task.images):
+                if index in task.failed_images:
+                    results.append(dict(_IMAGE_FAILURE))
+                else:
+                    results.append(
+                        {
+                            "orig_prompt": task.orig_prompt,
+                            "actual_prompt": task.actual_prompt,
+                            "url": _signed_url(request, params, issued_at=task.ended_at),
+                        }
+                    )
+            output["results"] = results
+            metrics.update(SUCCEEDED=task.succeeded_count, FAILED=total - task.succeeded_count)
+            body["usage"] = {"image_count": task.succeeded_count}
+        output["task_metrics"] = metrics
+        return JSONResponse(body)
+
+    @app.post("/api/v1/tasks/{task_id}/cancel")
+    async def cancel_task(request: Request, task_id: str) -> Response:
+        request_id = _request_id(request)
+        refused = _refuse(request, request_id, kind="cancel", style="dashscope")
+        if refused is not None:
+            return refused
+        previous = state.cancel_task(task_id)
+        if previous != "PENDING":
+            record(request, request_id, 400, kind="cancel", task_id=task_id)
+            return _error_response(
+                state,
+                request_id,
+                status=400,
+                code="UnsupportedOperation",
+                message=f"Failed to cancel the task: only PENDING tasks can be canceled, it is {previous}.",
+                error_type="invalid_request_error",
+                style="dashscope",
+            )
+        record(request, request_id, 200, kind="cancel", task_id=task_id)
+        return JSONResponse({"request_id": request_id})
 
     # Admin routes: unauthenticated, for tests and humans on loopback; not logged.
     @app.get("/_emulator/requests")
@@ -751,6 +1130,18 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 {"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400
             )
         return JSONResponse(dataclasses.asdict(merged))
+
+    @app.get("/_emulator/tasks")
+    async def admin_tasks() -> dict[str, Any]:
+        return {"tasks": state.tasks()}
+
+    @app.post("/_emulator/tasks/{task_id}/expire")
+    async def admin_expire_task(task_id: str) -> Response:
+        if not state.expire_task(task_id):
+            return JSONResponse(
+                {"error": {"message": f"no task {task_id}", "type": "invalid_request_error"}}, status_code=404
+            )
+        return JSONResponse({"task_id": task_id, "task_status": "UNKNOWN"})
 
     @app.post("/_emulator/reset")
     async def admin_reset() -> dict[str, Any]:

@@ -120,6 +120,14 @@ class EmulatorServer:
     def clear_log(self) -> None:
         self.state.clear_log()
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """The native tasks submitted so far, with their status now (same as ``GET /_emulator/tasks``)."""
+        return self.state.tasks()
+
+    def expire_task(self, task_id: str) -> bool:
+        """Make a task read UNKNOWN, as after its 24 h (same as ``POST /_emulator/tasks/{id}/expire``)."""
+        return self.state.expire_task(task_id)
+
     def reset(self) -> None:
-        """Faults back to ``config.faults``, log cleared (same as ``POST /_emulator/reset``)."""
+        """Faults back to ``config.faults``, log and tasks cleared (same as ``POST /_emulator/reset``)."""
         self.state.reset()

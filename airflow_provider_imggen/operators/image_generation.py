@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.metadata import generation_metadata
 from airflow_provider_imggen.models import MAX_SEED, GenerationRequest, validate_generation_request
 
 if TYPE_CHECKING:
@@ -233,36 +234,22 @@ class ImageGenerationOperator(BaseOperator):
         output_path: str | None,
         context: Context,
     ) -> dict[str, Any]:
-        images = []
-        for image in result.images:
-            entry: dict[str, Any] = {
-                "index": image.index,
-                "seed": (seed + image.index) % (MAX_SEED + 1),
-                "url": image.url,
-                "url_expires_at": image.url_expires_at.isoformat() if image.url_expires_at else None,
-                "revised_prompt": image.revised_prompt,
-                "location": None,
-                "bytes": None,
-                "sha256": None,
-            }
-            if image.data is not None and output_path is not None:
-                entry.update(self._write_image(image.data, image.index, output_path, context))
-            images.append(entry)
-        return {
-            "model": result.model,
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "size": request.size,
-            "n": request.n,
-            "seed": seed,
-            "response_format": request.response_format,
-            "prompt_upsampling": request.prompt_upsampling,
-            "created": result.created,
-            "created_at": result.created_at.isoformat(),
-            "request_id": result.request_id,
-            "usage": result.usage,
-            "images": images,
+        files = {
+            image.index: self._write_image(image.data, image.index, output_path, context)
+            for image in result.images
+            if image.data is not None and output_path is not None
         }
+        return generation_metadata(
+            result,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=seed,
+            response_format=request.response_format,
+            prompt_upsampling=request.prompt_upsampling,
+            files=files,
+        )
 
     def _write_image(self, data: bytes, index: int, output_path: str, context: Context) -> dict[str, Any]:
         """Write one decoded image below ``output_path``; the path is unique per task instance and image."""
