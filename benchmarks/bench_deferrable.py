@@ -20,7 +20,7 @@ than P tasks running, and the anchor no faster than its lower bound N x L / P.
 
     python benchmarks/bench_deferrable.py [--modes sync,deferrable] [--tasks 40] [--latency 20]
                                           [--parallelism 4]
-    python benchmarks/bench_deferrable.py --tasks 8 --latency 2      # a smoke run, about 1.5 min
+    python benchmarks/bench_deferrable.py --tasks 8 --latency 2      # a smoke run, a few minutes
 
 All processes it starts run in new sessions and are stopped (the whole session: LocalExecutor's task
 supervisors put their task processes in process groups of their own) on the way out, also on failure
@@ -77,7 +77,8 @@ class Mode:
 
 
 MODES = {
-    "sync": Mode("imggen_bench_native", {"deferrable": False}, NATIVE_SUBMIT_PATH, native=True),
+    # Sync is the operator's default ([operators] default_deferrable is set to False below).
+    "sync": Mode("imggen_bench_native", {}, NATIVE_SUBMIT_PATH, native=True),
     "deferrable": Mode("imggen_bench_native", {"deferrable": True}, NATIVE_SUBMIT_PATH, native=True),
     "sync-openai": Mode("imggen_bench_openai", {}, OPENAI_SUBMIT_PATH, native=False),
 }
@@ -122,7 +123,7 @@ def session_pids(session_id: int) -> list[int]:
     return found
 
 
-def stop_session(process: subprocess.Popen[bytes], grace_seconds: float = 20.0) -> None:
+def stop_session(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
     """SIGTERM the session's process group, wait, then SIGKILL every process left in the session."""
     session_id = process.pid
     # A second Ctrl-C must not cut the clean-up short.
@@ -141,7 +142,11 @@ def _stop_session(process: subprocess.Popen[bytes], session_id: int, grace_secon
     while session_pids(session_id) and time.monotonic() < deadline:
         process.poll()
         time.sleep(0.2)
+    import psutil
+
     for pid in session_pids(session_id):
+        with contextlib.suppress(psutil.Error):
+            print(f"SIGKILL to {pid} {' '.join(psutil.Process(pid).cmdline())[:120]!r}", flush=True)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     process.wait(timeout=10)
@@ -369,6 +374,7 @@ def standalone_env(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         # The scheduler's and the triggerer's log servers default to fixed ports (8793, 8794).
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -396,7 +402,7 @@ def check_operator_supports(modes: list[str]) -> None:
         if missing:
             raise SystemExit(
                 f"mode {mode!r} needs ImageGenerationOperator({', '.join(missing)}=...), which this "
-                "checkout does not have yet (the async-operator branch adds it); try --modes sync-openai"
+                "checkout does not have yet (the async-operator branch adds it); try --modes sync,sync-openai"
             )
 
 
