@@ -34,6 +34,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -46,6 +47,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +254,63 @@ class RunResult:
     billed_images: int
     polls: int
     requests: int
-    notes: list[str] = field(default_factory=list)
+    api_stalls: int
+    # From the LocalExecutor's "Workload finished" lines: each time a task held a worker slot.
+    workloads: list[Workload] = field(default_factory=list)
+
+    @property
+    def slot_seconds(self) -> float:
+        return sum(workload.end - workload.start for workload in self.workloads)
+
+    @property
+    def max_busy_slots(self) -> int:
+        """The most workloads in progress at once (a sweep over their intervals)."""
+        events = sorted(
+            [(workload.start, 1) for workload in self.workloads]
+            + [(workload.end, -1) for workload in self.workloads]
+        )
+        busy = most = 0
+        for _, step in events:
+            busy += step
+            most = max(most, busy)
+        return most
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One run of a task instance in a worker slot (a deferrable task has two: execute, then resume)."""
+
+    ti_id: str
+    start: float
+    end: float
+    final_state: str
+
+
+WORKLOAD_LINE = re.compile(
+    r"(?P<end>\d{4}-\d\d-\d\dT[\d:.]+)Z? \[info\s*\] Workload finished .*?duration=(?P<duration>[\d.]+)"
+    r".*?final_state=(?P<state>\w+).*?workload_id=(?P<ti_id>[\w-]+)"
+)
+
+
+def worker_workloads(standalone_log: Path, ti_ids: set[str], timeout: float = 15.0) -> list[Workload]:
+    """
+    The worker workloads of these task instances, read from the scheduler's output in standalone.log.
+
+    Waits (up to ``timeout``) until every task instance's final workload (state success) was logged.
+    """
+    from datetime import datetime
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for match in WORKLOAD_LINE.finditer(standalone_log.read_text(errors="replace")):
+            if match["ti_id"] in ti_ids:
+                end = datetime.fromisoformat(match["end"]).replace(tzinfo=UTC).timestamp()
+                found.append(Workload(match["ti_id"], end - float(match["duration"]), end, match["state"]))
+        finished = {workload.ti_id for workload in found if workload.final_state == "success"}
+        if finished >= ti_ids or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def run_mode(
@@ -275,17 +333,22 @@ def run_mode(
     airflow.api(f"dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None}, method="POST")
     print(f"[{mode}] triggered {dag_id} run {run_id}", flush=True)
 
-    max_running = max_deferred = 0
+    max_running = max_deferred = stalls = 0
     deadline = time.monotonic() + args.timeout
     while True:
         airflow.check_alive()
-        instances = task_instances(airflow, dag_id, run_id)
-        states = [instance["state"] for instance in instances]
-        max_running = max(max_running, states.count("running"))
-        max_deferred = max(max_deferred, states.count("deferred"))
-        run = airflow.api(f"dags/{dag_id}/dagRuns/{run_id}")
-        if run["state"] in TERMINAL_RUN_STATES:
-            break
+        try:
+            instances = task_instances(airflow, dag_id, run_id)
+            run = airflow.api(f"dags/{dag_id}/dagRuns/{run_id}")
+        except OSError as error:  # a busy api-server (timeout): skip this sample, the run goes on
+            stalls += 1
+            print(f"[{mode}] no answer from the api-server ({error}); sampling on", flush=True)
+        else:
+            states = [instance["state"] for instance in instances]
+            max_running = max(max_running, states.count("running"))
+            max_deferred = max(max_deferred, states.count("deferred"))
+            if run["state"] in TERMINAL_RUN_STATES:
+                break
         if time.monotonic() > deadline:
             raise RuntimeError(f"[{mode}] the DAG run did not finish within {args.timeout:.0f} s")
         time.sleep(args.sample_interval)
@@ -308,8 +371,12 @@ def run_mode(
             1 for entry in entries if entry["method"] == "POST" and entry["path"] == spec.submit_path
         ),
         billed_images=int(log["billed_images"]),
+        api_stalls=stalls,
         polls=sum(1 for entry in entries if entry["path"].startswith(NATIVE_TASK_PATH)),
         requests=len(entries),
+        workloads=worker_workloads(
+            airflow.home / "standalone.log", {instance["id"] for instance in instances}
+        ),
     )
 
 
@@ -383,6 +450,8 @@ def standalone_env(
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "IMGGEN_BENCH": json.dumps(dags),
+        # Component output reaches standalone.log line by line (the harness reads the workloads there).
+        "PYTHONUNBUFFERED": "1",
         **{
             f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
                 {"conn_type": "imggen", "password": API_KEY, **connection}
@@ -515,7 +584,7 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
     )
     print(
         f"{'mode':<12} {'wall s':>7} {'ratio':>6} {'submits':>7} {'billed':>6} {'polls':>5} "
-        f"{'max run':>7} {'max def':>7}  task durations s"
+        f"{'max run':>7} {'max def':>7} {'slots':>5} {'slot s':>7} {'runs':>4}  task durations s"
     )
     failures = []
     for result in results:
@@ -523,8 +592,13 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
         print(
             f"{result.mode:<12} {result.wall_seconds:>7.1f} {ratio:>5.2f}x "
             f"{result.submissions:>7} {result.billed_images:>6} {result.polls:>5} {result.max_running:>7} "
-            f"{result.max_deferred:>7}  {fmt_durations(result.durations)}"
+            f"{result.max_deferred:>7} {result.max_busy_slots:>5} {result.slot_seconds:>7.1f} "
+            f"{len(result.workloads):>4}  {fmt_durations(result.durations)}"
         )
+        if result.api_stalls:
+            print(
+                f"    {result.api_stalls} samples got no answer from the api-server in 30 s (machine busy?)"
+            )
         if args.show_durations:
             print("    " + " ".join(f"{duration:.1f}" for duration in result.durations))
         if result.state != "success" or result.task_states != {"success": args.tasks}:
@@ -534,8 +608,13 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
                 f"{result.mode}: {result.submissions} submissions, {result.billed_images} images billed "
                 f"for {args.tasks} generations"
             )
-        if result.max_running > args.parallelism:
-            failures.append(f"{result.mode}: {result.max_running} tasks running at once > parallelism")
+        if max(result.max_running, result.max_busy_slots) > args.parallelism:
+            failures.append(
+                f"{result.mode}: {max(result.max_running, result.max_busy_slots)} tasks running at once "
+                f"> parallelism {args.parallelism}"
+            )
+        if len({workload.ti_id for workload in result.workloads}) != args.tasks:
+            failures.append(f"{result.mode}: worker runs of {args.tasks} tasks not found in standalone.log")
     if anchor.mode != "deferrable" and anchor.wall_seconds < lower_bound:
         failures.append(
             f"anchor {anchor.mode} took {anchor.wall_seconds:.1f} s < its bound {lower_bound:.0f} s"
