@@ -42,11 +42,23 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_imggen.operators.image_generation"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.triggers.image_generation"],
+            }
+        ],
         "transfers": [
             {
                 "source-integration-name": INTEGRATION,
                 "target-integration-name": "Amazon Simple Storage Service (S3)",
                 "python-module": "airflow_provider_imggen.transfers.image_generation_to_s3",
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_imggen.sensors.image_generation"],
             }
         ],
         "extra-links": ["airflow_provider_imggen.transfers.image_generation_to_s3.S3ImageLink"],

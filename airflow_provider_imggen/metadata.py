@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationAPIError,
+    ImageGenerationTaskFailedError,
+    ImageGenerationTaskTimeoutError,
+)
 from airflow_provider_imggen.models import MAX_SEED
 
 if TYPE_CHECKING:
-    from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+    from airflow_provider_imggen.hooks.image_generation import (
+        ImageGenerationHook,
+        ImageGenerationResult,
+        TaskState,
+    )
 
 
 def generation_metadata(
@@ -28,6 +37,8 @@ def generation_metadata(
     response_format: str = "url",
     prompt_upsampling: bool | None = None,
     files: Mapping[int, Mapping[str, Any]] | None = None,
+    task_id: str | None = None,
+    task_status: str | None = None,
 ) -> dict[str, Any]:
     """
     The JSON-serialisable dict a generation pushes to XCom: parameters, usage and one entry per image.
@@ -45,6 +56,9 @@ def generation_metadata(
     :param response_format: ``url`` or ``b64_json``
     :param prompt_upsampling: whether the API was allowed to rewrite the prompt
     :param files: per image index, where its bytes were written: ``{location, bytes, sha256}``
+    :param task_id: the native API's task id (``None`` for the OpenAI-compatible API, which has no task)
+    :param task_status: the task's status when the metadata was built (``SUCCEEDED``; ``PENDING`` or
+        ``RUNNING`` when the operator submitted without waiting)
     """
     images = []
     for image in result.images:
@@ -75,4 +89,80 @@ def generation_metadata(
         "request_id": result.request_id,
         "usage": result.usage,
         "images": images,
+        # A native task can succeed with some images failed (a per-image content check): the others are
+        # delivered, these are reported.
+        "failed_images": [
+            {"index": failed.index, "code": failed.code, "message": failed.message}
+            for failed in result.failed_images
+        ],
+        "task_id": task_id,
+        "task_status": task_status,
     }
+
+
+def task_metadata(
+    hook: ImageGenerationHook,
+    state: TaskState,
+    *,
+    model: str | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    size: str | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+    prompt_upsampling: bool | None = None,
+) -> dict[str, Any]:
+    """
+    The XCom metadata of a finished native task; what the caller knows of the request fills the rest.
+
+    Raises :class:`ImageGenerationTaskFailedError` (no Airflow retry) for a FAILED, CANCELED or UNKNOWN
+    task and for one whose every image failed. Images that failed in a task that succeeded are logged one
+    by one and listed under ``failed_images``; the others are delivered.
+    """
+    if not state.is_terminal:
+        raise ImageGenerationAPIError(f"Task {state.task_id} is still {state.status}: it has no results yet")
+    result = hook.result_from_task(state, model=model)
+    if n is None and isinstance(state.task_metrics.get("TOTAL"), int):
+        n = state.task_metrics["TOTAL"]
+    return generation_metadata(
+        result,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        size=size,
+        n=n,
+        seed=seed,
+        prompt_upsampling=prompt_upsampling,
+        task_id=state.task_id,
+        task_status=state.status,
+    )
+
+
+def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) -> None:
+    """
+    Raise for an ``ImageGenerationTaskTrigger`` event that is not ``success``, with the API's message.
+
+    ``failed`` (FAILED, CANCELED, UNKNOWN) is final: :class:`ImageGenerationTaskFailedError`, no Airflow
+    retry. ``timeout`` and ``error`` (status reads kept failing) may be retried: the task goes on, and a
+    retry that reconnects to it pays nothing more.
+    """
+    if not isinstance(event, Mapping):
+        raise ImageGenerationAPIError(f"The trigger sent no usable event: {event!r}")
+    status, task_id = event.get("status"), str(event.get("task_id"))
+    if status == "success":
+        return
+    if status == "failed":
+        raise ImageGenerationTaskFailedError(
+            str(event.get("message") or "the task did not succeed"),
+            task_id=task_id,
+            task_status=str(event.get("task_status")),
+            code=event.get("code"),
+        )
+    if status == "timeout":
+        raise ImageGenerationTaskTimeoutError(
+            task_id=task_id, task_status=event.get("task_status"), waited=waited
+        )
+    if status == "error":
+        raise ImageGenerationAPIError(
+            f"Gave up reading the status of task {task_id}: {event.get('message')}", code=event.get("code")
+        )
+    raise ImageGenerationAPIError(f"The trigger sent an event with an unknown status: {status!r}")

@@ -135,5 +135,7 @@ def dag_run_rows(airflow_env: dict[str, str], dag_id: str, table: str, columns: 
 
 def emulator_connection_env(emulator: EmulatorServer, **extra: object) -> dict[str, str]:
     """AIRFLOW_CONN_IMGGEN_DEFAULT for a subprocess, pointing at the emulator."""
-    conn = {"conn_type": "imggen", "host": f"{emulator.base_url}/v1", "password": API_KEY, "extra": extra}
+    # The gateway API lives under /v1; the native task API's paths start at the root (/api/v1/...).
+    host = emulator.base_url if extra.get("api_style") == "dashscope" else f"{emulator.base_url}/v1"
+    conn = {"conn_type": "imggen", "host": host, "password": API_KEY, "extra": extra}
     return {"AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(conn)}

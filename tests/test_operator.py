@@ -34,6 +34,9 @@ XCOM_KEYS = {
     "request_id",
     "usage",
     "images",
+    "failed_images",
+    "task_id",
+    "task_status",
 }
 IMAGE_KEYS = {"index", "seed", "url", "url_expires_at", "revised_prompt", "location", "bytes", "sha256"}
 
@@ -47,7 +50,12 @@ def make_operator(**kwargs: Any) -> ImageGenerationOperator:
 
 def make_context(operator: ImageGenerationOperator, map_index: int = -1, **extra: Any) -> dict[str, Any]:
     ti = SimpleNamespace(
-        dag_id="unit", run_id="manual__2026-01-01", task_id=operator.task_id, map_index=map_index
+        dag_id="unit",
+        run_id="manual__2026-01-01",
+        task_id=operator.task_id,
+        map_index=map_index,
+        try_number=1,
+        stats_tags={},
     )
     return {"ti": ti, "task_instance": ti, "params": operator.params, "ds": "2026-01-01", **extra}
 

@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import generation_metadata
+from airflow_provider_imggen.metadata import generation_metadata, raise_for_event, task_metadata
 from airflow_provider_imggen.models import MAX_SEED, GenerationRequest, validate_generation_request
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from pydantic import JsonValue
 
-    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, ImageGenerationResult
+    from airflow_provider_imggen.hooks.image_generation import (
+        ImageGenerationHook,
+        ImageGenerationResult,
+        TaskState,
+    )
 
 DEFAULT_CONN_ID = "imggen_default"
 PROMPT_TEMPLATE_EXTENSIONS = (".txt", ".j2", ".jinja")
 # A seed the operator picks leaves room for seed + i on each of up to 10 images.
 _PICKED_SEED_RANGE = MAX_SEED - 16
+# The defer timeout leaves the trigger this long past its own deadline to report "timeout" itself.
+_DEFER_GRACE_SECONDS = 120.0
+_ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 
 
-class ImageGenerationOperator(BaseOperator):
+class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     """
     Generate images from a text prompt and push their metadata (never their bytes) to XCom.
 
@@ -35,9 +48,36 @@ class ImageGenerationOperator(BaseOperator):
 
     The XCom ``return_value`` is a JSON-serialisable dict: ``model``, ``prompt``, ``negative_prompt``,
     ``size``, ``n``, ``seed``, ``response_format``, ``prompt_upsampling``, ``created`` (epoch),
-    ``created_at`` (ISO 8601), ``request_id``, ``usage`` and ``images``: a list of ``{index, seed, url,
-    url_expires_at, revised_prompt, location, bytes, sha256}``. Result URLs expire (about 24 h): store
-    the images with ``ImageGenerationToS3Operator``.
+    ``created_at`` (ISO 8601), ``request_id``, ``usage``, ``images``: a list of ``{index, seed, url,
+    url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of ``{index,
+    code, message}`` (images of a native task that failed while the others succeeded), ``task_id`` and
+    ``task_status`` (the native task, ``None`` with the OpenAI-compatible API). Result URLs expire (about
+    24 h): store the images with ``ImageGenerationToS3Operator``.
+
+    **Native task API** (connection ``api_style`` ``dashscope``): ``execute()`` submits the task (the one
+    billable request, never sent from a trigger), then waits for it: with ``deferrable=True`` in the
+    triggerer (:class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger`),
+    freeing the worker slot, otherwise by polling in the worker. The XCom has the same shape either way.
+    The task id is kept in Airflow's task state store (``ResumableJobMixin``, Airflow 3.3+) before the
+    wait starts, so a retry after a worker crash, a timeout or a failed status read reconnects to the task
+    it already paid for instead of submitting again:
+
+    * task PENDING or RUNNING: wait for it again; SUCCEEDED: take its results (nothing is sent);
+    * FAILED or CANCELED: nothing was billed for it, so a new task is submitted;
+    * UNKNOWN (task ids live 24 h): its results can no longer be fetched, so a new task is submitted;
+    * the rendered request differs from the one that was submitted: a new task is submitted.
+
+    Clearing a finished task re-runs it the same way: within 24 h it takes the results already paid for
+    (the seed is the same, so a new request would draw the same images); change the seed for new ones.
+    ``on_kill`` cancels a task that is still PENDING (a RUNNING task cannot be canceled: a retry
+    reconnects to it). A FAILED task, a task whose every image failed, and an unknown task fail without
+    Airflow retries, with the API's code and message; images that failed in a task that succeeded are
+    logged one by one and listed in ``failed_images``, and the others are delivered.
+
+    **OpenAI-compatible API** (``api_style`` ``openai``): one synchronous request. The gateway has no task
+    to wait for, so ``deferrable=True`` (often set for a whole deployment through ``[operators]
+    default_deferrable``) runs synchronously and logs that it does; ``wait_for_completion=False`` is
+    refused.
 
     :param prompt: what to draw, or a template file ending in .txt, .j2 or .jinja (templated)
     :param model: model name; defaults to the connection's ``default_model`` (templated)
@@ -57,7 +97,21 @@ class ImageGenerationOperator(BaseOperator):
         (templated)
     :param output_path: where ``b64_json`` images are written: an object-storage URI understood by
         :class:`airflow.sdk.ObjectStoragePath` (``file:///data/images``, ``s3://aws_default@bucket/prefix``).
-        Files are named ``<dag_id>/<run_id>/<task_id>/[<map_index>-]<index>.png`` below it (templated)
+        Files are named ``<dag_id>/<run_id>/<task_id>/[<map_index>-]<index>.png`` below it (templated).
+        The native task API returns URLs only: with it, ``response_format`` must be ``url``
+    :param deferrable: wait for a native task in the triggerer instead of the worker; defaults to
+        ``[operators] default_deferrable``
+    :param poll_interval: seconds between status reads of a native task at first
+    :param max_poll_interval: longest wait between status reads; after 30 s of polling every
+        ``poll_interval``, the wait doubles up to this
+    :param wait_timeout: give up waiting for a native task after this long (seconds or a timedelta):
+        a task still PENDING is canceled, and the task fails (an Airflow retry reconnects to a task that
+        is running). ``None`` waits until the task ends; the API ends or forgets every task within 24 h
+    :param wait_for_completion: ``False`` submits the native task and returns at once: the XCom carries
+        its ``task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.image_generation.
+        ImageGenerationTaskSensor` to wait on
+    :param durable: keep the submitted task id in Airflow's task state store so that a retry reconnects
+        to it (Airflow 3.3 and later; on earlier versions every try submits)
     """
 
     template_fields: Sequence[str] = (
@@ -81,6 +135,8 @@ class ImageGenerationOperator(BaseOperator):
         "negative_prompt": "txt",
     }
     ui_color = "#e8d8ff"
+    # Where the submitted task is remembered across tries. Renaming it orphans the tasks of running tries.
+    external_id_key = "imggen_task"
 
     def __init__(
         self,
@@ -97,6 +153,11 @@ class ImageGenerationOperator(BaseOperator):
         imggen_conn_id: str = DEFAULT_CONN_ID,
         request_timeout: float | str | None = None,
         output_path: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 3.0,
+        max_poll_interval: float = 30.0,
+        wait_timeout: timedelta | float | None = None,
+        wait_for_completion: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,7 +173,26 @@ class ImageGenerationOperator(BaseOperator):
         self.imggen_conn_id = imggen_conn_id
         self.request_timeout = request_timeout
         self.output_path = output_path
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        if isinstance(wait_timeout, timedelta):
+            wait_timeout = wait_timeout.total_seconds()
+        self.wait_timeout = wait_timeout
+        self.wait_for_completion = wait_for_completion
         self._validate_literal_arguments()
+        _check_wait_arguments(
+            deferrable=deferrable,
+            wait_for_completion=wait_for_completion,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            wait_timeout=self.wait_timeout,
+        )
+        # Set while this try knows a native task (on_kill cancels it) and what it submitted.
+        self._task_id: str | None = None
+        self._request: GenerationRequest | None = None
+        self._state: TaskState | None = None
+        self._metadata_result: dict[str, Any] | None = None
 
     # -- DAG-parse-time validation ------------------------------------------------------------------
 
@@ -178,6 +258,62 @@ class ImageGenerationOperator(BaseOperator):
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
+        request, output_path = self._prepare_request(context)
+        if self.hook.settings.api_style == "dashscope":
+            if request.response_format != "url":
+                raise ImageGenerationValidationError(
+                    "response_format",
+                    request.response_format,
+                    "the native task API (connection api_style 'dashscope') returns signed URLs only: use "
+                    "response_format='url' and store the images with ImageGenerationToS3Operator",
+                )
+            self._request = request
+            # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
+            return self.execute_resumable(context)
+
+        if not self.wait_for_completion:
+            raise ImageGenerationValidationError(
+                "wait_for_completion",
+                False,
+                "the OpenAI-compatible API (connection api_style 'openai') answers with the images, there "
+                "is no task to come back to: leave wait_for_completion=True, or use api_style 'dashscope'",
+            )
+        if self.deferrable:
+            self.log.info(
+                "deferrable=True has no effect with the OpenAI-compatible API (connection %r, api_style "
+                "'openai'): it answers with the images in one request and has no task the triggerer could "
+                "wait on, so the images are generated in this worker",
+                self.imggen_conn_id,
+            )
+        result = self.hook.generate_images(
+            request.prompt,
+            model=request.model,
+            n=request.n,
+            size=request.size,
+            response_format=request.response_format,
+            negative_prompt=request.negative_prompt,
+            prompt_upsampling=request.prompt_upsampling,
+            seed=request.seed,
+            extra_body=request.extra_body or None,
+        )
+        return self._metadata(result, request, output_path, context)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume after the trigger's event: read the task's results once (URLs never travel in events)."""
+        # The request as submitted travels in the deferral's kwargs. `airflow dags test` hands back only
+        # the event: the request is then prepared again, as execute() did (same rendering, same seed).
+        self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
+        task_id = str(event.get("task_id"))
+        self._task_id = task_id
+        if event.get("status") == "timeout":
+            self._cancel_pending(task_id)
+        raise_for_event(event, waited=self.wait_timeout)
+        return self._task_metadata(self.hook.get_task(task_id))
+
+    def _prepare_request(self, context: Context) -> tuple[GenerationRequest, str | None]:
+        """The rendered request, validated, with its seed; and where b64_json images go."""
         request = self.hook.validate_request(
             self.prompt,
             model=_none_if_blank(self.model),
@@ -194,29 +330,215 @@ class ImageGenerationOperator(BaseOperator):
         output_path = None
         if request.response_format == "b64_json":
             output_path = self._check_output_path(self.output_path)
-        seed = request.seed if request.seed is not None else self._derived_seed(context, request)
         if request.seed is None:
+            request = dataclasses.replace(request, seed=self._derived_seed(context, request))
             self.log.info(
-                "No seed given: using seed=%d (derived from this task instance and the prompt)", seed
+                "No seed given: using seed=%d (derived from this task instance and the prompt)", request.seed
             )
+        return request, output_path
 
-        result = self.hook.generate_images(
+    def on_kill(self) -> None:
+        # Closing the session aborts the request in flight.
+        if "hook" in self.__dict__:
+            self.hook.close()
+        if self._task_id is not None and self.wait_for_completion:
+            self._cancel_pending(self._task_id)
+
+    # -- the native task, through ResumableJobMixin -----------------------------------------------------
+
+    def submit_job(self, context: Context) -> JsonValue:
+        request = self._submitting_request
+        submitted = self.hook.submit_task(
             request.prompt,
             model=request.model,
             n=request.n,
             size=request.size,
-            response_format=request.response_format,
             negative_prompt=request.negative_prompt,
             prompt_upsampling=request.prompt_upsampling,
-            seed=seed,
+            seed=request.seed,
             extra_body=request.extra_body or None,
         )
-        return self._metadata(result, request, seed, output_path, context)
+        self._task_id = submitted.task_id
+        self.log.info(
+            "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
+            submitted.task_id,
+            submitted.request_id,
+            request.model,
+            request.n,
+            request.size,
+            request.seed,
+        )
+        return {
+            "task_id": submitted.task_id,
+            "request_sha256": _fingerprint(request),
+            "submitted_at": datetime.now(tz=UTC).isoformat(),
+        }
 
-    def on_kill(self) -> None:
-        # Closing the session aborts the request in flight; nothing else holds resources.
-        if "hook" in self.__dict__:
-            self.hook.close()
+    def get_job_status(self, external_id: JsonValue, context: Context) -> str:
+        """The remembered task's status, or a pseudo-status saying why it cannot be reused."""
+        remembered = external_id if isinstance(external_id, Mapping) else {}
+        task_id = remembered.get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            self.log.warning("Ignoring an unreadable task record from an earlier try: %r", external_id)
+            return "UNREADABLE"
+        if remembered.get("request_sha256") != _fingerprint(self._submitting_request):
+            self.log.info(
+                "An earlier try submitted task %s for other parameters (the rendered request changed): "
+                "submitting this request",
+                task_id,
+            )
+            return "SUPERSEDED"
+        state = self.hook.get_task(task_id)
+        self._task_id, self._state = task_id, state
+        if state.status in ("FAILED", "CANCELED"):
+            self.log.warning(
+                "Task %s, submitted by an earlier try at %s, ended %s (code=%s: %s); nothing was billed "
+                "for it, so a new task is submitted",
+                task_id,
+                remembered.get("submitted_at"),
+                state.status,
+                state.code,
+                state.message,
+            )
+        elif state.status == "UNKNOWN":
+            self.log.warning(
+                "Task %s, submitted by an earlier try at %s, is unknown to the API: it expired (task ids "
+                "live 24 h) or was never created there. Its results cannot be fetched any more, so a new "
+                "task is submitted",
+                task_id,
+                remembered.get("submitted_at"),
+            )
+        elif state.status == "SUCCEEDED":
+            self.log.info(
+                "Task %s, submitted by an earlier try, already succeeded: using its results", task_id
+            )
+        else:
+            self.log.info(
+                "Task %s, submitted by an earlier try, is %s: reconnecting to it instead of submitting again",
+                task_id,
+                state.status,
+            )
+        return state.status
+
+    def is_job_active(self, status: str) -> bool:
+        return status in _ACTIVE_STATUSES
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == "SUCCEEDED"
+
+    def poll_until_complete(self, external_id: JsonValue, context: Context) -> Any:
+        """
+        Wait for the task: defer to the triggerer, or poll here; return the XCom metadata.
+
+        ResumableJobMixin returns this method's value as the task's result when it reconnects to a task
+        that is still running, so it returns the metadata (and keeps it for :meth:`get_job_result`).
+        """
+        task_id = str(external_id["task_id"]) if isinstance(external_id, Mapping) else str(external_id)
+        self._task_id = task_id
+        if not self.wait_for_completion:
+            self._metadata_result = self._submitted_metadata(task_id)
+            return self._metadata_result
+        if self.deferrable:
+            self._defer(task_id)
+        from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
+
+        try:
+            state = self.hook.wait_for_task(
+                task_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                timeout=self.wait_timeout,
+            )
+        except ImageGenerationTaskTimeoutError:
+            self._cancel_pending(task_id)
+            raise
+        self._metadata_result = self._task_metadata(state)
+        return self._metadata_result
+
+    def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
+        if self._metadata_result is not None:
+            return self._metadata_result
+        # The earlier try's task already SUCCEEDED: get_job_status read its state.
+        assert self._state is not None
+        return self._task_metadata(self._state)
+
+    def _defer(self, task_id: str) -> None:
+        from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
+
+        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", task_id)
+        self.defer(
+            trigger=ImageGenerationTaskTrigger(
+                task_id=task_id,
+                imggen_conn_id=self.imggen_conn_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                end_time=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
+            ),
+            method_name="execute_complete",
+            kwargs={"request": dataclasses.asdict(self._submitting_request)},
+            timeout=timedelta(seconds=self.wait_timeout + _DEFER_GRACE_SECONDS)
+            if self.wait_timeout is not None
+            else None,
+        )
+
+    @property
+    def _submitting_request(self) -> GenerationRequest:
+        if self._request is None:
+            raise RuntimeError("execute() validates the request before any task is submitted")
+        return self._request
+
+    def _task_metadata(self, state: TaskState) -> dict[str, Any]:
+        """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
+        request = self._submitting_request
+        return task_metadata(
+            self.hook,
+            state,
+            model=request.model,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=request.seed,
+            prompt_upsampling=request.prompt_upsampling,
+        )
+
+    def _submitted_metadata(self, task_id: str) -> dict[str, Any]:
+        """The XCom of a task submitted without waiting: its id and the request, no images yet."""
+        from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+
+        request = self._submitting_request
+        status = self._state.status if self._state is not None else "PENDING"
+        self.log.info(
+            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", task_id, status
+        )
+        result = ImageGenerationResult(
+            created=int(time.time()),
+            images=(),
+            usage={},
+            request_id=None,
+            model=request.model,
+            parameters=request.to_dashscope_body(),
+        )
+        return self._metadata(result, request, None, None, task_id=task_id, task_status=status)
+
+    def _cancel_pending(self, task_id: str) -> None:
+        """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
+        from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+
+        # A hook of its own: on_kill runs in a signal handler, possibly in the middle of a request on
+        # this operator's session.
+        hook = ImageGenerationHook(imggen_conn_id=self.imggen_conn_id, request_timeout=10.0, max_retries=1)
+        try:
+            if hook.cancel_task(task_id):
+                self.log.info("Canceled task %s: it was still PENDING, nothing is billed for it", task_id)
+            else:
+                self.log.info(
+                    "Task %s could not be canceled (no longer PENDING): a retry reconnects to it", task_id
+                )
+        except Exception as error:
+            self.log.warning("Could not cancel task %s: %s", task_id, error)
+        finally:
+            hook.close()
 
     def _derived_seed(self, context: Context, request: GenerationRequest) -> int:
         """A seed stable for this task instance and prompt: retries and re-runs give the same images."""
@@ -230,14 +552,16 @@ class ImageGenerationOperator(BaseOperator):
         self,
         result: ImageGenerationResult,
         request: GenerationRequest,
-        seed: int,
         output_path: str | None,
-        context: Context,
+        context: Context | None,
+        *,
+        task_id: str | None = None,
+        task_status: str | None = None,
     ) -> dict[str, Any]:
         files = {
             image.index: self._write_image(image.data, image.index, output_path, context)
             for image in result.images
-            if image.data is not None and output_path is not None
+            if image.data is not None and output_path is not None and context is not None
         }
         return generation_metadata(
             result,
@@ -245,10 +569,12 @@ class ImageGenerationOperator(BaseOperator):
             negative_prompt=request.negative_prompt,
             size=request.size,
             n=request.n,
-            seed=seed,
+            seed=request.seed,
             response_format=request.response_format,
             prompt_upsampling=request.prompt_upsampling,
             files=files,
+            task_id=task_id,
+            task_status=task_status,
         )
 
     def _write_image(self, data: bytes, index: int, output_path: str, context: Context) -> dict[str, Any]:
@@ -268,6 +594,36 @@ class ImageGenerationOperator(BaseOperator):
         path.write_bytes(data)
         self.log.info("Wrote image %d (%d bytes) to %s", index, len(data), path)
         return {"location": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _check_wait_arguments(
+    *,
+    deferrable: object,
+    wait_for_completion: object,
+    poll_interval: object,
+    max_poll_interval: object,
+    wait_timeout: object,
+) -> None:
+    from airflow_provider_imggen.hooks.image_generation import check_poll_settings
+
+    for name, flag in (("deferrable", deferrable), ("wait_for_completion", wait_for_completion)):
+        if not isinstance(flag, bool):
+            raise ImageGenerationValidationError(name, flag, "expected True or False")
+    check_poll_settings(poll_interval, max_poll_interval)
+    if wait_timeout is not None and (
+        isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) or not wait_timeout > 0
+    ):
+        raise ImageGenerationValidationError(
+            "wait_timeout",
+            wait_timeout,
+            "expected seconds > 0 (or a timedelta), or None to wait until the task ends",
+        )
+
+
+def _fingerprint(request: GenerationRequest) -> str:
+    """Identifies what a task was submitted for, so a retry only reuses a task of the same request."""
+    body = json.dumps(request.to_dashscope_body(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _is_literal(value: object) -> bool:

@@ -1,0 +1,1 @@
+"""Triggers: wait on native generation tasks in the triggerer."""

@@ -1,0 +1,274 @@
+"""
+Real Airflow runs on the native task API: `airflow dags test` on SQLite (which runs triggers in-process)
+against the emulator; deferral and resume, the sensor's three modes, retries that reconnect instead of
+paying twice, and a task process killed by SIGKILL under a real executor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_imggen.emulator import EmulatorServer
+from tests.conftest import TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag, task_submissions
+from tests.test_dag_runs import assert_key_nowhere, xcoms
+from tests.test_operator import XCOM_KEYS
+
+ASYNC_DAGS = TESTS_DIR / "dags" / "imggen_async_test_dags.py"
+
+
+def native_connection(emulator: EmulatorServer) -> dict[str, str]:
+    return emulator_connection_env(emulator, api_style="dashscope", default_model="wan2.2-t2i-flash")
+
+
+def task_instances(airflow_env: dict[str, str], dag_id: str) -> dict[str, tuple[str, int]]:
+    """task_id -> (state, try_number) of the latest run."""
+    rows = dag_run_rows(airflow_env, dag_id, "task_instance", "task_id, state, try_number")
+    return {task_id: (state, try_number) for task_id, state, try_number in rows}
+
+
+def remembered_tasks(airflow_env: dict[str, str], dag_id: str) -> dict[str, dict[str, Any]]:
+    """What each Airflow task stored in the task state store: the native task it submitted."""
+    rows = dag_run_rows(airflow_env, dag_id, "task_state_store", "task_id, key, value")
+    return {task_id: json.loads(value) for task_id, key, value in rows if key == "imggen_task"}
+
+
+def output(finished: Any) -> str:
+    return finished.stdout[-4000:] + finished.stderr[-4000:]
+
+
+def test_deferrable_and_polling_operators_in_a_dag_run(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    # The third submission (task "failed") ends FAILED: final, so no Airflow retry despite retries=2.
+    emulator.set_faults(
+        task_pending_ms=300, task_duration_ms=300, fail_next_tasks=["none", "none", "DataInspectionFailed"]
+    )
+    dag_id = "imggen_async_operator"
+    finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **native_connection(emulator))
+
+    states = task_instances(airflow_env, dag_id)
+    assert states["deferred"] == ("success", 1), output(finished)
+    assert states["polled"] == ("success", 1)
+    assert states["failed"] == ("failed", 1), "FAILED is final: no retry"
+    results = xcoms(airflow_env, dag_id)
+    deferred, polled = results[("deferred", -1)], results[("polled", -1)]
+    assert isinstance(deferred, dict) and isinstance(polled, dict)
+    assert set(deferred) == set(polled) == XCOM_KEYS
+    assert len(deferred["images"]) == len(polled["images"]) == 2
+    assert "Deferring until task" in finished.stdout + finished.stderr
+    assert "DataInspectionFailed" in finished.stdout + finished.stderr
+    submissions = task_submissions(emulator)
+    assert [entry["task_id"] for entry in submissions[:2]] == [deferred["task_id"], polled["task_id"]]
+    assert len(submissions) == 3
+    assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+
+
+def test_sensor_in_poke_reschedule_and_deferrable_modes(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    # Long enough PENDING that the first poke of each sensor finds the task unfinished; image 1 fails.
+    emulator.set_faults(task_pending_ms=6000, task_duration_ms=500, fail_next_task_images=[[1]])
+    dag_id = "imggen_async_sensor"
+    finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **native_connection(emulator))
+    assert finished.returncode == 0, output(finished)
+
+    states = task_instances(airflow_env, dag_id)
+    assert all(state == "success" for state, _ in states.values()), states
+    results = xcoms(airflow_env, dag_id)
+    submitted = results[("submit", -1)]
+    assert isinstance(submitted, dict) and submitted["task_status"] == "PENDING"
+    for sensor in ("wait_poke", "wait_reschedule", "wait_deferred"):
+        metadata = results[(sensor, -1)]
+        assert isinstance(metadata, dict) and set(metadata) == XCOM_KEYS
+        assert metadata["task_id"] == submitted["task_id"]
+        assert [image["index"] for image in metadata["images"]] == [0, 2]
+        assert [failed["index"] for failed in metadata["failed_images"]] == [1]
+    # Given the submitting XCom, the sensors carry its seed; given a bare id (reschedule), they cannot.
+    assert [image["seed"] for image in results[("wait_poke", -1)]["images"]] == [70, 72]  # type: ignore[index]
+    assert results[("wait_reschedule", -1)]["seed"] is None  # type: ignore[index]
+    assert results[("delivered", -1)] == [0, 2]
+    assert _rescheduled(airflow_env, dag_id), "the reschedule-mode sensor freed its slot between pokes"
+    assert len(task_submissions(emulator)) == 1, "sensors only read"
+    assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+
+
+def _rescheduled(airflow_env: dict[str, str], dag_id: str) -> bool:
+    """Whether the reschedule-mode sensor was rescheduled (task_reschedule rows are keyed by ti id)."""
+    import sqlite3
+
+    database = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as db:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM task_reschedule"
+            " JOIN task_instance ON task_instance.id = task_reschedule.ti_id"
+            " WHERE task_instance.dag_id = ? AND task_instance.task_id = 'wait_reschedule'",
+            (dag_id,),
+        ).fetchone()
+    return bool(count)
+
+
+def test_retries_after_a_crash_reconnect_to_the_submitted_task(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(task_pending_ms=1500, task_duration_ms=500)
+    dag_id = "imggen_async_resume"
+    finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **native_connection(emulator))
+    assert finished.returncode == 0, output(finished)
+
+    states = task_instances(airflow_env, dag_id)
+    assert all(state == ("success", 2) for state in states.values()), f"each task crashed once: {states}"
+    # The tasks are told apart by what they asked for: (model, n).
+    by_request: dict[tuple[str, int], list[str]] = {}
+    for entry in task_submissions(emulator):
+        by_request.setdefault((entry["model"], entry["n"]), []).append(entry["task_id"])
+    results = xcoms(airflow_env, dag_id)
+    stored = remembered_tasks(airflow_env, dag_id)
+    for airflow_task, n in (
+        ("reconnect_polling", 1),
+        ("reconnect_deferred", 2),
+        ("succeeded_before_crash", 3),
+        ("crash_after_resume", 4),
+    ):
+        metadata = results[(airflow_task, -1)]
+        assert isinstance(metadata, dict)
+        # Exactly one submission: try 2 took the task try 1 had paid for.
+        assert by_request[("wan2.2-t2i-flash", n)] == [metadata["task_id"]], airflow_task
+        assert len(metadata["images"]) == n
+        assert stored[airflow_task]["task_id"] == metadata["task_id"]
+    # The expired task's results are gone: try 2 had to submit again.
+    expired = results[("expired", -1)]
+    assert isinstance(expired, dict)
+    first, second = by_request[("qwen-image", 1)]
+    assert expired["task_id"] == second != first
+    logged = finished.stdout + finished.stderr
+    assert logged.count("submitted by an earlier try") >= 5
+    assert "is unknown to the API" in logged
+    assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+
+
+def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
+    airflow_env: dict[str, str], emulator: EmulatorServer, s3: Any
+) -> None:
+    from tests.s3_fixtures import aws_connection
+    from tests.test_dag_runs import EXAMPLE_DAGS
+
+    emulator.set_faults(task_pending_ms=500, task_duration_ms=500)
+    dag_id = "example_async_pipeline"
+    subjects = ["a teapot on a windowsill", "a bicycle against a brick wall"]
+    finished = run_dag(
+        {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)},
+        dag_id,
+        EXAMPLE_DAGS / f"{dag_id}.py",
+        conf={"bucket": s3.name, "subjects": subjects},
+        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(s3.endpoint_url),
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        **native_connection(emulator),
+    )
+    assert finished.returncode == 0, output(finished)
+
+    results = xcoms(airflow_env, dag_id)
+    stored = results[("store_in_s3", -1)]
+    assert isinstance(stored, list) and len(stored) == 2 * len(subjects)
+    assert s3.object_keys() == sorted(entry["key"] for entry in stored)
+    for map_index in range(len(subjects)):
+        submitted, waited = results[("submit", map_index)], results[("wait", map_index)]
+        assert isinstance(submitted, dict) and isinstance(waited, dict)
+        assert submitted["task_id"] == waited["task_id"] and len(waited["images"]) == 2
+        mine = [entry for entry in stored if entry["generation"] == map_index]
+        assert sorted(entry["seed"] for entry in mine) == [image["seed"] for image in waited["images"]]
+    assert "Deferring until task" in finished.stdout + finished.stderr
+    assert len(task_submissions(emulator)) == len(subjects)
+    assert emulator.billed_images() == len(stored)
+    assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """
+    `airflow api-server` on a free loopback port, serving the Execution API that task processes run by an
+    executor talk to; yields the environment pointing executors at it.
+    """
+    import secrets
+    import signal
+    import subprocess
+    import time
+
+    import requests
+
+    from tests.conftest import AIRFLOW_BIN
+    from tests.s3_fixtures import free_port
+
+    port = free_port()
+    env = {
+        **airflow_env,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    }
+    process = subprocess.Popen(
+        [str(AIRFLOW_BIN), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"airflow api-server exited with {process.returncode}")
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/api/v2/version", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("airflow api-server did not answer within 180 s")
+            time.sleep(0.5)
+        yield env
+    finally:
+        # Its uvicorn workers share the process group: signal them all.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def test_a_task_process_killed_after_submitting_reconnects_on_retry_under_an_executor(
+    api_server: dict[str, str], emulator: EmulatorServer
+) -> None:
+    """
+    The faithful crash: LocalExecutor runs the task in its own supervised process, which SIGKILLs itself
+    after the submission was stored; the supervisor reports it, Airflow retries, and try 2 reconnects.
+    """
+    import subprocess
+
+    from tests.conftest import AIRFLOW_BIN
+
+    emulator.set_faults(task_pending_ms=1500, task_duration_ms=500)
+    dag_id = "imggen_async_crash"
+    finished = subprocess.run(
+        [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(ASYNC_DAGS), "--use-executor"],
+        env={**api_server, **native_connection(emulator), "IMGGEN_TEST_CRASH": "sigkill"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, output(finished)
+
+    assert task_instances(api_server, dag_id)["killed_while_polling"] == ("success", 2), output(finished)
+    assert "exit_code=<Negsignal.SIGKILL: -9>" in finished.stdout + finished.stderr
+    (submission,) = task_submissions(emulator)
+    metadata = xcoms(api_server, dag_id)[("killed_while_polling", -1)]
+    assert isinstance(metadata, dict) and metadata["task_id"] == submission["task_id"]
+    assert len(metadata["images"]) == 2
+    assert emulator.billed_images() == 2, "paid once"
