@@ -265,7 +265,7 @@ def test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom(
         operator.execute(context)  # type: ignore[arg-type]
     # The billable POST happened in execute(), before the trigger exists; the trigger only reads.
     (submission,) = task_submissions(dashscope_conn)
-    assert deferred.value.trigger.task_id == submission["task_id"]
+    assert deferred.value.trigger.generation_task_id == submission["task_id"]
     assert deferred.value.timeout is not None
     queries_before = len(task_queries(dashscope_conn))
 
