@@ -51,7 +51,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_imggen.demo import background, free_port
+from airflow_provider_imggen.demo import background, emulator_command, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 DAG_FILE = BENCH_DIR / "bench_deferrable_dag.py"
@@ -540,20 +540,13 @@ def main() -> int:
     try:
         emulator_port = free_port()
         emulator_url = f"http://127.0.0.1:{emulator_port}"
-        emulator_command = [
-            sys.executable,
-            "-m",
-            "airflow_provider_imggen.emulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(emulator_port),
-            "--api-key",
-            API_KEY,
-        ]
         env = standalone_env(work, args, emulator_url, modes)
         with (
-            background(emulator_command, f"{emulator_url}/_emulator/faults", work / "emulator.log"),
+            background(
+                emulator_command(emulator_port, API_KEY),
+                f"{emulator_url}/_emulator/faults",
+                work / "emulator.log",
+            ),
             airflow_standalone(env, Path(env["AIRFLOW_HOME"])) as airflow,
         ):
             started = time.monotonic()
