@@ -76,7 +76,7 @@ def generation_metadata(
             entry.update(files[image.index])
         images.append(entry)
     return {
-        "model": result.model,
+        "model": result.model or None,  # a task status does not name its model
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "size": size,
@@ -126,7 +126,7 @@ def task_metadata(
         n = state.task_metrics["TOTAL"]
     return generation_metadata(
         result,
-        prompt=prompt,
+        prompt=prompt if prompt is not None else state.prompt,
         negative_prompt=negative_prompt,
         size=size,
         n=n,

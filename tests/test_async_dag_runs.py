@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,12 @@ from airflow_provider_imggen.emulator import EmulatorServer
 from tests.conftest import TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag, task_submissions
 from tests.test_dag_runs import assert_key_nowhere, xcoms
 from tests.test_operator import XCOM_KEYS
+
+if TYPE_CHECKING:
+    from tests.s3_fixtures import S3Bucket
+
+# The moto_server and s3 fixtures.
+pytest_plugins = ["tests.s3_fixtures"]
 
 ASYNC_DAGS = TESTS_DIR / "dags" / "imggen_async_test_dags.py"
 
@@ -152,7 +158,7 @@ def test_retries_after_a_crash_reconnect_to_the_submitted_task(
 
 
 def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
-    airflow_env: dict[str, str], emulator: EmulatorServer, s3: Any
+    airflow_env: dict[str, str], emulator: EmulatorServer, s3: S3Bucket
 ) -> None:
     from tests.s3_fixtures import aws_connection
     from tests.test_dag_runs import EXAMPLE_DAGS

@@ -9,6 +9,7 @@ reconnect, reschedule mode, triggers run by Airflow) are in test_async_dag_runs.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -316,6 +317,32 @@ def test_deferred_partial_failure_is_reported_per_image(dashscope_conn: Emulator
     assert [failed["index"] for failed in metadata["failed_images"]] == [0]
 
 
+def test_killing_a_deferred_operator_cancels_its_pending_task_a_sensor_does_not(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    """A user kills the deferred task: the triggerer calls the trigger's on_kill."""
+    dashscope_conn.set_faults(task_pending_ms=60_000)
+    operator = make_operator(deferrable=True, **fast())
+    with pytest.raises(TaskDeferred) as operator_deferred:
+        operator.execute(make_context(operator))  # type: ignore[arg-type]
+    watched = submit()
+    sensor = make_sensor(generation_task_id=watched, deferrable=True)
+    with pytest.raises(TaskDeferred) as sensor_deferred:
+        sensor.execute(make_context(sensor))  # type: ignore[arg-type]
+    for deferred in (operator_deferred, sensor_deferred):
+        # As the triggerer does; BaseTrigger then sets trigger.task_id to the Airflow task's id.
+        deferred.value.trigger.task_instance = SimpleNamespace(task_id="generate")  # type: ignore[assignment]
+
+    asyncio.run(operator_deferred.value.trigger.on_kill())
+    asyncio.run(sensor_deferred.value.trigger.on_kill())
+
+    statuses = {task["task_id"]: task["task_status"] for task in dashscope_conn.tasks()}
+    assert statuses[operator_deferred.value.trigger.generation_task_id] == "CANCELED", (
+        "the operator paid for it"
+    )
+    assert statuses[watched] == "PENDING", "the sensor only watches a task it does not own"
+
+
 # -- sensor ----------------------------------------------------------------------------------------------
 
 
@@ -328,8 +355,9 @@ def test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape(dashscope_c
 
     assert set(metadata) == XCOM_KEYS
     assert metadata["task_id"] == task_id and len(metadata["images"]) == 2 and metadata["n"] == 2
-    # A bare task id tells nothing of the request: those fields are None, not guessed.
-    assert (metadata["seed"], metadata["size"], metadata["prompt"]) == (None, None, None)
+    # The prompt comes with the results; the rest of the request does not: None, not guessed.
+    assert metadata["prompt"] == "a lighthouse at dawn"
+    assert (metadata["seed"], metadata["size"], metadata["model"]) == (None, None, None)
     check_images_download(metadata, (512, 512))
     assert len(task_queries(dashscope_conn)) >= 2
     assert len(task_submissions(dashscope_conn)) == 1, "the sensor only reads"

@@ -69,6 +69,7 @@ def test_serialize_round_trip() -> None:
         max_poll_interval=20.0,
         end_time=1_900_000_000.5,
         max_consecutive_errors=5,
+        cancel_on_kill=True,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
@@ -79,6 +80,7 @@ def test_serialize_round_trip() -> None:
         "max_poll_interval": 20.0,
         "end_time": 1_900_000_000.5,
         "max_consecutive_errors": 5,
+        "cancel_on_kill": True,
     }
     # As the triggerer does: import the class path, re-create from the (JSON-stored) kwargs.
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
@@ -91,6 +93,7 @@ def test_serialize_round_trip() -> None:
         "max_poll_interval": 30.0,
         "end_time": None,
         "max_consecutive_errors": 3,
+        "cancel_on_kill": False,
     }
 
 

@@ -203,6 +203,7 @@ class TaskState:
     :param submit_time: the API's submission time, verbatim (its time zone is not stated)
     :param end_time: the API's end time, verbatim
     :param model: the model, when the answer names it (DashScope's does not)
+    :param prompt: the prompt as submitted (the results' ``orig_prompt``), when the answer has results
     """
 
     task_id: str
@@ -217,6 +218,7 @@ class TaskState:
     submit_time: str | None = None
     end_time: str | None = None
     model: str | None = None
+    prompt: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -1322,6 +1324,14 @@ def parse_task_state(
         submit_time=output.get("submit_time"),
         end_time=output.get("end_time"),
         model=output.get("model") or body.get("model"),
+        prompt=next(
+            (
+                item["orig_prompt"]
+                for item in (results if isinstance(results, list) else [])
+                if isinstance(item, dict) and isinstance(item.get("orig_prompt"), str)
+            ),
+            None,
+        ),
     )
 
 

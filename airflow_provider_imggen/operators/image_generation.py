@@ -473,6 +473,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 end_time=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
+                # This task paid for it: a user killing the deferred task cancels it while still PENDING.
+                cancel_on_kill=True,
             ),
             method_name="execute_complete",
             kwargs={"request": dataclasses.asdict(self._submitting_request)},
@@ -526,8 +528,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
         # A hook of its own: on_kill runs in a signal handler, possibly in the middle of a request on
-        # this operator's session.
+        # this operator's session. It takes the connection already loaded, if any, rather than asking the
+        # supervisor for it again from the handler.
         hook = ImageGenerationHook(imggen_conn_id=self.imggen_conn_id, request_timeout=10.0, max_retries=1)
+        loaded = self.__dict__.get("hook")
+        if loaded is not None and "connection" in loaded.__dict__:
+            hook.__dict__["connection"] = loaded.connection
         try:
             if hook.cancel_task(task_id):
                 self.log.info("Canceled task %s: it was still PENDING, nothing is billed for it", task_id)

@@ -33,9 +33,9 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
 
     The XCom has the shape of :class:`~airflow_provider_imggen.operators.image_generation.
     ImageGenerationOperator`'s, so :class:`~airflow_provider_imggen.transfers.image_generation_to_s3.
-    ImageGenerationToS3Operator` can store the images directly (``generation=sensor.output``). Request
-    parameters the task status does not report (seed, size, prompt...) are ``None`` unless
-    ``generation_task_id`` is the submitting operator's XCom, which records them.
+    ImageGenerationToS3Operator` can store the images directly (``generation=sensor.output``). The task's
+    status reports the prompt but not the rest of the request (model, seed, size...): those are ``None``
+    unless ``generation_task_id`` is the submitting operator's XCom, which records them.
 
     It waits in one of three ways: ``mode="poke"`` holds a worker slot and reads the status every
     ``poke_interval``; ``mode="reschedule"`` frees the slot between reads; ``deferrable=True`` (which takes

@@ -50,6 +50,8 @@ class ImageGenerationTaskTrigger(BaseTrigger):
     :param max_poll_interval: the longest wait between polls once backing off
     :param end_time: deadline, in epoch seconds (``time.time()``); None waits as long as the task lives
     :param max_consecutive_errors: failed polls tolerated in a row; one more gives up
+    :param cancel_on_kill: when a user kills the deferred task (mark failed, clear...), cancel the task if
+        it is still PENDING. For the operator that submitted it; a sensor only watches a task it does not own
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        cancel_on_kill: bool = False,
     ) -> None:
         super().__init__()
         check_poll_settings(poll_interval, max_poll_interval)
@@ -79,6 +82,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         self.max_poll_interval = max_poll_interval
         self.end_time = end_time
         self.max_consecutive_errors = max_consecutive_errors
+        self.cancel_on_kill = cancel_on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -90,6 +94,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 "max_poll_interval": self.max_poll_interval,
                 "end_time": self.end_time,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "cancel_on_kill": self.cancel_on_kill,
             },
         )
 
@@ -106,6 +111,21 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             else:
                 event = await self._wait(hook)
         yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task: cancel the task while still PENDING (nothing is billed then)."""
+        if not self.cancel_on_kill:
+            return
+        from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook
+
+        try:
+            async with ImageGenerationAsyncHook(self.imggen_conn_id) as hook:
+                canceled = await hook.cancel_task(self.generation_task_id)
+        except Exception as error:  # the triggerer only logs it; say what happened to the task
+            self.log.warning("Could not cancel task %s: %s", self.generation_task_id, error)
+            return
+        if not canceled:
+            self.log.info("Task %s could not be canceled: it is no longer PENDING", self.generation_task_id)
 
     async def _wait(self, hook: ImageGenerationAsyncHook) -> dict[str, Any]:
         from airflow_provider_imggen.exceptions import (
