@@ -41,6 +41,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_transfer_memory.py
 	$(BIN)/python benchmarks/bench_transfer_concurrency.py
 	$(BIN)/python benchmarks/bench_pipeline_faults.py
+	# About 10 min: 40 generations of 20 s, sync then deferrable, under a real airflow standalone.
+	$(BIN)/python benchmarks/bench_deferrable.py
 
 clean:
 	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -40,6 +40,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def emulator_command(port: int, api_key: str, *args: str) -> list[str]:
+    """The command line of the emulator on loopback (``args``: more options, such as fault rates)."""
+    return [
+        sys.executable,
+        "-m",
+        "airflow_provider_imggen.emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        api_key,
+        *args,
+    ]
+
+
 @contextmanager
 def background(
     command: list[str],
@@ -166,18 +182,7 @@ def offline_stack(
     with ExitStack() as servers:
         servers.enter_context(
             background(
-                [
-                    sys.executable,
-                    "-m",
-                    "airflow_provider_imggen.emulator",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(emulator_port),
-                    "--api-key",
-                    DEMO_API_KEY,
-                    *emulator_args,
-                ],
+                emulator_command(emulator_port, DEMO_API_KEY, *emulator_args),
                 f"{emulator_url}/_emulator/faults",
                 work / "emulator.log",
             )

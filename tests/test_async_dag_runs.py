@@ -77,7 +77,7 @@ def test_deferrable_and_polling_operators_in_a_dag_run(
 def test_sensor_in_poke_reschedule_and_deferrable_modes(
     airflow_env: dict[str, str], emulator: EmulatorServer
 ) -> None:
-    # Long enough PENDING that the first poke of each sensor finds the task unfinished; image 1 fails.
+    # Long enough PENDING that the reschedule sensor (run first) finds the task unfinished; image 1 fails.
     emulator.set_faults(task_pending_ms=6000, task_duration_ms=500, fail_next_task_images=[[1]])
     dag_id = "imggen_async_sensor"
     finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **native_connection(emulator))

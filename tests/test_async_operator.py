@@ -9,6 +9,7 @@ reconnect, reschedule mode, triggers run by Airflow) are in test_async_dag_runs.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -265,7 +266,7 @@ def test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom(
         operator.execute(context)  # type: ignore[arg-type]
     # The billable POST happened in execute(), before the trigger exists; the trigger only reads.
     (submission,) = task_submissions(dashscope_conn)
-    assert deferred.value.trigger.task_id == submission["task_id"]
+    assert deferred.value.trigger.generation_task_id == submission["task_id"]
     assert deferred.value.timeout is not None
     queries_before = len(task_queries(dashscope_conn))
 
@@ -328,12 +329,17 @@ def test_killing_a_deferred_operator_cancels_its_pending_task_a_sensor_does_not(
     sensor = make_sensor(generation_task_id=watched, deferrable=True)
     with pytest.raises(TaskDeferred) as sensor_deferred:
         sensor.execute(make_context(sensor))  # type: ignore[arg-type]
+    for deferred in (operator_deferred, sensor_deferred):
+        # As the triggerer does; BaseTrigger then sets trigger.task_id to the Airflow task's id.
+        deferred.value.trigger.task_instance = SimpleNamespace(task_id="generate")  # type: ignore[assignment]
 
     asyncio.run(operator_deferred.value.trigger.on_kill())
     asyncio.run(sensor_deferred.value.trigger.on_kill())
 
     statuses = {task["task_id"]: task["task_status"] for task in dashscope_conn.tasks()}
-    assert statuses[operator_deferred.value.trigger.task_id] == "CANCELED", "the operator paid for it"
+    assert statuses[operator_deferred.value.trigger.generation_task_id] == "CANCELED", (
+        "the operator paid for it"
+    )
     assert statuses[watched] == "PENDING", "the sensor only watches a task it does not own"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def run_trigger(trigger: ImageGenerationTaskTrigger) -> dict[str, Any]:
     assert len(events) == 1, events
     payload = events[0].payload
     assert isinstance(payload, dict) and set(payload) == EVENT_KEYS
-    assert payload["task_id"] == trigger.task_id
+    assert payload["task_id"] == trigger.generation_task_id
     text = json.dumps(payload)  # JSON-serialisable, as events are stored in the metadata DB
     assert len(text) < 1000
     assert "http" not in text and "Signature" not in text and API_KEY not in text
@@ -142,6 +143,24 @@ def test_success_after_pending_and_running(dashscope_conn: EmulatorServer) -> No
     assert len(task_queries(dashscope_conn)) >= 1
     # The worker resuming the task reads the results itself; the event only said where to look.
     assert len(fast_hook().get_task(task_id).images) == 2
+
+
+def test_waits_on_its_own_task_once_the_triggerer_attached_the_task_instance(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    # The triggerer sets trigger.task_instance, and BaseTrigger then sets trigger.task_id to the *Airflow*
+    # task's id ("generate"): the trigger must keep polling the API's task id, not that one.
+    task_id = submit()
+    trigger = ImageGenerationTaskTrigger(task_id=task_id, **FAST)
+    trigger.task_instance = SimpleNamespace(task_id="generate")  # type: ignore[assignment]
+    assert trigger.task_id == "generate"
+    payload = run_trigger(trigger)
+    assert (payload["status"], payload["task_id"], payload["task_status"]) == (
+        "success",
+        task_id,
+        "SUCCEEDED",
+    )
+    assert {query["path"].rsplit("/", 1)[-1] for query in task_queries(dashscope_conn)} == {task_id}
 
 
 def test_partial_failure_is_a_success_with_failed_images(dashscope_conn: EmulatorServer) -> None:

@@ -75,7 +75,8 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             raise ImageGenerationValidationError(
                 "max_consecutive_errors", max_consecutive_errors, "expected a whole number >= 0"
             )
-        self.task_id = task_id
+        # Not ``self.task_id``: the triggerer sets that to the Airflow task's id (BaseTrigger.task_instance).
+        self.generation_task_id = task_id
         self.imggen_conn_id = imggen_conn_id
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
@@ -87,7 +88,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "task_id": self.task_id,
+                "task_id": self.generation_task_id,
                 "imggen_conn_id": self.imggen_conn_id,
                 "poll_interval": self.poll_interval,
                 "max_poll_interval": self.max_poll_interval,
@@ -119,12 +120,12 @@ class ImageGenerationTaskTrigger(BaseTrigger):
 
         try:
             async with ImageGenerationAsyncHook(self.imggen_conn_id) as hook:
-                canceled = await hook.cancel_task(self.task_id)
+                canceled = await hook.cancel_task(self.generation_task_id)
         except Exception as error:  # the triggerer only logs it; say what happened to the task
-            self.log.warning("Could not cancel task %s: %s", self.task_id, error)
+            self.log.warning("Could not cancel task %s: %s", self.generation_task_id, error)
             return
         if not canceled:
-            self.log.info("Task %s could not be canceled: it is no longer PENDING", self.task_id)
+            self.log.info("Task %s could not be canceled: it is no longer PENDING", self.generation_task_id)
 
     async def _wait(self, hook: ImageGenerationAsyncHook) -> dict[str, Any]:
         from airflow_provider_imggen.exceptions import (
@@ -139,7 +140,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         task_status: str | None = None
         while True:
             try:
-                state = await hook.get_task(self.task_id)
+                state = await hook.get_task(self.generation_task_id)
             except (ImageGenerationValidationError, ImageGenerationRejectedError) as error:
                 # A refused key or an unusable connection: polling again cannot help.
                 return self._payload(
@@ -148,11 +149,13 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             except ImageGenerationAPIError as error:
                 errors += 1
                 if errors > self.max_consecutive_errors:
-                    self.log.error("Task %s: giving up after %d failed polls in a row", self.task_id, errors)
+                    self.log.error(
+                        "Task %s: giving up after %d failed polls in a row", self.generation_task_id, errors
+                    )
                     return self._payload("error", task_status, code=error.code, message=str(error))
                 self.log.warning(
                     "Task %s: poll failed (%d in a row, %d tolerated): %s",
-                    self.task_id,
+                    self.generation_task_id,
                     errors,
                     self.max_consecutive_errors,
                     error,
@@ -160,7 +163,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             else:
                 errors = 0
                 if state.status != task_status:
-                    self.log.info("Task %s is %s", self.task_id, state.status)
+                    self.log.info("Task %s is %s", self.generation_task_id, state.status)
                     task_status = state.status
                 if state.is_terminal:
                     try:
@@ -170,7 +173,9 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                     return self._payload("success", task_status, state)
             now = time.time()
             if self.end_time is not None and now >= self.end_time:
-                self.log.info("Task %s: deadline passed while it was %s", self.task_id, task_status)
+                self.log.info(
+                    "Task %s: deadline passed while it was %s", self.generation_task_id, task_status
+                )
                 return self._payload("timeout", task_status, message=f"still {task_status} at end_time")
             delay = next_poll_interval(
                 delay, time.monotonic() - started, self.poll_interval, self.max_poll_interval
@@ -192,7 +197,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             failed = max(len(state.failed_images), metrics_failed if isinstance(metrics_failed, int) else 0)
         return {
             "status": status,
-            "task_id": self.task_id,
+            "task_id": self.generation_task_id,
             "task_status": task_status,
             "code": code,
             "message": message,

@@ -104,6 +104,10 @@ with DAG(dag_id="imggen_async_sensor", schedule=None, start_date=START, catchup=
             task_id="wait_deferred", generation_task_id=submitted.output, deferrable=True, **SENSOR_FAST
         ),
     ]
+    # dags test runs the tasks of a round in no set order, one at a time, and the poke and deferrable
+    # sensors block until the task is done: the reschedule sensor (whose template pull sets no dependency)
+    # must run right after "submit", while the task is still PENDING, to show it frees its slot.
+    submitted >> sensors[1] >> [sensors[0], sensors[2]]
 
     @task
     def delivered(poke: dict, reschedule: dict, deferred: dict) -> list[int]:
