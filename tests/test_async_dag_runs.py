@@ -15,7 +15,7 @@ import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
 from tests.conftest import TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag, task_submissions
-from tests.test_dag_runs import assert_key_nowhere, xcoms
+from tests.test_dag_runs import assert_key_nowhere, run_example_pipeline, xcoms
 from tests.test_operator import XCOM_KEYS
 
 if TYPE_CHECKING:
@@ -160,22 +160,10 @@ def test_retries_after_a_crash_reconnect_to_the_submitted_task(
 def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
     airflow_env: dict[str, str], emulator: EmulatorServer, s3: S3Bucket
 ) -> None:
-    from tests.s3_fixtures import aws_connection
-    from tests.test_dag_runs import EXAMPLE_DAGS
-
     emulator.set_faults(task_pending_ms=500, task_duration_ms=500)
     dag_id = "example_async_pipeline"
     subjects = ["a teapot on a windowsill", "a bicycle against a brick wall"]
-    finished = run_dag(
-        {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)},
-        dag_id,
-        EXAMPLE_DAGS / f"{dag_id}.py",
-        conf={"bucket": s3.name, "subjects": subjects},
-        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(s3.endpoint_url),
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        **native_connection(emulator),
-    )
+    finished = run_example_pipeline(airflow_env, dag_id, s3, subjects, native_connection(emulator))
     assert finished.returncode == 0, output(finished)
 
     results = xcoms(airflow_env, dag_id)

@@ -13,12 +13,36 @@ from airflow_provider_imggen.emulator import EmulatorServer
 from tests.conftest import API_KEY, TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag
 
 if TYPE_CHECKING:
+    import subprocess
+
     from tests.s3_fixtures import S3Bucket
 
 pytest_plugins = ["tests.s3_fixtures"]
 
 TEST_DAGS = TESTS_DIR / "dags" / "imggen_test_dags.py"
 EXAMPLE_DAGS = TESTS_DIR.parent / "example_dags"
+
+
+def run_example_pipeline(
+    airflow_env: dict[str, str],
+    dag_id: str,
+    s3: S3Bucket,
+    subjects: list[str],
+    imggen_connection_env: dict[str, str],
+) -> subprocess.CompletedProcess[str]:
+    """Run an example DAG with ``airflow dags test``, its images landing in the moto_server bucket."""
+    from tests.s3_fixtures import aws_connection
+
+    return run_dag(
+        {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)},
+        dag_id,
+        EXAMPLE_DAGS / f"{dag_id}.py",
+        conf={"bucket": s3.name, "subjects": subjects},
+        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(s3.endpoint_url),
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        **imggen_connection_env,
+    )
 
 
 def xcoms(airflow_env: dict[str, str], dag_id: str) -> dict[tuple[str, int], object]:
@@ -125,20 +149,9 @@ def test_example_dag_runs(airflow_env: dict[str, str], emulator: EmulatorServer,
 def test_example_content_pipeline_lands_images_and_metadata_in_s3(
     airflow_env: dict[str, str], emulator: EmulatorServer, s3: S3Bucket
 ) -> None:
-    from tests.s3_fixtures import aws_connection
-
     dag_id = "example_content_pipeline"
     subjects = ["a teapot on a windowsill", "a bicycle against a brick wall"]
-    finished = run_dag(
-        {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)},
-        dag_id,
-        EXAMPLE_DAGS / f"{dag_id}.py",
-        conf={"bucket": s3.name, "subjects": subjects},
-        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(s3.endpoint_url),
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        **emulator_connection_env(emulator),
-    )
+    finished = run_example_pipeline(airflow_env, dag_id, s3, subjects, emulator_connection_env(emulator))
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
 
     results = xcoms(airflow_env, dag_id)
