@@ -203,6 +203,18 @@ def test_native_submission_answer_fails_but_the_task_runs_and_bills(emu: Emulato
     assert emu.billed_images() == 2
 
 
+def test_log_fingerprints_tell_a_resend_from_another_generation(emu: EmulatorServer) -> None:
+    emu.set_faults(quotas=False, fail_next=["billed_500"])
+    assert generate(emu, seed=1).status_code == 500
+    assert generate(emu, seed=1).status_code == 200  # the same body sent again: paid twice
+    assert generate(emu, seed=2).status_code == 200
+    assert requests.get(f"{emu.base_url}/v1/models", headers=AUTH, timeout=30).status_code == 200
+    first, again, other, models = emu.requests_log()
+    assert first["fingerprint"] == again["fingerprint"] != other["fingerprint"]
+    assert len(first["fingerprint"]) == 16 and models["fingerprint"] is None
+    assert (first["billed_images"], again["billed_images"]) == (1, 1)
+
+
 def test_billed_faults_wait_for_a_billable_request(emu: EmulatorServer) -> None:
     emu.set_faults(fail_next=["billed_500"])
     # A model list or status query is not billable: the scripted billed fault stays queued.
