@@ -258,3 +258,72 @@ def use_gateway(monkeypatch: pytest.MonkeyPatch, gateway: Server, **extra: objec
         "extra": {"default_model": "wan2.2-t2i-flash", "max_retries": 0, **extra},
     }
     monkeypatch.setenv("AIRFLOW_CONN_IMGGEN_DEFAULT", json.dumps(connection))
+
+
+class _OneRequestAtATime:
+    """WSGI middleware: requests handled one at a time, as S3 makes each conditional write atomic."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+@pytest.fixture(scope="session")
+def atomic_moto_endpoint() -> Iterator[str]:
+    """
+    moto's S3 on loopback, serving one request at a time.
+
+    moto (5.2.5) honours ``If-None-Match: *`` on PutObject and CompleteMultipartUpload, but moto_server is
+    threaded and checks, then writes, without a lock: two concurrent conditional writes can both pass (seen
+    with multipart uploads). S3 itself decides each conditional write atomically; serialising moto's
+    requests gives the same guarantee, so the race tests test the transfer, not moto's locking.
+    """
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    server = make_server(
+        "127.0.0.1",
+        0,
+        _OneRequestAtATime(DomainDispatcherApplication(create_backend_app)),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def atomic_s3(atomic_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``aws_default`` pointing at :func:`atomic_moto_endpoint`, and a new empty bucket."""
+    import uuid
+
+    import boto3
+
+    from tests.s3_fixtures import S3Bucket, aws_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(atomic_moto_endpoint))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    client = boto3.client(
+        "s3",
+        endpoint_url=atomic_moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    name = f"imggen-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return S3Bucket(name=name, client=client, endpoint_url=atomic_moto_endpoint)
