@@ -72,13 +72,14 @@ def fetch(
     :param deadline: ``time.monotonic()`` value by which the whole body must have arrived
     """
     response: urllib3.BaseHTTPResponse | None = None
+    pools: list[urllib3.HTTPConnectionPool] = []
     try:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 target = policy.check(url)
             except UnresolvableHostError as error:
                 raise TransientFetchError(str(error)) from None
-            response = _request(target, deadline, user_agent)
+            response = _request(target, deadline, user_agent, pools)
             if response.status not in _REDIRECTS:
                 length = response.headers.get("Content-Length")
                 yield Answer(
@@ -107,6 +108,8 @@ def fetch(
     finally:
         if response is not None:
             response.close()
+        for pool in pools:
+            pool.close()
 
 
 def _remaining(deadline: float) -> float:
@@ -116,7 +119,9 @@ def _remaining(deadline: float) -> float:
     return remaining
 
 
-def _request(target: Target, deadline: float, user_agent: str) -> urllib3.BaseHTTPResponse:
+def _request(
+    target: Target, deadline: float, user_agent: str, pools: list[urllib3.HTTPConnectionPool]
+) -> urllib3.BaseHTTPResponse:
     """One GET to the first of the target's (checked) addresses that accepts a connection."""
     import urllib3
 
@@ -145,6 +150,7 @@ def _request(target: Target, deadline: float, user_agent: str) -> urllib3.BaseHT
             )
         else:
             pool = urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, maxsize=1, retries=False)
+        pools.append(pool)
         try:
             return pool.urlopen(
                 "GET",

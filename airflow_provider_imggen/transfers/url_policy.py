@@ -99,8 +99,17 @@ class ResultUrlPolicy:
         if conn_id is None:
             return cls(origin=None)
         from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
 
-        conn = BaseHook.get_connection(conn_id)
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            raise ImageGenerationValidationError(
+                "imggen_conn_id",
+                conn_id,
+                "no such connection; its base URL and extras set which result URLs may be fetched (None: "
+                "no trusted API origin, only https result hosts of the default list)",
+            ) from None
         extras: dict[str, Any] = conn.extra_dejson
 
         def extra(name: str) -> Any:

@@ -359,3 +359,20 @@ def test_a_dripping_server_fails_at_the_deadline(
     elapsed = time.monotonic() - started
     assert 2 <= elapsed < 5, f"{elapsed:.1f}s: the deadline is per download, and not retried"
     assert s3.object_keys() == []
+
+
+def test_without_an_imggen_connection_no_origin_is_trusted(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[..., Server], s3: S3Bucket
+) -> None:
+    results = servers({"/a.png": image(PNG)})
+    monkeypatch.delenv("AIRFLOW_CONN_IMGGEN_DEFAULT", raising=False)
+
+    with pytest.raises(Exception, match=r"imggen_conn_id.*no such connection"):
+        run(make_operator(generation=results.url("/a.png"), s3_bucket=s3.name, s3_key="a.png"))
+    with pytest.raises(ImageResultUrlRefusedError, match=r"policy \(scheme\)"):
+        run(
+            make_operator(
+                generation=results.url("/a.png"), s3_bucket=s3.name, s3_key="a.png", imggen_conn_id=None
+            )
+        )
+    assert results.requests == [] and s3.object_keys() == []
