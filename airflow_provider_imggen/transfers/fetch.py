@@ -53,13 +53,14 @@ class Answer:
     target: Target
 
 
-def _ca_bundle() -> str:
+def _ca_options() -> tuple[str | None, str | None]:
+    """(CA file, CA directory): REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (a file or a directory), else certifi."""
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
-        return bundle
+        return (None, bundle) if os.path.isdir(bundle) else (bundle, None)
     import certifi
 
-    return str(certifi.where())
+    return str(certifi.where()), None
 
 
 @contextmanager
@@ -137,6 +138,7 @@ def _request(
         timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=min(READ_TIMEOUT, remaining))
         pool: urllib3.HTTPConnectionPool
         if target.scheme == "https":
+            ca_certs, ca_cert_dir = _ca_options()
             pool = urllib3.HTTPSConnectionPool(
                 address,
                 target.port,
@@ -144,7 +146,8 @@ def _request(
                 maxsize=1,
                 retries=False,
                 cert_reqs="CERT_REQUIRED",
-                ca_certs=_ca_bundle(),
+                ca_certs=ca_certs,
+                ca_cert_dir=ca_cert_dir,
                 server_hostname=target.host,
                 assert_hostname=target.host,
             )
