@@ -134,3 +134,17 @@ class ImageTransferRejectedError(ImageTransferError, AirflowFailException):
 
 class ImageResultExpiredError(ImageTransferRejectedError):
     """A signed result URL has expired (or was refused): the generation task must be re-run."""
+
+
+class ImageResultUrlRefusedError(ImageTransferRejectedError):
+    """
+    A result URL (or a redirect) was refused by the transfer's result-URL policy: not the API's own origin,
+    not https, not an allowed result-store host, or not a public address. Nothing was fetched from it.
+
+    :param rule: the policy rule that refused it (``scheme``, ``result_hosts``, ``public address``,
+        ``redirects``)
+    """
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        self.rule = rule
+        super().__init__(message)

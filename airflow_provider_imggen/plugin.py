@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 CONNECTION_TEST_PATH = "/api/v2/connections/test"
 CONN_TYPE = "imggen"
+# The UI's test request is a few hundred bytes; the middleware never reads more than this of a request.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def airflow_rejects_port_zero() -> bool:
@@ -44,23 +46,33 @@ def airflow_rejects_port_zero() -> bool:
 
 
 def fix_connection_test_body(body: bytes) -> bytes | None:
-    """The body with ``port: 0`` replaced by ``null`` for an ``imggen`` connection, else ``None``."""
+    """
+    The body with ``port: 0`` replaced by ``null`` for an ``imggen`` connection, else ``None``.
+
+    Never raises: anything it cannot read (not JSON, nested too deep, not a dict) is left alone.
+    """
+    if len(body) > MAX_BODY_BYTES or b'"' + CONN_TYPE.encode() + b'"' not in body:
+        return None
     try:
         payload = json.loads(body)
-    except ValueError:
+        if not isinstance(payload, dict) or payload.get("conn_type") != CONN_TYPE:
+            return None
+        port = payload.get("port")
+        if port != 0 or isinstance(port, bool):
+            return None
+        payload["port"] = None
+        return json.dumps(payload).encode()
+    except Exception:  # RecursionError from deep nesting, ValueError, UnicodeDecodeError: not ours to judge
         return None
-    if not isinstance(payload, dict) or payload.get("conn_type") != CONN_TYPE:
-        return None
-    port = payload.get("port")
-    if port != 0 or isinstance(port, bool):
-        return None
-    payload["port"] = None
-    return json.dumps(payload).encode()
 
 
 class ConnectionTestPortFix:
     """
     ASGI middleware: ``port: 0`` → ``null`` in ``POST /api/v2/connections/test`` for ``imggen`` connections.
+
+    It runs before authentication, so it reads at most ``MAX_BODY_BYTES`` of a request: a larger body, a
+    body that is not JSON, or any other connection type reaches the application untouched and streamed
+    as it came (what was read is replayed first). Nothing this middleware does raises.
 
     :param app: the wrapped ASGI application
     :param enabled: rewrite bodies; by default only when the installed Airflow still refuses port 0
@@ -71,37 +83,54 @@ class ConnectionTestPortFix:
         self.enabled = airflow_rejects_port_zero() if enabled is None else enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (
-            self.enabled
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].endswith(CONNECTION_TEST_PATH)
-        ):
+        if not (self.enabled and _is_connection_test(scope)):
             await self.app(scope, receive, send)
             return
-        chunks = []
+        read: list[Message] = []
+        size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":
+            read.append(message)
+            if message.get("type") != "http.request":
                 # The client went away before sending its body: nothing to fix.
-                await self.app(scope, _replay(message, receive), send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        fixed = fix_connection_test_body(body)
-        if fixed is not None:
-            body = fixed
-            headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"content-length"]
-            scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        replayed = _replay({"type": "http.request", "body": body, "more_body": False}, receive)
-        await self.app(scope, replayed, send)
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES or not message.get("more_body", False):
+                break
+        fixed = None
+        if read[-1].get("type") == "http.request" and not read[-1].get("more_body", False):
+            fixed = fix_connection_test_body(b"".join(message.get("body", b"") for message in read))
+        if fixed is None:
+            await self.app(scope, _replay(read, receive), send)
+            return
+        headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"content-length"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(fixed)).encode())]}
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": fixed, "more_body": False}], receive), send
+        )
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
-    """A ``receive`` that returns ``first`` once, then defers to the original one."""
-    pending = [first]
+def _is_connection_test(scope: Scope) -> bool:
+    """A POST to the connection test endpoint that says (if it says) it carries JSON, and not too much."""
+    try:
+        if scope.get("type") != "http" or scope.get("method") != "POST":
+            return False
+        if not str(scope.get("path", "")).endswith(CONNECTION_TEST_PATH):
+            return False
+        for name, value in scope.get("headers") or ():
+            name = name.lower()
+            if name == b"content-type" and b"json" not in value.lower():
+                return False
+            if name == b"content-length" and (not value.strip().isdigit() or int(value) > MAX_BODY_BYTES):
+                return False
+        return True
+    except Exception:  # a malformed scope is the application's to answer
+        return False
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that returns ``messages`` first, then defers to the original one."""
+    pending = list(reversed(messages))
 
     async def replayed() -> Message:
         if pending:

@@ -157,6 +157,11 @@ def child_env(moto: MotoServer, image_server: ImageServer) -> dict[str, str]:
                 "extra": {"endpoint_url": moto.endpoint_url, "region_name": "us-east-1"},
             }
         ),
+        # The image server stands in for the API serving its own results (as the emulator does): the
+        # transfer's result-URL policy trusts the imggen connection's origin.
+        "AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(
+            {"conn_type": "imggen", "host": f"http://127.0.0.1:{image_server.port}/v1", "password": "bench"}
+        ),
         "AIRFLOW_CONN_BENCH_HTTP": json.dumps(
             {"conn_type": "http", "host": "127.0.0.1", "port": image_server.port, "schema": "http"}
         ),

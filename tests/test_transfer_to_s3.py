@@ -201,10 +201,20 @@ class StaticServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
 
     def __enter__(self) -> StaticServer:
+        # Inside the block this server is the API's origin (imggen_default points at it): plain http on
+        # loopback is trusted there only. tests/security covers the result-URL policy for other hosts.
+        self._saved_connection = os.environ.get("AIRFLOW_CONN_IMGGEN_DEFAULT")
+        os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"] = json.dumps(
+            {"conn_type": "imggen", "host": f"{self.url('')}/v1", "password": API_KEY}
+        )
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._saved_connection is None:
+            os.environ.pop("AIRFLOW_CONN_IMGGEN_DEFAULT", None)
+        else:
+            os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"] = self._saved_connection
         self._server.shutdown()
         self._server.server_close()
 
@@ -652,7 +662,7 @@ def test_an_html_page_is_never_stored(s3: S3Bucket) -> None:
     with StaticServer(routes) as server:
         with pytest.raises(ImageTransferRejectedError, match="not a PNG, JPEG or WebP image"):
             run(make_operator(generation=server.url("/page.png"), s3_bucket=s3.name, s3_key="p.png"))
-        with pytest.raises(ImageTransferRejectedError, match="no readable header"):
+        with pytest.raises(ImageTransferRejectedError, match="not a complete image"):
             run(make_operator(generation=server.url("/broken.png"), s3_bucket=s3.name, s3_key="b.png"))
     assert s3.object_keys() == []
 
@@ -899,6 +909,8 @@ def test_templated_fields() -> None:
         "s3_bucket",
         "s3_key",
         "aws_conn_id",
+        "imggen_conn_id",
+        "download_timeout",
     }
     assert "extra_upload_args" not in ImageGenerationToS3Operator.template_fields
 

@@ -1,0 +1,53 @@
+"""Running one step of a transfer over its images, a bounded number at a time; the first error stops all."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TypeVar
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def run_concurrently(
+    function: Callable[[_T], _R],
+    items: Sequence[_T],
+    *,
+    max_concurrency: int,
+    stop: threading.Event | None = None,
+) -> list[_R]:
+    """``function`` over ``items``, ``max_concurrency`` at a time; the first error stops the rest."""
+    stop = stop or threading.Event()
+    if len(items) <= 1 or max_concurrency == 1:
+        # Nothing to overlap: no thread (each new thread costs its own malloc arena).
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(
+        max_workers=min(max_concurrency, len(items)), thread_name_prefix="imggen-to-s3"
+    ) as pool:
+
+        def guarded(item: _T) -> _R:
+            try:
+                return function(item)
+            except BaseException:
+                # Set here, in the worker, so that queued items see it before they start.
+                stop.set()
+                raise
+
+        futures = [pool.submit(guarded, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(future.exception() for future in done):
+            stop.set()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            # The earliest item that failed, whichever thread failed first: the same error every run.
+            error = next(
+                future.exception()
+                for future in futures
+                if not future.cancelled() and future.exception() is not None
+            )
+            assert error is not None
+            raise error
+    return [future.result() for future in futures]

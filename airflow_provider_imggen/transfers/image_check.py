@@ -1,0 +1,243 @@
+"""
+Structural checks of PNG, JPEG and WebP files, without decoding a pixel.
+
+The check walks the file's container structure to its end and accounts for every byte: PNG chunks to IEND
+with their CRCs, JPEG segments by their lengths and entropy-coded data to the EOI marker, WebP's RIFF length
+and chunks. The dimensions come from the header the walk proved to be part of a complete file, and must
+stay within Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the
+file is read in 1 MiB pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHUNK = 1024 * 1024
+# JPEG markers that carry the frame size (start of frame), all but DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_KINDS = {
+    "png": ("image/png", "png"),
+    "jpeg": ("image/jpeg", "jpg"),
+    "webp": ("image/webp", "webp"),
+}
+
+
+class ImageCheckError(Exception):
+    """The file is not a complete, well-formed image; the message says what is wrong (never its bytes)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    content_type: str
+    ext: str
+    width: int
+    height: int
+
+
+def sniff(head: bytes) -> str | None:
+    """``png``, ``jpeg`` or ``webp`` from a file's first 12 bytes; None for anything else."""
+    if head.startswith(PNG_SIGNATURE):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def check_image(path: Path, *, max_pixels: int | None = None) -> ImageInfo:
+    """
+    Check the file at ``path`` is one complete PNG, JPEG or WebP image; its type and dimensions.
+
+    :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
+    """
+    if max_pixels is None:
+        from PIL import Image
+
+        max_pixels = Image.MAX_IMAGE_PIXELS
+    with open(path, "rb") as file:
+        reader = _Reader(file, os.fstat(file.fileno()).st_size)
+        kind = sniff(reader.peek(12))
+        if kind is None:
+            raise ImageCheckError("not a PNG, JPEG or WebP image")
+        width, height = {"png": _png, "jpeg": _jpeg, "webp": _webp}[kind](reader)
+        if not reader.at_end():
+            raise ImageCheckError(f"{reader.size - reader.position} unexpected byte(s) after the image's end")
+    if width < 1 or height < 1:
+        raise ImageCheckError(f"its header gives an empty size ({width}x{height})")
+    if max_pixels and width * height > max_pixels:
+        raise ImageCheckError(
+            f"{width}x{height} is more than the decompression-bomb limit of {max_pixels} pixels"
+        )
+    content_type, ext = _KINDS[kind]
+    return ImageInfo(content_type, ext, width, height)
+
+
+class _Reader:
+    """Sequential reads over a file through a bounded buffer; reading past the end means truncated."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self.file = file
+        self.size = size
+        self.buffer = b""
+        self.offset = 0  # in buffer
+        self.position = 0  # in the file
+
+    def _fill(self, wanted: int) -> None:
+        while len(self.buffer) - self.offset < wanted:
+            more = self.file.read(max(_CHUNK, wanted))
+            if not more:
+                return
+            self.buffer = self.buffer[self.offset :] + more
+            self.offset = 0
+
+    def peek(self, count: int) -> bytes:
+        self._fill(count)
+        return self.buffer[self.offset : self.offset + count]
+
+    def read(self, count: int) -> bytes:
+        self._fill(count)
+        data = self.buffer[self.offset : self.offset + count]
+        if len(data) < count:
+            raise ImageCheckError("truncated: the file ends inside the image")
+        self.offset += count
+        self.position += count
+        return data
+
+    def skip(self, count: int, crc: int | None = None) -> int:
+        """Skip ``count`` bytes (updating ``crc`` over them when given); the CRC, or 0."""
+        if self.position + count > self.size:
+            raise ImageCheckError("truncated: the file ends inside the image")
+        while count:
+            piece = self.read(min(count, _CHUNK))
+            if crc is not None:
+                crc = zlib.crc32(piece, crc)
+            count -= len(piece)
+        return crc or 0
+
+    def find(self, byte: bytes) -> bool:
+        """Advance to the next ``byte`` (not consuming it); False at the end of the file."""
+        while True:
+            found = self.buffer.find(byte, self.offset)
+            if found >= 0:
+                self.position += found - self.offset
+                self.offset = found
+                return True
+            self.position += len(self.buffer) - self.offset
+            self.buffer, self.offset = b"", 0
+            self._fill(1)
+            if not self.buffer:
+                return False
+
+    def at_end(self) -> bool:
+        return self.position >= self.size
+
+
+def _png(reader: _Reader) -> tuple[int, int]:
+    reader.read(len(PNG_SIGNATURE))
+    width = height = 0
+    first, data_seen = True, False
+    while True:
+        length, kind = struct.unpack(">I4s", reader.read(8))
+        if length > 0x7FFFFFFF or not kind.isalpha():
+            raise ImageCheckError("malformed PNG chunk header")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                raise ImageCheckError("the PNG does not start with its IHDR header")
+            header = reader.read(13)
+            width, height = struct.unpack(">II", header[:8])
+            crc = zlib.crc32(header, zlib.crc32(kind))
+            first = False
+        else:
+            crc = reader.skip(length, zlib.crc32(kind))
+        if struct.unpack(">I", reader.read(4))[0] != crc:
+            raise ImageCheckError(f"PNG chunk {kind.decode()} fails its CRC")
+        data_seen |= kind == b"IDAT"
+        if kind == b"IEND":
+            break
+    if not data_seen:
+        raise ImageCheckError("the PNG has no image data (IDAT)")
+    return width, height
+
+
+def _jpeg(reader: _Reader) -> tuple[int, int]:
+    reader.read(2)  # SOI
+    size: tuple[int, int] | None = None
+    marker = _next_marker(reader)
+    while marker != 0xD9:  # EOI
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            marker = _next_marker(reader)
+            continue
+        (length,) = struct.unpack(">H", reader.read(2))
+        if length < 2:
+            raise ImageCheckError("malformed JPEG segment length")
+        if marker in _SOF_MARKERS:
+            frame = reader.read(length - 2)
+            if len(frame) < 5:
+                raise ImageCheckError("malformed JPEG frame header")
+            height, width = struct.unpack(">HH", frame[1:5])
+            size = (width, height)
+        else:
+            reader.skip(length - 2)
+        marker = _entropy_coded(reader) if marker == 0xDA else _next_marker(reader)
+    if size is None:
+        raise ImageCheckError("the JPEG has no frame header")
+    return size
+
+
+def _next_marker(reader: _Reader) -> int:
+    if reader.read(1) != b"\xff":
+        raise ImageCheckError("malformed JPEG: a segment does not start with a marker")
+    marker = reader.read(1)[0]
+    while marker == 0xFF:  # fill bytes
+        marker = reader.read(1)[0]
+    return marker
+
+
+def _entropy_coded(reader: _Reader) -> int:
+    """Skip a scan's entropy-coded data; the marker that ends it."""
+    while True:
+        if not reader.find(b"\xff"):
+            raise ImageCheckError("truncated: the JPEG ends inside its image data")
+        reader.read(1)
+        marker = reader.read(1)[0]
+        while marker == 0xFF:
+            marker = reader.read(1)[0]
+        if marker != 0x00 and not 0xD0 <= marker <= 0xD7:
+            return marker
+
+
+def _webp(reader: _Reader) -> tuple[int, int]:
+    header = reader.read(12)
+    (riff_length,) = struct.unpack("<I", header[4:8])
+    if riff_length + 8 != reader.size:
+        raise ImageCheckError(
+            f"the WebP's RIFF length says {riff_length + 8} bytes, the file has {reader.size}"
+        )
+    size: tuple[int, int] | None = None
+    canvas: tuple[int, int] | None = None
+    while not reader.at_end():
+        kind, length = struct.unpack("<4sI", reader.read(8))
+        head = reader.read(min(length, 10))
+        reader.skip(length - len(head) + (length & 1))
+        if kind == b"VP8X" and len(head) >= 10:
+            canvas = (int.from_bytes(head[4:7], "little") + 1, int.from_bytes(head[7:10], "little") + 1)
+        elif kind == b"VP8 " and size is None:
+            if len(head) < 10 or head[3:6] != b"\x9d\x01\x2a":
+                raise ImageCheckError("malformed WebP (VP8) frame header")
+            width, height = struct.unpack("<HH", head[6:10])
+            size = (width & 0x3FFF, height & 0x3FFF)
+        elif kind == b"VP8L" and size is None:
+            if len(head) < 5 or head[0] != 0x2F:
+                raise ImageCheckError("malformed WebP (VP8L) header")
+            bits = int.from_bytes(head[1:5], "little")
+            size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if canvas is None and size is None:
+        raise ImageCheckError("the WebP has no image header")
+    return canvas or size  # type: ignore[return-value]
