@@ -13,7 +13,7 @@ from airflow_provider_imggen import __version__
 INTEGRATION = "Image Generation"
 # Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
 # there because this module is loaded on every `import airflow`.
-KNOWN_MODEL_NAMES = ["qwen-image", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
+KNOWN_MODEL_NAMES = ["qwen-image", "qwen-image-plus", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
 
 
 def get_provider_info() -> dict[str, Any]:
