@@ -141,3 +141,24 @@ def test_the_ui_form_offers_retry_unknown_outcome() -> None:
     field = conn_type["conn-fields"]["retry_unknown_outcome"]
     assert field["schema"]["default"] is False and "boolean" in field["schema"]["type"]
     assert "bill twice" in field["label"] and "pay twice" in field["description"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "parameter"),
+    [
+        ({"wait_timeout": math.inf}, "wait_timeout"),
+        ({"wait_timeout": math.nan}, "wait_timeout"),
+        ({"request_timeout": "inf"}, "request_timeout"),
+        ({"request_timeout": math.nan}, "request_timeout"),
+        ({"poll_interval": math.inf, "max_poll_interval": math.inf}, "poll_interval"),
+        ({"n": "\u0662"}, "n"),
+        ({"extra_body": {"strength": math.nan}}, "extra_body"),
+    ],
+)
+def test_operator_refuses_them_when_the_dag_is_parsed(arguments: dict, parameter: str) -> None:
+    # Not after the billable submission: the operator checks literal arguments in its constructor.
+    from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+
+    with pytest.raises(ImageGenerationValidationError) as raised:
+        ImageGenerationOperator(task_id="generate", prompt="a cat", model="wan2.2-t2i-flash", **arguments)
+    assert raised.value.parameter == parameter
