@@ -355,7 +355,11 @@ def give_up(
         )
     if billable is not None and error.failure not in SAFE_TO_RESEND:
         return outcome_unknown(error, attempts=attempts, where=where, billable=billable, policy=policy)
-    if error.failure in (Failure.NOT_SENT, Failure.READ_TIMEOUT, Failure.DROPPED, Failure.MALFORMED):
+    if error.failure is Failure.NOT_SENT:
+        return ImageGenerationAPIError(
+            f"{where} failed {tried}: {error.message} (the connection never opened: nothing was sent)"
+        )
+    if error.failure in (Failure.READ_TIMEOUT, Failure.DROPPED, Failure.MALFORMED):
         return ImageGenerationAPIError(f"{where} failed {tried}: {error.message}")
     return ImageGenerationAPIError(
         f"{error.message} (gave up {tried})",

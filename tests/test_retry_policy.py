@@ -225,6 +225,16 @@ def test_give_up_counts_the_attempts_made() -> None:
     assert isinstance(error, ImageGenerationOutcomeUnknownError) and "sent 2 time(s)" in str(error)
     plain = give_up(failed(Failure.READ_TIMEOUT), attempts=4, method="GET", url="https://h/t", policy=policy)
     assert type(plain) is ImageGenerationAPIError and "after 4 attempt(s)" in str(plain)
+    refused = give_up(
+        failed(Failure.NOT_SENT),
+        attempts=3,
+        method="POST",
+        url="https://gw/v1/images/generations",
+        policy=RetryPolicy(max_retries=2, billable=True),
+        billable=BillableRequest(model="m", images=1, submitted_at=SENT_AT),
+    )
+    assert type(refused) is ImageGenerationAPIError, "nothing was sent: Airflow may retry"
+    assert "after 3 attempt(s)" in str(refused) and "nothing was sent" in str(refused)
 
 
 def test_give_up_when_throttled_or_unreadable() -> None:
