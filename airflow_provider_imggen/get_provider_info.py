@@ -91,8 +91,9 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "max_retries": {
                         "label": "Maximum retries",
-                        "description": "Retries on throttling (429), server errors (5xx), timeouts (408) and "
-                        "connection errors, with exponential backoff honouring Retry-After.",
+                        "description": "Retries of one request, with exponential backoff honouring "
+                        "Retry-After: billable requests only when nothing was billed (429, connection never "
+                        "opened); status queries on every transient failure.",
                         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 3},
                     },
                     "api_style": {
@@ -100,6 +101,13 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "openai: a gateway serving POST /v1/images/generations. "
                         "dashscope: the native asynchronous task API.",
                         "schema": {"type": "string", "enum": ["openai", "dashscope"], "default": "openai"},
+                    },
+                    "retry_unknown_outcome": {
+                        "label": "Retry requests whose outcome is unknown (may bill twice)",
+                        "description": "Off by default: a billable request answered 5xx, timed out or cut "
+                        "off after sending may have been billed, so it is not sent again. On: it is retried "
+                        "like any transient failure, and you may pay twice for the same images.",
+                        "schema": {"type": ["boolean", "null"], "default": False},
                     },
                 },
             }

@@ -41,7 +41,11 @@ def fast(**kwargs: Any) -> dict[str, Any]:
 
 def submit(n: int = 2, seed: int = 11) -> str:
     """Submit a native task directly through the hook (what a submitting task did earlier)."""
-    return ImageGenerationHook().submit_task("a lighthouse at dawn", n=n, size="512x512", seed=seed).task_id
+    return (
+        ImageGenerationHook()
+        .submit_task("a lighthouse at dawn", n=n, size="512x512", seed=seed)
+        .generation_task_id
+    )
 
 
 def make_sensor(**kwargs: Any) -> ImageGenerationTaskSensor:
@@ -159,7 +163,7 @@ def test_openai_api_refuses_what_needs_a_task(
 def test_native_api_refuses_b64_json_before_submitting(dashscope_conn: EmulatorServer, tmp_path: Any) -> None:
     with pytest.raises(ImageGenerationValidationError) as raised:
         run(make_operator(response_format="b64_json", output_path=str(tmp_path)))
-    assert raised.value.parameter == "response_format" and "returns signed URLs only" in str(raised.value)
+    assert raised.value.parameter == "response_format" and "URLs only" in str(raised.value)
     assert dashscope_conn.requests_log() == []
 
 

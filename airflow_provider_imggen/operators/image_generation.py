@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -358,10 +359,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             seed=request.seed,
             extra_body=request.extra_body or None,
         )
-        self._task_id = submitted.task_id
+        self._task_id = submitted.generation_task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
-            submitted.task_id,
+            submitted.generation_task_id,
             submitted.request_id,
             request.model,
             request.n,
@@ -369,7 +370,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             request.seed,
         )
         return {
-            "task_id": submitted.task_id,
+            "task_id": submitted.generation_task_id,
             "request_sha256": _fingerprint(request),
             "submitted_at": datetime.now(tz=UTC).isoformat(),
         }
@@ -617,7 +618,9 @@ def _check_wait_arguments(
             raise ImageGenerationValidationError(name, flag, "expected True or False")
     check_poll_settings(poll_interval, max_poll_interval)
     if wait_timeout is not None and (
-        isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) or not wait_timeout > 0
+        isinstance(wait_timeout, bool)
+        or not isinstance(wait_timeout, int | float)
+        or not 0 < wait_timeout < math.inf  # NaN and infinity too: they never end
     ):
         raise ImageGenerationValidationError(
             "wait_timeout",
@@ -650,13 +653,10 @@ def _none_if_blank(value: object) -> object:
 def _parse_timeout(value: object) -> float | None:
     if _none_if_blank(value) is None:
         return None
-    try:
-        timeout = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if not timeout > 0:
-        raise ImageGenerationValidationError("request_timeout", value, "expected seconds > 0")
-    return timeout
+    from airflow_provider_imggen.models import coerce_seconds
+
+    # Finite seconds > 0 (NaN and infinity refused), from a number or an ASCII numeric string.
+    return coerce_seconds("request_timeout", value)
 
 
 def _parse_extra_body(value: str) -> object:

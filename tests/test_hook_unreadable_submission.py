@@ -1,0 +1,95 @@
+"""
+A native submission answered 200 without a usable task id (a case the emulator does not serve): a tiny
+service on loopback that answers so, and lists the task it did create.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError
+from tests.conftest import set_imggen_connection
+from tests.test_hook import fast_hook
+
+
+class _TaskIdLost(BaseHTTPRequestHandler):
+    """Creates a task on each submission but answers without its id; lists the tasks it created."""
+
+    requests: ClassVar[list[str]] = []
+    created: ClassVar[list[dict]] = []
+
+    def _answer(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        self.requests.append(f"POST {self.path}")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        task_id = f"task-{len(self.created) + 1}"
+        self.created.append(
+            {
+                "task_id": task_id,
+                "status": "PENDING",
+                "model_name": "qwen-image",
+                "gmt_create": int(datetime.now(tz=UTC).timestamp() * 1000),
+                "request_id": "lost",
+            }
+        )
+        self._answer({"request_id": "sub-1", "output": {"task_status": "PENDING"}})
+
+    def do_GET(self) -> None:
+        self.requests.append(f"GET {self.path.split('?')[0]}")
+        self._answer({"request_id": "list-1", "data": self.created, "total": len(self.created)})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def task_id_lost(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_TaskIdLost]]:
+    handler = type("Handler", (_TaskIdLost,), {"requests": [], "created": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    set_imggen_connection(
+        monkeypatch,
+        f"http://127.0.0.1:{server.server_address[1]}",
+        api_style="dashscope",
+        default_model="qwen-image",
+    )
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_unreadable_submission_answer_reconnects_to_the_listed_task(task_id_lost: type[_TaskIdLost]) -> None:
+    submitted = fast_hook().submit_task("a lighthouse")
+    assert submitted.generation_task_id == "task-1"
+    assert task_id_lost.requests == [
+        "POST /api/v1/services/aigc/text2image/image-synthesis",
+        "GET /api/v1/tasks",
+    ]
+
+
+def test_unreadable_submission_answer_among_other_tasks_is_final(task_id_lost: type[_TaskIdLost]) -> None:
+    hook = fast_hook()
+    hook.submit_task("first")
+    with pytest.raises(ImageGenerationMalformedResponseError) as raised:
+        hook.submit_task("second")
+    assert isinstance(raised.value, AirflowFailException)
+    assert "no single task" in str(raised.value) and raised.value.request_id == "sub-1"
+    assert [entry for entry in task_id_lost.requests if entry.startswith("POST")] == [
+        "POST /api/v1/services/aigc/text2image/image-synthesis"
+    ] * 2
