@@ -16,8 +16,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import generation_metadata, raise_for_event, task_metadata
+from airflow_provider_imggen.metadata import (
+    event_generation_task_id,
+    generation_metadata,
+    raise_for_event,
+    task_metadata,
+)
 from airflow_provider_imggen.models import MAX_SEED, GenerationRequest, validate_generation_request
+from airflow_provider_imggen.polling import check_flag, check_wait_settings
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -50,17 +56,20 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     ``size``, ``n``, ``seed``, ``response_format``, ``prompt_upsampling``, ``created`` (epoch),
     ``created_at`` (ISO 8601), ``request_id``, ``usage``, ``images``: a list of ``{index, seed, url,
     url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of ``{index,
-    code, message}`` (images of a native task that failed while the others succeeded), ``task_id`` and
-    ``task_status`` (the native task, ``None`` with the OpenAI-compatible API). Result URLs expire (about
-    24 h): store the images with ``ImageGenerationToS3Operator``.
+    code, message}`` (images of a native task that failed while the others succeeded),
+    ``generation_task_id`` and ``task_status`` (the native task, ``None`` with the OpenAI-compatible API;
+    ``generation_task_id`` is the API's task, never to be confused with the Airflow task's ``task_id``).
+    Result URLs expire (about 24 h): store the images with ``ImageGenerationToS3Operator``.
 
     **Native task API** (connection ``api_style`` ``dashscope``): ``execute()`` submits the task (the one
     billable request, never sent from a trigger), then waits for it: with ``deferrable=True`` in the
     triggerer (:class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger`),
     freeing the worker slot, otherwise by polling in the worker. The XCom has the same shape either way.
-    The task id is kept in Airflow's task state store (``ResumableJobMixin``, Airflow 3.3+) before the
-    wait starts, so a retry after a worker crash, a timeout or a failed status read reconnects to the task
-    it already paid for instead of submitting again:
+    The generation task id is kept in Airflow's task state store (``ResumableJobMixin``, Airflow 3.3+)
+    under ``imggen_task`` (``{generation_task_id, request_sha256, submitted_at}``) before the wait
+    starts, so a retry after a worker crash, a timeout or a failed status read reconnects to the task it
+    already paid for instead of submitting again (a record written before the rename, with ``task_id``,
+    is read too):
 
     * task PENDING or RUNNING: wait for it again; SUCCEEDED: take its results (nothing is sent);
     * FAILED or CANCELED: nothing was billed for it, so a new task is submitted;
@@ -108,8 +117,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         a task still PENDING is canceled, and the task fails (an Airflow retry reconnects to a task that
         is running). ``None`` waits until the task ends; the API ends or forgets every task within 24 h
     :param wait_for_completion: ``False`` submits the native task and returns at once: the XCom carries
-        its ``task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.image_generation.
-        ImageGenerationTaskSensor` to wait on
+        its ``generation_task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.
+        image_generation.ImageGenerationTaskSensor` to wait on
     :param durable: keep the submitted task id in Airflow's task state store so that a retry reconnects
         to it (Airflow 3.3 and later; on earlier versions every try submits)
     """
@@ -181,15 +190,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.wait_timeout = wait_timeout
         self.wait_for_completion = wait_for_completion
         self._validate_literal_arguments()
-        _check_wait_arguments(
-            deferrable=deferrable,
-            wait_for_completion=wait_for_completion,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            wait_timeout=self.wait_timeout,
+        check_flag("deferrable", deferrable)
+        check_flag("wait_for_completion", wait_for_completion)
+        check_wait_settings(
+            poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=self.wait_timeout
         )
         # Set while this try knows a native task (on_kill cancels it) and what it submitted.
-        self._task_id: str | None = None
+        self._generation_task_id: str | None = None
         self._request: GenerationRequest | None = None
         self._state: TaskState | None = None
         self._metadata_result: dict[str, Any] | None = None
@@ -305,12 +312,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # The request as submitted travels in the deferral's kwargs. `airflow dags test` hands back only
         # the event: the request is then prepared again, as execute() did (same rendering, same seed).
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
-        task_id = str(event.get("task_id"))
-        self._task_id = task_id
+        generation_task_id = str(event_generation_task_id(event))
+        self._generation_task_id = generation_task_id
         if event.get("status") == "timeout":
-            self._cancel_pending(task_id)
+            self._cancel_pending(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
-        return self._task_metadata(self.hook.get_task(task_id))
+        return self._task_metadata(self.hook.get_task(generation_task_id))
 
     def _prepare_request(self, context: Context) -> tuple[GenerationRequest, str | None]:
         """The rendered request, validated, with its seed; and where b64_json images go."""
@@ -341,8 +348,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # Closing the session aborts the request in flight.
         if "hook" in self.__dict__:
             self.hook.close()
-        if self._task_id is not None and self.wait_for_completion:
-            self._cancel_pending(self._task_id)
+        if self._generation_task_id is not None and self.wait_for_completion:
+            self._cancel_pending(self._generation_task_id)
 
     # -- the native task, through ResumableJobMixin -----------------------------------------------------
 
@@ -358,7 +365,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             seed=request.seed,
             extra_body=request.extra_body or None,
         )
-        self._task_id = submitted.task_id
+        self._generation_task_id = submitted.task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
             submitted.task_id,
@@ -369,32 +376,32 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             request.seed,
         )
         return {
-            "task_id": submitted.task_id,
+            "generation_task_id": submitted.task_id,
             "request_sha256": _fingerprint(request),
             "submitted_at": datetime.now(tz=UTC).isoformat(),
         }
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
         """The remembered task's status, or a pseudo-status saying why it cannot be reused."""
+        generation_task_id = _remembered_generation_task_id(external_id)
         remembered = external_id if isinstance(external_id, Mapping) else {}
-        task_id = remembered.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
+        if generation_task_id is None:
             self.log.warning("Ignoring an unreadable task record from an earlier try: %r", external_id)
             return "UNREADABLE"
         if remembered.get("request_sha256") != _fingerprint(self._submitting_request):
             self.log.info(
                 "An earlier try submitted task %s for other parameters (the rendered request changed): "
                 "submitting this request",
-                task_id,
+                generation_task_id,
             )
             return "SUPERSEDED"
-        state = self.hook.get_task(task_id)
-        self._task_id, self._state = task_id, state
+        state = self.hook.get_task(generation_task_id)
+        self._generation_task_id, self._state = generation_task_id, state
         if state.status in ("FAILED", "CANCELED"):
             self.log.warning(
                 "Task %s, submitted by an earlier try at %s, ended %s (code=%s: %s); nothing was billed "
                 "for it, so a new task is submitted",
-                task_id,
+                generation_task_id,
                 remembered.get("submitted_at"),
                 state.status,
                 state.code,
@@ -405,17 +412,18 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 "Task %s, submitted by an earlier try at %s, is unknown to the API: it expired (task ids "
                 "live 24 h) or was never created there. Its results cannot be fetched any more, so a new "
                 "task is submitted",
-                task_id,
+                generation_task_id,
                 remembered.get("submitted_at"),
             )
         elif state.status == "SUCCEEDED":
             self.log.info(
-                "Task %s, submitted by an earlier try, already succeeded: using its results", task_id
+                "Task %s, submitted by an earlier try, already succeeded: using its results",
+                generation_task_id,
             )
         else:
             self.log.info(
                 "Task %s, submitted by an earlier try, is %s: reconnecting to it instead of submitting again",
-                task_id,
+                generation_task_id,
                 state.status,
             )
         return state.status
@@ -433,24 +441,24 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         ResumableJobMixin returns this method's value as the task's result when it reconnects to a task
         that is still running, so it returns the metadata (and keeps it for :meth:`get_job_result`).
         """
-        task_id = str(external_id["task_id"]) if isinstance(external_id, Mapping) else str(external_id)
-        self._task_id = task_id
+        generation_task_id = _remembered_generation_task_id(external_id) or str(external_id)
+        self._generation_task_id = generation_task_id
         if not self.wait_for_completion:
-            self._metadata_result = self._submitted_metadata(task_id)
+            self._metadata_result = self._submitted_metadata(generation_task_id)
             return self._metadata_result
         if self.deferrable:
-            self._defer(task_id)
+            self._defer(generation_task_id)
         from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
 
         try:
             state = self.hook.wait_for_task(
-                task_id,
+                generation_task_id,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 timeout=self.wait_timeout,
             )
         except ImageGenerationTaskTimeoutError:
-            self._cancel_pending(task_id)
+            self._cancel_pending(generation_task_id)
             raise
         self._metadata_result = self._task_metadata(state)
         return self._metadata_result
@@ -462,13 +470,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         assert self._state is not None
         return self._task_metadata(self._state)
 
-    def _defer(self, task_id: str) -> None:
+    def _defer(self, generation_task_id: str) -> None:
         from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 
-        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", task_id)
+        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", generation_task_id)
         self.defer(
             trigger=ImageGenerationTaskTrigger(
-                task_id=task_id,
+                generation_task_id=generation_task_id,
                 imggen_conn_id=self.imggen_conn_id,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
@@ -504,14 +512,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             prompt_upsampling=request.prompt_upsampling,
         )
 
-    def _submitted_metadata(self, task_id: str) -> dict[str, Any]:
+    def _submitted_metadata(self, generation_task_id: str) -> dict[str, Any]:
         """The XCom of a task submitted without waiting: its id and the request, no images yet."""
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
 
         request = self._submitting_request
         status = self._state.status if self._state is not None else "PENDING"
         self.log.info(
-            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", task_id, status
+            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor",
+            generation_task_id,
+            status,
         )
         result = ImageGenerationResult(
             created=int(time.time()),
@@ -521,9 +531,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             model=request.model,
             parameters=request.to_dashscope_body(),
         )
-        return self._metadata(result, request, None, None, task_id=task_id, task_status=status)
+        return self._metadata(
+            result, request, None, None, generation_task_id=generation_task_id, task_status=status
+        )
 
-    def _cancel_pending(self, task_id: str) -> None:
+    def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
@@ -535,14 +547,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         if loaded is not None and "connection" in loaded.__dict__:
             hook.__dict__["connection"] = loaded.connection
         try:
-            if hook.cancel_task(task_id):
-                self.log.info("Canceled task %s: it was still PENDING, nothing is billed for it", task_id)
+            if hook.cancel_task(generation_task_id):
+                self.log.info(
+                    "Canceled task %s: it was still PENDING, nothing is billed for it", generation_task_id
+                )
             else:
                 self.log.info(
-                    "Task %s could not be canceled (no longer PENDING): a retry reconnects to it", task_id
+                    "Task %s could not be canceled (no longer PENDING): a retry reconnects to it",
+                    generation_task_id,
                 )
         except Exception as error:
-            self.log.warning("Could not cancel task %s: %s", task_id, error)
+            self.log.warning("Could not cancel task %s: %s", generation_task_id, error)
         finally:
             hook.close()
 
@@ -561,7 +576,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         output_path: str | None,
         context: Context | None,
         *,
-        task_id: str | None = None,
+        generation_task_id: str | None = None,
         task_status: str | None = None,
     ) -> dict[str, Any]:
         files = {
@@ -579,7 +594,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             response_format=request.response_format,
             prompt_upsampling=request.prompt_upsampling,
             files=files,
-            task_id=task_id,
+            generation_task_id=generation_task_id,
             task_status=task_status,
         )
 
@@ -602,28 +617,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return {"location": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _check_wait_arguments(
-    *,
-    deferrable: object,
-    wait_for_completion: object,
-    poll_interval: object,
-    max_poll_interval: object,
-    wait_timeout: object,
-) -> None:
-    from airflow_provider_imggen.hooks.image_generation import check_poll_settings
+def _remembered_generation_task_id(external_id: object) -> str | None:
+    """
+    The generation task id in a record of the task state store, or None when it is unreadable.
 
-    for name, flag in (("deferrable", deferrable), ("wait_for_completion", wait_for_completion)):
-        if not isinstance(flag, bool):
-            raise ImageGenerationValidationError(name, flag, "expected True or False")
-    check_poll_settings(poll_interval, max_poll_interval)
-    if wait_timeout is not None and (
-        isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float) or not wait_timeout > 0
-    ):
-        raise ImageGenerationValidationError(
-            "wait_timeout",
-            wait_timeout,
-            "expected seconds > 0 (or a timedelta), or None to wait until the task ends",
-        )
+    The key was ``task_id`` before the rename: a try that started on an older version of this provider
+    and is retried after the upgrade still reconnects to the task it paid for.
+    """
+    if not isinstance(external_id, Mapping):
+        return None
+    generation_task_id = external_id.get("generation_task_id", external_id.get("task_id"))
+    return generation_task_id if isinstance(generation_task_id, str) and generation_task_id else None
 
 
 def _fingerprint(request: GenerationRequest) -> str:
