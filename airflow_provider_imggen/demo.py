@@ -40,8 +40,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def emulator_command(port: int, api_key: str, *args: str) -> list[str]:
-    """The command line of the emulator on loopback (``args``: more options, such as fault rates)."""
+def emulator_command(port: int, api_key: str, *args: str, quotas: bool = False) -> list[str]:
+    """
+    The command line of the emulator on loopback (``args``: more options, such as fault rates).
+
+    ``quotas``: the emulator enforces the service's per-model quotas by default (2 submissions per second,
+    2 concurrent tasks); the demo and the benchmarks built on it run without them unless asked.
+    """
     return [
         sys.executable,
         "-m",
@@ -52,6 +57,7 @@ def emulator_command(port: int, api_key: str, *args: str) -> list[str]:
         str(port),
         "--api-key",
         api_key,
+        "--quotas" if quotas else "--no-quotas",
         *args,
     ]
 

@@ -43,10 +43,11 @@ def main() -> int:
     import requests
     from openai import OpenAI
 
-    from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
+    from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
-    with EmulatorServer(EmulatorConfig(api_key=API_KEY)) as emulator:
+    # Quotas off: this measures client overhead over back-to-back requests, not the service's quota.
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, faults=FaultConfig(quotas=False))) as emulator:
         os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"] = json.dumps(
             {"conn_type": "imggen", "host": f"{emulator.base_url}/v1", "password": API_KEY}
         )

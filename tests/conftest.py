@@ -18,20 +18,23 @@ _AIRFLOW_HOME = tempfile.mkdtemp(prefix="imggen-tests-airflow-home-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig  # noqa: E402
 
 API_KEY = "sk-test-4f9c2b7e1d"
 
 
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[EmulatorServer]:
-    with EmulatorServer(EmulatorConfig(api_key=API_KEY)) as server:
+    # Quotas off by default here (the real service, and the emulator's own default, have them on): most
+    # tests are about something else and run many requests back to back. Quota tests turn them on with
+    # ``emulator.set_faults(quotas=True)``; reset() brings them back off.
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, faults=FaultConfig(quotas=False))) as server:
         yield server
 
 
 @pytest.fixture
 def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorServer]:
-    """The session's emulator with faults and request log cleared before each test."""
+    """The session's emulator (quotas off) with faults and request log cleared before each test."""
     emulator_server.reset()
     yield emulator_server
     emulator_server.reset()

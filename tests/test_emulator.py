@@ -1,4 +1,8 @@
-"""Tests of the offline emulator over real HTTP on loopback."""
+"""
+Tests of the offline emulator over real HTTP on loopback: the service as it behaves when nothing goes
+wrong, and the original faults. Quotas, billed faults, malformed answers and the task list are in
+tests/test_emulator_hostile.py.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import requests
 from PIL import Image
 
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig, render_png
-from airflow_provider_imggen.models import KNOWN_MODELS
+from airflow_provider_imggen.emulator.models import MODEL_LIMITS
 
 API_KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -32,9 +36,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Quotas off: these tests send requests back to back (tests/test_emulator_hostile.py covers quotas).
+NO_QUOTAS = FaultConfig(quotas=False)
+
+
 @pytest.fixture(scope="module")
 def emu() -> Iterator[EmulatorServer]:
-    with EmulatorServer(EmulatorConfig(api_key=API_KEY)) as server:
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, faults=NO_QUOTAS)) as server:
         yield server
 
 
@@ -163,7 +171,7 @@ def test_401(emu: EmulatorServer, headers: dict[str, str], message: str) -> None
     assert emu.billed_images() == 0
 
 
-def test_400_uses_shared_validation(emu: EmulatorServer) -> None:
+def test_400_names_parameter_value_and_limit(emu: EmulatorServer) -> None:
     response = generate(emu, model="qwen-image", n=2)
     assert response.status_code == 400
     assert response.json() == {
@@ -208,7 +216,7 @@ def test_models_endpoint_needs_auth(emu: EmulatorServer) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == list(KNOWN_MODELS)
+    assert [model["id"] for model in body["data"]] == list(MODEL_LIMITS)
     assert emu.billed_images() == 0
 
 
@@ -540,7 +548,7 @@ def test_task_progresses_pending_running_succeeded(emu: EmulatorServer) -> None:
 
 def test_submission_needs_the_async_header(emu: EmulatorServer) -> None:
     response = submit(emu, headers=AUTH)
-    assert response.status_code == 400
+    assert response.status_code == 403  # the service's answer (api-notes §6)
     assert response.json() == {
         "code": "AccessDenied",
         "message": "current user api does not support synchronous calls",
@@ -548,28 +556,63 @@ def test_submission_needs_the_async_header(emu: EmulatorServer) -> None:
     }
     assert emu.tasks() == [] and emu.billed_images() == 0
     [entry] = submissions(emu)
-    assert (entry["status"], entry["task_id"]) == (400, None)
+    assert (entry["status"], entry["task_id"], entry["outcome"], entry["billed"]) == (
+        403,
+        None,
+        "denied",
+        False,
+    )
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ({"model": "qwen-image", "input": {"prompt": "x"}, "parameters": {"n": 2}}, "Invalid n=2"),
-        ({"model": "wan2.2-t2i-plus", "input": {"prompt": "x"}, "parameters": {"size": "2048*2048"}}, "size"),
-        ({"model": "wan2.2-t2i-plus", "input": {"prompt": ""}}, "prompt"),
-        ({"model": "wan2.2-t2i-plus", "prompt": "not under input"}, "input must be an object"),
-        ({"input": {"prompt": "no model"}}, "model"),
-    ],
-)
-def test_submission_validates_like_the_gateway(
+OUT_OF_LIMITS = [
+    ({"model": "qwen-image", "input": {"prompt": "x"}, "parameters": {"n": 2}}, "Invalid n=2"),
+    ({"model": "wan2.2-t2i-plus", "input": {"prompt": "x"}, "parameters": {"size": "2048*2048"}}, "size"),
+    ({"model": "wan2.2-t2i-plus", "input": {"prompt": "x" * 801}}, "at most 800 characters"),
+]
+UNREADABLE = [
+    ({"model": "wan2.2-t2i-plus", "input": {"prompt": ""}}, "prompt"),
+    ({"model": "wan2.2-t2i-plus", "prompt": "not under input"}, "input must be an object"),
+    ({"input": {"prompt": "no model"}}, "model"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), [*OUT_OF_LIMITS, *UNREADABLE])
+def test_submission_validates_like_the_gateway_when_rejecting(
     emu: EmulatorServer, body: dict[str, Any], message: str
 ) -> None:
+    emu.set_faults(invalid_native_params="reject")
     response = requests.post(f"{emu.base_url}{SUBMIT_PATH}", json=body, headers=ASYNC, timeout=30)
     assert response.status_code == 400
     error = response.json()
     assert set(error) == {"code", "message", "request_id"}
     assert error["code"] == "InvalidParameter" and message in error["message"]
     assert emu.tasks() == [] and emu.billed_images() == 0
+
+
+@pytest.mark.parametrize(("body", "message"), UNREADABLE)
+def test_unreadable_submission_is_refused_in_any_mode(
+    emu: EmulatorServer, body: dict[str, Any], message: str
+) -> None:
+    assert emu.state.faults.invalid_native_params == "fail_task"
+    response = requests.post(f"{emu.base_url}{SUBMIT_PATH}", json=body, headers=ASYNC, timeout=30)
+    assert response.status_code == 400 and message in response.json()["message"]
+    assert emu.tasks() == []
+
+
+@pytest.mark.parametrize(("body", "message"), OUT_OF_LIMITS)
+def test_out_of_limits_submission_is_accepted_then_fails(
+    emu: EmulatorServer, body: dict[str, Any], message: str
+) -> None:
+    # The service's default (api-notes §6): accepted at submission, then the task ends FAILED.
+    task_id = submitted_task_id(
+        requests.post(f"{emu.base_url}{SUBMIT_PATH}", json=body, headers=ASYNC, timeout=30)
+    )
+    output = task(emu, task_id)["output"]
+    assert (output["task_status"], output["code"]) == ("FAILED", "InvalidParameter")
+    assert message in output["message"] and "results" not in output
+    [entry] = submissions(emu)
+    assert (entry["status"], entry["outcome"], entry["billed_images"]) == (200, "invalid_params_task", 0)
+    assert emu.billed_images() == 0
 
 
 def test_injected_failed_task(emu: EmulatorServer) -> None:
@@ -626,7 +669,7 @@ def test_cancel_only_pending_tasks(emu: EmulatorServer) -> None:
 
     emu.set_faults(task_pending_ms=600_000)
     pending_id = submitted_task_id(submit(emu, n=2))
-    assert emu.billed_images() == 2
+    assert emu.billed_images() == 0  # billed when the task ends
     response = cancel(pending_id)
     assert response.status_code == 200
     assert response.json() == {"request_id": response.headers["x-request-id"]}
@@ -695,11 +738,11 @@ def test_request_log_counts_billed_images(emu: EmulatorServer) -> None:
     admin = requests.get(f"{emu.base_url}/_emulator/requests", timeout=30).json()
     assert admin["billed_images"] == 3
     entries = admin["requests"]
-    assert [(e["status"], e["billed_images"], e["fault"]) for e in entries] == [
-        (200, 3, None),
-        (401, 0, None),
-        (400, 0, None),
-        (429, 0, "429"),
+    assert [(e["status"], e["billed_images"], e["billed"], e["fault"], e["outcome"]) for e in entries] == [
+        (200, 3, True, None, "ok"),
+        (401, 0, False, None, "unauthorized"),
+        (400, 0, False, None, "rejected"),
+        (429, 0, False, "429", "429"),
     ]
     assert entries[0]["model"] == "wan2.2-t2i-flash" and entries[0]["n"] == 3
     assert all(e["path"] == "/v1/images/generations" for e in entries)
@@ -712,8 +755,9 @@ def test_request_log_counts_billed_images(emu: EmulatorServer) -> None:
 def test_admin_faults_endpoints(emu: EmulatorServer) -> None:
     base = emu.base_url
     defaults = {
-        **dataclasses.asdict(FaultConfig()),
+        **dataclasses.asdict(NO_QUOTAS),
         **{name: [] for name in ("fail_next", "fail_next_tasks", "fail_next_task_images")},
+        "malformed_kinds": list(NO_QUOTAS.malformed_kinds),
     }
     assert requests.get(f"{base}/_emulator/faults", timeout=30).json() == defaults
     assert (
@@ -729,7 +773,7 @@ def test_admin_faults_endpoints(emu: EmulatorServer) -> None:
         assert requests.put(f"{base}/_emulator/faults", json=bad, timeout=30).status_code == 400
     assert generate(emu).status_code == 500
     assert requests.post(f"{base}/_emulator/reset", timeout=30).status_code == 200
-    assert emu.state.faults == FaultConfig()
+    assert emu.state.faults == NO_QUOTAS
     assert emu.requests_log() == []
 
 
@@ -789,7 +833,6 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         assert process.stdout is not None and process.stderr is not None
         try:
             selector.register(process.stdout, selectors.EVENT_READ)
-            # Importing the package pulls in Airflow (models -> exceptions): allow a slow first import.
             assert selector.select(timeout=60), "the CLI printed nothing within 60 s"
             line = process.stdout.readline().decode()
             assert line.strip() == f"imggen emulator listening on http://127.0.0.1:{port}"

@@ -7,8 +7,9 @@ Used by the provider's tests and benchmarks, and runnable by hand:
 
 from __future__ import annotations
 
-from airflow_provider_imggen.emulator.app import EmulatorConfig, EmulatorState, FaultConfig, create_app
+from airflow_provider_imggen.emulator.app import create_app
 from airflow_provider_imggen.emulator.images import render_png
 from airflow_provider_imggen.emulator.server import EmulatorServer
+from airflow_provider_imggen.emulator.state import EmulatorConfig, EmulatorState, FaultConfig
 
 __all__ = ["EmulatorConfig", "EmulatorServer", "EmulatorState", "FaultConfig", "create_app", "render_png"]

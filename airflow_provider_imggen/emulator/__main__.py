@@ -3,6 +3,9 @@ Command line: run the emulator in the foreground.
 
 ``python -m airflow_provider_imggen.emulator --port 8000 --api-key sk-test [--rate-429 0.2 ...]``
 
+Every :class:`~airflow_provider_imggen.emulator.state.FaultConfig` field is a flag (``--rate-billed-500 0.1``,
+``--no-quotas``, ``--fail-next billed_500,partial``); flags not given keep FaultConfig's defaults.
+
 Prints ``imggen emulator listening on http://HOST:PORT`` once it accepts connections (scripts wait for
 that line; with ``--port 0`` it names the port actually bound) and exits with status 0 on SIGINT/SIGTERM.
 """
@@ -10,15 +13,50 @@ that line; with ``--port 0`` it names the port actually bound) and exits with st
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from airflow_provider_imggen.emulator.app import EmulatorConfig, FaultConfig, create_app
+from airflow_provider_imggen.emulator.app import create_app
+from airflow_provider_imggen.emulator.state import EmulatorConfig, FaultConfig
+
+_HELP = {
+    "latency_ms": "added to every generation request",
+    "rate_drop": "close the connection, no response",
+    "rate_truncate": "downloads stop half-way",
+    "rate_200_error": "HTTP 200 with an error body",
+    "rate_billed_500": "bill, then answer 500 (a relay's long poll timing out)",
+    "rate_billed_502": "bill, then a proxy's 502",
+    "rate_billed_504": "bill, then a proxy's 504",
+    "rate_billed_drop": "bill, then close the connection",
+    "rate_billed_stall": "bill, then hold the answer --stall-ms, then 504",
+    "rate_partial": "gateway: some items empty (only real items billed)",
+    "rate_malformed": "gateway: a billed 200 body of one of --malformed-kinds",
+    "retry_after_seconds": "seconds advertised with injected 429s",
+    "error_200_type": "upstream_error or ali_error (a relay's shape)",
+    "quotas": "enforce per (key, model) quotas (default: on, as the service does)",
+    "invalid_native_params": "fail_task (accept, then the task FAILS) or reject (400)",
+    "task_pending_ms": "PENDING time after submission",
+    "task_duration_ms": "then RUNNING, then done",
+    "task_ttl_ms": "older task ids read UNKNOWN",
+    "fail_next": "comma-separated scripted faults for the next API calls",
+    "fail_next_tasks": "comma-separated failure codes (or none) of the next tasks",
+    "fail_next_task_images": "JSON list of lists: failing image indexes of the next tasks",
+    "malformed_kinds": "comma-separated kinds drawn by --rate-malformed",
+}
+# Older spellings kept for scripts: --retry-after, --fault-seed.
+_ALIASES = {"retry_after_seconds": ("--retry-after",), "seed": ("--fault-seed",)}
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,22 +68,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--api-key", default="sk-test", help="the only Bearer key accepted")
     parser.add_argument("--url-ttl", type=float, default=86400.0, help="result URL lifetime, seconds")
-    faults = parser.add_argument_group("fault injection (rates are probabilities in [0, 1])")
-    faults.add_argument("--latency-ms", type=float, default=0.0, help="added to every generation request")
-    faults.add_argument("--download-latency-ms", type=float, default=0.0)
-    faults.add_argument("--rate-429", type=float, default=0.0)
-    faults.add_argument("--rate-500", type=float, default=0.0)
-    faults.add_argument("--rate-503", type=float, default=0.0)
-    faults.add_argument("--rate-drop", type=float, default=0.0, help="close the connection, no response")
-    faults.add_argument("--rate-truncate", type=float, default=0.0, help="downloads stop half-way")
-    faults.add_argument("--rate-200-error", type=float, default=0.0, help="HTTP 200 with an error body")
-    faults.add_argument("--retry-after", type=float, default=1.0, help="seconds advertised with 429s")
-    faults.add_argument("--error-style", choices=("openai", "dashscope"), default="openai")
-    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
-    tasks = parser.add_argument_group("native task API (DashScope's asynchronous flow)")
-    tasks.add_argument("--task-pending-ms", type=float, default=0.0, help="PENDING time after submission")
-    tasks.add_argument("--task-duration-ms", type=float, default=0.0, help="then RUNNING, then done")
-    tasks.add_argument("--task-ttl-ms", type=float, default=86_400_000.0, help="older task ids read UNKNOWN")
+    faults = parser.add_argument_group(
+        "faults and service behaviours (every FaultConfig field; rates are probabilities in [0, 1])"
+    )
+    defaults = FaultConfig()
+    for item in dataclasses.fields(FaultConfig):
+        flags = (*_ALIASES.get(item.name, ()), f"--{item.name.replace('_', '-')}")
+        default = getattr(defaults, item.name)
+        help_text = f"{_HELP.get(item.name, '')} (default: {default!r})".strip()
+        kwargs: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
+        if item.name == "quotas":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif item.name == "fail_next_task_images":
+            kwargs["type"] = json.loads
+        elif isinstance(default, tuple):
+            kwargs["type"] = _list
+        elif item.name in ("error_style", "error_200_type", "invalid_native_params"):
+            kwargs["type"] = str
+        elif item.name in ("seed", "quota_concurrent_tasks"):
+            kwargs["type"] = int
+        else:
+            kwargs["type"] = float
+        faults.add_argument(*flags, **kwargs)
     return parser.parse_args(argv)
 
 
@@ -67,29 +111,27 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        faults = FaultConfig(
-            latency_ms=args.latency_ms,
-            download_latency_ms=args.download_latency_ms,
-            rate_429=args.rate_429,
-            rate_500=args.rate_500,
-            rate_503=args.rate_503,
-            rate_drop=args.rate_drop,
-            rate_truncate=args.rate_truncate,
-            rate_200_error=args.rate_200_error,
-            retry_after_seconds=args.retry_after,
-            error_style=args.error_style,
-            seed=args.fault_seed,
-            task_pending_ms=args.task_pending_ms,
-            task_duration_ms=args.task_duration_ms,
-            task_ttl_ms=args.task_ttl_ms,
-        ).validated()
+        given = {
+            item.name: getattr(args, item.name)
+            for item in dataclasses.fields(FaultConfig)
+            if getattr(args, item.name) is not None
+        }
+        faults = FaultConfig(**given).validated()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = EmulatorConfig(api_key=args.api_key, url_ttl_seconds=args.url_ttl, faults=faults)
     app = create_app(config)
     server = _AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            # Stalled answers (--rate-billed-stall) must not hold a shutdown for --stall-ms.
+            timeout_graceful_shutdown=2,
+        )
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the previous handler
     # restored; these handlers turn that into a clean exit (status 0, no traceback).

@@ -10,7 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_imggen.emulator.app import EmulatorConfig, EmulatorState, FaultConfig, create_app
+from airflow_provider_imggen.emulator.app import create_app
+from airflow_provider_imggen.emulator.state import EmulatorConfig, EmulatorState, FaultConfig
 
 _START_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 10.0

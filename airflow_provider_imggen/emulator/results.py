@@ -1,0 +1,114 @@
+"""
+Result files: the object store serving the signed URLs the API hands out (OSS V1 style query-string
+signatures, ``Expires`` checks, XML errors), with download latency and truncated downloads as faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+from xml.sax.saxutils import escape as xml_escape
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from airflow_provider_imggen.emulator.images import render_png
+from airflow_provider_imggen.emulator.state import EmulatorState, ImageParams, image_id
+from airflow_provider_imggen.emulator.wire import TruncatedResponse, record, request_id_of, state_of
+
+
+def signed_url(
+    state: EmulatorState, request: Request, params: ImageParams, issued_at: float | None = None
+) -> str:
+    """A signed URL of the image, valid ``url_ttl_seconds`` from ``issued_at`` (default: now)."""
+    config = state.config
+    identifier = image_id(params)
+    state.remember_image(identifier, params)
+    now = time.time() if issued_at is None else issued_at
+    path = f"/results/{datetime.fromtimestamp(now, UTC):%Y%m%d}/{identifier}.png"
+    # Whole seconds, rounded up, so a positive TTL never yields an already-expired URL.
+    expires = math.ceil(now + config.url_ttl_seconds)
+    query = urlencode(
+        {"Expires": expires, "OSSAccessKeyId": config.access_key_id, "Signature": state.sign(path, expires)}
+    )
+    # The Host header the client used, so the URL works from wherever the client is.
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return f"{request.url.scheme}://{host}{path}?{query}"
+
+
+def _oss_error(code: str, message: str, request_id: str, status: int) -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{xml_escape(code)}</Code><Message>{xml_escape(message)}</Message>"
+        f"<RequestId>{xml_escape(request_id)}</RequestId><HostId>emulator</HostId></Error>"
+    )
+    return Response(
+        body, status_code=status, media_type="application/xml", headers={"x-oss-request-id": request_id}
+    )
+
+
+router = APIRouter()
+
+
+@router.get("/results/{date}/{image_key}.png")
+async def download_image(request: Request, date: str, image_key: str) -> Response:
+    state = state_of(request)
+    config = state.config
+    request_id = request_id_of(request)
+    params = request.query_params
+    expires_text, signature = params.get("Expires"), params.get("Signature")
+    path = request.url.path
+
+    def deny(code: str, message: str, status: int = 403, outcome: str = "denied") -> Response:
+        record(state, request, request_id, status, kind="download", outcome=outcome)
+        return _oss_error(code, message, request_id, status)
+
+    key_id = params.get("OSSAccessKeyId")
+    if key_id is not None and key_id != config.access_key_id:
+        return deny("InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.")
+    if (
+        key_id is None
+        or expires_text is None
+        or signature is None
+        or not expires_text.isdigit()
+        or not hmac.compare_digest(state.sign(path, int(expires_text)).encode(), signature.encode())
+    ):
+        return deny(
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        )
+    if time.time() > int(expires_text):
+        return deny("AccessDenied", "Request has expired.", outcome="expired")
+    image = state.lookup_image(image_key)
+    if image is None:
+        return deny("NoSuchKey", "The specified key does not exist.", status=404, outcome="not_found")
+
+    faults = state.faults
+    if faults.download_latency_ms > 0:
+        await asyncio.sleep(faults.download_latency_ms / 1000)
+    png = await run_in_threadpool(
+        render_png, image.model, image.prompt, image.negative_prompt, image.seed, image.width, image.height
+    )
+    truncate = state.draw_truncate()
+    record(
+        state,
+        request,
+        request_id,
+        200,
+        kind="download",
+        outcome="truncate" if truncate else "ok",
+        model=image.model,
+        fault="truncate" if truncate else None,
+    )
+    response_class = TruncatedResponse if truncate else Response
+    return response_class(
+        png,
+        media_type="image/png",
+        headers={"x-oss-request-id": request_id, "ETag": f'"{hashlib.md5(png).hexdigest().upper()}"'},
+    )
