@@ -1,20 +1,31 @@
-"""Exceptions raised by the image generation provider."""
+"""
+Exceptions raised by the image generation provider; every one derives from :class:`ImageGenerationError`.
+
+Which ones Airflow retries: those deriving from ``AirflowFailException`` are final (a retry would fail
+again, or pay again); the others may be retried, and a retry never pays for anything twice.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 class ImageGenerationError(AirflowException):
     """Base class of every error this provider raises."""
 
 
-class ImageGenerationValidationError(AirflowFailException, ValueError):
+class ImageGenerationValidationError(ImageGenerationError, AirflowFailException, ValueError):
     """
     A request parameter is invalid; raised before any (billable) request is sent.
 
     It derives from ``AirflowFailException`` so Airflow does not retry a task that can never
-    succeed, and from ``ValueError`` so plain Python callers can catch it the usual way.
+    succeed, from ``ValueError`` so plain Python callers can catch it the usual way, and from
+    :class:`ImageGenerationError` like every error of this provider.
     """
 
     def __init__(self, parameter: str, value: object, allowed: str) -> None:
@@ -78,7 +89,7 @@ class ImageGenerationTaskFailedError(ImageGenerationRejectedError):
     A native generation task ended FAILED, CANCELED or UNKNOWN (no such task, or expired), or SUCCEEDED
     without a single image. Airflow does not retry: re-running would submit (and bill) a new task.
 
-    :param task_id: the task
+    :param generation_task_id: the API's task id
     :param task_status: its final status (``status`` is the HTTP status, as for every API error)
     :param code: the API's error code, e.g. ``DataInspectionFailed``
     """
@@ -87,34 +98,110 @@ class ImageGenerationTaskFailedError(ImageGenerationRejectedError):
         self,
         message: str,
         *,
-        task_id: str,
+        generation_task_id: str,
         task_status: str,
         code: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        self.task_id = task_id
+        self.generation_task_id = generation_task_id
         self.task_status = task_status
-        super().__init__(f"Task {task_id} {task_status}: {message}", code=code, request_id=request_id)
+        super().__init__(
+            f"Task {generation_task_id} {task_status}: {message}", code=code, request_id=request_id
+        )
         self.message = message
 
 
 class ImageGenerationTaskTimeoutError(ImageGenerationAPIError):
     """
     A native task was still not done when the wait's timeout passed. The task itself goes on: Airflow may
-    retry, and a retry that reconnects to ``task_id`` pays nothing more.
+    retry, and a retry that reconnects to ``generation_task_id`` pays nothing more.
     """
 
-    def __init__(self, *, task_id: str, task_status: str | None, waited: float | None) -> None:
-        self.task_id = task_id
+    def __init__(self, *, generation_task_id: str, task_status: str | None, waited: float | None) -> None:
+        self.generation_task_id = generation_task_id
         self.task_status = task_status
-        super().__init__(f"Task {task_id} was still {task_status} after {waited}s")
+        super().__init__(f"Task {generation_task_id} was still {task_status} after {waited}s")
 
 
-class ImageGenerationSubmissionUnknownError(ImageGenerationAPIError, AirflowFailException):
+class ImageGenerationOutcomeUnknownError(ImageGenerationAPIError, AirflowFailException):
     """
-    The connection failed after a billable submission was sent: the API may have created (and billed) the
-    task, or not. Not retried, by the hook or by Airflow, so that nothing is paid twice.
+    A billable request was sent and its outcome is unknown: the service may have generated (and billed)
+    the images, or not (a 5xx, a read timeout or a connection lost after sending). Not retried, by the
+    hook or by Airflow, so that nothing is paid twice; the message says what may have been billed and
+    how to check.
+
+    :param model: the model of the request
+    :param images_at_risk: how many images may have been billed (the request's ``n``)
+    :param submitted_at: when the request was sent (UTC)
+    :param generation_task_id: the native task, when one is known
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        images_at_risk: int | None = None,
+        submitted_at: datetime | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        generation_task_id: str | None = None,
+    ) -> None:
+        self.model = model
+        self.images_at_risk = images_at_risk
+        self.submitted_at = submitted_at
+        self.generation_task_id = generation_task_id
+        super().__init__(message, status=status, code=code, request_id=request_id)
+
+
+class ImageGenerationSubmissionUnknownError(ImageGenerationOutcomeUnknownError):
+    """
+    A native task submission was sent and its outcome is unknown: the API may have created (and will
+    bill) the task, or not, and the task list did not name exactly one task it could be.
+    """
+
+
+class ImageGenerationMalformedResponseError(ImageGenerationAPIError, AirflowFailException):
+    """
+    The API answered a billable request with a body the hook cannot read (not JSON, no image list, not a
+    single usable image). The images may have been billed: not retried, by the hook or by Airflow.
+
+    :param failed_images: the items that could not be used, when the body had an image list
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed_images: tuple[object, ...] = (),
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.failed_images = failed_images
+        super().__init__(message, status=status, request_id=request_id)
+
+
+class ImageGenerationThrottledError(ImageGenerationAPIError):
+    """
+    The service throttled a request (HTTP 429 rate limit) and the in-process budget ran out, or it asked
+    (``Retry-After``) for a longer wait than the hook's ``max_retry_after``. Nothing was billed: Airflow
+    may retry (or the operator waits and submits again).
+
+    :param retry_after: the wait the service asked for, in seconds (``None`` when it named none)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code, request_id=request_id)
 
 
 class ImageTransferError(ImageGenerationError):

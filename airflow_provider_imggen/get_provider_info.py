@@ -95,6 +95,13 @@ def get_provider_info() -> dict[str, Any]:
                         "connection errors, with exponential backoff honouring Retry-After.",
                         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 3},
                     },
+                    "retry_unknown_outcome": {
+                        "label": "Retry requests whose outcome is unknown (may bill twice)",
+                        "description": "Off by default: a billable request answered 5xx, timed out or cut "
+                        "off after sending may have been billed, so it is not sent again. On: it is retried "
+                        "like any transient failure, and you may pay twice for the same images.",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
                     "api_style": {
                         "label": "API style",
                         "description": "openai: a gateway serving POST /v1/images/generations. "

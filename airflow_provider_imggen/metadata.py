@@ -121,7 +121,9 @@ def task_metadata(
     by one and listed under ``failed_images``; the others are delivered.
     """
     if not state.is_terminal:
-        raise ImageGenerationAPIError(f"Task {state.task_id} is still {state.status}: it has no results yet")
+        raise ImageGenerationAPIError(
+            f"Task {state.generation_task_id} is still {state.status}: it has no results yet"
+        )
     result = hook.result_from_task(state, model=model)
     if n is None and isinstance(state.task_metrics.get("TOTAL"), int):
         n = state.task_metrics["TOTAL"]
@@ -133,7 +135,7 @@ def task_metadata(
         n=n,
         seed=seed,
         prompt_upsampling=prompt_upsampling,
-        generation_task_id=state.task_id,
+        generation_task_id=state.generation_task_id,
         task_status=state.status,
     )
 
@@ -154,13 +156,13 @@ def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) ->
     if status == "failed":
         raise ImageGenerationTaskFailedError(
             str(event.get("message") or "the task did not succeed"),
-            task_id=generation_task_id,
+            generation_task_id=generation_task_id,
             task_status=str(event.get("task_status")),
             code=event.get("code"),
         )
     if status == "timeout":
         raise ImageGenerationTaskTimeoutError(
-            task_id=generation_task_id, task_status=event.get("task_status"), waited=waited
+            generation_task_id=generation_task_id, task_status=event.get("task_status"), waited=waited
         )
     if status == "error":
         raise ImageGenerationAPIError(

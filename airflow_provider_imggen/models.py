@@ -8,6 +8,8 @@ it at DAG-parse time.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,6 +24,17 @@ _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*X×]\s*(\d+)\s*$")
 NAMED_FIELDS = frozenset(
     {"model", "prompt", "n", "size", "response_format", "negative_prompt", "prompt_upsampling", "seed"}
 )
+# The native API's names for the same things (extra_body joins the native body's ``parameters``):
+# ``prompt_extend`` is ``prompt_upsampling``; input/parameters/model would rewrite the body's structure.
+NATIVE_NAMED_FIELDS = NAMED_FIELDS | {"prompt_extend", "input", "parameters"}
+# What a template renders for a missing value (a dag_run.conf key that is not there): never a real prompt.
+RENDERED_MISSING_VALUES = frozenset({"None"})
+_ASCII_INT_PATTERN = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_ASCII_NUMBER_PATTERN = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+# DashScope's native task API (api-notes §3): suggested polling is every 3 s for 30 s, then back off.
+DEFAULT_POLL_INTERVAL = 3.0
+DEFAULT_MAX_POLL_INTERVAL = 30.0
+FAST_POLL_SECONDS = 30.0
 
 ResponseFormat = Literal["url", "b64_json"]
 
@@ -165,14 +178,122 @@ def parse_size(size: object) -> tuple[int, int]:
 
 
 def coerce_int(parameter: str, value: object, allowed: str) -> int:
-    """Accept an int or a string of digits (rendered templates are strings); refuse bools and floats."""
+    """
+    Accept an int or a string of ASCII digits (rendered templates are strings); refuse bools, floats and
+    other scripts' digits (``int("٢")`` is 2 in Python, but no API reads it so).
+    """
     if isinstance(value, bool):
         raise ImageGenerationValidationError(parameter, value, allowed)
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    if isinstance(value, str) and _ASCII_INT_PATTERN.fullmatch(value):
         return int(value)
     raise ImageGenerationValidationError(parameter, value, allowed)
+
+
+def coerce_seconds(
+    parameter: str, value: object, *, allow_zero: bool = False, allow_none: bool = False
+) -> float | None:
+    """
+    A finite number of seconds (> 0, or >= 0 with ``allow_zero``) from a number or an ASCII numeric
+    string; refuses bools, NaN and infinity (which pass a plain ``> 0`` check and then never end).
+    """
+    allowed = f"expected a finite number of seconds {'>= 0' if allow_zero else '> 0'}" + (
+        ", or None" if allow_none else ""
+    )
+    if value is None and allow_none:
+        return None
+    number: float | None = None
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if numeric or (isinstance(value, str) and _ASCII_NUMBER_PATTERN.fullmatch(value)):
+        number = float(value)  # type: ignore[arg-type]
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ImageGenerationValidationError(parameter, value, allowed)
+    return number
+
+
+def check_poll_settings(poll_interval: object, max_poll_interval: object, timeout: object = None) -> None:
+    """Refuse polling settings that would spin or never poll (NaN, infinity, <= 0), naming the parameter."""
+    for name, value in (("poll_interval", poll_interval), ("max_poll_interval", max_poll_interval)):
+        if not isinstance(value, int | float):
+            raise ImageGenerationValidationError(name, value, "expected a finite number of seconds > 0")
+        coerce_seconds(name, value)
+    assert isinstance(poll_interval, int | float) and isinstance(max_poll_interval, int | float)
+    if max_poll_interval < poll_interval:
+        raise ImageGenerationValidationError(
+            "max_poll_interval", max_poll_interval, f"expected seconds >= poll_interval ({poll_interval})"
+        )
+    if timeout is not None:
+        if not isinstance(timeout, int | float):
+            raise ImageGenerationValidationError("timeout", timeout, "expected seconds >= 0, or None")
+        coerce_seconds("timeout", timeout, allow_zero=True)
+
+
+def next_poll_interval(
+    previous: float | None, elapsed: float, poll_interval: float, max_poll_interval: float
+) -> float:
+    """
+    Seconds to wait before the next status query of a native task (shared by the hook and the trigger).
+
+    As DashScope suggests: every ``poll_interval`` for the first 30 s, then doubling up to
+    ``max_poll_interval`` (3 s, ..., 3 s, 6, 12, 24, 30, 30... with the defaults).
+
+    :param previous: the previous wait (None before the first)
+    :param elapsed: seconds since the task was first polled
+    """
+    first = min(poll_interval, max_poll_interval)
+    if previous is None or elapsed < FAST_POLL_SECONDS:
+        return first
+    return min(max_poll_interval, max(previous, first) * 2)
+
+
+def check_extra_body(extra_body: object, api_style: str | None = None) -> dict[str, Any]:
+    """
+    A copy of ``extra_body`` once it is a dict of JSON values (no NaN or infinity, which JSON cannot
+    carry) that overrides no named parameter: the top-level names always, and for ``api_style=
+    "dashscope"`` also the native names (``prompt_extend``, ``input``, ``parameters``).
+    """
+    if extra_body is None:
+        return {}
+    if not isinstance(extra_body, dict) or not all(isinstance(key, str) for key in extra_body):
+        raise ImageGenerationValidationError(
+            "extra_body", extra_body, "expected a dict of extra top-level JSON fields"
+        )
+    protected = NATIVE_NAMED_FIELDS if api_style == "dashscope" else NAMED_FIELDS
+    clashing = sorted(protected.intersection(extra_body))
+    if clashing:
+        native = api_style == "dashscope" and not NAMED_FIELDS.issuperset(clashing)
+        raise ImageGenerationValidationError(
+            "extra_body",
+            extra_body,
+            f"{', '.join(clashing)} must be passed as the parameter(s) of that name, not in extra_body"
+            + (
+                " (prompt_extend is prompt_upsampling; input and parameters are built by the hook)"
+                if native
+                else ""
+            ),
+        )
+    try:
+        json.dumps(extra_body, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ImageGenerationValidationError(
+            "extra_body",
+            extra_body,
+            f"expected JSON values only (strings, finite numbers, booleans, null, lists, dicts): {error}",
+        ) from None
+    return dict(extra_body)
+
+
+def check_request_for_style(request: GenerationRequest, api_style: str) -> None:
+    """What a request validated without knowing the API must also satisfy for ``api_style``."""
+    if api_style == "dashscope":
+        if request.response_format != "url":
+            raise ImageGenerationValidationError(
+                "response_format",
+                request.response_format,
+                "DashScope's native task API returns result URLs only: use 'url'",
+            )
+        check_extra_body(request.extra_body, api_style)
 
 
 def coerce_bool(parameter: str, value: object) -> bool:
@@ -193,6 +314,13 @@ def _check_text(parameter: str, value: object, limit: int | None, model: str, *,
         raise ImageGenerationValidationError(parameter, value, "expected a string")
     if required and not value.strip():
         raise ImageGenerationValidationError(parameter, value, "must not be empty")
+    if required and value.strip() in RENDERED_MISSING_VALUES:
+        raise ImageGenerationValidationError(
+            parameter,
+            value,
+            "looks like a template that rendered a missing value (a dag_run.conf key or param that was "
+            "not set): pass the text to draw",
+        )
     if limit is not None and len(value) > limit:
         raise ImageGenerationValidationError(
             parameter, value, f"{model} accepts at most {limit} characters, got {len(value)}"
@@ -211,12 +339,16 @@ def validate_generation_request(
     prompt_upsampling: object = None,
     seed: object = None,
     extra_body: object = None,
+    api_style: object = None,
 ) -> GenerationRequest:
     """
     Validate one image generation request against the model table and normalise it.
 
     Strings are accepted wherever a rendered template would produce one (``n="2"``, ``seed="42"``,
     ``prompt_upsampling="false"``); sizes may use ``x`` or ``*``.
+
+    :param api_style: ``openai`` or ``dashscope`` when known: the native API also protects its own
+        names in ``extra_body`` and returns URLs only (the hook checks again before sending)
 
     :raises ImageGenerationValidationError: naming the parameter, the value and what is allowed
     """
@@ -274,22 +406,9 @@ def validate_generation_request(
         if not 0 <= checked_seed <= MAX_SEED:
             raise ImageGenerationValidationError("seed", seed, seed_allowed)
 
-    checked_extra: dict[str, Any] = {}
-    if extra_body is not None:
-        if not isinstance(extra_body, dict) or not all(isinstance(key, str) for key in extra_body):
-            raise ImageGenerationValidationError(
-                "extra_body", extra_body, "expected a dict of extra top-level JSON fields"
-            )
-        clashing = sorted(NAMED_FIELDS.intersection(extra_body))
-        if clashing:
-            raise ImageGenerationValidationError(
-                "extra_body",
-                extra_body,
-                f"{', '.join(clashing)} must be passed as the parameter(s) of that name, not in extra_body",
-            )
-        checked_extra = dict(extra_body)
+    checked_extra = check_extra_body(extra_body, api_style if isinstance(api_style, str) else None)
 
-    return GenerationRequest(
+    request = GenerationRequest(
         model=model,
         prompt=checked_prompt,
         n=checked_n,
@@ -300,3 +419,6 @@ def validate_generation_request(
         seed=checked_seed,
         extra_body=checked_extra,
     )
+    if isinstance(api_style, str):
+        check_request_for_style(request, api_style)
+    return request

@@ -46,7 +46,7 @@ def comparable(state: TaskState) -> TaskState:
 def test_get_task_parses_exactly_like_the_sync_hook(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(fail_next_task_images=[[1]])
     hook = fast_hook()
-    task_id = hook.submit_task("three foxes", n=3, size="512x512", seed=5).task_id
+    task_id = hook.submit_task("three foxes", n=3, size="512x512", seed=5).generation_task_id
 
     async_state = run_async(lambda hook: hook.get_task(task_id))
 
@@ -68,13 +68,13 @@ def test_get_task_statuses(
     dashscope_conn: EmulatorServer, faults: dict, status: str, code: str | None
 ) -> None:
     dashscope_conn.set_faults(**faults)
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
     state = run_async(lambda hook: hook.get_task(task_id))
     assert (state.status, state.code) == (status, code)
 
 
 def test_unknown_and_expired(dashscope_conn: EmulatorServer) -> None:
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
     dashscope_conn.expire_task(task_id)
 
     async def both(hook: ImageGenerationAsyncHook) -> list[str]:
@@ -85,7 +85,7 @@ def test_unknown_and_expired(dashscope_conn: EmulatorServer) -> None:
 
 def test_cancel_task(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(task_pending_ms=600_000)
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
 
     async def cancel_twice(hook: ImageGenerationAsyncHook) -> tuple[bool, bool, str]:
         first = await hook.cancel_task(task_id)
@@ -96,7 +96,7 @@ def test_cancel_task(dashscope_conn: EmulatorServer) -> None:
 
 
 def test_transient_failures_are_retried(dashscope_conn: EmulatorServer) -> None:
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
     dashscope_conn.set_faults(fail_next=["drop", "500", "429", "200_error"], retry_after_seconds=0.01)
     assert run_async(lambda hook: hook.get_task(task_id), max_retries=4).status == "SUCCEEDED"
     assert [entry["fault"] for entry in task_queries(dashscope_conn)] == [
@@ -147,7 +147,7 @@ def test_wrong_key_is_redacted(
 def test_urls_and_key_never_in_logs_or_reprs(
     dashscope_conn: EmulatorServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    task_id = fast_hook().submit_task("x", n=2, size="512x512").task_id
+    task_id = fast_hook().submit_task("x", n=2, size="512x512").generation_task_id
     dashscope_conn.set_faults(fail_next=["500"], retry_after_seconds=0.01)
     state = run_async(lambda hook: hook.get_task(task_id))
     logged = "".join(capfd.readouterr())
@@ -160,8 +160,8 @@ def test_urls_and_key_never_in_logs_or_reprs(
 @pytest.mark.parametrize(
     ("call", "parameter"),
     [
-        (lambda hook: hook.get_task(""), "task_id"),
-        (lambda hook: hook.cancel_task("a/b"), "task_id"),
+        (lambda hook: hook.get_task(""), "generation_task_id"),
+        (lambda hook: hook.cancel_task("a/b"), "generation_task_id"),
     ],
 )
 def test_bad_task_id_is_refused_before_any_request(
@@ -180,7 +180,7 @@ def test_needs_api_style_dashscope(imggen_conn: EmulatorServer) -> None:
 
 
 def test_client_lifecycle(dashscope_conn: EmulatorServer) -> None:
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
 
     async def main() -> None:
         # Without the context manager, each call has a client of its own, closed afterwards.
@@ -201,7 +201,7 @@ def test_client_lifecycle(dashscope_conn: EmulatorServer) -> None:
 def test_uses_no_blocking_client(dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import requests
 
-    task_id = fast_hook().submit_task("x").task_id
+    task_id = fast_hook().submit_task("x").generation_task_id
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the async hook must not use requests")

@@ -41,7 +41,11 @@ def fast(**kwargs: Any) -> dict[str, Any]:
 
 def submit(n: int = 2, seed: int = 11) -> str:
     """Submit a native task directly through the hook (what a submitting task did earlier)."""
-    return ImageGenerationHook().submit_task("a lighthouse at dawn", n=n, size="512x512", seed=seed).task_id
+    return (
+        ImageGenerationHook()
+        .submit_task("a lighthouse at dawn", n=n, size="512x512", seed=seed)
+        .generation_task_id
+    )
 
 
 def make_sensor(**kwargs: Any) -> ImageGenerationTaskSensor:

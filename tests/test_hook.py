@@ -14,7 +14,10 @@ from PIL import Image
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
+    ImageGenerationError,
+    ImageGenerationOutcomeUnknownError,
     ImageGenerationRejectedError,
+    ImageGenerationThrottledError,
     ImageGenerationValidationError,
 )
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
@@ -114,6 +117,12 @@ INVALID_REQUESTS = [
         {"extra_body": {"seed": 1}}, "extra_body", "seed must be passed as the parameter", id="extra-clash"
     ),
     pytest.param({"extra_body": ["watermark"]}, "extra_body", "expected a dict", id="extra-not-dict"),
+    pytest.param({"n": "\u0662"}, "n", "1-4", id="n-arabic-indic-digit"),
+    pytest.param({"seed": "\u0664\u0662"}, "seed", "0-2147483647", id="seed-arabic-indic-digits"),
+    pytest.param({"prompt": "None"}, "prompt", "rendered a missing value", id="prompt-rendered-none"),
+    pytest.param({"extra_body": {"strength": float("nan")}}, "extra_body", "JSON values", id="extra-nan"),
+    pytest.param({"extra_body": {"strength": float("inf")}}, "extra_body", "JSON values", id="extra-inf"),
+    pytest.param({"extra_body": {"when": object()}}, "extra_body", "JSON values", id="extra-not-json"),
     pytest.param({"model": "gpt-image-x", "n": 11}, "n", "1-10", id="unknown-model-n"),
     pytest.param({"model": "gpt-image-x", "size": "0x10"}, "size", "positive", id="unknown-model-size"),
     pytest.param({"model": ""}, "model", "expected a model name", id="model-empty"),
@@ -131,6 +140,7 @@ def test_invalid_request_is_refused_before_any_request(
 
     error = raised.value
     assert isinstance(error, AirflowFailException), "bad input must not be retried by Airflow"
+    assert isinstance(error, ImageGenerationError), "every provider error derives from the base class"
     assert error.parameter == parameter
     assert allowed in str(error)
     assert parameter in str(error)
@@ -179,32 +189,80 @@ def test_wrong_key_is_rejected_without_retry_and_never_shown(
     assert len(generation_requests(emulator)) == 1
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "503", "drop"])
-def test_transient_failures_are_retried_then_succeed(imggen_conn: EmulatorServer, fault: str) -> None:
-    imggen_conn.set_faults(fail_next=[fault, fault], retry_after_seconds=0.05)
+def test_throttling_is_retried_then_succeeds(imggen_conn: EmulatorServer) -> None:
+    # A 429 is answered before any work: the service provably did nothing, re-sending is free.
+    imggen_conn.set_faults(fail_next=["429", "429"], retry_after_seconds=0.05)
     result = fast_hook().generate_images("a cat", size="512x512", seed=1)
 
     assert len(result.images) == 1
-    statuses = [entry.get("fault") for entry in generation_requests(imggen_conn)]
-    assert statuses == [fault, fault, None]
+    assert [entry.get("fault") for entry in generation_requests(imggen_conn)] == ["429", "429", None]
     assert imggen_conn.billed_images() == 1
 
 
-def test_retries_run_out_with_a_plain_api_error(imggen_conn: EmulatorServer) -> None:
-    imggen_conn.set_faults(rate_500=1.0)
-    with pytest.raises(ImageGenerationAPIError) as raised:
+@pytest.mark.parametrize("fault", ["500", "503", "drop"])
+def test_billable_post_is_never_resent_when_the_outcome_is_unknown(
+    imggen_conn: EmulatorServer, fault: str
+) -> None:
+    # After sending, a 5xx or a dropped connection may hide a generation that ran and was billed.
+    imggen_conn.set_faults(fail_next=[fault])
+    before = datetime.now(tz=UTC)
+    with pytest.raises(ImageGenerationOutcomeUnknownError) as raised:
+        fast_hook().generate_images("a cat", size="512x512", n=3)
+
+    error = raised.value
+    assert isinstance(error, AirflowFailException), "Airflow must not pay again either"
+    assert (error.model, error.images_at_risk) == ("wan2.2-t2i-flash", 3)
+    assert error.submitted_at is not None and before <= error.submitted_at <= datetime.now(tz=UTC)
+    assert "billed up to 3 image(s) of wan2.2-t2i-flash" in str(error)
+    assert "usage" in str(error) and "retry_unknown_outcome" in str(error)
+    if fault != "drop":
+        assert error.status == int(fault) and error.request_id and error.request_id in str(error)
+    assert len(generation_requests(imggen_conn)) == 1
+
+
+def test_retry_unknown_outcome_opts_back_into_retries(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    set_imggen_connection(
+        monkeypatch, emulator.base_url, default_model="qwen-image", retry_unknown_outcome="true"
+    )
+    emulator.set_faults(fail_next=["500", "drop"])
+    assert len(fast_hook().generate_images("a cat").images) == 1
+    assert len(generation_requests(emulator)) == 3
+    logged = "".join(capfd.readouterr())
+    assert logged.count("retry_unknown_outcome is set, so this may bill twice") == 2
+
+
+def test_throttling_runs_out_with_a_retryable_throttled_error(imggen_conn: EmulatorServer) -> None:
+    imggen_conn.set_faults(rate_429=1.0, retry_after_seconds=0.01)
+    with pytest.raises(ImageGenerationThrottledError) as raised:
         fast_hook(max_retries=2).generate_images("a cat", size="512x512")
 
-    assert not isinstance(raised.value, AirflowFailException), "Airflow may retry a transient failure"
-    assert raised.value.status == 500 and raised.value.code == "InternalError"
-    assert "gave up after 3 attempt(s)" in str(raised.value)
+    error = raised.value
+    assert not isinstance(error, AirflowFailException), "nothing was billed: Airflow may retry"
+    assert error.status == 429 and error.retry_after == pytest.approx(0.01)
+    assert "after 3 attempt(s)" in str(error) and "nothing was billed" in str(error)
     assert len(generation_requests(imggen_conn)) == 3
+    assert imggen_conn.billed_images() == 0
+
+
+def test_retry_after_beyond_the_budget_is_handed_over_at_once(imggen_conn: EmulatorServer) -> None:
+    # A day-long Retry-After must neither be slept in the worker nor replaced by a short backoff.
+    imggen_conn.set_faults(fail_next=["429"], retry_after_seconds=86400)
+    started = time.monotonic()
+    with pytest.raises(ImageGenerationThrottledError) as raised:
+        fast_hook(max_retry_after=30).generate_images("a cat", size="512x512")
+
+    assert time.monotonic() - started < 5
+    assert raised.value.retry_after == pytest.approx(86400)
+    assert "longer than max_retry_after" in str(raised.value)
+    assert len(generation_requests(imggen_conn)) == 1
 
 
 def test_connection_max_retries_is_used(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
     set_imggen_connection(monkeypatch, emulator.base_url, default_model="qwen-image", max_retries="1")
-    emulator.set_faults(rate_503=1.0)
-    with pytest.raises(ImageGenerationAPIError):
+    emulator.set_faults(rate_429=1.0, retry_after_seconds=0.01)
+    with pytest.raises(ImageGenerationThrottledError):
         fast_hook().generate_images("a cat")
     assert len(generation_requests(emulator)) == 2
 
@@ -241,10 +299,17 @@ def test_dashscope_error_shape(emulator: EmulatorServer, monkeypatch: pytest.Mon
     assert "sk-bad" not in str(raised.value)
 
 
-def test_dashscope_shaped_server_error_is_retried(imggen_conn: EmulatorServer) -> None:
+def test_dashscope_shaped_server_error_is_an_unknown_outcome(imggen_conn: EmulatorServer) -> None:
     imggen_conn.set_faults(error_style="dashscope", fail_next=["500"])
-    result = fast_hook().generate_images("a cat", size="512x512")
-    assert len(result.images) == 1
+    with pytest.raises(ImageGenerationOutcomeUnknownError) as raised:
+        fast_hook().generate_images("a cat", size="512x512")
+    assert (raised.value.status, raised.value.code) == (500, "InternalError")
+    assert len(generation_requests(imggen_conn)) == 1
+
+
+def test_dashscope_shaped_throttling_is_retried(imggen_conn: EmulatorServer) -> None:
+    imggen_conn.set_faults(error_style="dashscope", fail_next=["429"], retry_after_seconds=0.01)
+    assert len(fast_hook().generate_images("a cat", size="512x512").images) == 1
     assert len(generation_requests(imggen_conn)) == 2
 
 
@@ -255,12 +320,15 @@ def test_http_200_with_error_body_is_an_error(imggen_conn: EmulatorServer) -> No
     assert raised.value.status == 200
     assert raised.value.code == "InternalError.Algo"
     assert "upstream task failed" in str(raised.value)
-    assert len(generation_requests(imggen_conn)) == 2  # an upstream InternalError is transient
+    assert "gave up after 2 attempt(s)" in str(raised.value)
+    # The relay says the upstream task failed: a failed generation bills nothing, re-sending is free.
+    assert len(generation_requests(imggen_conn)) == 2
+    assert imggen_conn.billed_images() == 0
 
 
 def test_key_never_in_logs(imggen_conn: EmulatorServer, capfd: pytest.CaptureFixture[str]) -> None:
     hook = fast_hook()
-    imggen_conn.set_faults(fail_next=["429", "drop"], retry_after_seconds=0.01)
+    imggen_conn.set_faults(fail_next=["429", "429"], retry_after_seconds=0.01)
     result = hook.generate_images("a cat", size="512x512", n=2)
     imggen_conn.set_faults(rate_500=1.0)
     with pytest.raises(ImageGenerationAPIError) as raised:

@@ -28,6 +28,7 @@ from airflow_provider_imggen.hooks.image_generation import (
     TaskState,
     next_poll_interval,
 )
+from airflow_provider_imggen.models import GenerationRequest
 from tests.conftest import API_KEY, set_imggen_connection, task_queries, task_submissions
 from tests.test_hook import INVALID_REQUESTS, fast_hook
 
@@ -82,9 +83,9 @@ def test_submit_task_then_wait_for_task(dashscope_conn: EmulatorServer) -> None:
     assert submitted.parameters["n"] == 1 and submitted.parameters["size"] == "1328*1328"
     assert submitted.parameters["negative_prompt"] == "blurry" and submitted.parameters["watermark"] is False
 
-    state = hook.wait_for_task(submitted.task_id, poll_interval=0.02, max_poll_interval=0.05)
+    state = hook.wait_for_task(submitted.generation_task_id, poll_interval=0.02, max_poll_interval=0.05)
     assert state.status == "SUCCEEDED" and state.is_terminal and state.succeeded
-    assert state.task_id == submitted.task_id
+    assert state.generation_task_id == submitted.generation_task_id
     assert [image.revised_prompt for image in state.images] == ["a red bicycle, highly detailed"]
     assert state.task_metrics == {"TOTAL": 1, "SUCCEEDED": 1, "FAILED": 0}
     assert state.submit_time and state.end_time
@@ -95,9 +96,9 @@ def test_submit_task_then_wait_for_task(dashscope_conn: EmulatorServer) -> None:
 def test_get_task_reads_each_status(dashscope_conn: EmulatorServer) -> None:
     hook = fast_hook()
     dashscope_conn.set_faults(task_pending_ms=600_000)
-    assert hook.get_task(hook.submit_task("x").task_id).status == "PENDING"
+    assert hook.get_task(hook.submit_task("x").generation_task_id).status == "PENDING"
     dashscope_conn.set_faults(task_pending_ms=0, task_duration_ms=600_000)
-    running = hook.get_task(hook.submit_task("x").task_id)
+    running = hook.get_task(hook.submit_task("x").generation_task_id)
     assert running.status == "RUNNING" and not running.is_terminal and running.images == ()
     running.raise_for_status()  # not terminal: nothing to raise yet
 
@@ -128,7 +129,7 @@ def test_failed_task_raises_without_resubmitting(dashscope_conn: EmulatorServer)
     assert isinstance(error, ImageGenerationRejectedError) and isinstance(error, AirflowFailException)
     assert (error.task_status, error.code) == ("FAILED", "DataInspectionFailed")
     assert error.message == "Output data may contain inappropriate content."
-    assert error.task_id in str(error) and "FAILED" in str(error)
+    assert error.generation_task_id in str(error) and "FAILED" in str(error)
     assert len(task_submissions(dashscope_conn)) == 1
     assert dashscope_conn.billed_images() == 0
 
@@ -167,21 +168,21 @@ def test_unknown_and_expired_tasks(dashscope_conn: EmulatorServer) -> None:
     assert raised.value.task_status == "UNKNOWN"
 
     submitted = hook.submit_task("x")
-    assert dashscope_conn.expire_task(submitted.task_id)
+    assert dashscope_conn.expire_task(submitted.generation_task_id)
     with pytest.raises(ImageGenerationTaskFailedError, match="UNKNOWN"):
-        hook.result_from_task(hook.wait_for_task(submitted.task_id))
+        hook.result_from_task(hook.wait_for_task(submitted.generation_task_id))
 
 
 def test_cancel_task(dashscope_conn: EmulatorServer) -> None:
     hook = fast_hook()
     dashscope_conn.set_faults(task_pending_ms=600_000)
     submitted = hook.submit_task("x", n=2)
-    assert hook.cancel_task(submitted.task_id) is True
-    canceled = hook.get_task(submitted.task_id)
+    assert hook.cancel_task(submitted.generation_task_id) is True
+    canceled = hook.get_task(submitted.generation_task_id)
     assert canceled.status == "CANCELED" and canceled.is_terminal
     with pytest.raises(ImageGenerationTaskFailedError, match="canceled"):
         canceled.raise_for_status()
-    assert hook.cancel_task(submitted.task_id) is False  # no longer pending
+    assert hook.cancel_task(submitted.generation_task_id) is False  # no longer pending
     assert hook.cancel_task("no-such-task") is False
     assert dashscope_conn.billed_images() == 0
 
@@ -189,11 +190,11 @@ def test_cancel_task(dashscope_conn: EmulatorServer) -> None:
 def test_wait_for_task_times_out_with_a_retryable_error(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(task_duration_ms=600_000)
     hook = fast_hook()
-    task_id = hook.submit_task("x").task_id
+    task_id = hook.submit_task("x").generation_task_id
     with pytest.raises(ImageGenerationTaskTimeoutError) as raised:
         hook.wait_for_task(task_id, poll_interval=0.05, timeout=0.2)
     assert not isinstance(raised.value, AirflowFailException)  # a retry may reconnect to the same task
-    assert (raised.value.task_id, raised.value.task_status) == (task_id, "RUNNING")
+    assert (raised.value.generation_task_id, raised.value.task_status) == (task_id, "RUNNING")
     assert len(task_queries(dashscope_conn)) >= 2  # polled, then one last look at the deadline
 
 
@@ -217,9 +218,29 @@ def test_submit_task_validates_before_any_request(
     ("call", "parameter"),
     [
         (lambda hook: hook.generate_images("x", response_format="b64_json"), "response_format"),
-        (lambda hook: hook.get_task(""), "task_id"),
-        (lambda hook: hook.cancel_task("a/b"), "task_id"),
+        (lambda hook: hook.get_task(""), "generation_task_id"),
+        (lambda hook: hook.cancel_task("a/b"), "generation_task_id"),
         (lambda hook: hook.wait_for_task("t", poll_interval=0), "poll_interval"),
+        (lambda hook: hook.wait_for_task("t", poll_interval=float("nan")), "poll_interval"),
+        (lambda hook: hook.wait_for_task("t", max_poll_interval=float("inf")), "max_poll_interval"),
+        (lambda hook: hook.wait_for_task("t", timeout=float("inf")), "timeout"),
+        (lambda hook: hook.generate_images("x", timeout=float("inf")), "timeout"),
+        (lambda hook: hook.submit_task("x", timeout=float("nan")), "timeout"),
+        (lambda hook: hook.submit_task("x", extra_body={"prompt_extend": False}), "extra_body"),
+        (lambda hook: hook.generate_images("x", extra_body={"parameters": {"n": 4}}), "extra_body"),
+        (
+            lambda hook: hook.submit(
+                GenerationRequest(
+                    model="qwen-image",
+                    prompt="x",
+                    n=1,
+                    size="1328x1328",
+                    response_format="url",
+                    extra_body={"prompt_extend": True},
+                )
+            ),
+            "extra_body",
+        ),
         (lambda hook: hook.wait_for_task("t", poll_interval=5, max_poll_interval=1), "max_poll_interval"),
         (lambda hook: hook.wait_for_task("t", timeout=-1), "timeout"),
     ],
@@ -244,12 +265,12 @@ def test_task_api_needs_api_style_dashscope(imggen_conn: EmulatorServer) -> None
 
 # Retries: never pay twice ----------------------------------------------------------------------------------
 def test_submission_is_retried_when_no_task_was_created(dashscope_conn: EmulatorServer) -> None:
-    dashscope_conn.set_faults(fail_next=["429", "503"], retry_after_seconds=0.01)
+    dashscope_conn.set_faults(fail_next=["429", "429"], retry_after_seconds=0.01)
     submitted = fast_hook().submit_task("x")
     assert [(entry["fault"], entry["task_id"]) for entry in task_submissions(dashscope_conn)] == [
         ("429", None),
-        ("503", None),
-        (None, submitted.task_id),
+        ("429", None),
+        (None, submitted.generation_task_id),
     ]
     assert len(dashscope_conn.tasks()) == 1
 
@@ -277,7 +298,7 @@ def test_submission_retried_when_the_connection_is_refused(monkeypatch: pytest.M
 
 def test_status_queries_are_retried_on_every_transient_failure(dashscope_conn: EmulatorServer) -> None:
     hook = fast_hook()
-    task_id = hook.submit_task("x").task_id
+    task_id = hook.submit_task("x").generation_task_id
     dashscope_conn.set_faults(fail_next=["drop", "500", "200_error"], retry_after_seconds=0.01)
     assert hook.get_task(task_id).status == "SUCCEEDED"
     assert [entry["fault"] for entry in task_queries(dashscope_conn)] == ["drop", "500", "200_error", None]
@@ -287,10 +308,10 @@ def test_status_queries_are_retried_on_every_transient_failure(dashscope_conn: E
 def test_urls_masked_in_logs_and_key_never_shown(
     dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    dashscope_conn.set_faults(fail_next=["500"], fail_next_task_images=[[1]], retry_after_seconds=0.01)
+    dashscope_conn.set_faults(fail_next=["429"], fail_next_task_images=[[1]], retry_after_seconds=0.01)
     hook = fast_hook()
     result = hook.generate_images("a cat", n=2, size="512x512")
-    state = hook.get_task(hook.submit_task("a dog").task_id)
+    state = hook.get_task(hook.submit_task("a dog").generation_task_id)
 
     logged = "".join(capfd.readouterr())
     assert all(image.masked_url and image.masked_url in logged for image in result.images)
@@ -316,7 +337,7 @@ def test_test_connection_on_the_task_api(dashscope_conn: EmulatorServer) -> None
 
 
 def test_task_state_to_result_builds_the_sync_result() -> None:
-    state = TaskState(task_id="t", status="SUCCEEDED", usage={"image_count": 0}, request_id="r")
+    state = TaskState(generation_task_id="t", status="SUCCEEDED", usage={"image_count": 0}, request_id="r")
     result = state.to_result(model="qwen-image", parameters={"n": 1})
     assert (result.model, result.parameters, result.request_id, result.images) == (
         "qwen-image",

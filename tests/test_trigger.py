@@ -42,7 +42,7 @@ def run_trigger(trigger: ImageGenerationTaskTrigger) -> dict[str, Any]:
 
 
 def submit(**kwargs: Any) -> str:
-    return fast_hook().submit_task("a quiet harbour", size="512x512", **kwargs).task_id
+    return fast_hook().submit_task("a quiet harbour", size="512x512", **kwargs).generation_task_id
 
 
 @pytest.fixture

@@ -3,41 +3,79 @@ Hooks for text-to-image APIs: OpenAI-compatible gateways and DashScope's native 
 wan2.2-t2i).
 
 :class:`ImageGenerationHook` is the worker's (blocking, ``requests``) hook; :class:`ImageGenerationAsyncHook`
-the triggerer's (asyncio, ``httpx``). They share the connection parsing, the retry policy, the response and
-task parsing and the error classes: everything but the HTTP client.
+the triggerer's (asyncio, ``httpx``). Everything but the HTTP client lives in modules of its own and is
+shared: the connection (:mod:`~airflow_provider_imggen.connection_settings`), the billing-safe retry policy
+and error table (:mod:`~airflow_provider_imggen.retry_policy`), the answers and their decoding
+(:mod:`~airflow_provider_imggen.responses`), the request validation (:mod:`~airflow_provider_imggen.models`).
+Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_imggen.connection_settings import (
+    API_STYLES,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT,
+    ApiStyle,
+    ConnectionSettings,
+    ca_bundle,
+    parse_connection,
+)
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
     ImageGenerationRejectedError,
     ImageGenerationSubmissionUnknownError,
-    ImageGenerationTaskFailedError,
     ImageGenerationTaskTimeoutError,
     ImageGenerationValidationError,
 )
 from airflow_provider_imggen.models import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
     TASK_STATUSES,
     TASK_TERMINAL_STATUSES,
     GenerationRequest,
-    coerce_int,
+    check_poll_settings,
+    check_request_for_style,
+    coerce_seconds,
+    next_poll_interval,
     validate_generation_request,
 )
-from airflow_provider_imggen.utils import mask_url, redact, url_expiry
+from airflow_provider_imggen.responses import (
+    FailedImage,
+    GeneratedImage,
+    ImageGenerationResult,
+    ListedTask,
+    SubmittedTask,
+    TaskState,
+    decode_response,
+    flatten_native_request,
+    parse_generation_result,
+    parse_submitted_task,
+    parse_task_list,
+    parse_task_state,
+)
+from airflow_provider_imggen.retry_policy import (
+    BillableRequest,
+    Failure,
+    RetryPolicy,
+    TransientAPIError,
+    give_up,
+    httpx_failure,
+    requests_failure,
+)
+from airflow_provider_imggen.utils import mask_url, redact
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,239 +86,41 @@ if TYPE_CHECKING:
     from tenacity import RetryCallState
 
 __all__ = [
+    "API_STYLES",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_POLL_INTERVAL",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_REQUEST_TIMEOUT",
     "TASK_STATUSES",
     "TASK_TERMINAL_STATUSES",
+    "ApiStyle",
     "ConnectionSettings",
     "FailedImage",
     "GeneratedImage",
     "ImageGenerationAsyncHook",
     "ImageGenerationHook",
     "ImageGenerationResult",
+    "ListedTask",
     "SubmittedTask",
     "TaskState",
+    "check_poll_settings",
+    "decode_response",
     "next_poll_interval",
     "parse_connection",
+    "parse_submitted_task",
+    "parse_task_state",
 ]
 
-ApiStyle = Literal["openai", "dashscope"]
-API_STYLES: tuple[str, ...] = ("openai", "dashscope")
-DEFAULT_REQUEST_TIMEOUT = 180.0
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_CONNECT_TIMEOUT = 10.0
-# Statuses worth another try: timeouts, throttling and server-side failures.
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-# Error codes that share a retryable status but that no retry can fix (quota, billing, missing model).
-PERMANENT_ERROR_CODES = frozenset(
-    {"insufficient_quota", "Arrearage", "BillOverdue", "model_not_found", "Throttling.AllocationQuota"}
-)
 PROMPT_LOG_CHARS = 200
-# DashScope's native task API (api-notes §3): suggested polling is every 3 s for 30 s, then back off.
+GENERATIONS_PATH = "/v1/images/generations"
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 TASKS_PATH = "/api/v1/tasks"
-DEFAULT_POLL_INTERVAL = 3.0
-DEFAULT_MAX_POLL_INTERVAL = 30.0
-FAST_POLL_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """What the hook reads from an ``imggen`` connection."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-    default_model: str | None
-    request_timeout: float
-    max_retries: int
-    api_style: ApiStyle
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    """
-    One generated image.
-
-    :param index: position in the response (image ``i`` of a seeded request used ``seed + i``)
-    :param url: signed result URL, for ``response_format="url"`` (a credential: log
-        :attr:`masked_url` instead)
-    :param data: decoded image bytes, for ``response_format="b64_json"``
-    :param revised_prompt: the prompt the API actually used, when it rewrote it
-    :param url_expires_at: when the signed URL stops working, if the URL says
-    """
-
-    index: int
-    url: str | None = None
-    data: bytes | None = None
-    revised_prompt: str | None = None
-    url_expires_at: datetime | None = None
-
-    @property
-    def masked_url(self) -> str | None:
-        return mask_url(self.url) if self.url else None
-
-    def __repr__(self) -> str:
-        payload = f"url={self.masked_url!r}" if self.url else f"data=<{len(self.data or b'')} bytes>"
-        return (
-            f"GeneratedImage(index={self.index}, {payload}, revised_prompt={self.revised_prompt!r}, "
-            f"url_expires_at={self.url_expires_at!r})"
-        )
-
-
-@dataclass(frozen=True)
-class FailedImage:
-    """
-    One image of a native task that failed while the others succeeded (a per-image content check, say).
-
-    :param index: position in the task's results
-    :param code: the API's error code for this image
-    :param message: the API's message for this image
-    """
-
-    index: int
-    code: str | None
-    message: str
-
-
-@dataclass(frozen=True)
-class ImageGenerationResult:
-    """
-    The outcome of one generation request.
-
-    :param created: the API's creation time (unix seconds); for a native task, when its results were read
-    :param images: the generated images, in response order
-    :param usage: the API's usage block, as sent
-    :param request_id: the API's request id (``x-request-id``), for support tickets
-    :param model: the model that generated the images
-    :param parameters: the effective request parameters (never the key)
-    :param failed_images: images of a native task that failed while the others succeeded
-    """
-
-    created: int
-    images: tuple[GeneratedImage, ...]
-    usage: dict[str, Any]
-    request_id: str | None
-    model: str
-    parameters: dict[str, Any]
-    failed_images: tuple[FailedImage, ...] = ()
-
-    @property
-    def created_at(self) -> datetime:
-        return datetime.fromtimestamp(self.created, tz=UTC)
-
-
-@dataclass(frozen=True)
-class SubmittedTask:
-    """
-    A task the native API accepted (and will bill): keep ``task_id`` to reconnect to it.
-
-    :param task_id: the API's task id (valid for 24 h)
-    :param task_status: its status when submitted (``PENDING``)
-    :param request_id: the submission's request id
-    :param model: the model
-    :param parameters: the effective request, flattened: model, prompt, negative_prompt, size, n, seed...
-    """
-
-    task_id: str
-    task_status: str
-    request_id: str | None
-    model: str
-    parameters: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class TaskState:
-    """
-    What ``GET /api/v1/tasks/{task_id}`` says about a native task.
-
-    :param task_id: the task id
-    :param status: one of :data:`TASK_STATUSES`
-    :param images: the successful images (``index`` is the position in the task's results)
-    :param failed_images: the images that failed in a task that still SUCCEEDED
-    :param usage: the usage block (``image_count`` counts successes only)
-    :param request_id: the status query's request id
-    :param code: the API's error code of a FAILED task
-    :param message: the API's message of a FAILED task (key redacted)
-    :param task_metrics: ``{TOTAL, SUCCEEDED, FAILED}``
-    :param submit_time: the API's submission time, verbatim (its time zone is not stated)
-    :param end_time: the API's end time, verbatim
-    :param model: the model, when the answer names it (DashScope's does not)
-    :param prompt: the prompt as submitted (the results' ``orig_prompt``), when the answer has results
-    """
-
-    task_id: str
-    status: str
-    images: tuple[GeneratedImage, ...] = ()
-    failed_images: tuple[FailedImage, ...] = ()
-    usage: dict[str, Any] = field(default_factory=dict)
-    request_id: str | None = None
-    code: str | None = None
-    message: str | None = None
-    task_metrics: dict[str, Any] = field(default_factory=dict)
-    submit_time: str | None = None
-    end_time: str | None = None
-    model: str | None = None
-    prompt: str | None = None
-
-    @property
-    def is_terminal(self) -> bool:
-        """SUCCEEDED, FAILED, CANCELED or UNKNOWN: polling again will not change it."""
-        return self.status in TASK_TERMINAL_STATUSES
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "SUCCEEDED"
-
-    def raise_for_status(self) -> None:
-        """
-        Raise :class:`ImageGenerationTaskFailedError` for a FAILED, CANCELED or UNKNOWN task, or a
-        SUCCEEDED one without a single image; do nothing otherwise (including while it is not terminal).
-        """
-        if self.status == "SUCCEEDED":
-            if self.images:
-                return
-            first = self.failed_images[0] if self.failed_images else None
-            message = f"all {len(self.failed_images)} image(s) failed" + (
-                f"; image {first.index}: {first.message}" if first else ""
-            )
-            code = first.code if first else None
-        elif self.status == "FAILED":
-            message, code = self.message or "the task failed", self.code
-        elif self.status == "CANCELED":
-            message, code = self.message or "the task was canceled", self.code
-        elif self.status == "UNKNOWN":
-            message = "no such task, or it expired (task ids live 24 h)"
-            code = self.code
-        else:
-            return
-        raise ImageGenerationTaskFailedError(
-            message, task_id=self.task_id, task_status=self.status, code=code, request_id=self.request_id
-        )
-
-    def to_result(
-        self, *, model: str | None = None, parameters: Mapping[str, Any] | None = None
-    ) -> ImageGenerationResult:
-        """
-        The :class:`ImageGenerationResult` the synchronous path returns, from a SUCCEEDED task.
-
-        :param model: the model (the status query does not name it); defaults to :attr:`model`
-        :param parameters: the effective request parameters, e.g. :attr:`SubmittedTask.parameters`
-        """
-        return ImageGenerationResult(
-            created=int(time.time()),
-            images=self.images,
-            usage=dict(self.usage),
-            request_id=self.request_id,
-            model=model or self.model or "",
-            parameters=dict(parameters or {}),
-            failed_images=self.failed_images,
-        )
-
-
-class _RetryableAPIError(ImageGenerationAPIError):
-    """A transient API error; the hook retries it and raises it as a plain API error when retries run out."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+# The task list is searched this far around a lost submission (clocks differ; the service is slow).
+TASK_LIST_MARGIN = timedelta(seconds=60)
+TASK_LIST_PAGE_SIZE = 100
+TASK_LIST_MAX_PAGES = 10
+TASK_LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class _ImageGenerationHookBase(BaseHook):
@@ -340,6 +180,7 @@ class _ImageGenerationHookBase(BaseHook):
 
     @property
     def effective_request_timeout(self) -> float:
+        """The read timeout of one request, in seconds."""
         return self.request_timeout if self.request_timeout is not None else self.settings.request_timeout
 
     def _headers(self, **extra: str) -> dict[str, str]:
@@ -353,12 +194,18 @@ class _ImageGenerationHookBase(BaseHook):
             **extra,
         }
 
-    def _task_url(self, task_id: object, suffix: str = "") -> str:
-        if not isinstance(task_id, str) or not task_id.strip() or "/" in task_id:
+    def _task_url(self, generation_task_id: object, suffix: str = "") -> str:
+        if (
+            not isinstance(generation_task_id, str)
+            or not generation_task_id.strip()
+            or "/" in generation_task_id
+        ):
             raise ImageGenerationValidationError(
-                "task_id", task_id, "expected the task id the API returned when the task was submitted"
+                "generation_task_id",
+                generation_task_id,
+                "expected the task id the API returned when the task was submitted",
             )
-        return f"{self.settings.base_url}{TASKS_PATH}/{quote(task_id.strip(), safe='')}{suffix}"
+        return f"{self.settings.base_url}{TASKS_PATH}/{quote(generation_task_id.strip(), safe='')}{suffix}"
 
     def _require_dashscope(self, operation: str) -> None:
         if self.settings.api_style != "dashscope":
@@ -384,7 +231,11 @@ class _ImageGenerationHookBase(BaseHook):
         seed: object = None,
         extra_body: object = None,
     ) -> GenerationRequest:
-        """Validate a request against the model table, filling the model from the connection's default."""
+        """
+        Validate a request against the model table and the connection's API style, filling the model from
+        the connection's default: the :class:`GenerationRequest` that :meth:`ImageGenerationHook.generate`
+        and :meth:`ImageGenerationHook.submit` take.
+        """
         if model is None:
             model = self.settings.default_model
             if model is None:
@@ -403,84 +254,69 @@ class _ImageGenerationHookBase(BaseHook):
             prompt_upsampling=prompt_upsampling,
             seed=seed,
             extra_body=extra_body,
+            api_style=self.settings.api_style,
         )
 
-    def _retry_policy(
-        self, method: str, url: str, is_transient: Callable[[BaseException], bool]
-    ) -> dict[str, Any]:
-        """
-        Keyword arguments for tenacity's ``Retrying`` and ``AsyncRetrying`` alike.
-
-        Exponential backoff with jitter, honouring the server's Retry-After; ``is_transient`` says which
-        exceptions are worth another attempt (transient API errors always are).
-        """
-        from tenacity import retry_if_exception, stop_after_attempt, wait_exponential, wait_random
-
-        max_attempts = self.effective_max_retries + 1
-        # retry_wait_initial * 2**n capped at retry_wait_max, plus up to retry_wait_initial of jitter so that
-        # many workers throttled at once do not retry in lockstep.
-        backoff = wait_exponential(multiplier=self.retry_wait_initial, max=self.retry_wait_max) + wait_random(
-            0, self.retry_wait_initial
+    def _policy(self, *, billable: bool) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.effective_max_retries,
+            wait_initial=self.retry_wait_initial,
+            wait_max=self.retry_wait_max,
+            max_retry_after=self.max_retry_after,
+            billable=billable,
+            retry_unknown_outcome=self.settings.retry_unknown_outcome,
         )
 
-        def wait(retry_state: RetryCallState) -> float:
-            error = retry_state.outcome.exception() if retry_state.outcome else None
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after is not None and 0 <= retry_after <= self.max_retry_after:
-                return float(retry_after)
-            return float(backoff(retry_state))
+    def _log_retry(self, method: str, url: str, policy: RetryPolicy) -> Callable[[RetryCallState], None]:
+        """tenacity's ``before_sleep``: one warning per retry (and one more when it may bill twice)."""
 
         def log_retry(retry_state: RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
+            if policy.risks_paying_twice(error):
+                self.log.warning(
+                    "Sending %s %s again although its outcome is unknown (%s): the connection extra "
+                    "retry_unknown_outcome is set, so this may bill twice",
+                    method,
+                    mask_url(url),
+                    error.failure.value if isinstance(error, TransientAPIError) else error,
+                )
             self.log.warning(
                 "%s %s failed (attempt %d of %d): %s; retrying in %.2fs",
                 method,
                 mask_url(url),
                 retry_state.attempt_number,
-                max_attempts,
+                policy.max_attempts,
                 redact(str(error), self.settings.api_key),
                 retry_state.next_action.sleep if retry_state.next_action else 0.0,
             )
 
-        return {
-            "stop": stop_after_attempt(max_attempts),
-            "wait": wait,
-            "retry": retry_if_exception(
-                lambda error: isinstance(error, _RetryableAPIError) or is_transient(error)
-            ),
-            "before_sleep": log_retry,
-            "reraise": True,
-        }
+        return log_retry
 
-    def _gave_up(self, error: BaseException, method: str, url: str) -> ImageGenerationAPIError:
-        """The error to raise once retries ran out (or were not allowed) on ``error``."""
-        max_attempts = self.effective_max_retries + 1
-        if isinstance(error, _RetryableAPIError):
-            return ImageGenerationAPIError(
-                f"{error.message} (gave up after {max_attempts} attempt(s))",
-                status=error.status,
-                code=error.code,
-                request_id=error.request_id,
-                param=error.param,
-            )
+    def _transport_error(
+        self, error: BaseException, failure: Failure, read_timeout: float
+    ) -> TransientAPIError:
         # Client exceptions carry the request, and with it the Authorization header: never chain them.
-        return ImageGenerationAPIError(
-            f"{method} {mask_url(url)} failed after {max_attempts} attempt(s): "
-            f"{redact(f'{type(error).__name__}: {error}', self.settings.api_key)}"
-        )
+        detail = redact(f"{type(error).__name__}: {error}", self.settings.api_key)
+        if failure is Failure.READ_TIMEOUT:
+            detail = f"no answer within the read timeout of {read_timeout:g}s ({type(error).__name__})"
+        return TransientAPIError(detail, failure=failure)
 
     def _decode(
         self, status: int, reason: str | None, headers: Mapping[str, str], text: str
     ) -> tuple[dict[str, Any], str | None]:
         return decode_response(status, reason, headers, text, self.settings.api_key)
 
-    def _parse_task_state(self, body: dict[str, Any], request_id: str | None, task_id: str) -> TaskState:
-        return parse_task_state(body, request_id, task_id=task_id, api_key=self.settings.api_key)
+    def _parse_task_state(
+        self, body: dict[str, Any], request_id: str | None, generation_task_id: str
+    ) -> TaskState:
+        return parse_task_state(
+            body, request_id, generation_task_id=generation_task_id, api_key=self.settings.api_key
+        )
 
-    def _cancel_refused(self, error: ImageGenerationRejectedError, task_id: str) -> bool:
+    def _cancel_refused(self, error: ImageGenerationRejectedError, generation_task_id: str) -> bool:
         """Whether a refused cancel means "no longer cancelable" (return False) rather than an error."""
         if error.code == "UnsupportedOperation":
-            self.log.info("Task %s was not canceled: %s", task_id, error.message)
+            self.log.info("Task %s was not canceled: %s", generation_task_id, error.message)
             return True
         return False
 
@@ -492,16 +328,21 @@ class ImageGenerationHook(_ImageGenerationHookBase):
 
     The connection's Host is the API's base URL (``https://gateway.example.com/v1``; https when no scheme
     is given), its Password the API key. Extra fields: ``default_model``, ``request_timeout`` (seconds),
-    ``max_retries`` and ``api_style`` (``openai`` or ``dashscope``, which selects the API).
+    ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API) and
+    ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`).
+
+    Billable requests are never sent twice unless the service provably did nothing with the first: see
+    :mod:`~airflow_provider_imggen.retry_policy`.
 
     :param imggen_conn_id: the :ref:`imggen connection <howto/connection:imggen>` to use
     :param request_timeout: read timeout in seconds; overrides the connection's ``request_timeout``
-    :param max_retries: retries on throttling, server errors and connection errors; overrides the connection
+    :param max_retries: retries of one request; overrides the connection
     :param connect_timeout: TCP/TLS connect timeout in seconds
     :param retry_wait_initial: first backoff in seconds (doubled each retry, with jitter)
     :param retry_wait_max: longest backoff in seconds
-    :param max_retry_after: longest server-requested wait (``Retry-After``) honoured, in seconds; a longer
-        one falls back to the exponential backoff
+    :param max_retry_after: longest server-requested wait (``Retry-After``) honoured in process, in
+        seconds; a longer one raises
+        :class:`~airflow_provider_imggen.exceptions.ImageGenerationThrottledError` at once, with the wait
     """
 
     def get_conn(self) -> requests.Session:
@@ -526,7 +367,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         host = urlsplit(url)[:2]
         settings = self._environment_cache.get(host)
         if settings is None:
-            settings = {"proxies": get_environ_proxies(url), "verify": _ca_bundle() or True}
+            settings = {"proxies": get_environ_proxies(url), "verify": ca_bundle() or True}
             self._environment_cache[host] = settings
         return settings
 
@@ -540,7 +381,35 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         if session is not None:
             session.close()
 
-    # -- OpenAI-compatible gateway -------------------------------------------------------------------
+    # -- generation -----------------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ImageGenerationResult:
+        """
+        Generate the images of a validated request (:meth:`validate_request`): one billable request.
+
+        OpenAI-compatible gateway: one POST. ``api_style="dashscope"``: :meth:`submit`, then
+        :meth:`wait_for_task` in this process (for a worker-free wait, defer to
+        :class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger` instead).
+
+        :param request: the validated request
+        :param timeout: read timeout in seconds for the billable request (default: the hook's)
+        :raises ImageGenerationValidationError: the request does not suit the connection (nothing sent)
+        :raises ImageGenerationRejectedError: the API refused the request; retrying will not help
+        :raises ImageGenerationThrottledError: throttled beyond the in-process budget (nothing billed)
+        :raises ImageGenerationOutcomeUnknownError: sent, and the outcome is unknown (may be billed)
+        :raises ImageGenerationMalformedResponseError: answered, maybe billed, but unreadable
+        :raises ImageGenerationTaskFailedError: the native task ended FAILED, CANCELED or UNKNOWN
+        :raises ImageGenerationAPIError: nothing could be sent (connection refused...) and retries ran out
+        """
+        self._check_request(request, timeout)
+        if self.settings.api_style == "dashscope":
+            started = time.monotonic()
+            submitted = self.submit(request, timeout=timeout)
+            state = self.wait_for_task(submitted.generation_task_id)
+            return self.result_from_task(
+                state, model=submitted.model, parameters=submitted.parameters, started=started
+            )
+        return self._generate_openai(request, read_timeout=timeout)
 
     def generate_images(
         self,
@@ -557,12 +426,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         timeout: float | None = None,
     ) -> ImageGenerationResult:
         """
-        Generate images from a prompt (one billable request, retried only on transient failures).
-
-        Every argument is validated against the model table before anything is sent. With
-        ``api_style="dashscope"`` this submits a native task and polls it in this process
-        (:meth:`submit_task`, :meth:`wait_for_task`): for a worker-free wait, defer to
-        :class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger` instead.
+        Validate the arguments (:meth:`validate_request`, before anything is sent), then :meth:`generate`.
 
         :param prompt: what to draw (at most 800 characters for the known models)
         :param model: model name; defaults to the connection's ``default_model``
@@ -575,11 +439,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         :param seed: 0-2147483647; image ``i`` uses ``seed + i``
         :param extra_body: further JSON fields, for parameters this hook does not name (top level for the
             gateway, under ``parameters`` for the native API)
-        :param timeout: read timeout in seconds for this request
-        :raises ImageGenerationValidationError: a parameter is invalid (nothing was sent)
-        :raises ImageGenerationRejectedError: the API refused the request; retrying will not help
-        :raises ImageGenerationTaskFailedError: the native task ended FAILED, CANCELED or UNKNOWN
-        :raises ImageGenerationAPIError: the API failed and retries ran out
+        :param timeout: read timeout in seconds for the billable request
         """
         request = self.validate_request(
             prompt,
@@ -592,31 +452,45 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             seed=seed,
             extra_body=extra_body,
         )
-        if self.settings.api_style == "dashscope":
-            if request.response_format != "url":
-                raise ImageGenerationValidationError(
-                    "response_format",
-                    request.response_format,
-                    "DashScope's native task API returns result URLs only: use 'url'",
-                )
-            started = time.monotonic()
-            submitted = self._submit(request, timeout=timeout)
-            state = self.wait_for_task(submitted.task_id)
-            return self.result_from_task(
-                state, model=submitted.model, parameters=submitted.parameters, started=started
-            )
-        return self._generate_openai(request, timeout=timeout)
+        return self.generate(request, timeout=timeout)
 
-    def _generate_openai(self, request: GenerationRequest, *, timeout: float | None) -> ImageGenerationResult:
-        url = f"{self.settings.base_url}/v1/images/generations"
+    def _check_request(self, request: GenerationRequest, timeout: object) -> None:
+        """What a request validated elsewhere (the operator, at parse time) must satisfy here."""
+        if not isinstance(request, GenerationRequest):
+            raise ImageGenerationValidationError(
+                "request", request, "expected a GenerationRequest (hook.validate_request builds one)"
+            )
+        check_request_for_style(request, self.settings.api_style)
+        if timeout is not None:
+            coerce_seconds("timeout", timeout)
+
+    def _generate_openai(
+        self, request: GenerationRequest, *, read_timeout: float | None
+    ) -> ImageGenerationResult:
+        url = f"{self.settings.base_url}{GENERATIONS_PATH}"
         self.log.debug("POST %s: model=%s n=%d size=%s", url, request.model, request.n, request.size)
         started = time.monotonic()
-        body, request_id = self._request_json("POST", url, json=request.to_openai_body(), timeout=timeout)
-        result = self._parse_openai_result(body, request, request_id)
+        body, request_id = self._request_json(
+            "POST",
+            url,
+            json=request.to_openai_body(),
+            read_timeout=read_timeout,
+            billable=BillableRequest(
+                model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC)
+            ),
+        )
+        result, notes = parse_generation_result(body, request, request_id)
+        for note in notes:
+            self.log.warning("Answer to request %s: %s", request_id, note)
+        for failed in result.failed_images:
+            self.log.warning(
+                "Image %d of request %s failed: %s %s", failed.index, request_id, failed.code, failed.message
+            )
         # One line per request: enough to find, reproduce and bill-check it; URLs masked, never the key.
         self.log.info(
-            "Generated %d image(s) in %.2fs: model=%s size=%s seed=%s request_id=%s prompt=%r urls=%s",
+            "Generated %d image(s)%s in %.2fs: model=%s size=%s seed=%s request_id=%s prompt=%r urls=%s",
             len(result.images),
+            f" ({len(result.failed_images)} failed)" if result.failed_images else "",
             time.monotonic() - started,
             result.model,
             request.size,
@@ -629,44 +503,52 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         )
         return result
 
-    def _parse_openai_result(
-        self, body: dict[str, Any], request: GenerationRequest, request_id: str | None
-    ) -> ImageGenerationResult:
-        data = body.get("data")
-        if not isinstance(data, list) or not data:
-            raise ImageGenerationAPIError(
-                "The API answered without images (no 'data' list)", status=200, request_id=request_id
-            )
-        images = []
-        for index, item in enumerate(data):
-            url = item.get("url")
-            encoded = item.get("b64_json")
-            if not url and not encoded:
-                raise ImageGenerationAPIError(
-                    f"Image {index} in the response has neither 'url' nor 'b64_json'",
-                    status=200,
-                    request_id=request_id,
-                )
-            images.append(
-                GeneratedImage(
-                    index=index,
-                    url=url,
-                    data=base64.b64decode(encoded) if encoded else None,
-                    revised_prompt=item.get("revised_prompt"),
-                    url_expires_at=url_expiry(url) if url else None,
-                )
-            )
-        parameters = request.to_openai_body()
-        return ImageGenerationResult(
-            created=int(body.get("created") or time.time()),
-            images=tuple(images),
-            usage=body.get("usage") or {},
-            request_id=request_id,
-            model=request.model,
-            parameters=parameters,
-        )
-
     # -- DashScope native task API ---------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, *, timeout: float | None = None) -> SubmittedTask:
+        """
+        Submit a validated request as a native generation task (billable) and return at once.
+
+        Needs a connection with ``api_style="dashscope"``. ``n`` is always sent (the native default for
+        wan2.2-t2i-* is 4). The submission is re-sent only when the service provably created nothing
+        (connection never opened, 429). When its outcome is unknown (5xx, read timeout, connection lost
+        after sending), the service's task list is searched (:meth:`find_submitted_task`): exactly one
+        matching task → reconnected to it (a warning says so); otherwise
+        :class:`~airflow_provider_imggen.exceptions.ImageGenerationSubmissionUnknownError`.
+
+        :param request: the validated request
+        :param timeout: read timeout in seconds for the submission
+        :raises ImageGenerationSubmissionUnknownError: sent, outcome unknown, no single task found
+        """
+        self._require_dashscope("submit()")
+        self._check_request(request, timeout)
+        url = f"{self.settings.base_url}{SUBMIT_PATH}"
+        native = request.to_dashscope_body()
+        try:
+            body, request_id = self._request_json(
+                "POST",
+                url,
+                json=native,
+                headers={"X-DashScope-Async": "enable"},
+                read_timeout=timeout,
+                billable=BillableRequest(
+                    model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC), native=True
+                ),
+            )
+        except ImageGenerationSubmissionUnknownError as unknown:
+            return self._reconnect(request, native, unknown)
+        submitted = parse_submitted_task(body, request_id, native)
+        self.log.info(
+            "Submitted task %s: model=%s n=%d size=%s seed=%s request_id=%s prompt=%r",
+            submitted.generation_task_id,
+            submitted.model,
+            request.n,
+            request.size,
+            request.seed,
+            submitted.request_id,
+            request.prompt[:PROMPT_LOG_CHARS],
+        )
+        return submitted
 
     def submit_task(
         self,
@@ -682,29 +564,10 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         timeout: float | None = None,
     ) -> SubmittedTask:
         """
-        Submit a native generation task (billable) and return at once with its task id.
+        Validate the arguments (as :meth:`generate_images` does, before anything is sent), then
+        :meth:`submit`.
 
-        Validated exactly like :meth:`generate_images` before anything is sent; needs a connection with
-        ``api_style="dashscope"``. ``n`` is always sent (the native default for wan2.2-t2i-* is 4).
-
-        Retries never risk a second task: the submission is retried on throttling (429), timeouts (408) and
-        server errors (5xx), which the API answers without creating a task, and on connections that could
-        not be opened; a connection lost *after* the request went out may have created (and billed) a task,
-        so it is not re-sent: :class:`ImageGenerationSubmissionUnknownError` (no Airflow retry) says so.
-
-        :param prompt: what to draw (at most 800 characters for the known models)
-        :param model: model name; defaults to the connection's ``default_model``
-        :param n: number of images (qwen-image: 1; wan2.2-t2i-*: 1-4)
-        :param size: ``WxH`` or ``W*H``; defaults to the model's default size
-        :param negative_prompt: what to avoid
-        :param prompt_upsampling: let the API rewrite the prompt (``prompt_extend``; default true)
-        :param seed: 0-2147483647; image ``i`` uses ``seed + i``
         :param extra_body: further fields of the request's ``parameters`` (``{"watermark": False}``)
-        :param timeout: read timeout in seconds for the submission
-        :raises ImageGenerationValidationError: a parameter (or the connection's api_style) is invalid
-        :raises ImageGenerationRejectedError: the API refused the request
-        :raises ImageGenerationSubmissionUnknownError: the connection broke after the request was sent
-        :raises ImageGenerationAPIError: the API failed before creating a task and retries ran out
         """
         request = self.validate_request(
             prompt,
@@ -716,63 +579,169 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             seed=seed,
             extra_body=extra_body,
         )
-        return self._submit(request, timeout=timeout)
-
-    def _submit(self, request: GenerationRequest, *, timeout: float | None) -> SubmittedTask:
         self._require_dashscope("submit_task()")
-        url = f"{self.settings.base_url}{SUBMIT_PATH}"
-        native = request.to_dashscope_body()
-        body, request_id = self._request_json(
-            "POST",
-            url,
-            json=native,
-            headers={"X-DashScope-Async": "enable"},
-            timeout=timeout,
-            billable=True,
-        )
-        submitted = parse_submitted_task(body, request_id, native)
-        self.log.info(
-            "Submitted task %s: model=%s n=%d size=%s seed=%s request_id=%s prompt=%r",
-            submitted.task_id,
-            submitted.model,
-            request.n,
-            request.size,
-            request.seed,
-            submitted.request_id,
-            request.prompt[:PROMPT_LOG_CHARS],
-        )
-        return submitted
+        return self.submit(request, timeout=timeout)
 
-    def get_task(self, task_id: str) -> TaskState:
+    def _reconnect(
+        self,
+        request: GenerationRequest,
+        native: dict[str, Any],
+        unknown: ImageGenerationSubmissionUnknownError,
+    ) -> SubmittedTask:
+        """After a submission with an unknown outcome: the one task it created, or the error."""
+        submitted_at = unknown.submitted_at or datetime.now(tz=UTC)
+        try:
+            found = self._find_submitted(request, submitted_at=submitted_at, request_id=unknown.request_id)
+        except ImageGenerationAPIError as error:
+            self.log.warning("Could not search the task list for the lost submission: %s", error)
+            found, note = None, "the task list could not be read"
+        else:
+            note = "the task list shows no single task it could be"
+        if found is None:
+            raise ImageGenerationSubmissionUnknownError(
+                f"{unknown.message} ({note})",
+                model=unknown.model,
+                images_at_risk=unknown.images_at_risk,
+                submitted_at=unknown.submitted_at,
+                status=unknown.status,
+                code=unknown.code,
+                request_id=unknown.request_id,
+            ) from None
+        self.log.warning(
+            "The submission's outcome was unknown (%s); the task list shows exactly one %s task created "
+            "then: reconnected to task %s (status %s), nothing submitted again",
+            unknown.message.split(":", 1)[0],
+            request.model,
+            found.generation_task_id,
+            found.status,
+        )
+        return SubmittedTask(
+            generation_task_id=found.generation_task_id,
+            task_status=found.status or "PENDING",
+            request_id=found.request_id,
+            model=request.model,
+            parameters=flatten_native_request(native),
+        )
+
+    def find_submitted_task(
+        self,
+        request: GenerationRequest,
+        *,
+        submitted_at: datetime,
+        until: datetime | None = None,
+        request_id: str | None = None,
+    ) -> str | None:
+        """
+        The task a submission of ``request`` created, after its outcome was unknown: lists the service's
+        tasks (``GET /api/v1/tasks``) for the model from ``submitted_at`` - 60 s to ``until`` (default now)
+        + 60 s and returns the task id when exactly one task matches (or one carries ``request_id``),
+        else None. Reads only: bills nothing.
+
+        :param request: the request that was submitted
+        :param submitted_at: when it was sent (UTC; naive datetimes are taken as UTC)
+        :param until: the end of the search window (default: now)
+        :param request_id: the lost submission's request id, when an answer named one
+        """
+        found = self._find_submitted(request, submitted_at=submitted_at, until=until, request_id=request_id)
+        return found.generation_task_id if found is not None else None
+
+    def _find_submitted(
+        self,
+        request: GenerationRequest,
+        *,
+        submitted_at: datetime,
+        until: datetime | None = None,
+        request_id: str | None = None,
+    ) -> ListedTask | None:
+        self._require_dashscope("find_submitted_task()")
+        if submitted_at.tzinfo is None:
+            submitted_at = submitted_at.replace(tzinfo=UTC)
+        start = submitted_at - TASK_LIST_MARGIN
+        end = (until or datetime.now(tz=UTC)) + TASK_LIST_MARGIN
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=UTC)
+        listed = self.list_tasks(start_time=start, end_time=end, model_name=request.model)
+        candidates = [
+            task
+            for task in listed
+            if (task.model in (None, request.model))
+            and (task.created_at is None or start <= task.created_at <= end)
+        ]
+        if request_id:
+            by_request = [task for task in candidates if task.request_id == request_id]
+            if len(by_request) == 1:
+                return by_request[0]
+        self.log.info(
+            "Task list for %s between %s and %s: %d matching task(s)",
+            request.model,
+            start.strftime(TASK_LIST_TIME_FORMAT),
+            end.strftime(TASK_LIST_TIME_FORMAT),
+            len(candidates),
+        )
+        return candidates[0] if len(candidates) == 1 else None
+
+    def list_tasks(
+        self,
+        *,
+        start_time: datetime,
+        end_time: datetime,
+        model_name: str | None = None,
+        status: str | None = None,
+    ) -> list[ListedTask]:
+        """
+        The native tasks created between ``start_time`` and ``end_time`` (UTC), optionally of one model
+        and status, every page read (``GET /api/v1/tasks``; read-only, retried on transient failures).
+        """
+        self._require_dashscope("list_tasks()")
+        url = f"{self.settings.base_url}{TASKS_PATH}"
+        params: dict[str, Any] = {
+            "start_time": start_time.astimezone(UTC).strftime(TASK_LIST_TIME_FORMAT),
+            "end_time": end_time.astimezone(UTC).strftime(TASK_LIST_TIME_FORMAT),
+            "page_size": TASK_LIST_PAGE_SIZE,
+        }
+        if model_name:
+            params["model_name"] = model_name
+        if status:
+            params["status"] = status
+        tasks: list[ListedTask] = []
+        for page_no in range(1, TASK_LIST_MAX_PAGES + 1):
+            body, _ = self._request_json("GET", url, params={**params, "page_no": page_no})
+            page, total = parse_task_list(body)
+            tasks.extend(page)
+            if not page or len(page) < TASK_LIST_PAGE_SIZE or (total is not None and len(tasks) >= total):
+                break
+        return tasks
+
+    def get_task(self, generation_task_id: str) -> TaskState:
         """
         The task's status and, once SUCCEEDED, its images (read-only: retried on every transient failure).
 
         An unknown or expired task id reads as status ``UNKNOWN``, as the API answers.
         """
         self._require_dashscope("get_task()")
-        url = self._task_url(task_id)
+        url = self._task_url(generation_task_id)
         body, request_id = self._request_json("GET", url)
-        return self._parse_task_state(body, request_id, task_id)
+        return self._parse_task_state(body, request_id, generation_task_id)
 
-    def cancel_task(self, task_id: str) -> bool:
+    def cancel_task(self, generation_task_id: str) -> bool:
         """
         Cancel a task that is still PENDING. True if canceled; False if the API refused because the task
         is no longer pending (running, done, or unknown).
         """
         self._require_dashscope("cancel_task()")
-        url = self._task_url(task_id, "/cancel")
+        url = self._task_url(generation_task_id, "/cancel")
         try:
             self._request_json("POST", url)
         except ImageGenerationRejectedError as error:
-            if self._cancel_refused(error, task_id):
+            if self._cancel_refused(error, generation_task_id):
                 return False
             raise
-        self.log.info("Canceled task %s", task_id)
+        self.log.info("Canceled task %s", generation_task_id)
         return True
 
     def wait_for_task(
         self,
-        task_id: str,
+        generation_task_id: str,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
@@ -793,16 +762,16 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         delay: float | None = None
         last_status = None
         while True:
-            state = self.get_task(task_id)
+            state = self.get_task(generation_task_id)
             if state.status != last_status:
-                self.log.info("Task %s is %s", task_id, state.status)
+                self.log.info("Task %s is %s", generation_task_id, state.status)
                 last_status = state.status
             if state.is_terminal:
                 return state
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise ImageGenerationTaskTimeoutError(
-                    task_id=task_id, task_status=state.status, waited=timeout
+                    generation_task_id=generation_task_id, task_status=state.status, waited=timeout
                 )
             delay = next_poll_interval(delay, now - started, poll_interval, max_poll_interval)
             time.sleep(delay if deadline is None else min(delay, deadline - now))
@@ -827,13 +796,17 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         """
         for failed in state.failed_images:
             self.log.warning(
-                "Task %s: image %d failed: %s %s", state.task_id, failed.index, failed.code, failed.message
+                "Task %s: image %d failed: %s %s",
+                state.generation_task_id,
+                failed.index,
+                failed.code,
+                failed.message,
             )
         state.raise_for_status()
         result = state.to_result(model=model, parameters=parameters)
         self.log.info(
             "Task %s SUCCEEDED with %d image(s)%s%s: model=%s request_id=%s urls=%s",
-            state.task_id,
+            state.generation_task_id,
             len(result.images),
             f" ({len(result.failed_images)} failed)" if result.failed_images else "",
             f" in {time.monotonic() - started:.2f}s" if started is not None else "",
@@ -851,51 +824,49 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         url: str,
         *,
         headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-        billable: bool = False,
+        read_timeout: float | None = None,
+        billable: BillableRequest | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], str | None]:
         """
-        Send one request and return its JSON body and request id.
-
-        Transient failures (including an error behind HTTP 200) are retried with exponential backoff and
-        jitter, honouring the server's Retry-After. A ``billable`` request that creates something (a native
-        task) is re-sent after a connection error only if the connection was never opened.
+        Send one request and return its JSON body and request id, retried per :class:`RetryPolicy`: a
+        ``billable`` request only when the service provably did nothing with it.
         """
         import requests
         from tenacity import Retrying
 
-        def is_transient(error: BaseException) -> bool:
-            if not isinstance(error, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-                return False
-            return not billable or _never_sent(error)
-
-        read_timeout = timeout or self.effective_request_timeout
+        policy = self._policy(billable=billable is not None)
+        timeout = read_timeout or self.effective_request_timeout
+        attempts = 0
+        sent_at = datetime.now(tz=UTC)
         try:
-            for attempt in Retrying(**self._retry_policy(method, url, is_transient)):
+            for attempt in Retrying(**policy.tenacity_kwargs(self._log_retry(method, url, policy))):
                 with attempt:
-                    response = self.get_conn().request(
-                        method,
-                        url,
-                        headers=headers,
-                        timeout=(self.connect_timeout, read_timeout),
-                        **self._environment_settings(url),
-                        **kwargs,
-                    )
+                    attempts += 1
+                    sent_at = datetime.now(tz=UTC)
+                    try:
+                        response = self.get_conn().request(
+                            method,
+                            url,
+                            headers=headers,
+                            timeout=(self.connect_timeout, timeout),
+                            **self._environment_settings(url),
+                            **kwargs,
+                        )
+                    except requests.RequestException as error:
+                        raise self._transport_error(error, requests_failure(error), timeout) from None
                     return self._decode(
                         response.status_code, response.reason, response.headers, response.text
                     )
-        except _RetryableAPIError as error:
-            raise self._gave_up(error, method, url) from None
-        except requests.RequestException as error:
-            if billable and not _never_sent(error):
-                raise ImageGenerationSubmissionUnknownError(
-                    f"{method} {mask_url(url)}: the connection failed after the request was sent "
-                    f"({redact(f'{type(error).__name__}: {error}', self.settings.api_key)}). The API may "
-                    "have accepted (and billed) it, so it was not sent again: check the API's task list "
-                    "or usage before running it again"
-                ) from None
-            raise self._gave_up(error, method, url) from None
+        except TransientAPIError as error:
+            raise give_up(
+                error,
+                attempts=attempts,
+                method=method,
+                url=url,
+                policy=policy,
+                billable=dataclasses.replace(billable, submitted_at=sent_at) if billable else None,
+            ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     # -- UI ---------------------------------------------------------------------------------------
@@ -913,7 +884,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
                 url = f"{settings.base_url}/v1/models"
             else:
                 url = f"{settings.base_url}{TASKS_PATH}/airflow-connection-test"
-            body, _ = self._request_json("GET", url, timeout=min(30.0, settings.request_timeout))
+            body, _ = self._request_json("GET", url, read_timeout=min(30.0, settings.request_timeout))
         except ImageGenerationAPIError as error:
             return False, error.message
         except Exception as error:
@@ -921,7 +892,10 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             loaded = self.__dict__.get("connection")
             return False, redact(f"{type(error).__name__}: {error}", loaded.password if loaded else None)
         if settings.api_style == "openai":
-            models = [item.get("id") for item in body.get("data", []) if isinstance(item, dict)]
+            data = body.get("data")
+            models = (
+                [item.get("id") for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+            )
             message = f"Connected to {settings.base_url}: {len(models)} model(s) available"
         else:
             message = f"Connected to {settings.base_url}"
@@ -947,7 +921,7 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
     Use it as an async context manager to keep one connection pool for many calls::
 
         async with ImageGenerationAsyncHook("imggen_default") as hook:
-            state = await hook.get_task(task_id)
+            state = await hook.get_task(generation_task_id)
 
     Called outside one, each call uses a client of its own.
     """
@@ -1000,13 +974,13 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
 
         import httpx
 
-        ca_bundle = _ca_bundle()
+        bundle = ca_bundle()
         return httpx.AsyncClient(
             headers=self._headers(),
             timeout=httpx.Timeout(self.effective_request_timeout, connect=self.connect_timeout),
             # The CA bundle variables requests honours, so both hooks trust the same servers; proxies and
             # NO_PROXY come from the environment (trust_env), ~/.netrc is never read.
-            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+            verify=ssl.create_default_context(cafile=bundle) if bundle else True,
             trust_env=True,
         )
 
@@ -1018,26 +992,26 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
         async with await self._new_client() as client:
             yield client
 
-    async def get_task(self, task_id: str) -> TaskState:
+    async def get_task(self, generation_task_id: str) -> TaskState:
         """As :meth:`ImageGenerationHook.get_task`: the task's status and, once SUCCEEDED, its images."""
         await self.aget_settings()
         self._require_dashscope("get_task()")
-        url = self._task_url(task_id)
+        url = self._task_url(generation_task_id)
         body, request_id = await self._request_json("GET", url)
-        return self._parse_task_state(body, request_id, task_id)
+        return self._parse_task_state(body, request_id, generation_task_id)
 
-    async def cancel_task(self, task_id: str) -> bool:
+    async def cancel_task(self, generation_task_id: str) -> bool:
         """As :meth:`ImageGenerationHook.cancel_task`: True if canceled, False if no longer pending."""
         await self.aget_settings()
         self._require_dashscope("cancel_task()")
-        url = self._task_url(task_id, "/cancel")
+        url = self._task_url(generation_task_id, "/cancel")
         try:
             await self._request_json("POST", url)
         except ImageGenerationRejectedError as error:
-            if self._cancel_refused(error, task_id):
+            if self._cancel_refused(error, generation_task_id):
                 return False
             raise
-        self.log.info("Canceled task %s", task_id)
+        self.log.info("Canceled task %s", generation_task_id)
         return True
 
     async def _request_json(self, method: str, url: str) -> tuple[dict[str, Any], str | None]:
@@ -1045,373 +1019,24 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
         import httpx
         from tenacity import AsyncRetrying
 
-        def is_transient(error: BaseException) -> bool:
-            return isinstance(error, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
-
+        policy = self._policy(billable=False)
+        attempts = 0
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy(method, url, is_transient)):
+            async for attempt in AsyncRetrying(
+                **policy.tenacity_kwargs(self._log_retry(method, url, policy))
+            ):
                 with attempt:
-                    async with self._client_in_use() as client:
-                        response = await client.request(method, url)
+                    attempts += 1
+                    try:
+                        async with self._client_in_use() as client:
+                            response = await client.request(method, url)
+                    except httpx.HTTPError as error:
+                        raise self._transport_error(
+                            error, httpx_failure(error), self.effective_request_timeout
+                        ) from None
                     return self._decode(
                         response.status_code, response.reason_phrase, response.headers, response.text
                     )
-        except _RetryableAPIError as error:
-            raise self._gave_up(error, method, url) from None
-        except httpx.HTTPError as error:
-            raise self._gave_up(error, method, url) from None
+        except TransientAPIError as error:
+            raise give_up(error, attempts=attempts, method=method, url=url, policy=policy) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
-
-
-def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
-    """
-    Read and check an ``imggen`` connection; errors name the field, the value and what is allowed.
-
-    :param extras: the connection's extras when already decoded (async callers use ``aextra_dejson``)
-    """
-    if extras is None:
-        extras = conn.extra_dejson
-
-    def extra(name: str) -> Any:
-        # The UI of older Airflow versions stored form fields as extra__<conn type>__<name>.
-        value = extras.get(name, extras.get(f"extra__imggen__{name}"))
-        return None if value == "" else value
-
-    api_style: ApiStyle = extra("api_style") or "openai"
-    if api_style not in API_STYLES:
-        raise ImageGenerationValidationError(
-            f"connection {conn.conn_id!r} extra api_style", api_style, "expected 'openai' or 'dashscope'"
-        )
-    if not conn.password:
-        raise ImageGenerationValidationError(
-            f"connection {conn.conn_id!r} API key (password)",
-            None,
-            "set the API key as the connection password",
-        )
-
-    request_timeout = extra("request_timeout")
-    if request_timeout is None:
-        timeout = DEFAULT_REQUEST_TIMEOUT
-    else:
-        try:
-            timeout = float(request_timeout)
-        except (TypeError, ValueError):
-            timeout = -1.0
-        if not timeout > 0:
-            raise ImageGenerationValidationError(
-                f"connection {conn.conn_id!r} extra request_timeout", request_timeout, "expected seconds > 0"
-            )
-
-    max_retries = extra("max_retries")
-    retries = DEFAULT_MAX_RETRIES
-    if max_retries is not None:
-        allowed = "expected a whole number 0-20"
-        retries = coerce_int(f"connection {conn.conn_id!r} extra max_retries", max_retries, allowed)
-        if not 0 <= retries <= 20:
-            raise ImageGenerationValidationError(
-                f"connection {conn.conn_id!r} extra max_retries", max_retries, allowed
-            )
-
-    default_model = extra("default_model")
-    return ConnectionSettings(
-        base_url=_base_url(conn, api_style),
-        api_key=conn.password,
-        default_model=str(default_model).strip() if default_model else None,
-        request_timeout=timeout,
-        max_retries=retries,
-        api_style=api_style,
-    )
-
-
-def _base_url(conn: Connection, api_style: str) -> str:
-    """The API root, from Host (scheme optional, https by default), Port and Schema (the path of a URI)."""
-    host = (conn.host or "").strip()
-    if not host:
-        raise ImageGenerationValidationError(
-            f"connection {conn.conn_id!r} host",
-            conn.host,
-            "set Host to the API's base URL, e.g. https://gateway.example.com/v1",
-        )
-    if "://" not in host:
-        host = f"https://{host}"
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https"):
-        raise ImageGenerationValidationError(
-            f"connection {conn.conn_id!r} host", conn.host, "the scheme must be http or https"
-        )
-    netloc = parts.netloc
-    if conn.port and parts.port is None:
-        netloc = f"{netloc}:{conn.port}"
-    path = parts.path.rstrip("/")
-    if conn.schema:
-        path = f"{path}/{conn.schema.strip('/')}"
-    # Accept the base URL with or without the API's version suffix; the hook adds it back per endpoint.
-    suffix = "/v1" if api_style == "openai" else "/api/v1"
-    if path.endswith(suffix):
-        path = path[: -len(suffix)]
-    return urlunsplit((parts.scheme, netloc, path, "", ""))
-
-
-def _ca_bundle() -> str | None:
-    """The CA bundle requests would use from the environment (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)."""
-    import os
-
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-
-
-def _never_sent(error: BaseException) -> bool:
-    """
-    Whether a ``requests`` connection error happened before the request could reach the server.
-
-    True for connect timeouts and refused or unresolvable connections (urllib3 reports both as a
-    ``ConnectTimeoutError`` behind ``MaxRetryError``); False for a connection lost after sending
-    (reset, read timeout, truncated response), after which the server may have acted on the request.
-    """
-    import requests
-    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
-
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return True
-    if isinstance(error, requests.exceptions.ProxyError | requests.exceptions.SSLError):
-        return False
-    reason = error.args[0] if error.args else None
-    return isinstance(reason, MaxRetryError) and isinstance(reason.reason, ConnectTimeoutError)
-
-
-def decode_response(
-    status: int, reason: str | None, headers: Mapping[str, str], text: str, api_key: str
-) -> tuple[dict[str, Any], str | None]:
-    """
-    A response's JSON object and request id, or the exception it stands for (either hook's client).
-
-    Raises for an error status, and for an error body behind HTTP 200 (a gateway quirk). The API key is
-    redacted from every message: some APIs echo the key they were sent.
-
-    :raises ImageGenerationRejectedError: an error no retry can fix
-    :raises ImageGenerationAPIError: a transient error (a private subclass the hooks retry) or a
-        malformed answer
-    """
-    request_id = headers.get("x-request-id")
-    try:
-        body = json.loads(text)
-    except ValueError:
-        if status >= 400:
-            raise _api_error(status, reason, headers, text, None, None, api_key) from None
-        raise ImageGenerationAPIError(
-            f"The API answered {status} with a body that is not JSON ({headers.get('content-type')!r})",
-            status=status,
-            request_id=request_id,
-        ) from None
-    if not isinstance(body, dict):
-        if status >= 400:
-            raise _api_error(status, reason, headers, text, None, None, api_key)
-        raise ImageGenerationAPIError(
-            "The API answered with JSON that is not an object", status=status, request_id=request_id
-        )
-    error = _error_fields(body)
-    if error is not None or status >= 400:
-        raise _api_error(status, reason, headers, text, body, error, api_key)
-    return body, request_id or body.get("request_id")
-
-
-def _api_error(
-    status: int,
-    reason: str | None,
-    headers: Mapping[str, str],
-    text: str,
-    body: object,
-    error: dict[str, Any] | None,
-    api_key: str,
-) -> ImageGenerationAPIError:
-    """One exception for both error shapes, retryable or not, with the key redacted from the message."""
-    if error is None:
-        shown = text[:300].strip() if text else ""
-        error = {"message": f"HTTP {status} {reason or ''}".strip() + (f": {shown}" if shown else "")}
-    code = str(error["code"]) if error.get("code") is not None else None
-    request_id = headers.get("x-request-id") or (body.get("request_id") if isinstance(body, dict) else None)
-    param = str(error["param"]) if error.get("param") is not None else None
-    message = redact(str(error.get("message") or f"HTTP {status}"), api_key)
-    if _is_retryable(status, code, headers.get("x-should-retry")):
-        return _RetryableAPIError(
-            message,
-            retry_after=_retry_after_seconds(headers),
-            status=status,
-            code=code,
-            request_id=request_id,
-            param=param,
-        )
-    return ImageGenerationRejectedError(message, status=status, code=code, request_id=request_id, param=param)
-
-
-def parse_submitted_task(
-    body: dict[str, Any], request_id: str | None, native_request: dict[str, Any]
-) -> SubmittedTask:
-    """The task a native submission created, from the API's answer and the body that was sent."""
-    output = body.get("output")
-    task_id = output.get("task_id") if isinstance(output, dict) else None
-    if not isinstance(task_id, str) or not task_id:
-        raise ImageGenerationAPIError(
-            "The API accepted the submission but answered without a task id",
-            status=200,
-            request_id=request_id,
-        )
-    assert isinstance(output, dict)
-    return SubmittedTask(
-        task_id=task_id,
-        task_status=str(output.get("task_status") or "PENDING"),
-        request_id=request_id,
-        model=native_request["model"],
-        parameters={
-            "model": native_request["model"],
-            **native_request.get("input", {}),
-            **native_request.get("parameters", {}),
-        },
-    )
-
-
-def parse_task_state(
-    body: dict[str, Any], request_id: str | None, *, task_id: str, api_key: str | None = None
-) -> TaskState:
-    """
-    A :class:`TaskState` from ``GET /api/v1/tasks/{task_id}``'s answer (either hook's client).
-
-    Each result is an image (``url``) or, in a partly failed task, ``{code, message}``. Messages have the
-    API key redacted.
-    """
-    output = body.get("output")
-    if not isinstance(output, dict) or not output.get("task_status"):
-        raise ImageGenerationAPIError(
-            "The API answered a task query without output.task_status", status=200, request_id=request_id
-        )
-    images: list[GeneratedImage] = []
-    failed: list[FailedImage] = []
-    results = output.get("results")
-    for index, item in enumerate(results if isinstance(results, list) else []):
-        item = item if isinstance(item, dict) else {}
-        url = item.get("url")
-        if isinstance(url, str) and url:
-            actual = item.get("actual_prompt")
-            images.append(
-                GeneratedImage(
-                    index=index,
-                    url=url,
-                    revised_prompt=actual if actual and actual != item.get("orig_prompt") else None,
-                    url_expires_at=url_expiry(url),
-                )
-            )
-        else:
-            image_code = item.get("code")
-            failed.append(
-                FailedImage(
-                    index=index,
-                    code=None if image_code is None else str(image_code),
-                    message=redact(str(item.get("message") or "the API returned no URL for it"), api_key),
-                )
-            )
-    message = output.get("message")
-    code = output.get("code")
-    usage, metrics = body.get("usage"), output.get("task_metrics")
-    return TaskState(
-        task_id=str(output.get("task_id") or task_id),
-        status=str(output["task_status"]),
-        images=tuple(images),
-        failed_images=tuple(failed),
-        usage=usage if isinstance(usage, dict) else {},
-        request_id=request_id,
-        code=None if code is None else str(code),
-        message=None if message is None else redact(str(message), api_key),
-        task_metrics=metrics if isinstance(metrics, dict) else {},
-        submit_time=output.get("submit_time"),
-        end_time=output.get("end_time"),
-        model=output.get("model") or body.get("model"),
-        prompt=next(
-            (
-                item["orig_prompt"]
-                for item in (results if isinstance(results, list) else [])
-                if isinstance(item, dict) and isinstance(item.get("orig_prompt"), str)
-            ),
-            None,
-        ),
-    )
-
-
-def next_poll_interval(
-    previous: float | None, elapsed: float, poll_interval: float, max_poll_interval: float
-) -> float:
-    """
-    Seconds to wait before the next status query of a native task (shared by the hook and the trigger).
-
-    As DashScope suggests: every ``poll_interval`` for the first 30 s, then doubling up to
-    ``max_poll_interval`` (3 s, ..., 3 s, 6, 12, 24, 30, 30... with the defaults).
-
-    :param previous: the previous wait (None before the first)
-    :param elapsed: seconds since the task was first polled
-    """
-    first = min(poll_interval, max_poll_interval)
-    if previous is None or elapsed < FAST_POLL_SECONDS:
-        return first
-    return min(max_poll_interval, max(previous, first) * 2)
-
-
-def check_poll_settings(poll_interval: object, max_poll_interval: object, timeout: object = None) -> None:
-    """Refuse polling settings that would spin or never poll, naming the parameter."""
-    for name, value in (("poll_interval", poll_interval), ("max_poll_interval", max_poll_interval)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ImageGenerationValidationError(name, value, "expected seconds > 0")
-    assert isinstance(poll_interval, int | float) and isinstance(max_poll_interval, int | float)
-    if max_poll_interval < poll_interval:
-        raise ImageGenerationValidationError(
-            "max_poll_interval", max_poll_interval, f"expected seconds >= poll_interval ({poll_interval})"
-        )
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
-    ):
-        raise ImageGenerationValidationError("timeout", timeout, "expected seconds >= 0, or None")
-
-
-def _error_fields(body: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The error inside a body, in either shape: ``{"error": {...}}`` or DashScope's ``{code, message}``."""
-    if not body:
-        return None
-    error = body.get("error")
-    if isinstance(error, dict):
-        return error
-    if isinstance(error, str):
-        return {"message": error}
-    if body.get("code") and body.get("message") and "data" not in body and "output" not in body:
-        return {"code": body["code"], "message": body["message"]}
-    return None
-
-
-def _is_retryable(status: int, code: str | None, should_retry: str | None) -> bool:
-    if should_retry in ("true", "false"):
-        return should_retry == "true"
-    if code is not None and any(code.endswith(permanent) for permanent in PERMANENT_ERROR_CODES):
-        return False
-    if status == 200:
-        # An upstream task failure relayed as 200 (a gateway quirk): transient only when it says so.
-        return code is not None and code.startswith(("InternalError", "Throttling", "RequestTimeOut"))
-    return status in RETRYABLE_STATUSES or status >= 500
-
-
-def _retry_after_seconds(headers: Any) -> float | None:
-    """The server's requested wait: ``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds:
-        try:
-            return float(milliseconds) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(tz=UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None

@@ -365,10 +365,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             seed=request.seed,
             extra_body=request.extra_body or None,
         )
-        self._generation_task_id = submitted.task_id
+        self._generation_task_id = submitted.generation_task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
-            submitted.task_id,
+            submitted.generation_task_id,
             submitted.request_id,
             request.model,
             request.n,
@@ -376,7 +376,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             request.seed,
         )
         return {
-            "generation_task_id": submitted.task_id,
+            "generation_task_id": submitted.generation_task_id,
             "request_sha256": _fingerprint(request),
             "submitted_at": datetime.now(tz=UTC).isoformat(),
         }

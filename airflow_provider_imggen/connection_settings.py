@@ -1,0 +1,144 @@
+"""What the hooks read from an ``imggen`` connection, parsed and checked (shared by both hooks)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.models import coerce_bool, coerce_int, coerce_seconds
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+__all__ = [
+    "API_STYLES",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "ApiStyle",
+    "ConnectionSettings",
+    "ca_bundle",
+    "parse_connection",
+]
+
+ApiStyle = Literal["openai", "dashscope"]
+API_STYLES: tuple[str, ...] = ("openai", "dashscope")
+DEFAULT_REQUEST_TIMEOUT = 180.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """
+    What the hook reads from an ``imggen`` connection.
+
+    :param request_timeout: the read timeout of one request, in seconds
+    :param retry_unknown_outcome: re-send a billable request whose outcome is unknown (5xx, read timeout,
+        connection lost after sending); the user accepts that it may bill twice
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    default_model: str | None
+    request_timeout: float
+    max_retries: int
+    api_style: ApiStyle
+    retry_unknown_outcome: bool = False
+
+
+def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
+    """
+    Read and check an ``imggen`` connection; errors name the field, the value and what is allowed.
+
+    :param extras: the connection's extras when already decoded (async callers use ``aextra_dejson``)
+    """
+    if extras is None:
+        extras = conn.extra_dejson
+
+    def extra(name: str) -> Any:
+        # The UI of older Airflow versions stored form fields as extra__<conn type>__<name>.
+        value = extras.get(name, extras.get(f"extra__imggen__{name}"))
+        return None if value == "" else value
+
+    def label(name: str) -> str:
+        return f"connection {conn.conn_id!r} extra {name}"
+
+    api_style: ApiStyle = extra("api_style") or "openai"
+    if api_style not in API_STYLES:
+        raise ImageGenerationValidationError(
+            label("api_style"), api_style, "expected 'openai' or 'dashscope'"
+        )
+    if not conn.password:
+        raise ImageGenerationValidationError(
+            f"connection {conn.conn_id!r} API key (password)",
+            None,
+            "set the API key as the connection password",
+        )
+
+    request_timeout = extra("request_timeout")
+    timeout = (
+        DEFAULT_REQUEST_TIMEOUT
+        if request_timeout is None
+        else coerce_seconds(label("request_timeout"), request_timeout)
+    )
+    assert timeout is not None
+
+    max_retries = extra("max_retries")
+    retries = DEFAULT_MAX_RETRIES
+    if max_retries is not None:
+        allowed = "expected a whole number 0-20"
+        retries = coerce_int(label("max_retries"), max_retries, allowed)
+        if not 0 <= retries <= 20:
+            raise ImageGenerationValidationError(label("max_retries"), max_retries, allowed)
+
+    retry_unknown = extra("retry_unknown_outcome")
+    default_model = extra("default_model")
+    return ConnectionSettings(
+        base_url=_base_url(conn, api_style),
+        api_key=conn.password,
+        default_model=str(default_model).strip() if default_model else None,
+        request_timeout=timeout,
+        max_retries=retries,
+        api_style=api_style,
+        retry_unknown_outcome=False
+        if retry_unknown is None
+        else coerce_bool(label("retry_unknown_outcome"), retry_unknown),
+    )
+
+
+def _base_url(conn: Connection, api_style: str) -> str:
+    """The API root, from Host (scheme optional, https by default), Port and Schema (the path of a URI)."""
+    host = (conn.host or "").strip()
+    if not host:
+        raise ImageGenerationValidationError(
+            f"connection {conn.conn_id!r} host",
+            conn.host,
+            "set Host to the API's base URL, e.g. https://gateway.example.com/v1",
+        )
+    if "://" not in host:
+        host = f"https://{host}"
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https"):
+        raise ImageGenerationValidationError(
+            f"connection {conn.conn_id!r} host", conn.host, "the scheme must be http or https"
+        )
+    netloc = parts.netloc
+    if conn.port and parts.port is None:
+        netloc = f"{netloc}:{conn.port}"
+    path = parts.path.rstrip("/")
+    if conn.schema:
+        path = f"{path}/{conn.schema.strip('/')}"
+    # Accept the base URL with or without the API's version suffix; the hook adds it back per endpoint.
+    suffix = "/v1" if api_style == "openai" else "/api/v1"
+    if path.endswith(suffix):
+        path = path[: -len(suffix)]
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle requests would use from the environment (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
