@@ -163,7 +163,7 @@ def test_openai_api_refuses_what_needs_a_task(
 def test_native_api_refuses_b64_json_before_submitting(dashscope_conn: EmulatorServer, tmp_path: Any) -> None:
     with pytest.raises(ImageGenerationValidationError) as raised:
         run(make_operator(response_format="b64_json", output_path=str(tmp_path)))
-    assert raised.value.parameter == "response_format" and "returns signed URLs only" in str(raised.value)
+    assert raised.value.parameter == "response_format" and "returns result URLs only" in str(raised.value)
     assert dashscope_conn.requests_log() == []
 
 

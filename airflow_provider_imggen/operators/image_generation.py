@@ -6,24 +6,38 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationOutcomeUnknownError,
+    ImageGenerationThrottledError,
+    ImageGenerationValidationError,
+)
 from airflow_provider_imggen.metadata import (
     event_generation_task_id,
     generation_metadata,
     raise_for_event,
     task_metadata,
 )
-from airflow_provider_imggen.models import MAX_SEED, GenerationRequest, validate_generation_request
+from airflow_provider_imggen.models import (
+    MAX_SEED,
+    GenerationRequest,
+    check_request_for_style,
+    validate_generation_request,
+)
 from airflow_provider_imggen.polling import check_flag, check_wait_settings
+from airflow_provider_imggen.throttling import (
+    DEFAULT_THROTTLE_TIMEOUT,
+    next_throttle_wait,
+    parse_throttle_timeout,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -42,6 +56,7 @@ _PICKED_SEED_RANGE = MAX_SEED - 16
 # The defer timeout leaves the trigger this long past its own deadline to report "timeout" itself.
 _DEFER_GRACE_SECONDS = 120.0
 _ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
+_T = TypeVar("_T")
 
 
 class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
@@ -83,6 +98,22 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     Airflow retries, with the API's code and message; images that failed in a task that succeeded are
     logged one by one and listed in ``failed_images``, and the others are delivered.
 
+    **Quotas.** The service limits submissions per second and concurrent tasks per account and model
+    (2 and 2 for qwen-image and wan2.2 on the native API). The hook retries a throttled request (HTTP 429,
+    nothing billed) a few times; when it gives up, the operator waits and submits again until
+    ``throttle_timeout`` has passed since the try started: as long as the service's ``Retry-After`` says,
+    otherwise with a jittered exponential backoff (1-2 s, widening to 120 s). With ``deferrable=True`` the
+    wait happens in the triggerer (a ``DateTimeTrigger``; the worker slot is free meanwhile), otherwise in
+    the worker. Past the deadline the task fails with :class:`ImageGenerationThrottledError`, which Airflow
+    may retry: nothing was billed. To stay within the concurrent-task quota at all, run the tasks in an
+    Airflow pool of that many slots that counts deferred tasks (README, "Quotas").
+
+    **Outcome unknown.** A submission whose answer was lost after it was sent (a 5xx, a timeout, a dropped
+    connection) may have been billed. The hook looks the task up in the service's task list and reconnects
+    to it when exactly one matches (the operator then waits for it as usual); otherwise the task fails with
+    :class:`ImageGenerationOutcomeUnknownError`, without Airflow retries, its log naming what may have
+    been billed.
+
     **OpenAI-compatible API** (``api_style`` ``openai``): one synchronous request. The gateway has no task
     to wait for, so ``deferrable=True`` (often set for a whole deployment through ``[operators]
     default_deferrable``) runs synchronously and logs that it does; ``wait_for_completion=False`` is
@@ -119,6 +150,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     :param wait_for_completion: ``False`` submits the native task and returns at once: the XCom carries
         its ``generation_task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.
         image_generation.ImageGenerationTaskSensor` to wait on
+    :param throttle_timeout: seconds (from the start of the try) during which a submission the service
+        throttled is sent again after a wait; 0 fails at the first throttling (templated)
     :param durable: keep the submitted task id in Airflow's task state store so that a retry reconnects
         to it (Airflow 3.3 and later; on earlier versions every try submits)
     """
@@ -136,6 +169,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         "imggen_conn_id",
         "request_timeout",
         "output_path",
+        "throttle_timeout",
     )
     template_ext: Sequence[str] = PROMPT_TEMPLATE_EXTENSIONS
     template_fields_renderers: ClassVar[dict[str, str]] = {
@@ -167,6 +201,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         max_poll_interval: float = 30.0,
         wait_timeout: timedelta | float | None = None,
         wait_for_completion: bool = True,
+        throttle_timeout: float | str = DEFAULT_THROTTLE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,6 +224,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             wait_timeout = wait_timeout.total_seconds()
         self.wait_timeout = wait_timeout
         self.wait_for_completion = wait_for_completion
+        self.throttle_timeout = throttle_timeout
         self._validate_literal_arguments()
         check_flag("deferrable", deferrable)
         check_flag("wait_for_completion", wait_for_completion)
@@ -200,6 +236,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request: GenerationRequest | None = None
         self._state: TaskState | None = None
         self._metadata_result: dict[str, Any] | None = None
+        # This try's quota waits: the deadline (epoch seconds) and how many throttled submissions so far.
+        self._throttle_deadline: float | None = None
+        self._throttled_submissions = 0
 
     # -- DAG-parse-time validation ------------------------------------------------------------------
 
@@ -235,6 +274,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         validate_generation_request(prompt=prompt, model=model, extra_body=extra_body, **checked)
         if _is_literal(self.request_timeout):
             _parse_timeout(self.request_timeout)
+        if _is_literal(self.throttle_timeout):
+            parse_throttle_timeout(self.throttle_timeout)
         if checked["response_format"] == "b64_json" and _is_literal(self.output_path):
             self._check_output_path(self.output_path)
 
@@ -264,16 +305,24 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             imggen_conn_id=self.imggen_conn_id, request_timeout=_parse_timeout(self.request_timeout)
         )
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(
+        self,
+        context: Context,
+        event: Any = None,
+        throttle_deadline: float | None = None,
+        throttled_submissions: int = 0,
+    ) -> dict[str, Any]:
+        """
+        Generate: submit (or reconnect to) a native task and wait for it, or ask the gateway.
+
+        Also where a quota wait in the triggerer resumes (``event`` is then the trigger's, unused): the
+        deadline and the count of throttled submissions come back in the deferral's kwargs.
+        """
         request, output_path = self._prepare_request(context)
+        # The rule the hook applies too (one function): checked here before the state store is read.
+        check_request_for_style(request, self.hook.settings.api_style)
+        self._start_throttle_clock(context, throttle_deadline, throttled_submissions)
         if self.hook.settings.api_style == "dashscope":
-            if request.response_format != "url":
-                raise ImageGenerationValidationError(
-                    "response_format",
-                    request.response_format,
-                    "the native task API (connection api_style 'dashscope') returns signed URLs only: use "
-                    "response_format='url' and store the images with ImageGenerationToS3Operator",
-                )
             self._request = request
             # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
             return self.execute_resumable(context)
@@ -292,17 +341,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 "wait on, so the images are generated in this worker",
                 self.imggen_conn_id,
             )
-        result = self.hook.generate_images(
-            request.prompt,
-            model=request.model,
-            n=request.n,
-            size=request.size,
-            response_format=request.response_format,
-            negative_prompt=request.negative_prompt,
-            prompt_upsampling=request.prompt_upsampling,
-            seed=request.seed,
-            extra_body=request.extra_body or None,
-        )
+        # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
+        result = self._billable(lambda: self.hook.generate(request), request, deferrable=False)
         return self._metadata(result, request, output_path, context)
 
     def execute_complete(
@@ -355,16 +395,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def submit_job(self, context: Context) -> JsonValue:
         request = self._submitting_request
-        submitted = self.hook.submit_task(
-            request.prompt,
-            model=request.model,
-            n=request.n,
-            size=request.size,
-            negative_prompt=request.negative_prompt,
-            prompt_upsampling=request.prompt_upsampling,
-            seed=request.seed,
-            extra_body=request.extra_body or None,
-        )
+        submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
@@ -489,6 +520,97 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             timeout=timedelta(seconds=self.wait_timeout + _DEFER_GRACE_SECONDS)
             if self.wait_timeout is not None
             else None,
+        )
+
+    # -- quota waits and unknown outcomes around the one billable request -------------------------------
+
+    def _start_throttle_clock(
+        self, context: Context, carried_deadline: float | None, throttled_submissions: int
+    ) -> None:
+        """
+        Fix this try's ``throttle_timeout`` deadline: carried across a quota deferral, else from the start.
+
+        The try's start date survives deferrals too (``airflow dags test`` hands a resumed task only the
+        event, not the deferral's kwargs), so the deadline holds either way.
+        """
+        timeout = parse_throttle_timeout(self.throttle_timeout)
+        self._throttled_submissions = throttled_submissions if isinstance(throttled_submissions, int) else 0
+        if isinstance(carried_deadline, int | float) and not isinstance(carried_deadline, bool):
+            self._throttle_deadline = float(carried_deadline)
+            return
+        started = getattr(context["ti"], "start_date", None)
+        start = started.timestamp() if isinstance(started, datetime) else time.time()
+        self._throttle_deadline = start + timeout
+
+    def _billable(self, send: Callable[[], _T], request: GenerationRequest, *, deferrable: bool) -> _T:
+        """
+        Send the billable request, waiting out the service's quota until the deadline (see the class).
+
+        Deferrable, a wait defers to a ``DateTimeTrigger`` and resumes in :meth:`execute`, which renders
+        and validates the request again (the same request: same rendering, same seed) before sending it.
+        """
+        while True:
+            try:
+                return send()
+            except ImageGenerationThrottledError as error:
+                self._throttled_submissions += 1
+                wait = self._wait_after_throttling(error)
+            except ImageGenerationOutcomeUnknownError as error:
+                self.log.error(
+                    "The outcome of the billable request is unknown (request_id=%s, sent at %s): up to %s "
+                    "image(s) of %s may have been billed. Neither the hook nor Airflow sends it again; "
+                    "check the account's usage (and, on the native API, its task list) before running "
+                    "this task again",
+                    error.request_id,
+                    error.submitted_at.isoformat() if error.submitted_at else "an unknown time",
+                    error.images_at_risk if error.images_at_risk is not None else request.n,
+                    error.model or request.model,
+                )
+                raise
+            if deferrable:
+                self._defer_quota_wait(wait)
+            time.sleep(wait)
+
+    def _wait_after_throttling(self, error: ImageGenerationThrottledError) -> float:
+        """The wait before submitting again; re-raises ``error`` when the deadline allows none."""
+        assert self._throttle_deadline is not None, "execute() starts the throttle clock"
+        remaining = self._throttle_deadline - time.time()
+        wait = next_throttle_wait(error.retry_after, self._throttled_submissions, remaining)
+        if wait is None:
+            self.log.error(
+                "The service throttled submission %d (code=%s, retry_after=%s s) and throttle_timeout=%ss "
+                "leaves no time for another (%.0f s left): failing this try. Nothing was billed, so an "
+                "Airflow retry is safe",
+                self._throttled_submissions,
+                error.code,
+                error.retry_after,
+                self.throttle_timeout,
+                max(remaining, 0.0),
+            )
+            raise error
+        self.log.warning(
+            "The service throttled submission %d (code=%s): nothing was billed. Submitting again in %.1f s "
+            "(%s); %.0f s left of throttle_timeout=%ss",
+            self._throttled_submissions,
+            error.code,
+            wait,
+            "as its Retry-After asks" if error.retry_after else "jittered backoff",
+            remaining,
+            self.throttle_timeout,
+        )
+        return wait
+
+    def _defer_quota_wait(self, wait: float) -> None:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.log.info("Waiting out the quota in the triggerer (the worker slot is free meanwhile)")
+        self.defer(
+            trigger=DateTimeTrigger(moment=datetime.now(tz=UTC) + timedelta(seconds=wait)),
+            method_name="execute",
+            kwargs={
+                "throttle_deadline": self._throttle_deadline,
+                "throttled_submissions": self._throttled_submissions,
+            },
         )
 
     @property
