@@ -23,6 +23,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationThrottledError,
     ImageGenerationValidationError,
 )
+from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
 from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 from tests.conftest import set_imggen_connection, task_submissions
 from tests.test_operator import XCOM_KEYS, make_context, make_operator, run
@@ -80,8 +81,10 @@ def test_sync_operator_waits_out_throttling_in_the_worker_and_submits_again(
 
 
 def test_deferrable_operator_waits_out_throttling_in_the_triggerer_then_resumes_in_execute(
-    native: EmulatorServer,
+    native: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every wait deferred, however short (10 s and more by default), so the test runs in seconds.
+    monkeypatch.setattr(ImageGenerationOperator, "min_throttle_deferral", 0.0)
     native.set_faults(fail_next=["throttle", "throttle"], task_duration_ms=100)
     operator = make_operator(n=1, size="512x512", seed=8, deferrable=True, throttle_timeout=120, **FAST)
     context = make_context(operator)
@@ -118,6 +121,21 @@ def test_deferrable_operator_waits_out_throttling_in_the_triggerer_then_resumes_
     assert set(metadata) == XCOM_KEYS and len(metadata["images"]) == 1
     assert outcomes(native) == [(429, False), (429, False), (200, True)]
     assert native.billed_images() == 1
+
+
+def test_a_short_quota_wait_of_a_deferrable_operator_happens_in_the_worker(native: EmulatorServer) -> None:
+    """Under min_throttle_deferral (10 s) a deferral costs more than it saves, and meets an Airflow race."""
+    native.set_faults(fail_next=["throttle"], task_duration_ms=100)
+    operator = make_operator(deferrable=True, **FAST)
+    context = make_context(operator)
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)  # type: ignore[arg-type]
+
+    assert isinstance(deferred.value.trigger, ImageGenerationTaskTrigger), "deferred on the task only"
+    # The task was created; the emulator bills it once it has run.
+    assert [status for status, _ in outcomes(native)] == [429, 200]
 
 
 def test_past_the_deadline_the_throttled_error_fails_the_try_and_airflow_may_retry(

@@ -102,11 +102,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     (2 and 2 for qwen-image and wan2.2 on the native API). The hook retries a throttled request (HTTP 429,
     nothing billed) a few times; when it gives up, the operator waits and submits again until
     ``throttle_timeout`` has passed since the try started: as long as the service's ``Retry-After`` says,
-    otherwise with a jittered exponential backoff (1-2 s, widening to 120 s). With ``deferrable=True`` the
-    wait happens in the triggerer (a ``DateTimeTrigger``; the worker slot is free meanwhile), otherwise in
-    the worker. Past the deadline the task fails with :class:`ImageGenerationThrottledError`, which Airflow
-    may retry: nothing was billed. To stay within the concurrent-task quota at all, run the tasks in an
-    Airflow pool of that many slots that counts deferred tasks (README, "Quotas").
+    otherwise with a jittered exponential backoff (1-2 s, widening to 120 s). With ``deferrable=True`` a
+    wait of 10 s or more (``min_throttle_deferral``) happens in the triggerer (a ``DateTimeTrigger``; the
+    worker slot is free meanwhile), a shorter one in the worker, as all waits without it. Past the
+    deadline the task fails with :class:`ImageGenerationThrottledError`, which Airflow may retry: nothing
+    was billed. To stay within the concurrent-task quota at all, run the tasks in an Airflow pool of that
+    many slots that counts deferred tasks (README, "Quotas").
 
     **Outcome unknown.** A submission whose answer was lost after it was sent (a 5xx, a timeout, a dropped
     connection) may have been billed. The hook looks the task up in the service's task list and reconnects
@@ -180,6 +181,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     ui_color = "#e8d8ff"
     # Where the submitted task is remembered across tries. Renaming it orphans the tasks of running tries.
     external_id_key = "imggen_task"
+    # Deferrable, a quota wait shorter than this sleeps in the worker instead: a deferral round trip costs
+    # about as much worker time, and a trigger firing within seconds of the deferral meets an Airflow race
+    # that fails the task (the executor's stale event of the defer exit, apache/airflow#67287).
+    min_throttle_deferral: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -567,7 +572,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                     error.model or request.model,
                 )
                 raise
-            if deferrable:
+            if deferrable and wait >= self.min_throttle_deferral:
                 self._defer_quota_wait(wait)
             time.sleep(wait)
 
