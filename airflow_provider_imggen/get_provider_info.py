@@ -13,7 +13,7 @@ from airflow_provider_imggen import __version__
 INTEGRATION = "Image Generation"
 # Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
 # there because this module is loaded on every `import airflow`.
-KNOWN_MODEL_NAMES = ["qwen-image", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
+KNOWN_MODEL_NAMES = ["qwen-image", "qwen-image-plus", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -91,9 +91,16 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "max_retries": {
                         "label": "Maximum retries",
-                        "description": "Retries on throttling (429), server errors (5xx), timeouts (408) and "
-                        "connection errors, with exponential backoff honouring Retry-After.",
+                        "description": "Retries of one request, with exponential backoff honouring "
+                        "Retry-After: billable requests only when nothing was billed (429, connection never "
+                        "opened); status queries on every transient failure.",
                         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 3},
+                    },
+                    "api_style": {
+                        "label": "API style",
+                        "description": "openai: a gateway serving POST /v1/images/generations. "
+                        "dashscope: the native asynchronous task API.",
+                        "schema": {"type": "string", "enum": ["openai", "dashscope"], "default": "openai"},
                     },
                     "retry_unknown_outcome": {
                         "label": "Retry requests whose outcome is unknown (may bill twice)",
@@ -101,12 +108,6 @@ def get_provider_info() -> dict[str, Any]:
                         "off after sending may have been billed, so it is not sent again. On: it is retried "
                         "like any transient failure, and you may pay twice for the same images.",
                         "schema": {"type": ["boolean", "null"], "default": False},
-                    },
-                    "api_style": {
-                        "label": "API style",
-                        "description": "openai: a gateway serving POST /v1/images/generations. "
-                        "dashscope: the native asynchronous task API.",
-                        "schema": {"type": "string", "enum": ["openai", "dashscope"], "default": "openai"},
                     },
                 },
             }

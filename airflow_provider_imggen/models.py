@@ -99,6 +99,10 @@ _WAN_LIMITS = {
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
     "qwen-image": ModelSpec(name="qwen-image", max_n=1, default_size="1328x1328", fixed_sizes=_QWEN_SIZES),
+    # Model Studio documents qwen-image-plus with qwen-image's limits (same sizes, n=1, async API).
+    "qwen-image-plus": ModelSpec(
+        name="qwen-image-plus", max_n=1, default_size="1328x1328", fixed_sizes=_QWEN_SIZES
+    ),
     "wan2.2-t2i-flash": ModelSpec(name="wan2.2-t2i-flash", **_WAN_LIMITS),  # type: ignore[arg-type]
     "wan2.2-t2i-plus": ModelSpec(name="wan2.2-t2i-plus", **_WAN_LIMITS),  # type: ignore[arg-type]
 }

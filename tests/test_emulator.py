@@ -28,7 +28,7 @@ import requests
 from PIL import Image
 
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig, render_png
-from airflow_provider_imggen.emulator.models import MODEL_LIMITS
+from airflow_provider_imggen.emulator.models import GATEWAY_MODELS
 
 API_KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -216,7 +216,7 @@ def test_models_endpoint_needs_auth(emu: EmulatorServer) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == list(MODEL_LIMITS)
+    assert [model["id"] for model in body["data"]] == list(GATEWAY_MODELS)
     assert emu.billed_images() == 0
 
 

@@ -144,7 +144,8 @@ def page(airflow_ui: AirflowUI) -> Iterator[Page]:
 
 def field_labels(form: Locator) -> list[str]:
     """The labels of the form's visible fields, without the required-field asterisks."""
-    return [text.replace("*", "").strip() for text in form.locator("label:visible").all_inner_texts()]
+    labels = [text.replace("*", "").strip() for text in form.locator("label:visible").all_inner_texts()]
+    return [label for label in labels if label]  # a switch has a label of its own, without text
 
 
 def field(form: Locator, label: str) -> Locator:
@@ -203,9 +204,13 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "Request timeout (seconds)",
         "Maximum retries",
         "API style",
+        "Retry requests whose outcome is unknown (may bill twice)",
     ]
     expect(form.get_by_text("any name the gateway serves is accepted", exact=False)).to_be_visible()
     assert (timeout.input_value(), retries.input_value()) == ("180", "3")
+    # Paying twice is opt-in: the switch is off.
+    unknown_outcome = field(form, "may bill twice").locator("input[type=checkbox]")
+    assert unknown_outcome.count() == 1 and not unknown_outcome.is_checked()
     # Default model: the known models offered as suggestions of a free-text field (an <input list=...>).
     suggestions = form.locator(f"datalist#{model.get_attribute('list')} option")
     assert [option.get_attribute("value") for option in suggestions.all()] == KNOWN_MODEL_NAMES
@@ -262,6 +267,7 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "request_timeout": REQUEST_TIMEOUT,
         "max_retries": MAX_RETRIES,
         "api_style": "openai",
+        "retry_unknown_outcome": False,
     }
     assert hook.settings == ConnectionSettings(
         base_url=emulator.base_url,
@@ -274,7 +280,8 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
 
     # A DAG run on the saved connection: its requests carry the form's model and retry budget.
     emulator.clear_log()
-    emulator.set_faults(fail_next=["500"])
+    # A throttled POST is retried (nothing was billed); a 5xx would not be (it may have been billed).
+    emulator.set_faults(fail_next=["429"], retry_after_seconds=0.1)
     deadline = time.monotonic() + RUN_TIMEOUT
     while airflow_ui.api("GET", f"/api/v2/dags/{DAG_ID}").status_code != 200:
         assert time.monotonic() < deadline, "the DAG processor never parsed tests/ui_dags"
@@ -308,6 +315,6 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     assert API_KEY not in task_log
     generations = [entry for entry in emulator.requests_log() if entry["path"] == "/v1/images/generations"]
     assert [(entry["status"], entry["fault"], entry["model"]) for entry in generations] == [
-        (500, "500", None),  # the emulator answers a scripted fault before reading the body
+        (429, "429", None),  # the emulator answers a scripted fault before reading the body
         (200, None, DEFAULT_MODEL),
     ]

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imggen.emulator.images import render_png
 from airflow_provider_imggen.emulator.models import (
-    MODEL_LIMITS,
+    GATEWAY_MODELS,
     NAMED_FIELDS,
     InvalidRequestError,
     ValidRequest,
@@ -253,7 +253,8 @@ async def list_models(request: Request) -> Response:
         {
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "emulator"} for name in MODEL_LIMITS
+                {"id": name, "object": "model", "created": 0, "owned_by": "emulator"}
+                for name in GATEWAY_MODELS
             ],
         }
     )

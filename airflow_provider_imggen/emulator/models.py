@@ -79,6 +79,9 @@ MODEL_LIMITS: dict[str, dict[str, Any]] = {
     "wan2.2-t2i-plus": dict(_WAN22),
 }
 
+# The models the gateway's seed document names: what its GET /v1/models lists (it still serves any name).
+GATEWAY_MODELS = ("qwen-image", "wan2.2-t2i-flash", "wan2.2-t2i-plus")
+
 GENERIC_LIMITS: dict[str, Any] = {
     "max_n": 10,
     "default_size": "1328x1328",

@@ -24,6 +24,9 @@ class EmulatorServer:
     The listening socket is created (and bound, port 0 = any free port) before the thread starts, so
     ``port`` and ``base_url`` are known immediately and there is no race for the port.
 
+    Quotas are on by default, as on the real service; ``EmulatorConfig(faults=FaultConfig(quotas=False))``
+    for back-to-back requests that are not about quotas.
+
     Usage::
 
         with EmulatorServer() as emulator:
@@ -117,6 +120,10 @@ class EmulatorServer:
 
     def billed_images(self) -> int:
         return self.state.billed_images()
+
+    def billing(self) -> dict[str, Any]:
+        """Billed images and requests, per request id (same as ``GET /_emulator/billing``)."""
+        return self.state.billing()
 
     def clear_log(self) -> None:
         self.state.clear_log()

@@ -35,6 +35,7 @@ from airflow_provider_imggen.connection_settings import (
 )
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
+    ImageGenerationMalformedResponseError,
     ImageGenerationRejectedError,
     ImageGenerationSubmissionUnknownError,
     ImageGenerationTaskTimeoutError,
@@ -524,6 +525,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         self._check_request(request, timeout)
         url = f"{self.settings.base_url}{SUBMIT_PATH}"
         native = request.to_dashscope_body()
+        sent_at = datetime.now(tz=UTC)
         try:
             body, request_id = self._request_json(
                 "POST",
@@ -532,12 +534,15 @@ class ImageGenerationHook(_ImageGenerationHookBase):
                 headers={"X-DashScope-Async": "enable"},
                 read_timeout=timeout,
                 billable=BillableRequest(
-                    model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC), native=True
+                    model=request.model, images=request.n, submitted_at=sent_at, native=True
                 ),
             )
+            submitted = parse_submitted_task(body, request_id, native)
         except ImageGenerationSubmissionUnknownError as unknown:
-            return self._reconnect(request, native, unknown)
-        submitted = parse_submitted_task(body, request_id, native)
+            return self._reconnect(request, native, unknown, sent_at)
+        except ImageGenerationMalformedResponseError as unreadable:
+            # Answered, but without a usable task id: a task may exist all the same.
+            return self._reconnect(request, native, unreadable, sent_at)
         self.log.info(
             "Submitted task %s: model=%s n=%d size=%s seed=%s request_id=%s prompt=%r",
             submitted.generation_task_id,
@@ -586,10 +591,11 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         self,
         request: GenerationRequest,
         native: dict[str, Any],
-        unknown: ImageGenerationSubmissionUnknownError,
+        unknown: ImageGenerationSubmissionUnknownError | ImageGenerationMalformedResponseError,
+        sent_at: datetime,
     ) -> SubmittedTask:
         """After a submission with an unknown outcome: the one task it created, or the error."""
-        submitted_at = unknown.submitted_at or datetime.now(tz=UTC)
+        submitted_at = getattr(unknown, "submitted_at", None) or sent_at
         try:
             found = self._find_submitted(request, submitted_at=submitted_at, request_id=unknown.request_id)
         except ImageGenerationAPIError as error:
@@ -598,6 +604,10 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         else:
             note = "the task list shows no single task it could be"
         if found is None:
+            if isinstance(unknown, ImageGenerationMalformedResponseError):
+                raise ImageGenerationMalformedResponseError(
+                    f"{unknown.message} ({note})", status=unknown.status, request_id=unknown.request_id
+                ) from None
             raise ImageGenerationSubmissionUnknownError(
                 f"{unknown.message} ({note})",
                 model=unknown.model,
@@ -610,7 +620,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         self.log.warning(
             "The submission's outcome was unknown (%s); the task list shows exactly one %s task created "
             "then: reconnected to task %s (status %s), nothing submitted again",
-            unknown.message.split(":", 1)[0],
+            type(unknown).__name__,
             request.model,
             found.generation_task_id,
             found.status,
