@@ -1,0 +1,462 @@
+"""
+Billing safety against the emulator with the real quota and billed-then-failed answers.
+
+The emulator (in-process, loopback) enforces the documented quota (2 submissions per second, 2 concurrent
+tasks per key and model) and answers 10 % of billable requests with a failure after billing them (500, 502,
+504), drops 5 % of the connections after billing, answers 5 % with partial results and 2 % with malformed
+bodies; seeded, so a run repeats. Parts:
+
+- ``anchor``: N gateway generations (n images each) through the official ``openai`` client with its default
+  retries, ``--workers`` at a time (a mapped DAG's parallelism);
+- ``gateway`` / ``native``: the provider, a mapped DAG of N prompts (``ImageGenerationOperator``, task
+  retries on) under ``airflow dags test``, once per API style (benchmarks/bench_billing_safety_dag.py).
+
+Every part turns what its client saw into :class:`Generation` records and :func:`count_billing` joins them
+with the emulator's request log (each log entry carries the fingerprint of its request body, equal for a
+request and its re-sends). Printed per part: images requested, billed, delivered, reported failed/unknown,
+billed twice, billed but neither delivered nor named in a failure, failures and why.
+
+Exit status 1 when a provider part billed an image twice, billed an image it neither delivered nor named in
+a failure, or failed a task by throttling (the anchor is only measured: it is the baseline).
+
+    python benchmarks/bench_billing_safety.py [--part anchor|gateway|native|all] [--generations 100] [--n 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import collections
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
+from airflow_provider_imggen.emulator.wire import body_fingerprint
+
+BENCH_DIR = Path(__file__).resolve().parent
+DAG_FILE = BENCH_DIR / "bench_billing_safety_dag.py"
+API_KEY = "sk-bench-billing-safety"
+MODEL = "wan2.2-t2i-flash"
+SIZE = "512x512"
+# The mix of issue 11's "Must show": 10 % billed-then-5xx, 5 % drop after send, 5 % partial, 2 % malformed.
+FAULTS: dict[str, Any] = {
+    "quotas": True,
+    "rate_billed_500": 0.04,
+    "rate_billed_502": 0.03,
+    "rate_billed_504": 0.03,
+    "rate_billed_drop": 0.05,
+    "rate_partial": 0.05,
+    "rate_malformed": 0.02,
+}
+BILLABLE_KINDS = ("generate", "submit")
+THROTTLING = re.compile(r"throttl|rate.?limit|429", re.IGNORECASE)
+
+
+@dataclass
+class Generation:
+    """
+    One generation as its client saw it.
+
+    :param key: which generation (prompt index or map index)
+    :param requested: images asked for
+    :param delivered: usable images the client handed over
+    :param named_failed: images the client reported as failed or of unknown outcome (per image or as a
+        whole failed generation)
+    :param outcome: ``ok``, ``partial`` (delivered some, named the rest), ``failed``, ``unknown`` or
+        ``silent_loss`` (reported success with fewer usable images and nothing named)
+    :param reason: the error class or code, for failures
+    :param fingerprints: fingerprints of the request bodies it sent, when the client side knows them
+    :param request_ids: emulator request ids it knows (from the answer or the error)
+    :param task_ids: native task ids it knows (the emulator logs the submission that created each)
+    """
+
+    key: str
+    requested: int
+    delivered: int = 0
+    named_failed: int = 0
+    outcome: str = "ok"
+    reason: str = ""
+    fingerprints: set[str] = field(default_factory=set)
+    request_ids: set[str] = field(default_factory=set)
+    task_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Report:
+    name: str
+    seconds: float = 0.0
+    generations: int = 0
+    requested: int = 0
+    billed: int = 0
+    delivered: int = 0
+    named_failed: int = 0
+    billable_requests: int = 0
+    throttled_answers: int = 0
+    generations_billed_twice: int = 0
+    images_billed_twice: int = 0
+    unaccounted: int = 0
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    failure_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    throttling_failures: int = 0
+
+
+def count_billing(name: str, generations: list[Generation], log: Iterable[dict[str, Any]]) -> Report:
+    """
+    Join client-side generations with the emulator's request log.
+
+    Log entries are grouped by body fingerprint (one group per generation: its first send and every
+    re-send). A group with more than one billed entry was billed twice. A generation's billed images are
+    its groups' first billed entry; the images billed and neither delivered nor named in a failure are
+    ``unaccounted``. Groups no generation claims (a failed task whose request ids the client never saw)
+    are checked in bulk against the images delivered or named by generations that claim no group.
+    """
+    billable = [entry for entry in log if entry["kind"] in BILLABLE_KINDS]
+    groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    by_request_id: dict[str, str] = {}
+    by_task_id: dict[str, str] = {}
+    for entry in billable:
+        fingerprint = entry.get("fingerprint") or f"request:{entry['request_id']}"
+        groups[fingerprint].append(entry)
+        by_request_id[entry["request_id"]] = fingerprint
+        if entry.get("task_id"):
+            by_task_id[entry["task_id"]] = fingerprint
+
+    report = Report(name=name, generations=len(generations))
+    report.billable_requests = len(billable)
+    report.throttled_answers = sum(1 for entry in billable if entry["status"] == 429)
+    report.billed = sum(entry["billed_images"] for entry in billable)
+    billed_once: dict[str, int] = {}
+    for fingerprint, entries in groups.items():
+        paid = [entry["billed_images"] for entry in entries if entry["billed_images"]]
+        billed_once[fingerprint] = paid[0] if paid else 0
+        if len(paid) > 1:
+            report.generations_billed_twice += 1
+            report.images_billed_twice += sum(paid[1:])
+
+    claimed: set[str] = set()
+    unclaimed_accounted = 0
+    for generation in generations:
+        report.requested += generation.requested
+        report.delivered += generation.delivered
+        report.named_failed += generation.named_failed
+        report.outcomes[generation.outcome] += 1
+        if generation.outcome in ("failed", "unknown"):
+            report.failure_reasons[generation.reason or "?"] += 1
+            if THROTTLING.search(generation.reason):
+                report.throttling_failures += 1
+        mine = (
+            {fp for fp in generation.fingerprints if fp in groups}
+            | {
+                by_request_id[request_id]
+                for request_id in generation.request_ids
+                if request_id in by_request_id
+            }
+            | {by_task_id[task_id] for task_id in generation.task_ids if task_id in by_task_id}
+        )
+        claimed |= mine
+        if not mine:
+            unclaimed_accounted += generation.delivered + generation.named_failed
+            continue
+        billed = sum(billed_once[fingerprint] for fingerprint in mine)
+        report.unaccounted += max(0, billed - generation.delivered - generation.named_failed)
+    unclaimed_billed = sum(
+        billed for fingerprint, billed in billed_once.items() if fingerprint not in claimed
+    )
+    report.unaccounted += max(0, unclaimed_billed - unclaimed_accounted)
+    return report
+
+
+def emulator(config_faults: dict[str, Any], seed: int) -> EmulatorServer:
+    return EmulatorServer(EmulatorConfig(api_key=API_KEY, faults=FaultConfig(seed=seed, **config_faults)))
+
+
+# Anchor: the official openai client ---------------------------------------------------------------------
+def _usable(item: Any) -> bool:
+    url, b64 = getattr(item, "url", None), getattr(item, "b64_json", None)
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return True
+    if isinstance(b64, str) and b64:
+        try:
+            return base64.b64decode(b64, validate=True).startswith(b"\x89PNG")
+        except (binascii.Error, ValueError):
+            return False
+    return False
+
+
+def run_anchor(server: EmulatorServer, generations: int, n: int, workers: int) -> list[Generation]:
+    """N generations through ``openai.OpenAI`` (default max_retries), fingerprints taken as sent."""
+    import httpx
+    import openai
+
+    current = threading.local()
+
+    def on_request(request: httpx.Request) -> None:
+        request.read()
+        try:
+            body = json.loads(request.content)
+        except ValueError:
+            return
+        if isinstance(body, dict):
+            current.generation.fingerprints.add(body_fingerprint(body))
+
+    client = openai.OpenAI(
+        base_url=f"{server.base_url}/v1",
+        api_key=API_KEY,
+        timeout=60,
+        http_client=httpx.Client(event_hooks={"request": [on_request]}),
+    )
+
+    def one(index: int) -> Generation:
+        generation = Generation(key=str(index), requested=n)
+        current.generation = generation
+        try:
+            raw = client.images.with_raw_response.generate(
+                model=MODEL,
+                prompt=f"billing safety generation {index}, a lighthouse in the fog",
+                n=n,
+                size=SIZE,
+            )
+            generation.request_ids.add(raw.headers.get("x-request-id", ""))
+            result = raw.parse()
+            usable = sum(1 for item in (result.data or []) if _usable(item))
+            generation.delivered = min(usable, n)
+            generation.outcome = "ok" if generation.delivered == n else "silent_loss"
+        except openai.APIStatusError as exc:
+            generation.outcome, generation.named_failed = "failed", n
+            generation.reason = f"{type(exc).__name__} {exc.status_code}"
+            generation.request_ids.add(exc.response.headers.get("x-request-id", ""))
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            generation.outcome, generation.named_failed = "unknown", n
+            generation.reason = type(exc).__name__
+        except Exception as exc:  # a malformed body the client could not parse
+            generation.outcome, generation.named_failed = "failed", n
+            generation.reason = f"{type(exc).__name__} (unparsed answer)"
+        return generation
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, range(generations)))
+
+
+# Provider: a mapped DAG under `airflow dags test` ----------------------------------------------------------
+def airflow_env(home: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(BENCH_DIR),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+    )
+    return env
+
+
+def run_provider(
+    server: EmulatorServer,
+    style: str,
+    generations: int,
+    n: int,
+    retries: int,
+    home: Path,
+    env: dict[str, str],
+) -> tuple[list[Generation], str]:
+    """Run the mapped DAG of one API style; its generations from XComs, task states and task logs."""
+    dag_id = f"bench_billing_safety_{style}"
+    host = server.base_url if style == "native" else f"{server.base_url}/v1"
+    extra: dict[str, Any] = {"default_model": MODEL}
+    if style == "native":
+        extra["api_style"] = "dashscope"
+    connection = {"conn_type": "imggen", "host": host, "password": API_KEY, "extra": extra}
+    airflow = Path(sys.executable).with_name("airflow")
+    finished = subprocess.run(
+        [str(airflow), "dags", "test", dag_id, "--dagfile-path", str(DAG_FILE)],
+        env={
+            **env,
+            f"AIRFLOW_CONN_IMGGEN_BENCH_{style.upper()}": json.dumps(connection),
+            "BENCH_BILLING_GENERATIONS": str(generations),
+            "BENCH_BILLING_N": str(n),
+            "BENCH_BILLING_RETRIES": str(retries),
+        },
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    (home / f"{dag_id}.log").write_text(finished.stdout + finished.stderr)
+    return collect_provider_generations(home, dag_id, n), finished.stdout + finished.stderr
+
+
+def _failure_reason(home: Path, dag_id: str, map_index: int) -> str:
+    """The last provider exception class named in the task's log files (any attempt)."""
+    pattern = re.compile(r"\b(ImageGeneration\w*Error|AirflowFailException|AirflowException)\b")
+    found = ""
+    for log_file in sorted((home / "logs").glob(f"dag_id={dag_id}/**/task_id=generate/**/*")):
+        if log_file.is_file() and f"map_index={map_index}" in str(log_file):
+            for match in pattern.finditer(log_file.read_text(errors="replace")):
+                found = match.group(1)
+            if THROTTLING.search(log_file.read_text(errors="replace")) and "Throttled" in found:
+                found = f"{found} (throttling)"
+    return found or "task failed"
+
+
+def collect_provider_generations(home: Path, dag_id: str, n: int) -> list[Generation]:
+    """
+    One Generation per mapped task: delivered and named images from its metadata XCom
+    (``images``, ``failed_images``, ``request_id``); a failed task names all its images.
+    """
+    database = home / "airflow.db"
+    with sqlite3.connect(database) as db:
+        row = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        if row is None:
+            return []
+        (run_id,) = row
+        states = dict(
+            db.execute(
+                "SELECT map_index, state FROM task_instance "
+                "WHERE dag_id = ? AND run_id = ? AND task_id = 'generate'",
+                (dag_id, run_id),
+            ).fetchall()
+        )
+        xcoms = {
+            map_index: value
+            for map_index, value in db.execute(
+                "SELECT map_index, value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'generate' "
+                "AND key = 'return_value'",
+                (dag_id, run_id),
+            )
+        }
+    generations = []
+    for map_index in sorted(states):
+        generation = Generation(key=str(map_index), requested=n)
+        value = xcoms.get(map_index)
+        metadata = json.loads(value) if isinstance(value, str | bytes) else value
+        if states[map_index] == "success" and isinstance(metadata, dict):
+            generation.delivered = len(metadata.get("images") or [])
+            generation.named_failed = len(metadata.get("failed_images") or [])
+            generation.outcome = "ok" if generation.delivered == n else "partial"
+            if generation.delivered + generation.named_failed < n:
+                generation.outcome = "silent_loss"
+            if metadata.get("request_id"):
+                generation.request_ids.add(str(metadata["request_id"]))
+            # The API's task id: "generation_task_id" once the operator branch lands, "task_id" before.
+            for key in ("generation_task_id", "task_id"):
+                if metadata.get(key):
+                    generation.task_ids.add(str(metadata[key]))
+        else:
+            generation.named_failed = n
+            generation.reason = _failure_reason(home, dag_id, map_index)
+            generation.outcome = "unknown" if "OutcomeUnknown" in generation.reason else "failed"
+        generations.append(generation)
+    return generations
+
+
+# Output -----------------------------------------------------------------------------------------------------
+def print_reports(reports: list[Report], anchor: Report | None) -> None:
+    header = (
+        f"{'part':<9} {'wall s':>7} {'ratio':>6} {'gens':>5} {'requested':>9} {'billed':>6} {'delivered':>9} "
+        f"{'failed/unk':>10} {'billed 2x':>9} {'unaccounted':>11} {'429s':>5}"
+    )
+    print(header)
+    for report in reports:
+        ratio = f"{report.seconds / anchor.seconds:5.2f}x" if anchor and anchor.seconds else "   - "
+        print(
+            f"{report.name:<9} {report.seconds:>7.1f} {ratio:>6} {report.generations:>5} "
+            f"{report.requested:>9} "
+            f"{report.billed:>6} {report.delivered:>9} {report.named_failed:>10} "
+            f"{report.images_billed_twice:>9} {report.unaccounted:>11} {report.throttled_answers:>5}"
+        )
+    for report in reports:
+        print(
+            f"  {report.name}: outcomes {dict(report.outcomes)}; failures {dict(report.failure_reasons)}; "
+            f"generations billed twice {report.generations_billed_twice}; "
+            f"failed by throttling {report.throttling_failures}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--part", choices=("anchor", "gateway", "native", "all"), default="all")
+    parser.add_argument("--generations", type=int, default=100)
+    parser.add_argument("--n", type=int, default=2, help="images per generation (wan2.2-t2i-flash: 1-4)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="anchor: generations in parallel (default: the concurrent quota)",
+    )
+    parser.add_argument("--task-retries", type=int, default=2, help="provider DAGs: Airflow task retries")
+    parser.add_argument("--fault-seed", type=int, default=11)
+    args = parser.parse_args()
+    parts = ("anchor", "gateway", "native") if args.part == "all" else (args.part,)
+
+    print(
+        f"billing safety: {args.generations} generations x n={args.n} ({MODEL} {SIZE}), quota on, "
+        f"faults {FAULTS}, seed {args.fault_seed}"
+    )
+    reports: list[Report] = []
+    anchor: Report | None = None
+    with tempfile.TemporaryDirectory(prefix="bench-billing-safety-") as work:
+        home = Path(work)
+        env = airflow_env(home)
+        if any(part != "anchor" for part in parts):
+            subprocess.run(
+                [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        for part in parts:
+            with emulator(FAULTS, args.fault_seed) as server:
+                started = time.monotonic()
+                if part == "anchor":
+                    generations = run_anchor(server, args.generations, args.n, args.workers)
+                else:
+                    generations, _ = run_provider(
+                        server, part, args.generations, args.n, args.task_retries, home, env
+                    )
+                seconds = time.monotonic() - started
+                report = count_billing(part, generations, server.requests_log())
+                report.seconds = seconds
+            if part == "anchor":
+                anchor = report
+            reports.append(report)
+
+    print_reports(reports, anchor)
+    failures = []
+    for report in reports:
+        if report.name == "anchor":
+            continue
+        if report.generations != args.generations:
+            failures.append(f"{report.name}: {report.generations} generations ran of {args.generations}")
+        if report.images_billed_twice:
+            failures.append(f"{report.name}: {report.images_billed_twice} image(s) billed twice")
+        if report.unaccounted:
+            failures.append(
+                f"{report.name}: {report.unaccounted} billed image(s) neither delivered nor named"
+            )
+        if report.throttling_failures:
+            failures.append(f"{report.name}: {report.throttling_failures} task(s) failed by throttling")
+    for failure in failures:
+        print("FAILED:", failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
