@@ -29,10 +29,11 @@ from airflow_provider_imggen.metadata import (
 from airflow_provider_imggen.models import (
     MAX_SEED,
     GenerationRequest,
+    check_flag,
+    check_poll_settings,
     check_request_for_style,
     validate_generation_request,
 )
-from airflow_provider_imggen.polling import check_flag, check_wait_settings
 from airflow_provider_imggen.throttling import (
     DEFAULT_THROTTLE_TIMEOUT,
     next_throttle_wait,
@@ -233,8 +234,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._validate_literal_arguments()
         check_flag("deferrable", deferrable)
         check_flag("wait_for_completion", wait_for_completion)
-        check_wait_settings(
-            poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=self.wait_timeout
+        check_poll_settings(
+            poll_interval,
+            max_poll_interval,
+            self.wait_timeout,
+            timeout_name="wait_timeout",
+            allow_zero_timeout=False,
         )
         # Set while this try knows a native task (on_kill cancels it) and what it submitted.
         self._generation_task_id: str | None = None

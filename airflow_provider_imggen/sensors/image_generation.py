@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.metadata import raise_for_event, task_metadata, xcom_generation_task_id
-from airflow_provider_imggen.polling import check_flag, check_wait_settings
+from airflow_provider_imggen.models import check_flag, check_poll_settings
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -81,11 +81,7 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.max_poll_interval = max_poll_interval
         check_flag("deferrable", deferrable)
-        check_wait_settings(
-            poll_interval=self.poke_interval,
-            max_poll_interval=max_poll_interval,
-            poll_interval_name="poke_interval",
-        )
+        check_poll_settings(self.poke_interval, max_poll_interval, poll_interval_name="poke_interval")
 
     @cached_property
     def hook(self) -> ImageGenerationHook:

@@ -16,7 +16,7 @@ from airflow_provider_imggen.hooks.image_generation import (
     DEFAULT_POLL_INTERVAL,
     next_poll_interval,
 )
-from airflow_provider_imggen.polling import check_wait_settings
+from airflow_provider_imggen.models import check_poll_settings
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, TaskState
@@ -75,7 +75,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             raise ImageGenerationValidationError(
                 "generation_task_id", generation_task_id, "expected the native task's id"
             )
-        check_wait_settings(poll_interval=poll_interval, max_poll_interval=max_poll_interval)
+        check_poll_settings(poll_interval, max_poll_interval)
         if (
             isinstance(max_consecutive_errors, bool)
             or not isinstance(max_consecutive_errors, int)
