@@ -327,6 +327,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
         Also where a quota wait in the triggerer resumes (``event`` is then the trigger's, unused): the
         deadline and the count of throttled submissions come back in the deferral's kwargs.
+
+        :param context: the task's context
+        :param event: the ``DateTimeTrigger``'s event when resuming from a quota wait
+        :param throttle_deadline: when resuming, the try's deadline (epoch seconds); otherwise it is
+            ``throttle_timeout`` after the try's start date (which deferrals keep)
+        :param throttled_submissions: when resuming, how many submissions were throttled so far (it widens
+            the backoff)
         """
         request, output_path = self._prepare_request(context)
         # The rule the hook applies too (one function): checked here before the state store is read.
