@@ -20,7 +20,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from airflow_provider_imggen.emulator.models import InvalidRequestError, limits_of, validate_request
+from airflow_provider_imggen.emulator.models import (
+    InvalidRequestError,
+    ValidRequest,
+    limits_of,
+    validate_request,
+)
 from airflow_provider_imggen.emulator.results import signed_url
 from airflow_provider_imggen.emulator.state import (
     BILLED_FAULTS,
@@ -200,7 +205,7 @@ async def submit_task(request: Request) -> Response:
     )
 
 
-def _new_task(state: EmulatorState, validated: Any, key: str, now: float) -> Task:
+def _new_task(state: EmulatorState, validated: ValidRequest, key: str, now: float) -> Task:
     failure_code, failed_images = state.draw_task_outcome()
     faults = state.faults
     return Task(
