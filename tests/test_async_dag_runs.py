@@ -106,6 +106,31 @@ def test_sensor_in_poke_reschedule_and_deferrable_modes(
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
 
 
+def test_a_throttled_submission_waits_in_the_triggerer_and_resumes_in_execute(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(fail_next=["throttle"], quota_retry_after_seconds=10, task_duration_ms=300)
+    dag_id = "imggen_async_throttled"
+    # The hook gives up on the first 429 (max_retries=0): the operator's wait takes over.
+    connection = emulator_connection_env(
+        emulator, api_style="dashscope", default_model="wan2.2-t2i-flash", max_retries=0
+    )
+    finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **connection)
+    assert finished.returncode == 0, output(finished)
+
+    assert task_instances(airflow_env, dag_id)["throttled"] == ("success", 1), "waited, not retried"
+    logged = finished.stdout + finished.stderr
+    assert "Submitting again in 10.0 s (as its Retry-After asks)" in logged
+    assert "Waiting out the quota in the triggerer" in logged
+    assert [(entry["status"], entry["billed"]) for entry in task_submissions(emulator)] == [
+        (429, False),
+        (200, True),
+    ]
+    metadata = xcoms(airflow_env, dag_id)[("throttled", -1)]
+    assert isinstance(metadata, dict) and len(metadata["images"]) == 1
+    assert emulator.billed_images() == 1
+
+
 def _rescheduled(airflow_env: dict[str, str], dag_id: str) -> bool:
     """Whether the reschedule-mode sensor was rescheduled (task_reschedule rows are keyed by ti id)."""
     import sqlite3

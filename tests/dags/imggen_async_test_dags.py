@@ -192,3 +192,17 @@ with DAG(
         size="512x512",
         **FAST,
     )
+
+
+with DAG(dag_id="imggen_async_throttled", schedule=None, start_date=START, catchup=False):
+    # The service throttles the first submission and asks for 10 s: the task defers to a DateTimeTrigger,
+    # resumes in execute and submits again (`airflow dags test` hands back only the event, not the
+    # deferral's kwargs: the deadline then counts from the try's start date).
+    ImageGenerationOperator(
+        task_id="throttled",
+        prompt="a lighthouse at dawn",
+        size="512x512",
+        deferrable=True,
+        throttle_timeout=120,
+        **FAST,
+    )
