@@ -37,7 +37,7 @@ def generation_metadata(
     response_format: str = "url",
     prompt_upsampling: bool | None = None,
     files: Mapping[int, Mapping[str, Any]] | None = None,
-    task_id: str | None = None,
+    generation_task_id: str | None = None,
     task_status: str | None = None,
 ) -> dict[str, Any]:
     """
@@ -56,7 +56,8 @@ def generation_metadata(
     :param response_format: ``url`` or ``b64_json``
     :param prompt_upsampling: whether the API was allowed to rewrite the prompt
     :param files: per image index, where its bytes were written: ``{location, bytes, sha256}``
-    :param task_id: the native API's task id (``None`` for the OpenAI-compatible API, which has no task)
+    :param generation_task_id: the native API's task id (``None`` for the OpenAI-compatible API, which
+        has no task). Named so it is never mistaken for the Airflow task's ``task_id``
     :param task_status: the task's status when the metadata was built (``SUCCEEDED``; ``PENDING`` or
         ``RUNNING`` when the operator submitted without waiting)
     """
@@ -95,7 +96,7 @@ def generation_metadata(
             {"index": failed.index, "code": failed.code, "message": failed.message}
             for failed in result.failed_images
         ],
-        "task_id": task_id,
+        "generation_task_id": generation_task_id,
         "task_status": task_status,
     }
 
@@ -134,7 +135,7 @@ def task_metadata(
         n=n,
         seed=seed,
         prompt_upsampling=prompt_upsampling,
-        task_id=state.generation_task_id,
+        generation_task_id=state.generation_task_id,
         task_status=state.status,
     )
 
@@ -149,22 +150,38 @@ def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) ->
     """
     if not isinstance(event, Mapping):
         raise ImageGenerationAPIError(f"The trigger sent no usable event: {event!r}")
-    status, task_id = event.get("status"), str(event.get("task_id"))
+    status, generation_task_id = event.get("status"), str(event_generation_task_id(event))
     if status == "success":
         return
     if status == "failed":
         raise ImageGenerationTaskFailedError(
             str(event.get("message") or "the task did not succeed"),
-            generation_task_id=task_id,
+            generation_task_id=generation_task_id,
             task_status=str(event.get("task_status")),
             code=event.get("code"),
         )
     if status == "timeout":
         raise ImageGenerationTaskTimeoutError(
-            generation_task_id=task_id, task_status=event.get("task_status"), waited=waited
+            generation_task_id=generation_task_id, task_status=event.get("task_status"), waited=waited
         )
     if status == "error":
         raise ImageGenerationAPIError(
-            f"Gave up reading the status of task {task_id}: {event.get('message')}", code=event.get("code")
+            f"Gave up reading the status of task {generation_task_id}: {event.get('message')}",
+            code=event.get("code"),
         )
     raise ImageGenerationAPIError(f"The trigger sent an event with an unknown status: {status!r}")
+
+
+def event_generation_task_id(event: Mapping[str, Any]) -> object:
+    """The native task id an ``ImageGenerationTaskTrigger`` event names (``task_id`` before the rename)."""
+    return event.get("generation_task_id", event.get("task_id"))
+
+
+def xcom_generation_task_id(metadata: Mapping[str, Any]) -> object:
+    """
+    The native task id in an operator's XCom metadata.
+
+    XComs pushed before the rename carry it as ``task_id``; read that too, so a DAG run that spans an
+    upgrade still finds its task.
+    """
+    return metadata.get("generation_task_id", metadata.get("task_id"))

@@ -216,21 +216,47 @@ def coerce_seconds(
     return number
 
 
-def check_poll_settings(poll_interval: object, max_poll_interval: object, timeout: object = None) -> None:
-    """Refuse polling settings that would spin or never poll (NaN, infinity, <= 0), naming the parameter."""
-    for name, value in (("poll_interval", poll_interval), ("max_poll_interval", max_poll_interval)):
+def check_poll_settings(
+    poll_interval: object,
+    max_poll_interval: object,
+    timeout: object = None,
+    *,
+    poll_interval_name: str = "poll_interval",
+    timeout_name: str = "timeout",
+    allow_zero_timeout: bool = True,
+) -> None:
+    """
+    Refuse polling settings that would spin, never poll or never end (NaN, infinity, <= 0), naming the
+    parameter. The one rule for the hook's ``wait_for_task``, the operator, the sensor and the trigger.
+
+    :param poll_interval_name: how the caller calls ``poll_interval`` (the sensor: ``poke_interval``)
+    :param timeout_name: how the caller calls ``timeout`` (the operator: ``wait_timeout``)
+    :param allow_zero_timeout: whether a timeout of 0 (one status read, no wait) is accepted
+    """
+    for name, value in ((poll_interval_name, poll_interval), ("max_poll_interval", max_poll_interval)):
         if not isinstance(value, int | float):
             raise ImageGenerationValidationError(name, value, "expected a finite number of seconds > 0")
         coerce_seconds(name, value)
     assert isinstance(poll_interval, int | float) and isinstance(max_poll_interval, int | float)
     if max_poll_interval < poll_interval:
         raise ImageGenerationValidationError(
-            "max_poll_interval", max_poll_interval, f"expected seconds >= poll_interval ({poll_interval})"
+            "max_poll_interval",
+            max_poll_interval,
+            f"expected seconds >= {poll_interval_name} ({poll_interval})",
         )
     if timeout is not None:
         if not isinstance(timeout, int | float):
-            raise ImageGenerationValidationError("timeout", timeout, "expected seconds >= 0, or None")
-        coerce_seconds("timeout", timeout, allow_zero=True)
+            raise ImageGenerationValidationError(
+                timeout_name, timeout, f"expected seconds {'>= 0' if allow_zero_timeout else '> 0'}, or None"
+            )
+        coerce_seconds(timeout_name, timeout, allow_zero=allow_zero_timeout)
+
+
+def check_flag(parameter: str, value: object) -> bool:
+    """A boolean argument (``deferrable``, ``wait_for_completion``): anything else is refused."""
+    if not isinstance(value, bool):
+        raise ImageGenerationValidationError(parameter, value, "expected True or False")
+    return value
 
 
 def next_poll_interval(

@@ -69,7 +69,10 @@ def test_deferrable_and_polling_operators_in_a_dag_run(
     assert "Deferring until task" in finished.stdout + finished.stderr
     assert "DataInspectionFailed" in finished.stdout + finished.stderr
     submissions = task_submissions(emulator)
-    assert [entry["task_id"] for entry in submissions[:2]] == [deferred["task_id"], polled["task_id"]]
+    assert [entry["task_id"] for entry in submissions[:2]] == [
+        deferred["generation_task_id"],
+        polled["generation_task_id"],
+    ]
     assert len(submissions) == 3
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
 
@@ -91,7 +94,7 @@ def test_sensor_in_poke_reschedule_and_deferrable_modes(
     for sensor in ("wait_poke", "wait_reschedule", "wait_deferred"):
         metadata = results[(sensor, -1)]
         assert isinstance(metadata, dict) and set(metadata) == XCOM_KEYS
-        assert metadata["task_id"] == submitted["task_id"]
+        assert metadata["generation_task_id"] == submitted["generation_task_id"]
         assert [image["index"] for image in metadata["images"]] == [0, 2]
         assert [failed["index"] for failed in metadata["failed_images"]] == [1]
     # Given the submitting XCom, the sensors carry its seed; given a bare id (reschedule), they cannot.
@@ -101,6 +104,31 @@ def test_sensor_in_poke_reschedule_and_deferrable_modes(
     assert _rescheduled(airflow_env, dag_id), "the reschedule-mode sensor freed its slot between pokes"
     assert len(task_submissions(emulator)) == 1, "sensors only read"
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+
+
+def test_a_throttled_submission_waits_in_the_triggerer_and_resumes_in_execute(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(fail_next=["throttle"], quota_retry_after_seconds=10, task_duration_ms=300)
+    dag_id = "imggen_async_throttled"
+    # The hook gives up on the first 429 (max_retries=0): the operator's wait takes over.
+    connection = emulator_connection_env(
+        emulator, api_style="dashscope", default_model="wan2.2-t2i-flash", max_retries=0
+    )
+    finished = run_dag(airflow_env, dag_id, ASYNC_DAGS, **connection)
+    assert finished.returncode == 0, output(finished)
+
+    assert task_instances(airflow_env, dag_id)["throttled"] == ("success", 1), "waited, not retried"
+    logged = finished.stdout + finished.stderr
+    assert "Submitting again in 10.0 s (as its Retry-After asks)" in logged
+    assert "Waiting out the quota in the triggerer" in logged
+    assert [(entry["status"], entry["billed"]) for entry in task_submissions(emulator)] == [
+        (429, False),
+        (200, True),
+    ]
+    metadata = xcoms(airflow_env, dag_id)[("throttled", -1)]
+    assert isinstance(metadata, dict) and len(metadata["images"]) == 1
+    assert emulator.billed_images() == 1
 
 
 def _rescheduled(airflow_env: dict[str, str], dag_id: str) -> bool:
@@ -143,14 +171,14 @@ def test_retries_after_a_crash_reconnect_to_the_submitted_task(
         metadata = results[(airflow_task, -1)]
         assert isinstance(metadata, dict)
         # Exactly one submission: try 2 took the task try 1 had paid for.
-        assert by_request[("wan2.2-t2i-flash", n)] == [metadata["task_id"]], airflow_task
+        assert by_request[("wan2.2-t2i-flash", n)] == [metadata["generation_task_id"]], airflow_task
         assert len(metadata["images"]) == n
-        assert stored[airflow_task]["task_id"] == metadata["task_id"]
+        assert stored[airflow_task]["generation_task_id"] == metadata["generation_task_id"]
     # The expired task's results are gone: try 2 had to submit again.
     expired = results[("expired", -1)]
     assert isinstance(expired, dict)
     first, second = by_request[("qwen-image", 1)]
-    assert expired["task_id"] == second != first
+    assert expired["generation_task_id"] == second != first
     logged = finished.stdout + finished.stderr
     assert logged.count("submitted by an earlier try") >= 5
     assert "is unknown to the API" in logged
@@ -173,7 +201,7 @@ def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
     for map_index in range(len(subjects)):
         submitted, waited = results[("submit", map_index)], results[("wait", map_index)]
         assert isinstance(submitted, dict) and isinstance(waited, dict)
-        assert submitted["task_id"] == waited["task_id"] and len(waited["images"]) == 2
+        assert submitted["generation_task_id"] == waited["generation_task_id"] and len(waited["images"]) == 2
         mine = [entry for entry in stored if entry["generation"] == map_index]
         assert sorted(entry["seed"] for entry in mine) == [image["seed"] for image in waited["images"]]
     assert "Deferring until task" in finished.stdout + finished.stderr
@@ -263,6 +291,6 @@ def test_a_task_process_killed_after_submitting_reconnects_on_retry_under_an_exe
     assert "exit_code=<Negsignal.SIGKILL: -9>" in finished.stdout + finished.stderr
     (submission,) = task_submissions(emulator)
     metadata = xcoms(api_server, dag_id)[("killed_while_polling", -1)]
-    assert isinstance(metadata, dict) and metadata["task_id"] == submission["task_id"]
+    assert isinstance(metadata, dict) and metadata["generation_task_id"] == submission["task_id"]
     assert len(metadata["images"]) == 2
     assert emulator.billed_images() == 2, "paid once"

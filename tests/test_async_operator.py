@@ -110,7 +110,7 @@ def test_native_sync_mode_submits_once_polls_in_the_worker_and_pushes_the_usual_
     assert metadata["task_status"] == "SUCCEEDED" and metadata["failed_images"] == []
     check_images_download(metadata, (768, 512))
     (submission,) = task_submissions(dashscope_conn)
-    assert submission["task_id"] == metadata["task_id"] and submission["billed_images"] == 2
+    assert submission["task_id"] == metadata["generation_task_id"] and submission["billed_images"] == 2
     assert len(task_queries(dashscope_conn)) >= 2, "it polled until the task ended"
 
 
@@ -132,7 +132,7 @@ def test_native_and_openai_paths_push_the_same_xcom_shape(
     assert [set(image) for image in native["images"]] == [set(image) for image in openai["images"]]
     same = ("model", "prompt", "size", "n", "seed", "response_format", "failed_images")
     assert {key: native[key] for key in same} == {key: openai[key] for key in same}
-    assert (openai["task_id"], openai["task_status"]) == (None, None)
+    assert (openai["generation_task_id"], openai["task_status"]) == (None, None)
 
 
 def test_openai_api_with_deferrable_generates_synchronously_and_says_why(
@@ -163,7 +163,7 @@ def test_openai_api_refuses_what_needs_a_task(
 def test_native_api_refuses_b64_json_before_submitting(dashscope_conn: EmulatorServer, tmp_path: Any) -> None:
     with pytest.raises(ImageGenerationValidationError) as raised:
         run(make_operator(response_format="b64_json", output_path=str(tmp_path)))
-    assert raised.value.parameter == "response_format" and "URLs only" in str(raised.value)
+    assert raised.value.parameter == "response_format" and "returns result URLs only" in str(raised.value)
     assert dashscope_conn.requests_log() == []
 
 
@@ -173,6 +173,9 @@ def test_native_api_refuses_b64_json_before_submitting(dashscope_conn: EmulatorS
         pytest.param({"poll_interval": 0}, "poll_interval", id="poll-zero"),
         pytest.param({"poll_interval": 5, "max_poll_interval": 1}, "max_poll_interval", id="max-below"),
         pytest.param({"wait_timeout": -1}, "wait_timeout", id="timeout-negative"),
+        pytest.param({"wait_timeout": float("inf")}, "wait_timeout", id="timeout-inf"),
+        pytest.param({"poll_interval": float("inf")}, "poll_interval", id="poll-inf"),
+        pytest.param({"max_poll_interval": float("nan")}, "max_poll_interval", id="max-nan"),
         pytest.param({"deferrable": "yes"}, "deferrable", id="deferrable-text"),
         pytest.param({"wait_for_completion": None}, "wait_for_completion", id="wait-none"),
     ],
@@ -239,8 +242,43 @@ def test_submit_only_returns_the_task_id_at_once(dashscope_conn: EmulatorServer)
     assert set(metadata) == XCOM_KEYS
     assert metadata["task_status"] == "PENDING" and metadata["images"] == []
     (task,) = dashscope_conn.tasks()
-    assert task["task_id"] == metadata["task_id"] and task["task_status"] == "PENDING"
+    assert task["task_id"] == metadata["generation_task_id"] and task["task_status"] == "PENDING"
     assert task_queries(dashscope_conn) == [], "it did not wait"
+
+
+class TaskStateStore:
+    """The part of Airflow's task state store ResumableJobMixin uses: what a try left for the next one."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
+def test_the_state_key_names_the_generation_task_and_a_record_from_before_the_rename_reconnects(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    store = TaskStateStore()
+    first = run(make_operator(n=2, size="512x512", seed=9, **fast()), task_state_store=store)
+    record = store.values["imggen_task"]
+    assert set(record) == {"generation_task_id", "request_sha256", "submitted_at"}
+    assert record["generation_task_id"] == first["generation_task_id"]
+
+    # A try of the previous version stored {"task_id": ...}: the retry after the upgrade reconnects to it.
+    store.values["imggen_task"] = {
+        "task_id": record["generation_task_id"],
+        "request_sha256": record["request_sha256"],
+        "submitted_at": record["submitted_at"],
+    }
+    again = run(make_operator(n=2, size="512x512", seed=9, **fast()), task_state_store=store)
+
+    assert again["generation_task_id"] == first["generation_task_id"]
+    assert [image["url"] for image in again["images"]] == [image["url"] for image in first["images"]]
+    assert len(task_submissions(dashscope_conn)) == 1, "reconnected: nothing submitted (or billed) again"
 
 
 def test_on_kill_cancels_the_pending_task(dashscope_conn: EmulatorServer) -> None:
@@ -275,7 +313,7 @@ def test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom(
     queries_before = len(task_queries(dashscope_conn))
 
     event = run_trigger(deferred.value)
-    assert event["status"] == "success" and event["task_id"] == submission["task_id"]
+    assert event["status"] == "success" and event["generation_task_id"] == submission["task_id"]
     assert len(task_submissions(dashscope_conn)) == 1, "the trigger never submits"
     assert len(task_queries(dashscope_conn)) > queries_before
 
@@ -283,7 +321,7 @@ def test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom(
     resumed = make_operator(n=2, size="512x512", seed=21, deferrable=True, **fast(wait_timeout=60))
     metadata = resumed.execute_complete(context, event=event, **deferred.value.kwargs)  # type: ignore[arg-type]
     assert set(metadata) == XCOM_KEYS
-    assert metadata["task_id"] == submission["task_id"] and metadata["seed"] == 21
+    assert metadata["generation_task_id"] == submission["task_id"] and metadata["seed"] == 21
     assert [image["seed"] for image in metadata["images"]] == [21, 22]
     check_images_download(metadata, (512, 512))
 
@@ -358,7 +396,7 @@ def test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape(dashscope_c
     metadata = sensor.execute(make_context(sensor))  # type: ignore[arg-type]
 
     assert set(metadata) == XCOM_KEYS
-    assert metadata["task_id"] == task_id and len(metadata["images"]) == 2 and metadata["n"] == 2
+    assert metadata["generation_task_id"] == task_id and len(metadata["images"]) == 2 and metadata["n"] == 2
     # The prompt comes with the results; the rest of the request does not: None, not guessed.
     assert metadata["prompt"] == "a lighthouse at dawn"
     assert (metadata["seed"], metadata["size"], metadata["model"]) == (None, None, None)
@@ -433,6 +471,15 @@ def test_deferrable_sensor_times_out_as_a_sensor(dashscope_conn: EmulatorServer)
 
     with pytest.raises(AirflowSensorTimeout, match="still PENDING"):
         defer_and_resume(sensor, make_context(sensor))
+
+
+def test_sensor_reads_the_task_id_of_an_xcom_pushed_before_the_rename(dashscope_conn: EmulatorServer) -> None:
+    generation_task_id = submit(n=1)
+    sensor = make_sensor(generation_task_id={"task_id": generation_task_id, "seed": 11})
+
+    metadata = sensor.execute(make_context(sensor))  # type: ignore[arg-type]
+
+    assert metadata["generation_task_id"] == generation_task_id and len(metadata["images"]) == 1
 
 
 def test_sensor_refuses_something_that_is_not_a_task_id(dashscope_conn: EmulatorServer) -> None:

@@ -35,7 +35,7 @@ XCOM_KEYS = {
     "usage",
     "images",
     "failed_images",
-    "task_id",
+    "generation_task_id",
     "task_status",
 }
 IMAGE_KEYS = {"index", "seed", "url", "url_expires_at", "revised_prompt", "location", "bytes", "sha256"}

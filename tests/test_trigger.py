@@ -20,7 +20,7 @@ from tests.conftest import AIRFLOW_BIN, API_KEY, set_imggen_connection, task_que
 from tests.test_hook import fast_hook
 
 CLASSPATH = "airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger"
-EVENT_KEYS = {"status", "task_id", "task_status", "code", "message", "succeeded", "failed"}
+EVENT_KEYS = {"status", "generation_task_id", "task_status", "code", "message", "succeeded", "failed"}
 FAST = {"poll_interval": 0.02, "max_poll_interval": 0.05}
 
 
@@ -34,7 +34,7 @@ def run_trigger(trigger: ImageGenerationTaskTrigger) -> dict[str, Any]:
     assert len(events) == 1, events
     payload = events[0].payload
     assert isinstance(payload, dict) and set(payload) == EVENT_KEYS
-    assert payload["task_id"] == trigger.generation_task_id
+    assert payload["generation_task_id"] == trigger.generation_task_id
     text = json.dumps(payload)  # JSON-serialisable, as events are stored in the metadata DB
     assert len(text) < 1000
     assert "http" not in text and "Signature" not in text and API_KEY not in text
@@ -63,7 +63,7 @@ def test_serialize_round_trip() -> None:
     from airflow._shared.module_loading import import_string  # what the triggerer uses
 
     trigger = ImageGenerationTaskTrigger(
-        task_id="0a1b2c3d",
+        generation_task_id="0a1b2c3d",
         imggen_conn_id="imggen_other",
         poll_interval=2.5,
         max_poll_interval=20.0,
@@ -74,7 +74,7 @@ def test_serialize_round_trip() -> None:
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
     assert kwargs == {
-        "task_id": "0a1b2c3d",
+        "generation_task_id": "0a1b2c3d",
         "imggen_conn_id": "imggen_other",
         "poll_interval": 2.5,
         "max_poll_interval": 20.0,
@@ -86,8 +86,8 @@ def test_serialize_round_trip() -> None:
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
     assert isinstance(again, ImageGenerationTaskTrigger)
     assert again.serialize() == (classpath, kwargs)
-    assert ImageGenerationTaskTrigger(task_id="t").serialize()[1] == {
-        "task_id": "t",
+    assert ImageGenerationTaskTrigger(generation_task_id="t").serialize()[1] == {
+        "generation_task_id": "t",
         "imggen_conn_id": "imggen_default",
         "poll_interval": 3.0,
         "max_poll_interval": 30.0,
@@ -97,9 +97,20 @@ def test_serialize_round_trip() -> None:
     }
 
 
+def test_a_trigger_serialised_before_the_rename_still_loads() -> None:
+    """A task deferred across the upgrade: the triggerer re-creates its trigger from the old kwargs."""
+    old_kwargs = {"task_id": "0a1b2c3d", "imggen_conn_id": "imggen_default", "poll_interval": 2.0}
+    trigger = ImageGenerationTaskTrigger(**old_kwargs)  # type: ignore[arg-type]
+    assert trigger.generation_task_id == "0a1b2c3d"
+    assert trigger.serialize()[1]["generation_task_id"] == "0a1b2c3d"
+    assert "task_id" not in trigger.serialize()[1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
     [
+        ({}, "generation_task_id"),
+        ({"poll_interval": float("inf")}, "poll_interval"),
         ({"poll_interval": 0}, "poll_interval"),
         ({"poll_interval": 10, "max_poll_interval": 5}, "max_poll_interval"),
         ({"max_consecutive_errors": -1}, "max_consecutive_errors"),
@@ -107,8 +118,10 @@ def test_serialize_round_trip() -> None:
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], parameter: str) -> None:
+    if parameter != "generation_task_id":
+        kwargs = {"generation_task_id": "t", **kwargs}
     with pytest.raises(ImageGenerationValidationError) as raised:
-        ImageGenerationTaskTrigger(task_id="t", **kwargs)
+        ImageGenerationTaskTrigger(**kwargs)
     assert raised.value.parameter == parameter
 
 
@@ -130,10 +143,10 @@ def test_registered_with_airflow(airflow_env: dict[str, str]) -> None:
 def test_success_after_pending_and_running(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(task_pending_ms=100, task_duration_ms=100)
     task_id = submit(n=2)
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, **FAST))
+    payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=task_id, **FAST))
     assert payload == {
         "status": "success",
-        "task_id": task_id,
+        "generation_task_id": task_id,
         "task_status": "SUCCEEDED",
         "code": None,
         "message": None,
@@ -151,11 +164,11 @@ def test_waits_on_its_own_task_once_the_triggerer_attached_the_task_instance(
     # The triggerer sets trigger.task_instance, and BaseTrigger then sets trigger.task_id to the *Airflow*
     # task's id ("generate"): the trigger must keep polling the API's task id, not that one.
     task_id = submit()
-    trigger = ImageGenerationTaskTrigger(task_id=task_id, **FAST)
+    trigger = ImageGenerationTaskTrigger(generation_task_id=task_id, **FAST)
     trigger.task_instance = SimpleNamespace(task_id="generate")  # type: ignore[assignment]
     assert trigger.task_id == "generate"
     payload = run_trigger(trigger)
-    assert (payload["status"], payload["task_id"], payload["task_status"]) == (
+    assert (payload["status"], payload["generation_task_id"], payload["task_status"]) == (
         "success",
         task_id,
         "SUCCEEDED",
@@ -165,7 +178,7 @@ def test_waits_on_its_own_task_once_the_triggerer_attached_the_task_instance(
 
 def test_partial_failure_is_a_success_with_failed_images(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(fail_next_task_images=[[0]])
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=submit(n=3), **FAST))
+    payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=submit(n=3), **FAST))
     assert (payload["status"], payload["succeeded"], payload["failed"]) == ("success", 2, 1)
 
 
@@ -185,7 +198,7 @@ def test_failed_task(
     dashscope_conn: EmulatorServer, faults: dict, task_status: str, code: str, message: str
 ) -> None:
     dashscope_conn.set_faults(**faults)
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=submit(n=2), **FAST))
+    payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=submit(n=2), **FAST))
     assert (payload["status"], payload["task_status"], payload["code"]) == ("failed", task_status, code)
     assert payload["message"].startswith(message) and payload["succeeded"] == 0 and payload["failed"] == 2
 
@@ -202,7 +215,7 @@ def test_unknown_expired_and_canceled_tasks_fail(dashscope_conn: EmulatorServer)
         (expired, "UNKNOWN", "expired"),
         (canceled, "CANCELED", "canceled"),
     ):
-        payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, **FAST))
+        payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=task_id, **FAST))
         assert (payload["status"], payload["task_status"]) == ("failed", task_status)
         assert message in payload["message"]
 
@@ -210,13 +223,17 @@ def test_unknown_expired_and_canceled_tasks_fail(dashscope_conn: EmulatorServer)
 def test_timeout_at_end_time(dashscope_conn: EmulatorServer) -> None:
     dashscope_conn.set_faults(task_duration_ms=600_000)
     task_id = submit()
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, end_time=time.time() + 0.3, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id=task_id, end_time=time.time() + 0.3, **FAST)
+    )
     assert (payload["status"], payload["task_status"]) == ("timeout", "RUNNING")
     assert len(task_queries(dashscope_conn)) >= 2
 
     # A deadline already past still gets one look at the task first.
     dashscope_conn.clear_log()
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, end_time=time.time() - 1, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id=task_id, end_time=time.time() - 1, **FAST)
+    )
     assert payload["status"] == "timeout" and len(task_queries(dashscope_conn)) == 1
 
 
@@ -224,7 +241,9 @@ def test_timeout_at_end_time(dashscope_conn: EmulatorServer) -> None:
 def test_tolerates_a_few_consecutive_poll_errors(no_retry_conn: EmulatorServer) -> None:
     task_id = submit()
     no_retry_conn.set_faults(fail_next=["500", "drop", "503"])
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, max_consecutive_errors=3, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id=task_id, max_consecutive_errors=3, **FAST)
+    )
     assert payload["status"] == "success"
     assert [entry["fault"] for entry in task_queries(no_retry_conn)] == ["500", "drop", "503", None]
 
@@ -232,7 +251,9 @@ def test_tolerates_a_few_consecutive_poll_errors(no_retry_conn: EmulatorServer) 
 def test_gives_up_after_max_consecutive_errors(no_retry_conn: EmulatorServer) -> None:
     task_id = submit()
     no_retry_conn.set_faults(rate_500=1.0)
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, max_consecutive_errors=2, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id=task_id, max_consecutive_errors=2, **FAST)
+    )
     assert (payload["status"], payload["task_status"], payload["code"]) == ("error", None, "InternalError")
     assert "internal error" in payload["message"]
     assert len(task_queries(no_retry_conn)) == 3  # two tolerated, the third gives up
@@ -244,7 +265,7 @@ def test_error_count_resets_after_a_good_poll(no_retry_conn: EmulatorServer) -> 
     no_retry_conn.set_faults(fail_next=["500", "500", "none", "500", "500"])
     payload = run_trigger(
         ImageGenerationTaskTrigger(
-            task_id=task_id, max_consecutive_errors=2, end_time=time.time() + 1, **FAST
+            generation_task_id=task_id, max_consecutive_errors=2, end_time=time.time() + 1, **FAST
         )
     )
     assert payload["status"] == "timeout"  # four errors, never three in a row
@@ -254,7 +275,9 @@ def test_error_count_resets_after_a_good_poll(no_retry_conn: EmulatorServer) -> 
 def test_hook_retries_come_before_the_trigger_counts_an_error(dashscope_conn: EmulatorServer) -> None:
     task_id = submit()
     dashscope_conn.set_faults(fail_next=["429", "429", "429"], retry_after_seconds=0.01)  # max_retries=3
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, max_consecutive_errors=0, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id=task_id, max_consecutive_errors=0, **FAST)
+    )
     assert payload["status"] == "success"
 
 
@@ -263,14 +286,16 @@ def test_refused_key_gives_up_at_once_without_showing_it(
 ) -> None:
     wrong_key = "sk-wrong-trigger-0123456789"
     set_imggen_connection(monkeypatch, dashscope_conn.base_url, password=wrong_key, api_style="dashscope")
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id="t", max_consecutive_errors=5, **FAST))
+    payload = run_trigger(
+        ImageGenerationTaskTrigger(generation_task_id="t", max_consecutive_errors=5, **FAST)
+    )
     assert (payload["status"], payload["code"]) == ("error", "InvalidApiKey")
     assert wrong_key not in json.dumps(payload) + "".join(capfd.readouterr())
     assert len(task_queries(dashscope_conn)) == 1
 
 
 def test_unusable_connection_is_an_error_event(imggen_conn: EmulatorServer) -> None:
-    payload = run_trigger(ImageGenerationTaskTrigger(task_id="t", **FAST))  # api_style openai
+    payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id="t", **FAST))  # api_style openai
     assert payload["status"] == "error" and "api_style" in payload["message"]
     assert imggen_conn.requests_log() == []
 
@@ -291,5 +316,5 @@ def test_run_makes_no_blocking_calls(no_retry_conn: EmulatorServer, monkeypatch:
     # Any blocking call (time.sleep, blocking sockets, file I/O...) made from the provider's code on the
     # event loop raises BlockingError; the emulator, serving in its own thread, is left out.
     with blockbuster_ctx(["airflow_provider_imggen"], excluded_modules=["airflow_provider_imggen.emulator"]):
-        payload = run_trigger(ImageGenerationTaskTrigger(task_id=task_id, **FAST))
+        payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=task_id, **FAST))
     assert payload["status"] == "success"

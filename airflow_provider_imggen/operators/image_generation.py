@@ -5,20 +5,41 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import generation_metadata, raise_for_event, task_metadata
-from airflow_provider_imggen.models import MAX_SEED, GenerationRequest, validate_generation_request
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationOutcomeUnknownError,
+    ImageGenerationThrottledError,
+    ImageGenerationValidationError,
+)
+from airflow_provider_imggen.metadata import (
+    event_generation_task_id,
+    generation_metadata,
+    raise_for_event,
+    task_metadata,
+)
+from airflow_provider_imggen.models import (
+    MAX_SEED,
+    GenerationRequest,
+    check_flag,
+    check_poll_settings,
+    check_request_for_style,
+    coerce_seconds,
+    validate_generation_request,
+)
+from airflow_provider_imggen.throttling import (
+    DEFAULT_THROTTLE_TIMEOUT,
+    next_throttle_wait,
+    parse_throttle_timeout,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,6 +58,7 @@ _PICKED_SEED_RANGE = MAX_SEED - 16
 # The defer timeout leaves the trigger this long past its own deadline to report "timeout" itself.
 _DEFER_GRACE_SECONDS = 120.0
 _ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
+_T = TypeVar("_T")
 
 
 class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
@@ -51,17 +73,20 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     ``size``, ``n``, ``seed``, ``response_format``, ``prompt_upsampling``, ``created`` (epoch),
     ``created_at`` (ISO 8601), ``request_id``, ``usage``, ``images``: a list of ``{index, seed, url,
     url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of ``{index,
-    code, message}`` (images of a native task that failed while the others succeeded), ``task_id`` and
-    ``task_status`` (the native task, ``None`` with the OpenAI-compatible API). Result URLs expire (about
-    24 h): store the images with ``ImageGenerationToS3Operator``.
+    code, message}`` (images of a native task that failed while the others succeeded),
+    ``generation_task_id`` and ``task_status`` (the native task, ``None`` with the OpenAI-compatible API;
+    ``generation_task_id`` is the API's task, never to be confused with the Airflow task's ``task_id``).
+    Result URLs expire (about 24 h): store the images with ``ImageGenerationToS3Operator``.
 
     **Native task API** (connection ``api_style`` ``dashscope``): ``execute()`` submits the task (the one
     billable request, never sent from a trigger), then waits for it: with ``deferrable=True`` in the
     triggerer (:class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger`),
     freeing the worker slot, otherwise by polling in the worker. The XCom has the same shape either way.
-    The task id is kept in Airflow's task state store (``ResumableJobMixin``, Airflow 3.3+) before the
-    wait starts, so a retry after a worker crash, a timeout or a failed status read reconnects to the task
-    it already paid for instead of submitting again:
+    The generation task id is kept in Airflow's task state store (``ResumableJobMixin``, Airflow 3.3+)
+    under ``imggen_task`` (``{generation_task_id, request_sha256, submitted_at}``) before the wait
+    starts, so a retry after a worker crash, a timeout or a failed status read reconnects to the task it
+    already paid for instead of submitting again (a record written before the rename, with ``task_id``,
+    is read too):
 
     * task PENDING or RUNNING: wait for it again; SUCCEEDED: take its results (nothing is sent);
     * FAILED or CANCELED: nothing was billed for it, so a new task is submitted;
@@ -74,6 +99,23 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     reconnects to it). A FAILED task, a task whose every image failed, and an unknown task fail without
     Airflow retries, with the API's code and message; images that failed in a task that succeeded are
     logged one by one and listed in ``failed_images``, and the others are delivered.
+
+    **Quotas.** The service limits submissions per second and concurrent tasks per account and model
+    (2 and 2 for qwen-image and wan2.2 on the native API). The hook retries a throttled request (HTTP 429,
+    nothing billed) a few times; when it gives up, the operator waits and submits again until
+    ``throttle_timeout`` has passed since the try started: as long as the service's ``Retry-After`` says,
+    otherwise with a jittered exponential backoff (1-2 s, widening to 120 s). With ``deferrable=True`` a
+    wait of 10 s or more (``min_throttle_deferral``) happens in the triggerer (a ``DateTimeTrigger``; the
+    worker slot is free meanwhile), a shorter one in the worker, as all waits without it. Past the
+    deadline the task fails with :class:`ImageGenerationThrottledError`, which Airflow may retry: nothing
+    was billed. To stay within the concurrent-task quota at all, run the tasks in an Airflow pool of that
+    many slots that counts deferred tasks (README, "Quotas").
+
+    **Outcome unknown.** A submission whose answer was lost after it was sent (a 5xx, a timeout, a dropped
+    connection) may have been billed. The hook looks the task up in the service's task list and reconnects
+    to it when exactly one matches (the operator then waits for it as usual); otherwise the task fails with
+    :class:`ImageGenerationOutcomeUnknownError`, without Airflow retries, its log naming what may have
+    been billed.
 
     **OpenAI-compatible API** (``api_style`` ``openai``): one synchronous request. The gateway has no task
     to wait for, so ``deferrable=True`` (often set for a whole deployment through ``[operators]
@@ -109,8 +151,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         a task still PENDING is canceled, and the task fails (an Airflow retry reconnects to a task that
         is running). ``None`` waits until the task ends; the API ends or forgets every task within 24 h
     :param wait_for_completion: ``False`` submits the native task and returns at once: the XCom carries
-        its ``task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.image_generation.
-        ImageGenerationTaskSensor` to wait on
+        its ``generation_task_id`` (and no images) for :class:`~airflow_provider_imggen.sensors.
+        image_generation.ImageGenerationTaskSensor` to wait on
+    :param throttle_timeout: seconds (from the start of the try) during which a submission the service
+        throttled is sent again after a wait; 0 fails at the first throttling (templated)
     :param durable: keep the submitted task id in Airflow's task state store so that a retry reconnects
         to it (Airflow 3.3 and later; on earlier versions every try submits)
     """
@@ -128,6 +172,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         "imggen_conn_id",
         "request_timeout",
         "output_path",
+        "throttle_timeout",
     )
     template_ext: Sequence[str] = PROMPT_TEMPLATE_EXTENSIONS
     template_fields_renderers: ClassVar[dict[str, str]] = {
@@ -138,6 +183,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     ui_color = "#e8d8ff"
     # Where the submitted task is remembered across tries. Renaming it orphans the tasks of running tries.
     external_id_key = "imggen_task"
+    # Deferrable, a quota wait shorter than this sleeps in the worker instead: a deferral round trip costs
+    # about as much worker time, and a trigger firing within seconds of the deferral meets an Airflow race
+    # that fails the task (the executor's stale event of the defer exit, apache/airflow#67287).
+    min_throttle_deferral: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -159,6 +208,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         max_poll_interval: float = 30.0,
         wait_timeout: timedelta | float | None = None,
         wait_for_completion: bool = True,
+        throttle_timeout: float | str = DEFAULT_THROTTLE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -181,19 +231,25 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             wait_timeout = wait_timeout.total_seconds()
         self.wait_timeout = wait_timeout
         self.wait_for_completion = wait_for_completion
+        self.throttle_timeout = throttle_timeout
         self._validate_literal_arguments()
-        _check_wait_arguments(
-            deferrable=deferrable,
-            wait_for_completion=wait_for_completion,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            wait_timeout=self.wait_timeout,
+        check_flag("deferrable", deferrable)
+        check_flag("wait_for_completion", wait_for_completion)
+        check_poll_settings(
+            poll_interval,
+            max_poll_interval,
+            self.wait_timeout,
+            timeout_name="wait_timeout",
+            allow_zero_timeout=False,
         )
         # Set while this try knows a native task (on_kill cancels it) and what it submitted.
-        self._task_id: str | None = None
+        self._generation_task_id: str | None = None
         self._request: GenerationRequest | None = None
         self._state: TaskState | None = None
         self._metadata_result: dict[str, Any] | None = None
+        # This try's quota waits: the deadline (epoch seconds) and how many throttled submissions so far.
+        self._throttle_deadline: float | None = None
+        self._throttled_submissions = 0
 
     # -- DAG-parse-time validation ------------------------------------------------------------------
 
@@ -229,6 +285,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         validate_generation_request(prompt=prompt, model=model, extra_body=extra_body, **checked)
         if _is_literal(self.request_timeout):
             _parse_timeout(self.request_timeout)
+        if _is_literal(self.throttle_timeout):
+            parse_throttle_timeout(self.throttle_timeout)
         if checked["response_format"] == "b64_json" and _is_literal(self.output_path):
             self._check_output_path(self.output_path)
 
@@ -258,16 +316,31 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             imggen_conn_id=self.imggen_conn_id, request_timeout=_parse_timeout(self.request_timeout)
         )
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(
+        self,
+        context: Context,
+        event: Any = None,
+        throttle_deadline: float | None = None,
+        throttled_submissions: int = 0,
+    ) -> dict[str, Any]:
+        """
+        Generate: submit (or reconnect to) a native task and wait for it, or ask the gateway.
+
+        Also where a quota wait in the triggerer resumes (``event`` is then the trigger's, unused): the
+        deadline and the count of throttled submissions come back in the deferral's kwargs.
+
+        :param context: the task's context
+        :param event: the ``DateTimeTrigger``'s event when resuming from a quota wait
+        :param throttle_deadline: when resuming, the try's deadline (epoch seconds); otherwise it is
+            ``throttle_timeout`` after the try's start date (which deferrals keep)
+        :param throttled_submissions: when resuming, how many submissions were throttled so far (it widens
+            the backoff)
+        """
         request, output_path = self._prepare_request(context)
+        # The rule the hook applies too (one function): checked here before the state store is read.
+        check_request_for_style(request, self.hook.settings.api_style)
+        self._start_throttle_clock(context, throttle_deadline, throttled_submissions)
         if self.hook.settings.api_style == "dashscope":
-            if request.response_format != "url":
-                raise ImageGenerationValidationError(
-                    "response_format",
-                    request.response_format,
-                    "the native task API (connection api_style 'dashscope') returns signed URLs only: use "
-                    "response_format='url' and store the images with ImageGenerationToS3Operator",
-                )
             self._request = request
             # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
             return self.execute_resumable(context)
@@ -286,17 +359,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 "wait on, so the images are generated in this worker",
                 self.imggen_conn_id,
             )
-        result = self.hook.generate_images(
-            request.prompt,
-            model=request.model,
-            n=request.n,
-            size=request.size,
-            response_format=request.response_format,
-            negative_prompt=request.negative_prompt,
-            prompt_upsampling=request.prompt_upsampling,
-            seed=request.seed,
-            extra_body=request.extra_body or None,
-        )
+        # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
+        result = self._billable(lambda: self.hook.generate(request), request, deferrable=False)
         return self._metadata(result, request, output_path, context)
 
     def execute_complete(
@@ -306,12 +370,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # The request as submitted travels in the deferral's kwargs. `airflow dags test` hands back only
         # the event: the request is then prepared again, as execute() did (same rendering, same seed).
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
-        task_id = str(event.get("task_id"))
-        self._task_id = task_id
+        generation_task_id = str(event_generation_task_id(event))
+        self._generation_task_id = generation_task_id
         if event.get("status") == "timeout":
-            self._cancel_pending(task_id)
+            self._cancel_pending(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
-        return self._task_metadata(self.hook.get_task(task_id))
+        return self._task_metadata(self.hook.get_task(generation_task_id))
 
     def _prepare_request(self, context: Context) -> tuple[GenerationRequest, str | None]:
         """The rendered request, validated, with its seed; and where b64_json images go."""
@@ -342,24 +406,15 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # Closing the session aborts the request in flight.
         if "hook" in self.__dict__:
             self.hook.close()
-        if self._task_id is not None and self.wait_for_completion:
-            self._cancel_pending(self._task_id)
+        if self._generation_task_id is not None and self.wait_for_completion:
+            self._cancel_pending(self._generation_task_id)
 
     # -- the native task, through ResumableJobMixin -----------------------------------------------------
 
     def submit_job(self, context: Context) -> JsonValue:
         request = self._submitting_request
-        submitted = self.hook.submit_task(
-            request.prompt,
-            model=request.model,
-            n=request.n,
-            size=request.size,
-            negative_prompt=request.negative_prompt,
-            prompt_upsampling=request.prompt_upsampling,
-            seed=request.seed,
-            extra_body=request.extra_body or None,
-        )
-        self._task_id = submitted.generation_task_id
+        submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
+        self._generation_task_id = submitted.generation_task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
             submitted.generation_task_id,
@@ -370,32 +425,32 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             request.seed,
         )
         return {
-            "task_id": submitted.generation_task_id,
+            "generation_task_id": submitted.generation_task_id,
             "request_sha256": _fingerprint(request),
             "submitted_at": datetime.now(tz=UTC).isoformat(),
         }
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
         """The remembered task's status, or a pseudo-status saying why it cannot be reused."""
+        generation_task_id = _remembered_generation_task_id(external_id)
         remembered = external_id if isinstance(external_id, Mapping) else {}
-        task_id = remembered.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
+        if generation_task_id is None:
             self.log.warning("Ignoring an unreadable task record from an earlier try: %r", external_id)
             return "UNREADABLE"
         if remembered.get("request_sha256") != _fingerprint(self._submitting_request):
             self.log.info(
                 "An earlier try submitted task %s for other parameters (the rendered request changed): "
                 "submitting this request",
-                task_id,
+                generation_task_id,
             )
             return "SUPERSEDED"
-        state = self.hook.get_task(task_id)
-        self._task_id, self._state = task_id, state
+        state = self.hook.get_task(generation_task_id)
+        self._generation_task_id, self._state = generation_task_id, state
         if state.status in ("FAILED", "CANCELED"):
             self.log.warning(
                 "Task %s, submitted by an earlier try at %s, ended %s (code=%s: %s); nothing was billed "
                 "for it, so a new task is submitted",
-                task_id,
+                generation_task_id,
                 remembered.get("submitted_at"),
                 state.status,
                 state.code,
@@ -406,17 +461,18 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 "Task %s, submitted by an earlier try at %s, is unknown to the API: it expired (task ids "
                 "live 24 h) or was never created there. Its results cannot be fetched any more, so a new "
                 "task is submitted",
-                task_id,
+                generation_task_id,
                 remembered.get("submitted_at"),
             )
         elif state.status == "SUCCEEDED":
             self.log.info(
-                "Task %s, submitted by an earlier try, already succeeded: using its results", task_id
+                "Task %s, submitted by an earlier try, already succeeded: using its results",
+                generation_task_id,
             )
         else:
             self.log.info(
                 "Task %s, submitted by an earlier try, is %s: reconnecting to it instead of submitting again",
-                task_id,
+                generation_task_id,
                 state.status,
             )
         return state.status
@@ -434,24 +490,24 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         ResumableJobMixin returns this method's value as the task's result when it reconnects to a task
         that is still running, so it returns the metadata (and keeps it for :meth:`get_job_result`).
         """
-        task_id = str(external_id["task_id"]) if isinstance(external_id, Mapping) else str(external_id)
-        self._task_id = task_id
+        generation_task_id = _remembered_generation_task_id(external_id) or str(external_id)
+        self._generation_task_id = generation_task_id
         if not self.wait_for_completion:
-            self._metadata_result = self._submitted_metadata(task_id)
+            self._metadata_result = self._submitted_metadata(generation_task_id)
             return self._metadata_result
         if self.deferrable:
-            self._defer(task_id)
+            self._defer(generation_task_id)
         from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
 
         try:
             state = self.hook.wait_for_task(
-                task_id,
+                generation_task_id,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 timeout=self.wait_timeout,
             )
         except ImageGenerationTaskTimeoutError:
-            self._cancel_pending(task_id)
+            self._cancel_pending(generation_task_id)
             raise
         self._metadata_result = self._task_metadata(state)
         return self._metadata_result
@@ -463,13 +519,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         assert self._state is not None
         return self._task_metadata(self._state)
 
-    def _defer(self, task_id: str) -> None:
+    def _defer(self, generation_task_id: str) -> None:
         from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 
-        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", task_id)
+        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", generation_task_id)
         self.defer(
             trigger=ImageGenerationTaskTrigger(
-                task_id=task_id,
+                generation_task_id=generation_task_id,
                 imggen_conn_id=self.imggen_conn_id,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
@@ -482,6 +538,97 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             timeout=timedelta(seconds=self.wait_timeout + _DEFER_GRACE_SECONDS)
             if self.wait_timeout is not None
             else None,
+        )
+
+    # -- quota waits and unknown outcomes around the one billable request -------------------------------
+
+    def _start_throttle_clock(
+        self, context: Context, carried_deadline: float | None, throttled_submissions: int
+    ) -> None:
+        """
+        Fix this try's ``throttle_timeout`` deadline: carried across a quota deferral, else from the start.
+
+        The try's start date survives deferrals too (``airflow dags test`` hands a resumed task only the
+        event, not the deferral's kwargs), so the deadline holds either way.
+        """
+        timeout = parse_throttle_timeout(self.throttle_timeout)
+        self._throttled_submissions = throttled_submissions if isinstance(throttled_submissions, int) else 0
+        if isinstance(carried_deadline, int | float) and not isinstance(carried_deadline, bool):
+            self._throttle_deadline = float(carried_deadline)
+            return
+        started = getattr(context["ti"], "start_date", None)
+        start = started.timestamp() if isinstance(started, datetime) else time.time()
+        self._throttle_deadline = start + timeout
+
+    def _billable(self, send: Callable[[], _T], request: GenerationRequest, *, deferrable: bool) -> _T:
+        """
+        Send the billable request, waiting out the service's quota until the deadline (see the class).
+
+        Deferrable, a wait defers to a ``DateTimeTrigger`` and resumes in :meth:`execute`, which renders
+        and validates the request again (the same request: same rendering, same seed) before sending it.
+        """
+        while True:
+            try:
+                return send()
+            except ImageGenerationThrottledError as error:
+                self._throttled_submissions += 1
+                wait = self._wait_after_throttling(error)
+            except ImageGenerationOutcomeUnknownError as error:
+                self.log.error(
+                    "The outcome of the billable request is unknown (request_id=%s, sent at %s): up to %s "
+                    "image(s) of %s may have been billed. Neither the hook nor Airflow sends it again; "
+                    "check the account's usage (and, on the native API, its task list) before running "
+                    "this task again",
+                    error.request_id,
+                    error.submitted_at.isoformat() if error.submitted_at else "an unknown time",
+                    error.images_at_risk if error.images_at_risk is not None else request.n,
+                    error.model or request.model,
+                )
+                raise
+            if deferrable and wait >= self.min_throttle_deferral:
+                self._defer_quota_wait(wait)
+            time.sleep(wait)
+
+    def _wait_after_throttling(self, error: ImageGenerationThrottledError) -> float:
+        """The wait before submitting again; re-raises ``error`` when the deadline allows none."""
+        assert self._throttle_deadline is not None, "execute() starts the throttle clock"
+        remaining = self._throttle_deadline - time.time()
+        wait = next_throttle_wait(error.retry_after, self._throttled_submissions, remaining)
+        if wait is None:
+            self.log.error(
+                "The service throttled submission %d (code=%s, retry_after=%s s) and throttle_timeout=%ss "
+                "leaves no time for another (%.0f s left): failing this try. Nothing was billed, so an "
+                "Airflow retry is safe",
+                self._throttled_submissions,
+                error.code,
+                error.retry_after,
+                self.throttle_timeout,
+                max(remaining, 0.0),
+            )
+            raise error
+        self.log.warning(
+            "The service throttled submission %d (code=%s): nothing was billed. Submitting again in %.1f s "
+            "(%s); %.0f s left of throttle_timeout=%ss",
+            self._throttled_submissions,
+            error.code,
+            wait,
+            "as its Retry-After asks" if error.retry_after else "jittered backoff",
+            remaining,
+            self.throttle_timeout,
+        )
+        return wait
+
+    def _defer_quota_wait(self, wait: float) -> None:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.log.info("Waiting out the quota in the triggerer (the worker slot is free meanwhile)")
+        self.defer(
+            trigger=DateTimeTrigger(moment=datetime.now(tz=UTC) + timedelta(seconds=wait)),
+            method_name="execute",
+            kwargs={
+                "throttle_deadline": self._throttle_deadline,
+                "throttled_submissions": self._throttled_submissions,
+            },
         )
 
     @property
@@ -505,14 +652,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             prompt_upsampling=request.prompt_upsampling,
         )
 
-    def _submitted_metadata(self, task_id: str) -> dict[str, Any]:
+    def _submitted_metadata(self, generation_task_id: str) -> dict[str, Any]:
         """The XCom of a task submitted without waiting: its id and the request, no images yet."""
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
 
         request = self._submitting_request
         status = self._state.status if self._state is not None else "PENDING"
         self.log.info(
-            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", task_id, status
+            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor",
+            generation_task_id,
+            status,
         )
         result = ImageGenerationResult(
             created=int(time.time()),
@@ -522,9 +671,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             model=request.model,
             parameters=request.to_dashscope_body(),
         )
-        return self._metadata(result, request, None, None, task_id=task_id, task_status=status)
+        return self._metadata(
+            result, request, None, None, generation_task_id=generation_task_id, task_status=status
+        )
 
-    def _cancel_pending(self, task_id: str) -> None:
+    def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
@@ -536,14 +687,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         if loaded is not None and "connection" in loaded.__dict__:
             hook.__dict__["connection"] = loaded.connection
         try:
-            if hook.cancel_task(task_id):
-                self.log.info("Canceled task %s: it was still PENDING, nothing is billed for it", task_id)
+            if hook.cancel_task(generation_task_id):
+                self.log.info(
+                    "Canceled task %s: it was still PENDING, nothing is billed for it", generation_task_id
+                )
             else:
                 self.log.info(
-                    "Task %s could not be canceled (no longer PENDING): a retry reconnects to it", task_id
+                    "Task %s could not be canceled (no longer PENDING): a retry reconnects to it",
+                    generation_task_id,
                 )
         except Exception as error:
-            self.log.warning("Could not cancel task %s: %s", task_id, error)
+            self.log.warning("Could not cancel task %s: %s", generation_task_id, error)
         finally:
             hook.close()
 
@@ -562,7 +716,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         output_path: str | None,
         context: Context | None,
         *,
-        task_id: str | None = None,
+        generation_task_id: str | None = None,
         task_status: str | None = None,
     ) -> dict[str, Any]:
         files = {
@@ -580,7 +734,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             response_format=request.response_format,
             prompt_upsampling=request.prompt_upsampling,
             files=files,
-            task_id=task_id,
+            generation_task_id=generation_task_id,
             task_status=task_status,
         )
 
@@ -603,30 +757,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return {"location": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _check_wait_arguments(
-    *,
-    deferrable: object,
-    wait_for_completion: object,
-    poll_interval: object,
-    max_poll_interval: object,
-    wait_timeout: object,
-) -> None:
-    from airflow_provider_imggen.hooks.image_generation import check_poll_settings
+def _remembered_generation_task_id(external_id: object) -> str | None:
+    """
+    The generation task id in a record of the task state store, or None when it is unreadable.
 
-    for name, flag in (("deferrable", deferrable), ("wait_for_completion", wait_for_completion)):
-        if not isinstance(flag, bool):
-            raise ImageGenerationValidationError(name, flag, "expected True or False")
-    check_poll_settings(poll_interval, max_poll_interval)
-    if wait_timeout is not None and (
-        isinstance(wait_timeout, bool)
-        or not isinstance(wait_timeout, int | float)
-        or not 0 < wait_timeout < math.inf  # NaN and infinity too: they never end
-    ):
-        raise ImageGenerationValidationError(
-            "wait_timeout",
-            wait_timeout,
-            "expected seconds > 0 (or a timedelta), or None to wait until the task ends",
-        )
+    The key was ``task_id`` before the rename: a try that started on an older version of this provider
+    and is retried after the upgrade still reconnects to the task it paid for.
+    """
+    if not isinstance(external_id, Mapping):
+        return None
+    generation_task_id = external_id.get("generation_task_id", external_id.get("task_id"))
+    return generation_task_id if isinstance(generation_task_id, str) and generation_task_id else None
 
 
 def _fingerprint(request: GenerationRequest) -> str:
@@ -653,8 +794,6 @@ def _none_if_blank(value: object) -> object:
 def _parse_timeout(value: object) -> float | None:
     if _none_if_blank(value) is None:
         return None
-    from airflow_provider_imggen.models import coerce_seconds
-
     # Finite seconds > 0 (NaN and infinity refused), from a number or an ASCII numeric string.
     return coerce_seconds("request_timeout", value)
 

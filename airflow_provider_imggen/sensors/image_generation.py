@@ -13,7 +13,8 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import raise_for_event, task_metadata
+from airflow_provider_imggen.metadata import raise_for_event, task_metadata, xcom_generation_task_id
+from airflow_provider_imggen.models import check_flag, check_poll_settings
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,8 +52,9 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
     new task) can. With ``soft_fail=True`` these skip instead. A status read that keeps failing after the
     hook's retries fails the try, and Airflow may retry it: waiting again costs nothing.
 
-    :param generation_task_id: the task id (templated), or the XCom of an
-        ``ImageGenerationOperator(wait_for_completion=False)`` that submitted it (a dict with ``task_id``)
+    :param generation_task_id: the native task's id (templated), or the XCom of an
+        ``ImageGenerationOperator(wait_for_completion=False)`` that submitted it (a dict with
+        ``generation_task_id``; ``task_id`` in XComs pushed before that key was renamed)
     :param imggen_conn_id: the ``imggen`` connection, with ``api_style`` ``dashscope`` (templated)
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``
     :param poke_interval: seconds between status reads (in deferrable mode: at first, then backing off)
@@ -78,11 +80,8 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
         self.imggen_conn_id = imggen_conn_id
         self.deferrable = deferrable
         self.max_poll_interval = max_poll_interval
-        if not isinstance(deferrable, bool):
-            raise ImageGenerationValidationError("deferrable", deferrable, "expected True or False")
-        from airflow_provider_imggen.hooks.image_generation import check_poll_settings
-
-        check_poll_settings(self.poke_interval, max_poll_interval)
+        check_flag("deferrable", deferrable)
+        check_poll_settings(self.poke_interval, max_poll_interval, poll_interval_name="poke_interval")
 
     @cached_property
     def hook(self) -> ImageGenerationHook:
@@ -95,11 +94,11 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
             return super().execute(context)
         from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 
-        task_id = self._task_id()
-        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", task_id)
+        generation_task_id = self._generation_task_id()
+        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", generation_task_id)
         self.defer(
             trigger=ImageGenerationTaskTrigger(
-                task_id=task_id,
+                generation_task_id=generation_task_id,
                 imggen_conn_id=self.imggen_conn_id,
                 poll_interval=self.poke_interval,
                 max_poll_interval=self.max_poll_interval,
@@ -111,27 +110,27 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger's event: read the results once (URLs never travel in events)."""
-        task_id = self._task_id()
+        generation_task_id = self._generation_task_id()
         if isinstance(event, Mapping) and event.get("status") == "timeout":
             raise AirflowSensorTimeout(
-                f"Task {task_id} was still {event.get('task_status')} when the sensor's timeout of "
-                f"{self.timeout:g}s passed"
+                f"Task {generation_task_id} was still {event.get('task_status')} when the sensor's "
+                f"timeout of {self.timeout:g}s passed"
             )
         raise_for_event(event, waited=self.timeout)
-        return self._metadata(self.hook.get_task(task_id))
+        return self._metadata(self.hook.get_task(generation_task_id))
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        task_id = self._task_id()
-        state = self.hook.get_task(task_id)
+        generation_task_id = self._generation_task_id()
+        state = self.hook.get_task(generation_task_id)
         if not state.is_terminal:
-            self.log.info("Task %s is %s", task_id, state.status)
+            self.log.info("Task %s is %s", generation_task_id, state.status)
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._metadata(state))
 
-    def _task_id(self) -> str:
+    def _generation_task_id(self) -> str:
         target: object = self.generation_task_id
         if isinstance(target, Mapping):
-            target = target.get("task_id")
+            target = xcom_generation_task_id(target)
         if not isinstance(target, str) or not target.strip():
             raise ImageGenerationValidationError(
                 "generation_task_id",

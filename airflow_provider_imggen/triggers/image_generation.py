@@ -14,9 +14,9 @@ from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.hooks.image_generation import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
-    check_poll_settings,
     next_poll_interval,
 )
+from airflow_provider_imggen.models import check_poll_settings
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, TaskState
@@ -32,7 +32,8 @@ class ImageGenerationTaskTrigger(BaseTrigger):
     It only reads: a trigger may run more than once, so it never submits (and never bills). It polls every
     ``poll_interval`` for the first 30 s, then backs off to ``max_poll_interval``, as DashScope advises, and
     yields exactly one small event (never a result URL, never the key):
-    ``{"status", "task_id", "task_status", "code", "message", "succeeded", "failed"}`` where ``status`` is
+    ``{"status", "generation_task_id", "task_status", "code", "message", "succeeded", "failed"}`` where
+    ``status`` is
 
     - ``success``: the task SUCCEEDED with at least one image (``failed`` > 0 for a partial failure). The
       resumed task fetches the results with :meth:`ImageGenerationHook.get_task
@@ -44,7 +45,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
       retried by the hook, per the connection's ``max_retries``), or failed in a way no retry can fix
       (a refused key, an unusable connection).
 
-    :param task_id: the task id :meth:`submit_task` returned
+    :param generation_task_id: the native task's id (``SubmittedTask.generation_task_id``)
     :param imggen_conn_id: the ``imggen`` connection (``api_style`` must be ``dashscope``)
     :param poll_interval: seconds between polls for the first 30 s
     :param max_poll_interval: the longest wait between polls once backing off
@@ -52,20 +53,28 @@ class ImageGenerationTaskTrigger(BaseTrigger):
     :param max_consecutive_errors: failed polls tolerated in a row; one more gives up
     :param cancel_on_kill: when a user kills the deferred task (mark failed, clear...), cancel the task if
         it is still PENDING. For the operator that submitted it; a sensor only watches a task it does not own
+    :param task_id: the name ``generation_task_id`` had before; accepted so that a trigger serialised
+        before the rename (a task deferred across an upgrade) still loads
     """
 
     def __init__(
         self,
         *,
-        task_id: str,
+        generation_task_id: str | None = None,
         imggen_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         cancel_on_kill: bool = False,
+        task_id: str | None = None,
     ) -> None:
         super().__init__()
+        generation_task_id = generation_task_id if generation_task_id is not None else task_id
+        if not isinstance(generation_task_id, str) or not generation_task_id:
+            raise ImageGenerationValidationError(
+                "generation_task_id", generation_task_id, "expected the native task's id"
+            )
         check_poll_settings(poll_interval, max_poll_interval)
         if (
             isinstance(max_consecutive_errors, bool)
@@ -76,7 +85,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 "max_consecutive_errors", max_consecutive_errors, "expected a whole number >= 0"
             )
         # Not ``self.task_id``: the triggerer sets that to the Airflow task's id (BaseTrigger.task_instance).
-        self.generation_task_id = task_id
+        self.generation_task_id = generation_task_id
         self.imggen_conn_id = imggen_conn_id
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
@@ -88,7 +97,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "task_id": self.generation_task_id,
+                "generation_task_id": self.generation_task_id,
                 "imggen_conn_id": self.imggen_conn_id,
                 "poll_interval": self.poll_interval,
                 "max_poll_interval": self.max_poll_interval,
@@ -197,7 +206,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             failed = max(len(state.failed_images), metrics_failed if isinstance(metrics_failed, int) else 0)
         return {
             "status": status,
-            "task_id": self.generation_task_id,
+            "generation_task_id": self.generation_task_id,
             "task_status": task_status,
             "code": code,
             "message": message,

@@ -48,7 +48,7 @@ class CrashingAfterSubmit(ImageGenerationOperator):
         return super().get_job_result(external_id, context)
 
     def execute_complete(self, context: Any, event: dict[str, Any], request: Any = None) -> Any:
-        self._task_id = event["task_id"]
+        self._generation_task_id = event["generation_task_id"]
         self._maybe_crash("execute_complete", context)
         return super().execute_complete(context, event=event, request=request)
 
@@ -59,11 +59,15 @@ class CrashingAfterSubmit(ImageGenerationOperator):
             import requests
 
             base_url = BaseHook.get_connection(self.imggen_conn_id).host
-            requests.post(f"{base_url}/_emulator/tasks/{self._task_id}/expire", timeout=10).raise_for_status()
-        print(f"Simulating a worker crash in {where} after submitting task {self._task_id}")
+            requests.post(
+                f"{base_url}/_emulator/tasks/{self._generation_task_id}/expire", timeout=10
+            ).raise_for_status()
+        print(f"Simulating a worker crash in {where} after submitting task {self._generation_task_id}")
         if os.environ.get("IMGGEN_TEST_CRASH") == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"simulated worker crash in {where} after submitting task {self._task_id}")
+        raise RuntimeError(
+            f"simulated worker crash in {where} after submitting task {self._generation_task_id}"
+        )
 
 
 with DAG(
@@ -96,7 +100,7 @@ with DAG(dag_id="imggen_async_sensor", schedule=None, start_date=START, catchup=
         ),
         ImageGenerationTaskSensor(
             task_id="wait_reschedule",
-            generation_task_id="{{ ti.xcom_pull(task_ids='submit')['task_id'] }}",
+            generation_task_id="{{ ti.xcom_pull(task_ids='submit')['generation_task_id'] }}",
             mode="reschedule",
             **SENSOR_FAST,
         ),
@@ -186,5 +190,19 @@ with DAG(
         prompt="a lighthouse at dawn",
         n=2,
         size="512x512",
+        **FAST,
+    )
+
+
+with DAG(dag_id="imggen_async_throttled", schedule=None, start_date=START, catchup=False):
+    # The service throttles the first submission and asks for 10 s: the task defers to a DateTimeTrigger,
+    # resumes in execute and submits again (`airflow dags test` hands back only the event, not the
+    # deferral's kwargs: the deadline then counts from the try's start date).
+    ImageGenerationOperator(
+        task_id="throttled",
+        prompt="a lighthouse at dawn",
+        size="512x512",
+        deferrable=True,
+        throttle_timeout=120,
         **FAST,
     )
