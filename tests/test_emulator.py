@@ -191,6 +191,14 @@ def test_400_names_parameter_value_and_limit(emu: EmulatorServer) -> None:
         ({"model": "wan2.2-t2i-plus", "prompt": "big", "size": "2048x2048"}, "size"),
         ({"model": "wan2.2-t2i-plus", "prompt": "x", "seed": "-1"}, "seed"),
         ({"model": "wan2.2-t2i-plus"}, "prompt"),
+        # Wire types as documented, not as a lenient client would coerce them: the witness catches a
+        # provider that sends the wrong type instead of agreeing with it.
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "n": "2"}, "n"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "prompt_upsampling": "yes"}, "prompt_upsampling"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "size": "512 x 512"}, "size"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "size": "512×512"}, "size"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "size": "٥١٢x512"}, "size"),
+        ({"model": "wan2.2-t2i-plus", "prompt": "x", "seed": "٤٢"}, "seed"),
     ],
 )
 def test_400_params(emu: EmulatorServer, body: dict[str, Any], param: str) -> None:

@@ -30,7 +30,9 @@ RESPONSE_FORMATS = ("url", "b64_json")
 NAMED_FIELDS = frozenset(
     {"model", "prompt", "n", "size", "response_format", "negative_prompt", "prompt_upsampling", "seed"}
 )
-_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*X×]\s*(\d+)\s*$")
+# As the documentation writes sizes: ASCII digits joined by "x" (gateways) or "*" (the native API); nothing
+# else, so a client that sends other digits, separators or spaces is caught here rather than agreed with.
+_SIZE_PATTERN = re.compile(r"^([0-9]+)[x*]([0-9]+)$")
 
 # qwen-image: the current list (§6: 1664*928 is the native default) and the older one (the gateway's seed
 # document defaults to 1328x1328); the service and the gateways accept both.
@@ -151,26 +153,22 @@ def parse_size(size: object) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _whole_number(parameter: str, value: object, allowed: str) -> int:
+def _whole_number(parameter: str, value: object, allowed: str, *, digit_string: bool = False) -> int:
+    """A JSON integer; with ``digit_string`` also a string of ASCII digits (the seed document's ``seed``)."""
     if isinstance(value, bool):
         raise InvalidRequestError(parameter, value, allowed)
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+    if digit_string and isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
         return int(value)
     raise InvalidRequestError(parameter, value, allowed)
 
 
 def _boolean(parameter: str, value: object) -> bool:
+    # The API documents a JSON boolean; strings such as "true" are the client's job to convert.
     if isinstance(value, bool):
         return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-    raise InvalidRequestError(parameter, value, "expected a boolean (true or false)")
+    raise InvalidRequestError(parameter, value, "expected a JSON boolean (true or false)")
 
 
 def _text(parameter: str, value: object, limit: int | None, model: str, *, required: bool) -> str:
@@ -238,8 +236,8 @@ def validate_request(
     """
     Validate one generation request against :data:`MODEL_LIMITS` as the service does.
 
-    Numbers may come as strings of ASCII digits (the seed document types ``seed`` as a string); sizes
-    may use ``x`` or ``*``. ``native`` picks the native API's default size.
+    ``n`` is a JSON integer, ``prompt_upsampling`` a JSON boolean; ``seed`` an integer or a string of ASCII
+    digits (the seed document types it as a string); sizes are ``WxH`` or ``W*H`` in ASCII digits. ``native`` picks the native API's default size.
 
     :raises InvalidRequestError: naming the parameter, the value and what is allowed
     """
@@ -265,7 +263,7 @@ def validate_request(
     checked_seed = None
     if seed is not None:
         seed_allowed = f"expected a whole number 0-{MAX_SEED} (an int or a string of digits)"
-        checked_seed = _whole_number("seed", seed, seed_allowed)
+        checked_seed = _whole_number("seed", seed, seed_allowed, digit_string=True)
         if not 0 <= checked_seed <= MAX_SEED:
             raise InvalidRequestError("seed", seed, seed_allowed)
     return ValidRequest(
