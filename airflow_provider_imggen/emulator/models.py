@@ -237,7 +237,8 @@ def validate_request(
     Validate one generation request against :data:`MODEL_LIMITS` as the service does.
 
     ``n`` is a JSON integer, ``prompt_upsampling`` a JSON boolean; ``seed`` an integer or a string of ASCII
-    digits (the seed document types it as a string); sizes are ``WxH`` or ``W*H`` in ASCII digits. ``native`` picks the native API's default size.
+    digits (the seed document types it as a string); sizes are ``WxH`` or ``W*H`` in ASCII
+    digits. ``native`` picks the native API's default size.
 
     :raises InvalidRequestError: naming the parameter, the value and what is allowed
     """
