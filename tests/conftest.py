@@ -21,6 +21,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig  # noqa: E402
 
 API_KEY = "sk-test-4f9c2b7e1d"
+# moto_server and the aws connection to it (tests/s3_fixtures.py), for every test module that needs S3.
+pytest_plugins = ["tests.s3_fixtures"]
 
 
 @pytest.fixture(scope="session")

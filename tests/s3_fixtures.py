@@ -1,7 +1,7 @@
 """
 A real S3 endpoint for tests: ``moto_server`` on loopback, in a subprocess, and an aws connection to it.
 
-Use them from a test module with ``pytest_plugins = ["tests.s3_fixtures"]``.
+tests/conftest.py loads them for every test (``pytest_plugins``).
 """
 
 from __future__ import annotations

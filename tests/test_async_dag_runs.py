@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from tests.s3_fixtures import S3Bucket
 
 # The moto_server and s3 fixtures.
-pytest_plugins = ["tests.s3_fixtures"]
 
 ASYNC_DAGS = TESTS_DIR / "dags" / "imggen_async_test_dags.py"
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from tests.s3_fixtures import S3Bucket
 
-pytest_plugins = ["tests.s3_fixtures"]
 
 TEST_DAGS = TESTS_DIR / "dags" / "imggen_test_dags.py"
 EXAMPLE_DAGS = TESTS_DIR.parent / "example_dags"

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from tests.s3_fixtures import S3Bucket
 
 # The moto_server and s3 fixtures.
-pytest_plugins = ["tests.s3_fixtures"]
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 PROMPT = "a lighthouse at dawn, risograph"

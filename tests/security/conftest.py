@@ -26,8 +26,6 @@ import pytest
 
 from tests.conftest import API_KEY
 
-pytest_plugins = ["tests.s3_fixtures"]
-
 Route = Callable[[BaseHTTPRequestHandler], None]
 TEST_NAMES = ("results.imggen.test", "store.imggen.test", "evil.imggen.test")
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imggen.exceptions import (
+    ImageGenerationMalformedResponseError,
     ImageResultUrlRefusedError,
     ImageTransferError,
     ImageTransferRejectedError,
@@ -107,11 +108,26 @@ def test_a_url_at_another_local_service_is_refused_without_a_connection(
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/a.png", "gopher://127.0.0.1:70/_x"])
 def test_other_schemes_are_refused(
-    monkeypatch: pytest.MonkeyPatch, hostile: Callable[..., Server], s3: S3Bucket, url: str
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Callable[..., Server],
+    hostile: Callable[..., Server],
+    s3: S3Bucket,
+    url: str,
 ) -> None:
+    # The hook already refuses such an answer: no usable image, and it is not sent again...
+    use_gateway(monkeypatch, hostile([url]))
+    with pytest.raises(ImageGenerationMalformedResponseError, match="not an http"):
+        generate(n=1)
+    # ...and the transfer refuses it too, from an XCom that carries one anyway (hand-made, or relayed).
+    api = servers({"/results/a.png": image(PNG)})
+    api.post = gateway_answer([api.url("/results/a.png")])
+    use_gateway(monkeypatch, api)
+    generation = generate(n=1)
+    generation["images"][0]["url"] = url
     with pytest.raises(ImageResultUrlRefusedError, match=r"policy \(scheme\)"):
-        transfer(monkeypatch, hostile([url]), s3)
+        run(make_operator(generation=generation, s3_bucket=s3.name, s3_key="r/{index}.{ext}"))
     assert s3.object_keys() == []
+    assert api.gets() == [], "nothing fetched"
 
 
 def test_an_https_url_on_a_host_not_allowed_is_refused_without_a_connection(
