@@ -387,11 +387,16 @@ def outcome_unknown(
         if billable.native
         else f"Check the console's usage (billing) page for {billable.model} around {sent}"
     )
-    retried = (
-        f"it was sent {attempts} time(s) (retry_unknown_outcome is set)"
-        if attempts > 1
-        else "it was not sent again, and Airflow will not retry it"
-    )
+    # Without retry_unknown_outcome only failures in SAFE_TO_RESEND (a 429, a connection never opened, a
+    # reported upstream failure) were followed by another attempt: none of those was billed.
+    if policy.retry_unknown_outcome and attempts > 1:
+        retried = f"it was sent {attempts} time(s) (retry_unknown_outcome is set)"
+    else:
+        retried = "it was not sent again, and Airflow will not retry it"
+        if attempts > 1:
+            retried += (
+                f" (the {attempts - 1} earlier attempt(s) were throttled or never processed: not billed)"
+            )
     message = (
         f"{where}: {error.failure.value} ({error.message}) after the request was sent at {sent}. The "
         f"service may have run the {what} and billed up to {billable.images} image(s) of "
