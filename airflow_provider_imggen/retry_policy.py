@@ -38,6 +38,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
     ImageGenerationSubmissionUnknownError,
     ImageGenerationThrottledError,
+    billed_note,
 )
 from airflow_provider_imggen.utils import mask_url
 
@@ -349,9 +350,11 @@ def give_up(
         )
     if billable is not None and error.failure is Failure.MALFORMED:
         return ImageGenerationMalformedResponseError(
-            f"{where}: {error.message}. The images may have been billed: not sent again",
+            f"{where}: {error.message}. {billed_note(billable.model, billable.images)}",
             status=error.status,
             request_id=error.request_id,
+            model=billable.model,
+            images_at_risk=billable.images,
         )
     if billable is not None and error.failure not in SAFE_TO_RESEND:
         return outcome_unknown(error, attempts=attempts, where=where, billable=billable, policy=policy)

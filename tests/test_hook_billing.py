@@ -145,6 +145,10 @@ def test_unreadable_answer_is_one_final_error_keeping_the_request_id(
     [entry] = generation_requests(imggen_conn)
     assert error.request_id == entry["request_id"] and entry["billed_images"] == 2
     assert imggen_conn.billed_images() == 2
+    # What a user needs to find the charge (benchmarks/bench_billing_safety.py counted these images as
+    # unaccounted: the message said "they may have been billed", not what or how many).
+    assert (error.model, error.images_at_risk) == ("wan2.2-t2i-flash", 2)
+    assert "up to 2 image(s) of wan2.2-t2i-flash" in str(error) and entry["request_id"] in str(error)
     logged = "".join(capfd.readouterr())
     assert "Signature=" not in str(error), "never echo API content (signed URLs are credentials)"
     assert "Signature=" not in logged.replace("Signature=***", "")
