@@ -41,6 +41,9 @@ bench: install
 	$(BIN)/python benchmarks/bench_transfer_memory.py
 	$(BIN)/python benchmarks/bench_transfer_concurrency.py
 	$(BIN)/python benchmarks/bench_pipeline_faults.py
+	# About 4 min: 100 gateway generations through the openai client, then 100 gateway and 100 native
+	# generations through the provider's mapped DAG, against the hostile emulator; fails on a double charge.
+	$(BIN)/python benchmarks/bench_billing_safety.py
 	# About 10 min: 40 generations of 20 s, sync then deferrable, under a real airflow standalone.
 	$(BIN)/python benchmarks/bench_deferrable.py
 

@@ -165,9 +165,12 @@ class ImageGenerationSubmissionUnknownError(ImageGenerationOutcomeUnknownError):
 class ImageGenerationMalformedResponseError(ImageGenerationAPIError, AirflowFailException):
     """
     The API answered a billable request with a body the hook cannot read (not JSON, no image list, not a
-    single usable image). The images may have been billed: not retried, by the hook or by Airflow.
+    single usable image). The images may have been billed: not retried, by the hook or by Airflow. The
+    message names what may have been billed (model, images) and the request id, to find the charge.
 
     :param failed_images: the items that could not be used, when the body had an image list
+    :param model: the model of the request
+    :param images_at_risk: how many images may have been billed (the request's ``n``)
     """
 
     def __init__(
@@ -177,9 +180,18 @@ class ImageGenerationMalformedResponseError(ImageGenerationAPIError, AirflowFail
         failed_images: tuple[object, ...] = (),
         status: int | None = None,
         request_id: str | None = None,
+        model: str | None = None,
+        images_at_risk: int | None = None,
     ) -> None:
         self.failed_images = failed_images
+        self.model = model
+        self.images_at_risk = images_at_risk
         super().__init__(message, status=status, request_id=request_id)
+
+
+def billed_note(model: str, images: int) -> str:
+    """What an unreadable answer to a billable request may have cost, in the words the errors use."""
+    return f"The service may have billed up to {images} image(s) of {model}: not sent again"
 
 
 class ImageGenerationThrottledError(ImageGenerationAPIError):

@@ -21,6 +21,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationMalformedResponseError,
     ImageGenerationRejectedError,
     ImageGenerationTaskFailedError,
+    billed_note,
 )
 from airflow_provider_imggen.models import TASK_TERMINAL_STATUSES
 from airflow_provider_imggen.retry_policy import (
@@ -370,9 +371,11 @@ def parse_generation_result(
         raise ImageGenerationMalformedResponseError(
             "The API answered 200 without images (no 'data' list"
             + (f"; 'data' is {type(data).__name__}" if data is not None else "")
-            + "). The images may have been billed: not sent again",
+            + f"). {billed_note(request.model, request.n)}",
             status=200,
             request_id=request_id,
+            model=request.model,
+            images_at_risk=request.n,
         )
     if len(data) > request.n:
         notes.append(f"the answer had {len(data)} images for n={request.n}: {len(data) - request.n} ignored")
@@ -389,10 +392,12 @@ def parse_generation_result(
         codes = sorted({failure.code or "" for failure in failed})
         raise ImageGenerationMalformedResponseError(
             f"The API answered 200 without a single usable image ({len(failed)} item(s): "
-            f"{', '.join(codes)}; first: {failed[0].message}). They may have been billed: not sent again",
+            f"{', '.join(codes)}; first: {failed[0].message}). {billed_note(request.model, request.n)}",
             failed_images=tuple(failed),
             status=200,
             request_id=request_id,
+            model=request.model,
+            images_at_risk=request.n,
         )
     created = body.get("created")
     if isinstance(created, bool) or not isinstance(created, int | float) or not 0 < created < 1e11:
@@ -454,11 +459,16 @@ def parse_submitted_task(
     output = body.get("output")
     task_id = output.get("task_id") if isinstance(output, dict) else None
     if not isinstance(task_id, str) or not task_id.strip() or "/" in task_id:
+        model = str(native_request["model"])
+        n = native_request.get("parameters", {}).get("n")
+        images = n if isinstance(n, int) and not isinstance(n, bool) else 1
         raise ImageGenerationMalformedResponseError(
             "The API accepted the submission but answered without a usable task id; a task may have been "
-            "created (and billed): not sent again",
+            f"created. {billed_note(model, images)}",
             status=200,
             request_id=request_id,
+            model=model,
+            images_at_risk=images,
         )
     assert isinstance(output, dict)
     status = output.get("task_status")

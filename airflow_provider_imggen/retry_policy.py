@@ -38,6 +38,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
     ImageGenerationSubmissionUnknownError,
     ImageGenerationThrottledError,
+    billed_note,
 )
 from airflow_provider_imggen.utils import mask_url
 
@@ -349,9 +350,11 @@ def give_up(
         )
     if billable is not None and error.failure is Failure.MALFORMED:
         return ImageGenerationMalformedResponseError(
-            f"{where}: {error.message}. The images may have been billed: not sent again",
+            f"{where}: {error.message}. {billed_note(billable.model, billable.images)}",
             status=error.status,
             request_id=error.request_id,
+            model=billable.model,
+            images_at_risk=billable.images,
         )
     if billable is not None and error.failure not in SAFE_TO_RESEND:
         return outcome_unknown(error, attempts=attempts, where=where, billable=billable, policy=policy)
@@ -387,11 +390,16 @@ def outcome_unknown(
         if billable.native
         else f"Check the console's usage (billing) page for {billable.model} around {sent}"
     )
-    retried = (
-        f"it was sent {attempts} time(s) (retry_unknown_outcome is set)"
-        if attempts > 1
-        else "it was not sent again, and Airflow will not retry it"
-    )
+    # Without retry_unknown_outcome only failures in SAFE_TO_RESEND (a 429, a connection never opened, a
+    # reported upstream failure) were followed by another attempt: none of those was billed.
+    if policy.retry_unknown_outcome and attempts > 1:
+        retried = f"it was sent {attempts} time(s) (retry_unknown_outcome is set)"
+    else:
+        retried = "it was not sent again, and Airflow will not retry it"
+        if attempts > 1:
+            retried += (
+                f" (the {attempts - 1} earlier attempt(s) were throttled or never processed: not billed)"
+            )
     message = (
         f"{where}: {error.failure.value} ({error.message}) after the request was sent at {sent}. The "
         f"service may have run the {what} and billed up to {billable.images} image(s) of "

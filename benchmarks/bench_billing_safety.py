@@ -14,12 +14,22 @@ bodies; seeded, so a run repeats. Parts:
 Every part turns what its client saw into :class:`Generation` records and :func:`count_billing` joins them
 with the emulator's request log (each log entry carries the fingerprint of its request body, equal for a
 request and its re-sends). Printed per part: images requested, billed, delivered, reported failed/unknown,
-billed twice, billed but neither delivered nor named in a failure, failures and why.
+billed twice, billed but neither delivered nor named in a failure ("unaccounted"), the 429s and billable
+sends, failures and why, and the ratios (billed/requested, billed twice/billed...) side by side.
+
+What counts as "named" is what a user can act on. A task that succeeded names its undelivered images in
+its XCom's ``failed_images``. A task that failed names images only when its final exception (read from the
+``airflow dags test`` output) says how many images of which model may have been billed and gives the
+request id, or, when no answer came back (a dropped connection), the second the request was sent: then it
+claims the one billed request of that second no other generation accounts for. A billed request no
+delivery or failure message points to is unaccounted, whatever the totals.
 
 Exit status 1 when a provider part billed an image twice, billed an image it neither delivered nor named in
-a failure, or failed a task by throttling (the anchor is only measured: it is the baseline).
+a failure, failed a task by throttling, or did not run every generation (the anchor is only measured: it is
+the baseline).
 
     python benchmarks/bench_billing_safety.py [--part anchor|gateway|native|all] [--generations 100] [--n 2]
+        [--keep DIR]   # keep the Airflow home, the dags test output and the emulator's request logs
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +92,8 @@ class Generation:
     :param fingerprints: fingerprints of the request bodies it sent, when the client side knows them
     :param request_ids: emulator request ids it knows (from the answer or the error)
     :param task_ids: native task ids it knows (the emulator logs the submission that created each)
+    :param sent_at: when a failure without any request id says it sent the request (``YYYY-MM-DD
+        HH:MM:SS``, UTC): the connection dropped before an answer, the time is all a user can look up
     """
 
     key: str
@@ -92,6 +105,7 @@ class Generation:
     fingerprints: set[str] = field(default_factory=set)
     request_ids: set[str] = field(default_factory=set)
     task_ids: set[str] = field(default_factory=set)
+    sent_at: str | None = None
 
 
 @dataclass
@@ -108,6 +122,7 @@ class Report:
     generations_billed_twice: int = 0
     images_billed_twice: int = 0
     unaccounted: int = 0
+    named_by_time: int = 0
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     failure_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     throttling_failures: int = 0
@@ -118,10 +133,12 @@ def count_billing(name: str, generations: list[Generation], log: Iterable[dict[s
     Join client-side generations with the emulator's request log.
 
     Log entries are grouped by body fingerprint (one group per generation: its first send and every
-    re-send). A group with more than one billed entry was billed twice. A generation's billed images are
-    its groups' first billed entry; the images billed and neither delivered nor named in a failure are
-    ``unaccounted``. Groups no generation claims (a failed task whose request ids the client never saw)
-    are checked in bulk against the images delivered or named by generations that claim no group.
+    re-send). A group with more than one billed entry was billed twice. A generation claims the groups of
+    the fingerprints, request ids and task ids it knows (from its delivery or its failure message); a
+    failure that names no request id because no answer came back claims the one billed group sent within
+    a second of the time it names (what a user can find on the usage page). A generation's billed images
+    are its groups' first billed entries; those it neither delivered nor named are ``unaccounted``, and so
+    is every billed group no generation claims: a charge no message points to.
     """
     billable = [entry for entry in log if entry["kind"] in BILLABLE_KINDS]
     groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -146,8 +163,40 @@ def count_billing(name: str, generations: list[Generation], log: Iterable[dict[s
             report.generations_billed_twice += 1
             report.images_billed_twice += sum(paid[1:])
 
-    claimed: set[str] = set()
-    unclaimed_accounted = 0
+    claims: dict[str, set[str]] = {}
+    for generation in generations:
+        claims[generation.key] = (
+            {fp for fp in generation.fingerprints if fp in groups}
+            | {
+                by_request_id[request_id]
+                for request_id in generation.request_ids
+                if request_id in by_request_id
+            }
+            | {by_task_id[task_id] for task_id in generation.task_ids if task_id in by_task_id}
+        )
+    claimed = set().union(*claims.values()) if claims else set()
+    # A failure without a request id names the second it sent the request: it accounts for one charge
+    # of that second that no other message points to (the earliest, as a user would pair them in order).
+    by_time = sorted(
+        (generation for generation in generations if not claims[generation.key] and generation.sent_at),
+        key=lambda generation: generation.sent_at or "",
+    )
+    for generation in by_time:
+        assert generation.sent_at is not None
+        sent = datetime.strptime(generation.sent_at, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+        near = sorted(
+            (min(entry["time"] for entry in entries), fingerprint)
+            for fingerprint, entries in groups.items()
+            if fingerprint not in claimed
+            and billed_once[fingerprint]
+            and any(sent - 0.5 <= entry["time"] < sent + 1.5 for entry in entries)
+        )
+        if near:
+            fingerprint = near[0][1]
+            claims[generation.key] = {fingerprint}
+            claimed.add(fingerprint)
+            report.named_by_time += min(generation.named_failed, billed_once[fingerprint])
+
     for generation in generations:
         report.requested += generation.requested
         report.delivered += generation.delivered
@@ -157,25 +206,11 @@ def count_billing(name: str, generations: list[Generation], log: Iterable[dict[s
             report.failure_reasons[generation.reason or "?"] += 1
             if THROTTLING.search(generation.reason):
                 report.throttling_failures += 1
-        mine = (
-            {fp for fp in generation.fingerprints if fp in groups}
-            | {
-                by_request_id[request_id]
-                for request_id in generation.request_ids
-                if request_id in by_request_id
-            }
-            | {by_task_id[task_id] for task_id in generation.task_ids if task_id in by_task_id}
-        )
-        claimed |= mine
-        if not mine:
-            unclaimed_accounted += generation.delivered + generation.named_failed
-            continue
-        billed = sum(billed_once[fingerprint] for fingerprint in mine)
+        billed = sum(billed_once[fingerprint] for fingerprint in claims[generation.key])
         report.unaccounted += max(0, billed - generation.delivered - generation.named_failed)
-    unclaimed_billed = sum(
+    report.unaccounted += sum(
         billed for fingerprint, billed in billed_once.items() if fingerprint not in claimed
     )
-    report.unaccounted += max(0, unclaimed_billed - unclaimed_accounted)
     return report
 
 
@@ -297,26 +332,79 @@ def run_provider(
         timeout=3600,
     )
     (home / f"{dag_id}.log").write_text(finished.stdout + finished.stderr)
-    return collect_provider_generations(home, dag_id, n), finished.stdout + finished.stderr
+    output = finished.stdout + finished.stderr
+    return collect_provider_generations(home, dag_id, n, output), output
 
 
-def _failure_reason(home: Path, dag_id: str, map_index: int) -> str:
-    """The last provider exception class named in the task's log files (any attempt)."""
-    pattern = re.compile(r"\b(ImageGeneration\w*Error|AirflowFailException|AirflowException)\b")
-    found = ""
-    for log_file in sorted((home / "logs").glob(f"dag_id={dag_id}/**/task_id=generate/**/*")):
-        if log_file.is_file() and f"map_index={map_index}" in str(log_file):
-            for match in pattern.finditer(log_file.read_text(errors="replace")):
-                found = match.group(1)
-            if THROTTLING.search(log_file.read_text(errors="replace")) and "Throttled" in found:
-                found = f"{found} (throttling)"
-    return found or "task failed"
+# What a failed task's message must name for its images to count as "named": the model, how many images
+# may have been billed, and the request id (or, when no answer came back, when it was sent) -- what a user
+# needs to find the charge on the usage page. Anything less leaves the billed images unaccounted.
+_SEGMENT_START = re.compile(r"\[DAG TEST\] starting task_id=generate map_index=(\d+)")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+_EXCEPTION = re.compile(r"^([\w.]+\.)?(\w*(?:Error|Exception)): (.*)$")
+_IMAGES_AT_RISK = re.compile(r"up to (\d+) image\(s\) of ([\w.\-]+)")
+_REQUEST_ID = re.compile(r"request[ _]id[ =]([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+_SENT_AT = re.compile(r"sent at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
 
-def collect_provider_generations(home: Path, dag_id: str, n: int) -> list[Generation]:
+def task_segments(output: str) -> dict[int, str]:
+    """The ``airflow dags test`` output of each mapped task (every try), keyed by map index."""
+    segments: dict[int, list[str]] = collections.defaultdict(list)
+    current: int | None = None
+    for line in output.splitlines():
+        started = _SEGMENT_START.search(line)
+        if started:
+            current = int(started.group(1))
+        if current is not None:
+            segments[current].append(line)
+    return {index: "\n".join(lines) for index, lines in segments.items()}
+
+
+def final_exception(segment: str) -> tuple[str, str]:
+    """The class name and full message (all its lines) of the last exception a task's output shows."""
+    lines = segment.splitlines()
+    found: tuple[str, str] = ("", "")
+    for position, line in enumerate(lines):
+        match = _EXCEPTION.match(line)
+        if not match or line.startswith((" ", "\t")):
+            continue
+        message = [match.group(3)]
+        for following in lines[position + 1 :]:
+            if _LOG_LINE.match(following) or following.startswith(("Traceback", "  File ")):
+                break
+            message.append(following)
+        found = (match.group(2), "\n".join(message))
+    return found
+
+
+def read_failure(generation: Generation, segment: str, requested_model: str) -> None:
     """
-    One Generation per mapped task: delivered and named images from its metadata XCom
-    (``images``, ``failed_images``, ``request_id``); a failed task names all its images.
+    Fill a failed task's reason, the images its failure names, and the request ids (or send time) that
+    let a user find them; a message that does not name them names nothing.
+    """
+    reason, message = final_exception(segment)
+    generation.reason = reason or "task failed (no exception in the output)"
+    if THROTTLING.search(reason) or (reason == "ImageGenerationAPIError" and "429" in message):
+        generation.reason = f"{reason} (throttling)"
+    generation.outcome = "unknown" if "Unknown" in reason else "failed"
+    generation.request_ids |= set(_REQUEST_ID.findall(message))
+    at_risk = _IMAGES_AT_RISK.search(message)
+    if at_risk is None or at_risk.group(2) != requested_model:
+        return
+    sent_at = _SENT_AT.search(message)
+    if generation.request_ids or sent_at:
+        generation.named_failed = int(at_risk.group(1))
+        if sent_at and not generation.request_ids:
+            generation.sent_at = sent_at.group(1)
+
+
+def collect_provider_generations(
+    home: Path, dag_id: str, n: int, output: str, model: str = MODEL
+) -> list[Generation]:
+    """
+    One Generation per mapped task. A task that succeeded: its delivered and failed images from its XCom
+    (``images``, ``failed_images``, ``request_id``, ``generation_task_id``). A task that failed: what its
+    final exception (in the ``dags test`` output) names; see :func:`read_failure`.
     """
     database = home / "airflow.db"
     with sqlite3.connect(database) as db:
@@ -341,6 +429,7 @@ def collect_provider_generations(home: Path, dag_id: str, n: int) -> list[Genera
                 (dag_id, run_id),
             )
         }
+    segments = task_segments(output)
     generations = []
     for map_index in sorted(states):
         generation = Generation(key=str(map_index), requested=n)
@@ -354,14 +443,11 @@ def collect_provider_generations(home: Path, dag_id: str, n: int) -> list[Genera
                 generation.outcome = "silent_loss"
             if metadata.get("request_id"):
                 generation.request_ids.add(str(metadata["request_id"]))
-            # The API's task id: "generation_task_id" once the operator branch lands, "task_id" before.
-            for key in ("generation_task_id", "task_id"):
-                if metadata.get(key):
-                    generation.task_ids.add(str(metadata[key]))
+            if metadata.get("generation_task_id"):
+                generation.task_ids.add(str(metadata["generation_task_id"]))
         else:
-            generation.named_failed = n
-            generation.reason = _failure_reason(home, dag_id, map_index)
-            generation.outcome = "unknown" if "OutcomeUnknown" in generation.reason else "failed"
+            generation.outcome = "failed"
+            read_failure(generation, segments.get(map_index, ""), model)
         generations.append(generation)
     return generations
 
@@ -369,22 +455,42 @@ def collect_provider_generations(home: Path, dag_id: str, n: int) -> list[Genera
 # Output -----------------------------------------------------------------------------------------------------
 def print_reports(reports: list[Report], anchor: Report | None) -> None:
     header = (
-        f"{'part':<9} {'wall s':>7} {'ratio':>6} {'gens':>5} {'requested':>9} {'billed':>6} {'delivered':>9} "
-        f"{'failed/unk':>10} {'billed 2x':>9} {'unaccounted':>11} {'429s':>5}"
+        f"{'part':<9} {'wall s':>7} {'gens':>5} {'requested':>9} {'billed':>6} {'delivered':>9} "
+        f"{'failed/unk':>10} {'billed 2x':>9} {'unaccounted':>11} {'429s':>5} {'sends':>5}"
     )
     print(header)
     for report in reports:
-        ratio = f"{report.seconds / anchor.seconds:5.2f}x" if anchor and anchor.seconds else "   - "
         print(
-            f"{report.name:<9} {report.seconds:>7.1f} {ratio:>6} {report.generations:>5} "
-            f"{report.requested:>9} "
+            f"{report.name:<9} {report.seconds:>7.1f} {report.generations:>5} {report.requested:>9} "
             f"{report.billed:>6} {report.delivered:>9} {report.named_failed:>10} "
-            f"{report.images_billed_twice:>9} {report.unaccounted:>11} {report.throttled_answers:>5}"
+            f"{report.images_billed_twice:>9} {report.unaccounted:>11} {report.throttled_answers:>5} "
+            f"{report.billable_requests:>5}"
+        )
+    print(
+        f"{'ratios':<9} {'billed/requested':>16} {'delivered/billed':>16} {'billed 2x/billed':>15} "
+        f"{'unaccounted/billed':>18} {'wall vs anchor':>14}"
+    )
+    for report in reports:
+        billed = report.billed or 1
+        vs_anchor = f"{report.seconds / anchor.seconds:.2f}x" if anchor and anchor.seconds else "-"
+        print(
+            f"{report.name:<9} {report.billed / (report.requested or 1):>16.2f} "
+            f"{report.delivered / billed:>16.2f} {report.images_billed_twice / billed:>15.3f} "
+            f"{report.unaccounted / billed:>18.3f} {vs_anchor:>14}"
         )
     for report in reports:
+        by_time = (
+            f" ({report.named_by_time} of them named by send time: the connection dropped, no request id)"
+            if report.named_by_time
+            else ""
+        )
         print(
-            f"  {report.name}: outcomes {dict(report.outcomes)}; failures {dict(report.failure_reasons)}; "
-            f"generations billed twice {report.generations_billed_twice}; "
+            f"  {report.name}: outcomes {dict(report.outcomes)}; failed/unknown images named "
+            f"{report.named_failed}{by_time}"
+        )
+        print(f"    failures: {dict(report.failure_reasons) or 'none'}")
+        print(
+            f"    generations billed twice {report.generations_billed_twice}; "
             f"failed by throttling {report.throttling_failures}"
         )
 
@@ -402,6 +508,9 @@ def main() -> int:
     )
     parser.add_argument("--task-retries", type=int, default=2, help="provider DAGs: Airflow task retries")
     parser.add_argument("--fault-seed", type=int, default=11)
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the Airflow home (database, task logs, dags test output) in DIR"
+    )
     args = parser.parse_args()
     parts = ("anchor", "gateway", "native") if args.part == "all" else (args.part,)
 
@@ -412,7 +521,8 @@ def main() -> int:
     reports: list[Report] = []
     anchor: Report | None = None
     with tempfile.TemporaryDirectory(prefix="bench-billing-safety-") as work:
-        home = Path(work)
+        home = Path(args.keep or work)
+        home.mkdir(parents=True, exist_ok=True)
         env = airflow_env(home)
         if any(part != "anchor" for part in parts):
             subprocess.run(
@@ -432,7 +542,10 @@ def main() -> int:
                         server, part, args.generations, args.n, args.task_retries, home, env
                     )
                 seconds = time.monotonic() - started
-                report = count_billing(part, generations, server.requests_log())
+                log = server.requests_log()
+                report = count_billing(part, generations, log)
+                if args.keep:
+                    (home / f"{part}-requests.json").write_text(json.dumps(log, indent=1))
                 report.seconds = seconds
             if part == "anchor":
                 anchor = report

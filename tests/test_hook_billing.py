@@ -55,6 +55,35 @@ def test_gateway_billed_then_failed_is_paid_once(imggen_conn: EmulatorServer, fa
         assert error.request_id == entry["request_id"]
 
 
+def test_unknown_outcome_after_throttling_counts_the_sends_truthfully(imggen_conn: EmulatorServer) -> None:
+    # Found by benchmarks/bench_billing_safety.py: a 429, then a billed drop, said "it was sent 2 time(s)
+    # (retry_unknown_outcome is set)" on a connection without that extra. The 429 was not billed and the
+    # billable send was not repeated.
+    imggen_conn.set_faults(fail_next=["throttle", "billed_drop"])
+    with pytest.raises(ImageGenerationOutcomeUnknownError) as raised:
+        fast_hook().generate_images("a cat", size="512x512", n=2)
+
+    message = str(raised.value)
+    assert "retry_unknown_outcome is set" not in message and "sent 2 time(s)" not in message
+    assert "it was not sent again" in message
+    assert "the 1 earlier attempt(s) were throttled or never processed: not billed" in message
+    assert [entry["outcome"] for entry in generation_requests(imggen_conn)] == ["throttle", "billed_drop"]
+    assert imggen_conn.billed_images() == 2
+
+
+def test_lost_submission_after_throttling_counts_the_sends_truthfully(dashscope_conn: EmulatorServer) -> None:
+    hook = fast_hook()
+    hook.submit_task("an earlier task of the same model", size="512x512")
+    dashscope_conn.set_faults(fail_next=["throttle", "billed_drop"])
+    with pytest.raises(ImageGenerationSubmissionUnknownError) as raised:
+        hook.submit_task("a lighthouse", size="512x512", n=2)
+
+    message = str(raised.value)
+    assert "retry_unknown_outcome is set" not in message and "it was not sent again" in message
+    outcomes = [entry["outcome"] for entry in task_submissions(dashscope_conn)]
+    assert outcomes == ["ok", "throttle", "billed_drop"]
+
+
 def test_gateway_stall_past_the_read_timeout_is_paid_once(imggen_conn: EmulatorServer) -> None:
     imggen_conn.set_faults(fail_next=["billed_stall"], stall_ms=3000)
     started = time.monotonic()
@@ -116,6 +145,10 @@ def test_unreadable_answer_is_one_final_error_keeping_the_request_id(
     [entry] = generation_requests(imggen_conn)
     assert error.request_id == entry["request_id"] and entry["billed_images"] == 2
     assert imggen_conn.billed_images() == 2
+    # What a user needs to find the charge (benchmarks/bench_billing_safety.py counted these images as
+    # unaccounted: the message said "they may have been billed", not what or how many).
+    assert (error.model, error.images_at_risk) == ("wan2.2-t2i-flash", 2)
+    assert "up to 2 image(s) of wan2.2-t2i-flash" in str(error) and entry["request_id"] in str(error)
     logged = "".join(capfd.readouterr())
     assert "Signature=" not in str(error), "never echo API content (signed URLs are credentials)"
     assert "Signature=" not in logged.replace("Signature=***", "")

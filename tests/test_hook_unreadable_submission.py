@@ -90,6 +90,8 @@ def test_unreadable_submission_answer_among_other_tasks_is_final(task_id_lost: t
         hook.submit_task("second")
     assert isinstance(raised.value, AirflowFailException)
     assert "no single task" in str(raised.value) and raised.value.request_id == "sub-1"
+    assert (raised.value.model, raised.value.images_at_risk) == ("qwen-image", 1)
+    assert "up to 1 image(s) of qwen-image" in str(raised.value)
     assert [entry for entry in task_id_lost.requests if entry.startswith("POST")] == [
         "POST /api/v1/services/aigc/text2image/image-synthesis"
     ] * 2

@@ -606,7 +606,11 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         if found is None:
             if isinstance(unknown, ImageGenerationMalformedResponseError):
                 raise ImageGenerationMalformedResponseError(
-                    f"{unknown.message} ({note})", status=unknown.status, request_id=unknown.request_id
+                    f"{unknown.message} ({note})",
+                    status=unknown.status,
+                    request_id=unknown.request_id,
+                    model=unknown.model,
+                    images_at_risk=unknown.images_at_risk,
                 ) from None
             raise ImageGenerationSubmissionUnknownError(
                 f"{unknown.message} ({note})",
