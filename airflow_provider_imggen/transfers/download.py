@@ -164,7 +164,7 @@ class Downloader:
         try:
             with fetch(
                 self.policy,
-                str(source.url),
+                str(source.fetch_url),
                 deadline=deadline,
                 user_agent=f"airflow-provider-imggen/{__version__}",
                 chunk_bytes=CHUNK_BYTES,

@@ -16,7 +16,12 @@ from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.transfers import keys
 from airflow_provider_imggen.transfers.concurrency import run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
-from airflow_provider_imggen.transfers.sources import Source, mask_url_credentials, read_sources
+from airflow_provider_imggen.transfers.sources import (
+    Source,
+    mask_url_credentials,
+    read_sources,
+    resolve_urls,
+)
 from airflow_provider_imggen.transfers.upload import (
     Planned,
     Uploader,
@@ -237,6 +242,8 @@ class ImageGenerationToS3Operator(BaseOperator):
             results = self._find_stored(uploader, early_keys, sources)
         pending = [source for source in sources if source.position not in results]
         check_expiry(pending)
+        # Signed URLs travel masked in XCom: open the sealed copies (or read the native tasks again).
+        pending = resolve_urls(pending, self.imggen_conn_id, self.log)
 
         with tempfile.TemporaryDirectory(prefix="imggen-to-s3-") as workdir:
             # 3. Download and check every image (result-URL policy, deadline, structure).
