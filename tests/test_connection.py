@@ -134,6 +134,12 @@ def test_result_host_fields_as_the_form_stores_them_set_the_policy(monkeypatch: 
     policy = ResultUrlPolicy.from_connection("imggen_form")
     assert policy.result_hosts == ("results.example.com", "*.cdn.example.com:8443")
     assert policy.allow_private is True
+    # The form's untouched fields (an empty list, blank lines, a switch left off) mean the defaults.
+    for untouched in ([], [""], ["  "], "", None):
+        conn["extra"] = {"result_hosts": untouched, "allow_private_result_hosts": False}
+        monkeypatch.setenv("AIRFLOW_CONN_IMGGEN_FORM", json.dumps(conn))
+        policy = ResultUrlPolicy.from_connection("imggen_form")
+        assert (policy.result_hosts, policy.allow_private) == (DEFAULT_RESULT_HOSTS, False)
 
 
 def test_connection_from_uri_env_var(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:

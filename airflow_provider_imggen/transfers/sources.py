@@ -178,7 +178,7 @@ def resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) ->
             except ResultUrlSealError as error:
                 if source.generation_task_id is None:
                     raise
-                log.warning("%s Reading task %s again instead", error, source.generation_task_id)
+                log.warning("%s. Reading task %s again instead", error, source.generation_task_id)
         if source.generation_task_id is None:
             raise ImageGenerationValidationError(
                 f"generation[{source.generation}]['images'][{source.index}]",
@@ -213,7 +213,8 @@ def _reread_tasks(
         raise ImageGenerationValidationError(
             "imggen_conn_id",
             None,
-            "the result URLs are not sealed (no Fernet key) and must be read again from their native tasks "
+            "the result URLs are not sealed (or their seal does not open here) and must be read again from "
+            "their native tasks "
             f"({', '.join(generation_task_ids)}): set imggen_conn_id to the connection that generated them",
         )
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook

@@ -238,6 +238,38 @@ def test_native_results_without_a_fernet_key_are_read_again_from_the_task(
     _check_landed(s3, entries)
 
 
+def test_a_seal_the_worker_cannot_open_falls_back_to_reading_the_native_task(
+    dashscope_conn: EmulatorServer, s3: S3Bucket, fernet_key: Any
+) -> None:
+    """The key was rotated without keeping the old one: a native task's results are read again."""
+    from tests.test_async_operator import make_sensor, submit
+    from tests.test_operator import make_context
+
+    fernet_key(Fernet.generate_key().decode())
+    sensor = make_sensor(generation_task_id=submit(n=1))
+    xcom = json.loads(json.dumps(sensor.execute(make_context(sensor))))  # type: ignore[arg-type]
+    assert xcom["images"][0]["url_sealed"]
+    fernet_key(Fernet.generate_key().decode())
+    queries = len(task_queries(dashscope_conn))
+
+    entries = run_transfer(make_operator(generation=xcom, s3_bucket=s3.name, s3_key="rotated/{index}.{ext}"))
+
+    assert len(task_queries(dashscope_conn)) == queries + 1
+    _check_landed(s3, entries)
+
+
+def test_a_gateway_seal_the_worker_cannot_open_fails_naming_the_key(
+    imggen_conn: EmulatorServer, s3: S3Bucket, fernet_key: Any
+) -> None:
+    fernet_key(Fernet.generate_key().decode())
+    generation = generate(n=1)
+    fernet_key(Fernet.generate_key().decode())
+
+    with pytest.raises(ResultUrlSealError, match=r"Fernet key this worker does not have.*'new,old'"):
+        run_transfer(make_operator(generation=generation, s3_bucket=s3.name, s3_key="x.png"))
+    assert s3.object_keys() == []
+
+
 def test_a_masked_url_without_a_sealed_copy_or_a_task_is_refused_by_name(
     imggen_conn: EmulatorServer, s3: S3Bucket
 ) -> None:
