@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_imggen.exceptions import (
+    ImageGenerationMalformedResponseError,
     ImageResultUrlRefusedError,
     ImageTransferError,
     ImageTransferRejectedError,
@@ -109,8 +110,13 @@ def test_a_url_at_another_local_service_is_refused_without_a_connection(
 def test_other_schemes_are_refused(
     monkeypatch: pytest.MonkeyPatch, hostile: Callable[..., Server], s3: S3Bucket, url: str
 ) -> None:
-    with pytest.raises(ImageResultUrlRefusedError, match=r"policy \(scheme\)"):
+    # The hook already refuses such an answer when parsing it: it never reaches XCom ...
+    with pytest.raises(ImageGenerationMalformedResponseError, match=r"not an http\(s\) URL"):
         transfer(monkeypatch, hostile([url]), s3)
+    # ... and an image record carrying one anyway (an XCom written by other means) is refused by the policy.
+    record = {"images": [{"index": 0, "url": url}], "request_id": "req-0001"}
+    with pytest.raises(ImageResultUrlRefusedError, match=r"policy \(scheme\)"):
+        run(make_operator(generation=record, s3_bucket=s3.name, s3_key="r/{index}.png", download_retries=0))
     assert s3.object_keys() == []
 
 
