@@ -27,12 +27,17 @@ def user_agent() -> str:
     return f"airflow-provider-imggen/{__version__}"
 
 
+def _environment_bundle() -> str | None:
+    """The CA bundle the environment names, as requests reads it: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 def ca_locations() -> tuple[str | None, str | None]:
     """
-    ``(CA file, CA directory)`` to verify servers with: ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (a file
-    or a directory, as requests accepts), else certifi's bundle (what requests and httpx use by default).
+    ``(CA file, CA directory)`` to verify servers with: the environment's bundle (a file or a directory, as
+    requests accepts), else certifi's bundle (what requests and httpx use by default).
     """
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    bundle = _environment_bundle()
     if bundle:
         return (None, bundle) if os.path.isdir(bundle) else (bundle, None)
     import certifi
@@ -49,10 +54,8 @@ def ssl_context() -> ssl.SSLContext:
 
 
 def requests_verify() -> str | bool:
-    """``verify`` for ``requests``: the bundle from the environment (file or directory), else its default."""
-    cafile, capath = ca_locations()
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    return (capath or cafile or True) if bundle else True
+    """``verify`` for ``requests``: the environment's bundle (file or directory), else requests' default."""
+    return _environment_bundle() or True
 
 
 def new_session(headers: dict[str, str]) -> requests.Session:
