@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,8 +17,6 @@ from airflow_provider_imggen.utils import mask_url, url_secrets
 from tests.conftest import API_KEY, TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag
 
 if TYPE_CHECKING:
-    import subprocess
-
     from tests.s3_fixtures import S3Bucket
 
 pytest_plugins = ["tests.s3_fixtures"]
@@ -209,11 +208,24 @@ def test_example_content_pipeline_lands_images_and_metadata_in_s3(
     assert emulator.billed_images() == len(stored)
     assert len(json.dumps(stored)) < 64 * 1024
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
-    # No usable signed URL outside the tasks that fetch it: every query value of every result URL (the
-    # signature, the access key id, the expiry) is absent from the XCom table, the rendered fields and the
-    # task logs, which show the URLs masked; the transfer opened the sealed copies, on its own.
     generations = [results[("generate", map_index)] for map_index in range(len(subjects))]
-    images = [image for generation in generations for image in generation["images"]]  # type: ignore[index]
+    assert_no_signed_url(airflow_env, dag_id, generations, stored, finished)
+
+
+def assert_no_signed_url(
+    airflow_env: dict[str, str],
+    dag_id: str,
+    generations: list[Any],
+    stored: list[Any],
+    finished: subprocess.CompletedProcess[str],
+) -> None:
+    """
+    No usable signed URL outside the tasks that fetch it: every query value of every result URL (the
+    signature, the access key id, the expiry) is absent from the run's XCom table, rendered fields and task
+    logs, which show the URLs masked; the transfer opened the sealed copies on its own and stored one
+    object per image (the callers check each object's sha256 against its record).
+    """
+    images = [image for generation in generations for image in generation["images"]]
     assert len(images) == len(stored)
     secrets = set()
     for image in images:
@@ -225,3 +237,4 @@ def test_example_content_pipeline_lands_images_and_metadata_in_s3(
     assert_nowhere(airflow_env, dag_id, secrets, finished.stdout, finished.stderr)
     task_logs = finished.stdout + finished.stderr + log_text(airflow_env, dag_id)
     assert "Signature=***" in task_logs, "the task logs show result URLs, masked"
+    assert len({(entry["generation"], entry["index"]) for entry in stored}) == len(images)
