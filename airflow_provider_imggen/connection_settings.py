@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +19,6 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "ApiStyle",
     "ConnectionSettings",
-    "ca_bundle",
     "parse_connection",
 ]
 
@@ -137,8 +135,3 @@ def _base_url(conn: Connection, api_style: str) -> str:
     if path.endswith(suffix):
         path = path[: -len(suffix)]
     return urlunsplit((parts.scheme, netloc, path, "", ""))
-
-
-def ca_bundle() -> str | None:
-    """The CA bundle requests would use from the environment (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None

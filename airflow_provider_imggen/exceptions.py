@@ -247,3 +247,12 @@ class ImageResultUrlRefusedError(ImageTransferRejectedError):
     def __init__(self, message: str, *, rule: str) -> None:
         self.rule = rule
         super().__init__(message)
+
+
+class ResultUrlSealError(ImageGenerationError, AirflowFailException):
+    """
+    A signed result URL could not be sealed for XCom, or a sealed one could not be opened.
+
+    Sealing uses Airflow's Fernet key (``[core] fernet_key``), which the workers that generate and those
+    that store the images must share. No retry fixes a missing or rotated key: an administrator does.
+    """

@@ -14,6 +14,8 @@ INTEGRATION = "Image Generation"
 # Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
 # there because this module is loaded on every `import airflow`.
 KNOWN_MODEL_NAMES = ["qwen-image", "qwen-image-plus", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
+# Kept in step with airflow_provider_imggen.transfers.url_policy.DEFAULT_RESULT_HOSTS (a test checks it).
+DEFAULT_RESULT_HOST_PATTERNS = ["dashscope-result-*.oss-*.aliyuncs.com"]
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -107,6 +109,21 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Off by default: a billable request answered 5xx, timed out or cut "
                         "off after sending may have been billed, so it is not sent again. On: it is retried "
                         "like any transient failure, and you may pay twice for the same images.",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
+                    "result_hosts": {
+                        "label": "Result hosts (ImageGenerationToS3Operator)",
+                        "description": "Hosts the S3 transfer may download result images from besides the "
+                        "API's own origin: one pattern per line, '*' standing for part of one DNS label, "
+                        "':port' for a port other than 443; https only. Empty: the DashScope result stores "
+                        f"({', '.join(DEFAULT_RESULT_HOST_PATTERNS)}).",
+                        "schema": {"type": ["array", "null"], "items": {"type": "string"}},
+                    },
+                    "allow_private_result_hosts": {
+                        "label": "Allow private result hosts (ImageGenerationToS3Operator)",
+                        "description": "Off by default: a result host resolving to a private, loopback or "
+                        "link-local address is refused, so a hostile answer cannot make the transfer fetch "
+                        "internal services. On: for result stores inside your own network.",
                         "schema": {"type": ["boolean", "null"], "default": False},
                     },
                 },

@@ -3,11 +3,13 @@ The XCom metadata of one generation, one shape for every path that produces it.
 
 ``ImageGenerationOperator`` (both API styles, sync or deferred) and ``ImageGenerationTaskSensor`` build it
 here, so ``ImageGenerationToS3Operator`` and any downstream task read the same keys whoever generated the
-images. Stdlib only: DAG files import the modules that import this one.
+images. The records' shapes live in :mod:`~airflow_provider_imggen.records`. Stdlib only at import time: DAG
+files import the modules that import this one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +17,12 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
     ImageGenerationTaskFailedError,
     ImageGenerationTaskTimeoutError,
+    ResultUrlSealError,
 )
 from airflow_provider_imggen.models import MAX_SEED
+from airflow_provider_imggen.records import FailedImageRecord, GenerationRecord, ImageRecord
+from airflow_provider_imggen.sealed_urls import NO_KEY_HELP, register_secrets, seal
+from airflow_provider_imggen.utils import mask_url
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import (
@@ -41,11 +47,15 @@ def generation_metadata(
     task_status: str | None = None,
 ) -> dict[str, Any]:
     """
-    The JSON-serialisable dict a generation pushes to XCom: parameters, usage and one entry per image.
+    The JSON-serialisable dict a generation pushes to XCom: a :class:`~airflow_provider_imggen.records.
+    GenerationRecord`'s, with parameters, usage and one :class:`~airflow_provider_imggen.records.
+    ImageRecord` per image.
 
-    Image bytes never appear: an image is its signed ``url`` or, when its bytes were written to storage,
-    its ``location``, ``bytes`` and ``sha256`` (``files``, keyed by image index). Values the caller does not
-    know (a sensor only knows a task id) are ``None``.
+    Image bytes never appear, nor usable signed URLs: an image is its ``url`` with every query value masked
+    and ``url_sealed``, the URL encrypted with Airflow's Fernet key (:mod:`~airflow_provider_imggen.
+    sealed_urls`), or, when its bytes were written to storage, its ``location``, ``bytes`` and ``sha256``
+    (``files``, keyed by image index). Values the caller does not know (a sensor only knows a task id) are
+    ``None``.
 
     :param result: the API's answer
     :param prompt: the prompt as sent
@@ -60,45 +70,68 @@ def generation_metadata(
         has no task). Named so it is never mistaken for the Airflow task's ``task_id``
     :param task_status: the task's status when the metadata was built (``SUCCEEDED``; ``PENDING`` or
         ``RUNNING`` when the operator submitted without waiting)
+    :raises ResultUrlSealError: a gateway result URL and no Fernet key to seal it with
     """
     images = []
     for image in result.images:
-        entry: dict[str, Any] = {
-            "index": image.index,
-            "seed": None if seed is None else (seed + image.index) % (MAX_SEED + 1),
-            "url": image.url,
-            "url_expires_at": image.url_expires_at.isoformat() if image.url_expires_at else None,
-            "revised_prompt": image.revised_prompt,
-            "location": None,
-            "bytes": None,
-            "sha256": None,
-        }
+        record = ImageRecord(
+            index=image.index,
+            seed=None if seed is None else (seed + image.index) % (MAX_SEED + 1),
+            url_expires_at=image.url_expires_at.isoformat() if image.url_expires_at else None,
+            revised_prompt=image.revised_prompt,
+        )
+        if image.url:
+            record = _with_url(record, image.url, generation_task_id=generation_task_id)
         if files and image.index in files:
-            entry.update(files[image.index])
-        images.append(entry)
-    return {
-        "model": result.model or None,  # a task status does not name its model
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "size": size,
-        "n": n,
-        "seed": seed,
-        "response_format": response_format,
-        "prompt_upsampling": prompt_upsampling,
-        "created": result.created,
-        "created_at": result.created_at.isoformat(),
-        "request_id": result.request_id,
-        "usage": result.usage,
-        "images": images,
+            written = files[image.index]
+            record = dataclasses.replace(
+                record,
+                location=written.get("location"),
+                bytes=written.get("bytes"),
+                sha256=written.get("sha256"),
+            )
+        images.append(record)
+    return GenerationRecord(
+        model=result.model or None,  # a task status does not name its model
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        size=size,
+        n=n,
+        seed=seed,
+        response_format=response_format,
+        prompt_upsampling=prompt_upsampling,
+        created=result.created,
+        created_at=result.created_at.isoformat(),
+        request_id=result.request_id,
+        usage=dict(result.usage),
+        images=tuple(images),
         # A native task can succeed with some images failed (a per-image content check): the others are
         # delivered, these are reported.
-        "failed_images": [
-            {"index": failed.index, "code": failed.code, "message": failed.message}
+        failed_images=tuple(
+            FailedImageRecord(index=failed.index, code=failed.code, message=failed.message)
             for failed in result.failed_images
-        ],
-        "generation_task_id": generation_task_id,
-        "task_status": task_status,
-    }
+        ),
+        generation_task_id=generation_task_id,
+        task_status=task_status,
+    ).to_dict()
+
+
+def _with_url(record: ImageRecord, url: str, *, generation_task_id: str | None) -> ImageRecord:
+    """
+    The record with its result URL masked for display and sealed for the transfer (see :mod:`sealed_urls`).
+
+    The URL's secrets are registered with the secrets masker first, so no later log line of this task shows
+    them. Without a Fernet key a native task's URL is left unsealed (the transfer reads the task again);
+    a gateway URL cannot be read again, and the operator refused to generate before anything was billed.
+    """
+    register_secrets(url)
+    sealed = seal(url)
+    if sealed is None and generation_task_id is None:
+        raise ResultUrlSealError(
+            f"The result URL of image {record.index} cannot be put in XCom: it is a credential, shown only "
+            f"masked, and no Fernet key is configured to seal it for the transfer; {NO_KEY_HELP}"
+        )
+    return dataclasses.replace(record, url=mask_url(url), url_sealed=sealed)
 
 
 def task_metadata(
@@ -175,13 +208,3 @@ def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) ->
 def event_generation_task_id(event: Mapping[str, Any]) -> object:
     """The native task id an ``ImageGenerationTaskTrigger`` event names (``task_id`` before the rename)."""
     return event.get("generation_task_id", event.get("task_id"))
-
-
-def xcom_generation_task_id(metadata: Mapping[str, Any]) -> object:
-    """
-    The native task id in an operator's XCom metadata.
-
-    XComs pushed before the rename carry it as ``task_id``; read that too, so a DAG run that spans an
-    upgrade still finds its task.
-    """
-    return metadata.get("generation_task_id", metadata.get("task_id"))

@@ -3,23 +3,59 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
 
 def mask_url(url: str) -> str:
     """
-    Hide a URL's query values: signed result URLs carry their credential in the query string.
+    A URL safe to show: every query value masked, user credentials and fragment removed.
 
-    ``https://h/p.png?Expires=1&Signature=abc`` becomes ``https://h/p.png?Expires=***&Signature=***``.
+    Signed result URLs carry their credential in the query string, under names that vary by store (OSS
+    ``Signature``, S3 ``X-Amz-Signature``, Akamai ``hdnts``, CDN ``auth_key``, ``md5``...): no value is
+    kept, whatever its name. ``https://u:p@h/p.png?Expires=1&Signature=abc#f`` becomes
+    ``https://h/p.png?Expires=***&Signature=***``; a query item without ``=`` is masked whole. A value that
+    cannot be parsed as a URL is masked whole.
     """
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
-    masked_query = "&".join(f"{name}={MASK}" for name in names)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, masked_query, ""))
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return MASK
+    masked = []
+    for item in parts.query.split("&"):
+        if item:
+            name, has_value, _ = item.partition("=")
+            masked.append(f"{name}={MASK}" if has_value else MASK)
+    return urlunsplit((parts.scheme, host, parts.path, "&".join(masked), ""))
+
+
+def is_masked_url(url: str) -> bool:
+    """Whether ``url`` is what :func:`mask_url` shows of a URL that had query values (none is left)."""
+    return MASK in urlsplit(url).query and mask_url(url) == url
+
+
+def url_secrets(url: str) -> list[str]:
+    """
+    The parts of a URL the secrets masker should know: the query, each query value (as written and
+    decoded) and any user credentials. Already-masked values are left out.
+    """
+    try:
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+    except ValueError:
+        return [url]
+    found: list[str] = []
+    candidates = [parts.query, userinfo, *userinfo.split(":")]
+    for item in parts.query.split("&"):
+        name, has_value, value = item.partition("=")
+        raw = value if has_value else name
+        candidates += [raw, unquote_plus(raw)]
+    for candidate in candidates:
+        if candidate and candidate != MASK and candidate not in found:
+            found.append(candidate)
+    return found
 
 
 def url_expiry(url: str) -> datetime | None:

@@ -17,6 +17,9 @@ import pytest
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="imggen-tests-airflow-home-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# A deployment's Fernet key (airflow.cfg gets one when Airflow creates it): result URLs are sealed with it in
+# XCom. Set here so tests and the `airflow dags test` subprocesses share one; tests without it unset it.
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", "x1Sn0hD8nL4p1ZkN0r3Jb2m9bQ8K6wEo2o3cY4f5T7E=")
 
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig  # noqa: E402
 

@@ -6,6 +6,7 @@ paying twice, and a task process killed by SIGKILL under a real executor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
 from tests.conftest import TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag, task_submissions
-from tests.test_dag_runs import assert_key_nowhere, run_example_pipeline, xcoms
+from tests.test_dag_runs import assert_key_nowhere, assert_no_signed_url, run_example_pipeline, xcoms
 from tests.test_operator import XCOM_KEYS
 
 if TYPE_CHECKING:
@@ -207,6 +208,11 @@ def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
     assert len(task_submissions(emulator)) == len(subjects)
     assert emulator.billed_images() == len(stored)
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+    # The sensor's XCom is all the transfer had: sealed URLs, nothing signed anywhere, every image landed.
+    for entry in stored:
+        assert hashlib.sha256(s3.read(entry["key"])).hexdigest() == entry["sha256"]
+    waited_all = [results[("wait", map_index)] for map_index in range(len(subjects))]
+    assert_no_signed_url(airflow_env, dag_id, waited_all, stored, finished)
 
 
 @pytest.fixture(scope="module")

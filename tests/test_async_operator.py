@@ -29,6 +29,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationValidationError,
 )
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+from airflow_provider_imggen.sealed_urls import unseal
 from airflow_provider_imggen.sensors.image_generation import ImageGenerationTaskSensor
 from tests.conftest import task_queries, task_submissions
 from tests.test_operator import IMAGE_KEYS, START, XCOM_KEYS, make_context, make_operator, run
@@ -85,7 +86,9 @@ def check_images_download(metadata: dict[str, Any], size: tuple[int, int]) -> No
 
     for image in metadata["images"]:
         assert set(image) == IMAGE_KEYS
-        response = requests.get(image["url"], timeout=10)
+        # XCom shows the URL masked (it does not download); the sealed copy opens with the Fernet key.
+        assert requests.get(image["url"], timeout=10).status_code == 403
+        response = requests.get(unseal(image["url_sealed"], label="image"), timeout=10)
         assert response.status_code == 200
         assert Image.open(io.BytesIO(response.content)).size == size
 

@@ -11,9 +11,14 @@ from airflow.sdk import Connection
 
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.get_provider_info import KNOWN_MODEL_NAMES, get_provider_info
+from airflow_provider_imggen.get_provider_info import (
+    DEFAULT_RESULT_HOST_PATTERNS,
+    KNOWN_MODEL_NAMES,
+    get_provider_info,
+)
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, parse_connection
 from airflow_provider_imggen.models import KNOWN_MODELS
+from airflow_provider_imggen.transfers.url_policy import DEFAULT_RESULT_HOSTS, ResultUrlPolicy
 from tests.conftest import AIRFLOW_BIN, API_KEY
 
 
@@ -94,10 +99,47 @@ def test_provider_info_matches_airflow_schema_and_model_table() -> None:
     assert conn_type["hook-class-name"] == f"{ImageGenerationHook.__module__}.{ImageGenerationHook.__name__}"
     assert conn_type["ui-field-behaviour"]["relabeling"]["password"] == "API Key"
     assert set(conn_type["ui-field-behaviour"]["hidden-fields"]) == {"schema", "port", "login"}
-    assert set(conn_type["conn-fields"]) >= {"default_model", "request_timeout", "max_retries", "api_style"}
+    assert set(conn_type["conn-fields"]) >= {
+        "default_model",
+        "request_timeout",
+        "max_retries",
+        "api_style",
+        "result_hosts",
+        "allow_private_result_hosts",
+    }
     for field in conn_type["conn-fields"].values():
         jsonschema.Draft7Validator.check_schema(field["schema"])
+        assert field["label"] and field["description"]
     assert list(KNOWN_MODELS) == KNOWN_MODEL_NAMES
+    assert tuple(DEFAULT_RESULT_HOST_PATTERNS) == DEFAULT_RESULT_HOSTS
+
+
+def test_result_host_fields_as_the_form_stores_them_set_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form stores result_hosts as a list of strings and the flag as a boolean: the policy reads both."""
+    conn = {
+        "conn_type": "imggen",
+        "host": "https://gateway.example.com/v1",
+        "password": "k",
+        "extra": {
+            "result_hosts": ["results.example.com", "*.cdn.example.com:8443"],
+            "allow_private_result_hosts": True,
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_IMGGEN_FORM", json.dumps(conn))
+    schema = get_provider_info()["connection-types"][0]["conn-fields"]
+    import jsonschema
+
+    for name in ("result_hosts", "allow_private_result_hosts"):
+        jsonschema.validate(conn["extra"][name], schema[name]["schema"])  # type: ignore[index]
+    policy = ResultUrlPolicy.from_connection("imggen_form")
+    assert policy.result_hosts == ("results.example.com", "*.cdn.example.com:8443")
+    assert policy.allow_private is True
+    # The form's untouched fields (an empty list, blank lines, a switch left off) mean the defaults.
+    for untouched in ([], [""], ["  "], "", None):
+        conn["extra"] = {"result_hosts": untouched, "allow_private_result_hosts": False}
+        monkeypatch.setenv("AIRFLOW_CONN_IMGGEN_FORM", json.dumps(conn))
+        policy = ResultUrlPolicy.from_connection("imggen_form")
+        assert (policy.result_hosts, policy.allow_private) == (DEFAULT_RESULT_HOSTS, False)
 
 
 def test_connection_from_uri_env_var(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:

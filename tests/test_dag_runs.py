@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
+from airflow_provider_imggen.sealed_urls import unseal
+from airflow_provider_imggen.utils import mask_url, url_secrets
 from tests.conftest import API_KEY, TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag
 
 if TYPE_CHECKING:
-    import subprocess
-
     from tests.s3_fixtures import S3Bucket
 
 
@@ -70,6 +72,32 @@ def assert_key_nowhere(airflow_env: dict[str, str], dag_id: str, *outputs: str) 
     for log_file in (Path(airflow_env["AIRFLOW_HOME"]) / "logs").rglob("*"):
         if log_file.is_file():
             assert API_KEY not in log_file.read_text(errors="replace")
+
+
+def log_text(airflow_env: dict[str, str], dag_id: str) -> str:
+    """
+    The task log files of a DAG's runs, concatenated. `airflow dags test` runs the tasks in its own process
+    and writes their logs to its output rather than to files: check both.
+    """
+    logs = Path(airflow_env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}"
+    return "\n".join(path.read_text(errors="replace") for path in logs.rglob("*") if path.is_file())
+
+
+def assert_nowhere(airflow_env: dict[str, str], dag_id: str, secrets: set[str], *outputs: str) -> None:
+    """No secret (nor ``Signature=`` followed by anything but the mask) in outputs, XComs, fields, logs."""
+    stored = [
+        str(value)
+        for table, column in (("xcom", "value"), ("rendered_task_instance_fields", "rendered_fields"))
+        for (value,) in dag_run_rows(airflow_env, dag_id, table, column)
+    ]
+    for where, text in [
+        *(("task log output", output) for output in outputs),
+        *(("XCom or rendered field", value) for value in stored),
+        ("task logs", log_text(airflow_env, dag_id)),
+    ]:
+        assert not re.search(r"Signature=(?!\*\*\*)", text), f"an unmasked Signature= in the {where}"
+        leaked = sorted(secret for secret in secrets if secret in text)
+        assert not leaked, f"signed query values in the {where}: {leaked}"
 
 
 def test_mapped_dag_pushes_one_metadata_xcom_per_prompt(
@@ -179,3 +207,33 @@ def test_example_content_pipeline_lands_images_and_metadata_in_s3(
     assert emulator.billed_images() == len(stored)
     assert len(json.dumps(stored)) < 64 * 1024
     assert_key_nowhere(airflow_env, dag_id, finished.stdout, finished.stderr)
+    generations = [results[("generate", map_index)] for map_index in range(len(subjects))]
+    assert_no_signed_url(airflow_env, dag_id, generations, stored, finished)
+
+
+def assert_no_signed_url(
+    airflow_env: dict[str, str],
+    dag_id: str,
+    generations: list[Any],
+    stored: list[Any],
+    finished: subprocess.CompletedProcess[str],
+) -> None:
+    """
+    No usable signed URL outside the tasks that fetch it: every query value of every result URL (the
+    signature, the access key id, the expiry) is absent from the run's XCom table, rendered fields and task
+    logs, which show the URLs masked; the transfer opened the sealed copies on its own and stored one
+    object per image (the callers check each object's sha256 against its record).
+    """
+    images = [image for generation in generations for image in generation["images"]]
+    assert len(images) == len(stored)
+    secrets = set()
+    for image in images:
+        assert image["url"].endswith("?Expires=***&OSSAccessKeyId=***&Signature=***")
+        signed = unseal(image["url_sealed"], label="image")
+        assert mask_url(signed) == image["url"]
+        secrets.update(secret for secret in url_secrets(signed) if len(secret) >= 5)
+    assert secrets, "the emulator signs its result URLs"
+    assert_nowhere(airflow_env, dag_id, secrets, finished.stdout, finished.stderr)
+    task_logs = finished.stdout + finished.stderr + log_text(airflow_env, dag_id)
+    assert "Signature=***" in task_logs, "the task logs show result URLs, masked"
+    assert len({(entry["generation"], entry["index"]) for entry in stored}) == len(images)

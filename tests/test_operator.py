@@ -18,6 +18,8 @@ from PIL import Image
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+from airflow_provider_imggen.sealed_urls import unseal
+from airflow_provider_imggen.utils import mask_url
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 XCOM_KEYS = {
@@ -38,7 +40,17 @@ XCOM_KEYS = {
     "generation_task_id",
     "task_status",
 }
-IMAGE_KEYS = {"index", "seed", "url", "url_expires_at", "revised_prompt", "location", "bytes", "sha256"}
+IMAGE_KEYS = {
+    "index",
+    "seed",
+    "url",
+    "url_sealed",
+    "url_expires_at",
+    "revised_prompt",
+    "location",
+    "bytes",
+    "sha256",
+}
 
 
 def make_operator(**kwargs: Any) -> ImageGenerationOperator:
@@ -189,7 +201,12 @@ def test_xcom_shape_from_the_emulator(imggen_conn: EmulatorServer) -> None:
         assert set(image) == IMAGE_KEYS
         assert image["index"] == index and image["seed"] == 7 + index
         assert pendulum.parse(image["url_expires_at"]) > pendulum.now("UTC")
-        png = requests.get(image["url"], timeout=10).content
+        # XCom shows the URL with every query value masked; the sealed copy is the one that downloads.
+        assert image["url"].endswith("?Expires=***&OSSAccessKeyId=***&Signature=***")
+        assert requests.get(image["url"], timeout=10).status_code == 403
+        signed = unseal(image["url_sealed"], label="image")
+        assert mask_url(signed) == image["url"] and "Signature=***" not in signed
+        png = requests.get(signed, timeout=10).content
         assert Image.open(io.BytesIO(png)).size == (1024, 1024)
 
 

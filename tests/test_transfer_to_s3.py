@@ -34,6 +34,7 @@ from airflow_provider_imggen.exceptions import (
     ImageTransferRejectedError,
 )
 from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+from airflow_provider_imggen.sealed_urls import unseal
 from airflow_provider_imggen.transfers.image_generation_to_s3 import ImageGenerationToS3Operator, S3ImageLink
 from tests.conftest import (
     API_KEY,
@@ -98,6 +99,11 @@ def generate(
     context: dict[str, Any] = {"ti": ti, "task_instance": ti}
     operator.render_template_fields(context)  # type: ignore[arg-type]
     return operator.execute(context)  # type: ignore[arg-type]
+
+
+def signed_url(image: dict[str, Any]) -> str:
+    """The full signed URL of an image record: XCom shows it masked and keeps it sealed (Fernet)."""
+    return unseal(image["url_sealed"], label=f"image {image['index']}")
 
 
 def direct_download(url: str) -> bytes:
@@ -232,7 +238,7 @@ def test_url_images_land_in_s3_with_content_type_size_and_metadata(
 
     assert s3.object_keys() == ["run/0.png", "run/1.png"]
     for entry, image in zip(entries, generation["images"], strict=True):
-        expected = direct_download(image["url"])
+        expected = direct_download(signed_url(image))
         stored = s3.read(entry["key"])
         assert stored == expected
         assert entry["sha256"] == hashlib.sha256(expected).hexdigest()
@@ -487,7 +493,7 @@ def test_an_identical_object_written_by_someone_else_is_skipped(
     imggen_conn: EmulatorServer, s3: S3Bucket
 ) -> None:
     generation = generate(n=1)
-    content = direct_download(generation["images"][0]["url"])
+    content = direct_download(signed_url(generation["images"][0]))
     s3.client.put_object(Bucket=s3.name, Key="o/0.png", Body=content)  # no sha256 metadata
 
     (entry,) = run(make_operator(generation=generation, s3_bucket=s3.name, s3_key="o/{index}.png"))
@@ -540,7 +546,7 @@ def test_replace_overwrites(imggen_conn: EmulatorServer, s3: S3Bucket) -> None:
     )
     again = run(make_operator(generation=generation, s3_bucket=s3.name, s3_key="w/{index}.png", replace=True))
 
-    assert s3.read("w/0.png") == direct_download(generation["images"][0]["url"])
+    assert s3.read("w/0.png") == direct_download(signed_url(generation["images"][0]))
     assert entry["skipped"] is False and again[0]["skipped"] is False
     assert s3.object_keys() == ["w/0.png"]
 
@@ -552,7 +558,7 @@ def test_truncated_downloads_are_retried_and_the_stored_objects_are_complete(
     imggen_conn: EmulatorServer, s3: S3Bucket
 ) -> None:
     generation = generate(n=4)
-    expected = [direct_download(image["url"]) for image in generation["images"]]
+    expected = [direct_download(signed_url(image)) for image in generation["images"]]
     imggen_conn.clear_log()
     # Seeded, and sequential (max_concurrency=1), so the draws repeat: 4 downloads are truncated, and no
     # image more than 3 times in a row.
@@ -637,7 +643,7 @@ def test_a_refused_url_is_reported_as_expired_not_as_a_bare_403(
     with EmulatorServer(EmulatorConfig(api_key=API_KEY, url_ttl_seconds=0.001)) as short_lived:
         set_imggen_connection(monkeypatch, f"{short_lived.base_url}/v1", default_model="wan2.2-t2i-flash")
         generation = generate(n=1)
-        expires = int(generation["images"][0]["url"].split("Expires=")[1].split("&")[0])
+        expires = int(signed_url(generation["images"][0]).split("Expires=")[1].split("&")[0])
         while time.time() <= expires:  # the emulator's URLs have whole-second expiry times
             time.sleep(0.05)
         # The clock of the generating worker said otherwise (skew): the store has the last word.
@@ -745,7 +751,7 @@ def test_progress_is_logged_per_image_without_secrets(
     imggen_conn: EmulatorServer, s3: S3Bucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
     generation = generate(n=2)
-    signatures = [image["url"].split("Signature=")[1] for image in generation["images"]]
+    signatures = [signed_url(image).split("Signature=")[1] for image in generation["images"]]
     capsys.readouterr()
 
     run(make_operator(generation=generation, s3_bucket=s3.name, s3_key="log/{index}.png"))
@@ -832,7 +838,7 @@ def test_a_real_dag_run_stores_a_mapped_generation(
     assert s3.object_keys() == sorted([*expected_keys, f"dags/{run_date}/single-0.png"])
     for entry in entries:
         image = generations[entry["generation"]]["images"][entry["index"]]
-        assert s3.read(entry["key"]) == direct_download(image["url"])
+        assert s3.read(entry["key"]) == direct_download(signed_url(image))
         assert entry["prompt"] == generations[entry["generation"]]["prompt"]
     assert xcoms[("store", -1, "_link_S3ImageLink")] == (
         f"https://console.aws.amazon.com/s3/object/{s3.name}?region=us-east-1&prefix={expected_keys[0]}"
@@ -840,7 +846,7 @@ def test_a_real_dag_run_stores_a_mapped_generation(
     # The rendered `generation` field (stored, shown in the UI) carries no URL signature.
     single = xcoms[("generate_one", -1, "return_value")]
     signatures = [
-        image["url"].split("Signature=")[1] for g in [*generations, single] for image in g["images"]
+        signed_url(image).split("Signature=")[1] for g in [*generations, single] for image in g["images"]
     ]
     signatures += [unquote(signature) for signature in signatures]
     rendered = dag_run_rows(

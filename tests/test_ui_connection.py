@@ -205,8 +205,13 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "Maximum retries",
         "API style",
         "Retry requests whose outcome is unknown (may bill twice)",
+        "Result hosts (ImageGenerationToS3Operator)",
+        "Allow private result hosts (ImageGenerationToS3Operator)",
     ]
     expect(form.get_by_text("any name the gateway serves is accepted", exact=False)).to_be_visible()
+    # The transfer's result-URL policy: private result hosts are opt-in, the switch is off.
+    private_hosts = field(form, "Allow private result hosts").locator("input[type=checkbox]")
+    assert private_hosts.count() == 1 and not private_hosts.is_checked()
     assert (timeout.input_value(), retries.input_value()) == ("180", "3")
     # Paying twice is opt-in: the switch is off.
     unknown_outcome = field(form, "may bill twice").locator("input[type=checkbox]")
@@ -262,7 +267,11 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", stored["get_uri"])
     hook = ImageGenerationHook(imggen_conn_id=CONN_ID)
     # The form's extra fields are stored as top-level keys of Connection.extra, typed by their schemas.
-    assert hook.connection.extra_dejson == {
+    extra = dict(hook.connection.extra_dejson)
+    # The transfer's fields, left untouched, mean its defaults (however the form stores an empty list).
+    assert extra.pop("result_hosts", None) in (None, [], "")
+    assert extra.pop("allow_private_result_hosts", None) in (None, False)
+    assert extra == {
         "default_model": DEFAULT_MODEL,
         "request_timeout": REQUEST_TIMEOUT,
         "max_retries": MAX_RETRIES,

@@ -30,7 +30,6 @@ from airflow_provider_imggen.connection_settings import (
     DEFAULT_REQUEST_TIMEOUT,
     ApiStyle,
     ConnectionSettings,
-    ca_bundle,
     parse_connection,
 )
 from airflow_provider_imggen.exceptions import (
@@ -41,6 +40,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationTaskTimeoutError,
     ImageGenerationValidationError,
 )
+from airflow_provider_imggen.http_client import new_session, requests_verify, ssl_context, user_agent
 from airflow_provider_imggen.models import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
@@ -185,13 +185,11 @@ class _ImageGenerationHookBase(BaseHook):
         return self.request_timeout if self.request_timeout is not None else self.settings.request_timeout
 
     def _headers(self, **extra: str) -> dict[str, str]:
-        from airflow_provider_imggen import __version__
-
         return {
             "Authorization": f"Bearer {self.settings.api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            "User-Agent": f"airflow-provider-imggen/{__version__}",
+            "User-Agent": user_agent(),
             **extra,
         }
 
@@ -352,14 +350,9 @@ class ImageGenerationHook(_ImageGenerationHookBase):
 
     @cached_property
     def _session(self) -> requests.Session:
-        import requests
-
-        session = requests.Session()
         # Proxy and CA-bundle variables are resolved once per host (see _environment_settings) rather than
         # on every request, and ~/.netrc is ignored: requests would let its credentials replace the key.
-        session.trust_env = False
-        session.headers.update(self._headers())
-        return session
+        return new_session(self._headers())
 
     def _environment_settings(self, url: str) -> dict[str, Any]:
         """``proxies`` and ``verify`` for a URL from the environment, as requests would find them."""
@@ -368,7 +361,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         host = urlsplit(url)[:2]
         settings = self._environment_cache.get(host)
         if settings is None:
-            settings = {"proxies": get_environ_proxies(url), "verify": ca_bundle() or True}
+            settings = {"proxies": get_environ_proxies(url), "verify": requests_verify()}
             self._environment_cache[host] = settings
         return settings
 
@@ -984,17 +977,15 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
         return await asyncio.to_thread(self._build_client)
 
     def _build_client(self) -> httpx.AsyncClient:
-        import ssl
-
         import httpx
 
-        bundle = ca_bundle()
         return httpx.AsyncClient(
             headers=self._headers(),
             timeout=httpx.Timeout(self.effective_request_timeout, connect=self.connect_timeout),
-            # The CA bundle variables requests honours, so both hooks trust the same servers; proxies and
-            # NO_PROXY come from the environment (trust_env), ~/.netrc is never read.
-            verify=ssl.create_default_context(cafile=bundle) if bundle else True,
+            # The CA bundle variables requests honours (a file or a directory), so both hooks and the
+            # transfer trust the same servers; proxies and NO_PROXY come from the environment (trust_env),
+            # ~/.netrc is never read.
+            verify=ssl_context(),
             trust_env=True,
         )
 

@@ -19,6 +19,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
     ImageGenerationThrottledError,
     ImageGenerationValidationError,
+    ResultUrlSealError,
 )
 from airflow_provider_imggen.metadata import (
     event_generation_task_id,
@@ -35,6 +36,7 @@ from airflow_provider_imggen.models import (
     coerce_seconds,
     validate_generation_request,
 )
+from airflow_provider_imggen.sealed_urls import NO_KEY_HELP, can_seal
 from airflow_provider_imggen.throttling import (
     DEFAULT_THROTTLE_TIMEOUT,
     next_throttle_wait,
@@ -72,11 +74,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     The XCom ``return_value`` is a JSON-serialisable dict: ``model``, ``prompt``, ``negative_prompt``,
     ``size``, ``n``, ``seed``, ``response_format``, ``prompt_upsampling``, ``created`` (epoch),
     ``created_at`` (ISO 8601), ``request_id``, ``usage``, ``images``: a list of ``{index, seed, url,
-    url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of ``{index,
-    code, message}`` (images of a native task that failed while the others succeeded),
+    url_sealed, url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of
+    ``{index, code, message}`` (images of a native task that failed while the others succeeded),
     ``generation_task_id`` and ``task_status`` (the native task, ``None`` with the OpenAI-compatible API;
-    ``generation_task_id`` is the API's task, never to be confused with the Airflow task's ``task_id``).
-    Result URLs expire (about 24 h): store the images with ``ImageGenerationToS3Operator``.
+    ``generation_task_id`` is the API's task, never to be confused with the Airflow task's ``task_id``);
+    see :class:`~airflow_provider_imggen.records.GenerationRecord`. A signed result URL is a credential:
+    ``url`` shows it with every query value masked, ``url_sealed`` holds it encrypted with Airflow's Fernet
+    key, and the task registers its secrets with the secrets masker (README, "Security model"). With the
+    OpenAI-compatible API and ``response_format="url"``, a worker without a Fernet key fails before
+    anything is billed. Result URLs expire (about 24 h): store the images with
+    ``ImageGenerationToS3Operator``.
 
     **Native task API** (connection ``api_style`` ``dashscope``): ``execute()`` submits the task (the one
     billable request, never sent from a trigger), then waits for it: with ``deferrable=True`` in the
@@ -358,6 +365,15 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 "'openai'): it answers with the images in one request and has no task the triggerer could "
                 "wait on, so the images are generated in this worker",
                 self.imggen_conn_id,
+            )
+        if request.response_format == "url" and not can_seal():
+            # The gateway's URLs cannot be read again later: without a key to seal them for the transfer,
+            # the images would be paid for and unusable. Refuse before anything is billed.
+            raise ResultUrlSealError(
+                "The OpenAI-compatible API's result URLs are credentials: XCom shows them masked and keeps "
+                "them sealed with Airflow's Fernet key, and this worker has no usable key. Nothing was "
+                f"sent or billed; {NO_KEY_HELP}. (response_format='b64_json' with an output_path needs "
+                "no key)"
             )
         # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
         result = self._billable(lambda: self.hook.generate(request), request, deferrable=False)

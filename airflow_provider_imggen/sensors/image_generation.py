@@ -13,8 +13,9 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import raise_for_event, task_metadata, xcom_generation_task_id
+from airflow_provider_imggen.metadata import raise_for_event, task_metadata
 from airflow_provider_imggen.models import check_flag, check_poll_settings
+from airflow_provider_imggen.records import GenerationRecord
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
 
 DEFAULT_CONN_ID = "imggen_default"
-# Request fields an ImageGenerationOperator XCom records, carried into the sensor's XCom.
-_REQUEST_FIELDS = ("model", "prompt", "negative_prompt", "size", "n", "seed", "prompt_upsampling")
 # The defer timeout leaves the trigger this long past the sensor's timeout to report "timeout" itself.
 _DEFER_GRACE_SECONDS = 120.0
 
@@ -33,7 +32,9 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
     Wait for a native image generation task to end, and push its results' metadata to XCom.
 
     The XCom has the shape of :class:`~airflow_provider_imggen.operators.image_generation.
-    ImageGenerationOperator`'s, so :class:`~airflow_provider_imggen.transfers.image_generation_to_s3.
+    ImageGenerationOperator`'s (a :class:`~airflow_provider_imggen.records.GenerationRecord`: result URLs
+    masked, and sealed with Airflow's Fernet key, or read again from the task by the transfer when no key is
+    configured), so :class:`~airflow_provider_imggen.transfers.image_generation_to_s3.
     ImageGenerationToS3Operator` can store the images directly (``generation=sensor.output``). The task's
     status reports the prompt but not the rest of the request (model, seed, size...): those are ``None``
     unless ``generation_task_id`` is the submitting operator's XCom, which records them.
@@ -130,7 +131,7 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
     def _generation_task_id(self) -> str:
         target: object = self.generation_task_id
         if isinstance(target, Mapping):
-            target = xcom_generation_task_id(target)
+            target = GenerationRecord.from_dict(target, where="generation_task_id").generation_task_id
         if not isinstance(target, str) or not target.strip():
             raise ImageGenerationValidationError(
                 "generation_task_id",
@@ -142,5 +143,9 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
 
     def _metadata(self, state: TaskState) -> dict[str, Any]:
         target = self.generation_task_id
-        known = {name: target.get(name) for name in _REQUEST_FIELDS} if isinstance(target, Mapping) else {}
+        known = (
+            GenerationRecord.from_dict(target, where="generation_task_id").request_fields()
+            if isinstance(target, Mapping)
+            else {}
+        )
         return task_metadata(self.hook, state, **known)

@@ -21,13 +21,16 @@ from airflow_provider_imggen.exceptions import (
     ImageTransferError,
     ImageTransferRejectedError,
 )
-from airflow_provider_imggen.transfers.fetch import TransientFetchError, fetch
+from airflow_provider_imggen.http_client import user_agent
+from airflow_provider_imggen.retry_policy import Failure, RetryPolicy, TransientAPIError, classify_error
+from airflow_provider_imggen.transfers.fetch import fetch
 from airflow_provider_imggen.transfers.image_check import ImageCheckError, check_image, sniff
 from airflow_provider_imggen.transfers.sources import Source
 from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
 
 CHUNK_BYTES = 1024 * 1024
-_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Longest backoff between download attempts, in seconds.
+MAX_RETRY_WAIT = 30.0
 _SNIFF_BYTES = 12
 
 
@@ -42,10 +45,6 @@ class Downloaded:
     width: int
     height: int
     seconds: float
-
-
-class TransientDownloadError(Exception):
-    """A download failure worth another attempt: dropped connection, truncated body, 5xx, throttling."""
 
 
 class Cancelled(Exception):
@@ -84,16 +83,14 @@ class Downloader:
 
     def download(self, source: Source, workdir: Path, stop: threading.Event) -> Downloaded:
         """Download one image into ``workdir``, retrying transient failures; check it is a whole image."""
-        from tenacity import (
-            RetryCallState,
-            Retrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_exponential,
-            wait_random,
-        )
+        from tenacity import RetryCallState, Retrying
 
-        attempts = self.retries + 1
+        # The hooks' retry policy, for an idempotent request: connection failures, timeouts, dropped or
+        # truncated bodies, 408, 429 and 5xx are retried, with jittered exponential backoff or the wait a
+        # Retry-After asks for (up to max_retry_after; a longer one stops at once).
+        policy = RetryPolicy(
+            max_retries=self.retries, wait_initial=self.retry_wait, wait_max=MAX_RETRY_WAIT, billable=False
+        )
         path = workdir / f"{source.position:06d}"
 
         def log_retry(state: RetryCallState) -> None:
@@ -104,30 +101,24 @@ class Downloader:
                 self.total,
                 source.shown_source,
                 state.attempt_number,
-                attempts,
+                policy.max_attempts,
                 error,
                 state.next_action.sleep if state.next_action else 0.0,
             )
 
-        # Jitter keeps concurrent retries apart.
-        backoff = wait_exponential(multiplier=self.retry_wait, max=30) + wait_random(0, self.retry_wait)
         started = time.monotonic()
+        attempts = 0
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(attempts),
-                wait=backoff,
-                retry=retry_if_exception_type(TransientDownloadError),
-                before_sleep=log_retry,
-                reraise=True,
-            ):
+            for attempt in Retrying(**policy.tenacity_kwargs(log_retry)):
                 with attempt:
+                    attempts += 1
                     if stop.is_set():
                         raise Cancelled()
                     if source.location:
                         size, sha256 = self._read_location(source, path, stop)
                     else:
                         size, sha256 = self._fetch_url(source, path, stop)
-        except TransientDownloadError as error:
+        except TransientAPIError as error:
             raise ImageTransferError(
                 f"Could not download {source.label} from {source.shown_source} after {attempts} "
                 f"attempt(s): {error}. Nothing was stored; a task retry downloads again (no new generation)"
@@ -158,25 +149,22 @@ class Downloader:
 
     def _fetch_url(self, source: Source, path: Path, stop: threading.Event) -> tuple[int, str]:
         """One HTTP download attempt: no API key, no cookies, no proxy, the policy on every hop."""
-        from airflow_provider_imggen import __version__
-
+        if source.fetch_url is None:
+            raise ImageTransferError(f"{source.label}: its result URL was not resolved (a bug)")
         deadline = time.monotonic() + self.download_timeout
-        try:
-            with fetch(
-                self.policy,
-                str(source.url),
-                deadline=deadline,
-                user_agent=f"airflow-provider-imggen/{__version__}",
-                chunk_bytes=CHUNK_BYTES,
-            ) as answer:
-                self._check_status(source, answer.status)
-                if answer.content_length is not None and answer.content_length > self.max_image_bytes:
-                    raise self._too_large(source, answer.content_length)
-                return self._receive(answer.chunks, path, source, stop, answer.content_length)
-        except TransientFetchError as error:
-            raise TransientDownloadError(str(error)) from None
+        with fetch(
+            self.policy,
+            source.fetch_url,
+            deadline=deadline,
+            user_agent=user_agent(),
+            chunk_bytes=CHUNK_BYTES,
+        ) as answer:
+            self._check_status(source, answer.status, answer.retry_after)
+            if answer.content_length is not None and answer.content_length > self.max_image_bytes:
+                raise self._too_large(source, answer.content_length)
+            return self._receive(answer.chunks, path, source, stop, answer.content_length)
 
-    def _check_status(self, source: Source, status: int) -> None:
+    def _check_status(self, source: Source, status: int, retry_after: float | None = None) -> None:
         if status < 300:
             return
         if status == 403:
@@ -185,8 +173,9 @@ class Downloader:
                 "result URLs expire after about 24 h. Re-run the generation task for fresh URLs, then this "
                 "task. Nothing was stored"
             )
-        if status in _RETRYABLE_STATUSES or status >= 500:
-            raise TransientDownloadError(f"HTTP {status}")
+        failure = classify_error(status, None)
+        if failure is not None:
+            raise TransientAPIError(f"HTTP {status}", failure=failure, retry_after=retry_after)
         raise ImageTransferRejectedError(
             f"Downloading {source.label} from {source.shown_source} failed with HTTP {status}"
             + (": the result is gone; re-run the generation task" if status in (404, 410) else "")
@@ -208,11 +197,17 @@ class Downloader:
                 f"{source.label}: {location} does not exist. Nothing was stored"
             ) from None
         except OSError as error:
-            raise TransientDownloadError(f"reading {location} failed: {type(error).__name__}") from None
+            raise TransientAPIError(
+                f"reading {location} failed: {type(error).__name__}", failure=Failure.DROPPED
+            ) from None
         if source.expected_bytes is not None and size != source.expected_bytes:
-            raise TransientDownloadError(f"read {size} bytes, the generation wrote {source.expected_bytes}")
+            raise TransientAPIError(
+                f"read {size} bytes, the generation wrote {source.expected_bytes}", failure=Failure.DROPPED
+            )
         if source.expected_sha256 and sha256 != source.expected_sha256:
-            raise TransientDownloadError("the content's sha256 differs from the one the generation recorded")
+            raise TransientAPIError(
+                "the content's sha256 differs from the one the generation recorded", failure=Failure.DROPPED
+            )
         return size, sha256
 
     def _receive(
@@ -244,7 +239,9 @@ class Downloader:
                 digest.update(chunk)
                 out.write(chunk)
         if expected_length is not None and size < expected_length:
-            raise TransientDownloadError(f"truncated download: {size} of {expected_length} bytes arrived")
+            raise TransientAPIError(
+                f"truncated download: {size} of {expected_length} bytes arrived", failure=Failure.DROPPED
+            )
         self._check_kind(head, source)
         return size, digest.hexdigest()
 

@@ -10,7 +10,6 @@ ever sent, and no proxy is used (a proxy would resolve host names itself, out of
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from airflow_provider_imggen.exceptions import ImageResultUrlRefusedError, ImageTransferError
+from airflow_provider_imggen.http_client import ca_locations
+from airflow_provider_imggen.retry_policy import Failure, TransientAPIError, retry_after_seconds
 from airflow_provider_imggen.transfers.url_policy import (
     MAX_REDIRECTS,
     ResultUrlPolicy,
@@ -35,8 +36,15 @@ READ_TIMEOUT = 60.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-class TransientFetchError(Exception):
-    """A failure worth another attempt: no connection, dropped or truncated body, read timeout."""
+class TransientFetchError(TransientAPIError):
+    """
+    A failure worth another attempt (no connection, dropped or truncated body, read timeout), classified
+    as the hooks' failures are (:class:`~airflow_provider_imggen.retry_policy.Failure`) so that one
+    :class:`~airflow_provider_imggen.retry_policy.RetryPolicy` decides for both.
+    """
+
+    def __init__(self, message: str, *, failure: Failure = Failure.DROPPED) -> None:
+        super().__init__(message, failure=failure)
 
 
 class DeadlineExceededError(ImageTransferError):
@@ -51,16 +59,7 @@ class Answer:
     content_length: int | None
     chunks: Iterator[bytes]
     target: Target
-
-
-def _ca_options() -> tuple[str | None, str | None]:
-    """(CA file, CA directory): REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (a file or a directory), else certifi."""
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        return (None, bundle) if os.path.isdir(bundle) else (bundle, None)
-    import certifi
-
-    return str(certifi.where()), None
+    retry_after: float | None = None  # the wait a 429 or 503 asked for (Retry-After), in seconds
 
 
 @contextmanager
@@ -79,7 +78,7 @@ def fetch(
             try:
                 target = policy.check(url)
             except UnresolvableHostError as error:
-                raise TransientFetchError(str(error)) from None
+                raise TransientFetchError(str(error), failure=Failure.NOT_SENT) from None
             response = _request(target, deadline, user_agent, pools)
             if response.status not in _REDIRECTS:
                 length = response.headers.get("Content-Length")
@@ -88,6 +87,7 @@ def fetch(
                     content_length=int(length) if length and length.isdigit() else None,
                     chunks=_chunks(response, deadline, chunk_bytes),
                     target=target,
+                    retry_after=retry_after_seconds(response.headers),
                 )
                 return
             location = response.headers.get("Location")
@@ -132,13 +132,13 @@ def _request(
         "Accept": "image/png, image/jpeg, image/webp",
         "Accept-Encoding": "identity",
     }
-    failure = "no address to connect to"
+    reason = "no address to connect to"
     for address in target.addresses:
         remaining = _remaining(deadline)
         timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=min(READ_TIMEOUT, remaining))
         pool: urllib3.HTTPConnectionPool
         if target.scheme == "https":
-            ca_certs, ca_cert_dir = _ca_options()
+            ca_certs, ca_cert_dir = ca_locations()
             pool = urllib3.HTTPSConnectionPool(
                 address,
                 target.port,
@@ -166,13 +166,18 @@ def _request(
                 assert_same_host=False,
             )
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
-            failure = f"could not connect ({type(error).__name__})"
+            reason = f"could not connect ({type(error).__name__})"
             continue
         except urllib3.exceptions.HTTPError as error:
             # TLS failures, a dropped connection, a read timeout before the headers. The text of these
             # errors can quote the URL: only the type is shown.
-            raise TransientFetchError(f"the request failed ({type(error).__name__})") from None
-    raise TransientFetchError(failure)
+            raise TransientFetchError(
+                f"the request failed ({type(error).__name__})",
+                failure=Failure.READ_TIMEOUT
+                if isinstance(error, urllib3.exceptions.ReadTimeoutError)
+                else Failure.DROPPED,
+            ) from None
+    raise TransientFetchError(reason, failure=Failure.NOT_SENT)
 
 
 def _chunks(response: urllib3.BaseHTTPResponse, deadline: float, chunk_bytes: int) -> Iterator[bytes]:
@@ -192,7 +197,9 @@ def _chunks(response: urllib3.BaseHTTPResponse, deadline: float, chunk_bytes: in
         except urllib3.exceptions.ReadTimeoutError:
             # The socket timeout was cut to the deadline: at (or within a hair of) it, say so.
             _remaining(deadline - 0.1)
-            raise TransientFetchError("no data arrived within the read timeout") from None
+            raise TransientFetchError(
+                "no data arrived within the read timeout", failure=Failure.READ_TIMEOUT
+            ) from None
         except urllib3.exceptions.ProtocolError as error:
             raise TransientFetchError(
                 f"truncated download: the connection closed before the whole body arrived "

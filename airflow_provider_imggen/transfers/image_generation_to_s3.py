@@ -13,10 +13,16 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import keys
 from airflow_provider_imggen.transfers.concurrency import run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
-from airflow_provider_imggen.transfers.sources import Source, mask_url_credentials, read_sources
+from airflow_provider_imggen.transfers.sources import (
+    Source,
+    mask_url_credentials,
+    read_sources,
+    resolve_urls,
+)
 from airflow_provider_imggen.transfers.upload import (
     Planned,
     Uploader,
@@ -82,9 +88,10 @@ class ImageGenerationToS3Operator(BaseOperator):
     object with the same content is left as it is (and reported), one with different content fails the
     task, even when another writer creates it at the same moment.
 
-    The XCom ``return_value`` is a list with one dict per image: ``s3_uri``, ``bucket``, ``key``,
-    ``bytes``, ``sha256``, ``content_type``, ``width``, ``height``, ``generation``, ``index``, ``model``,
-    ``seed``, ``prompt``, ``request_id`` and ``skipped`` (never image bytes or signed URLs).
+    The XCom ``return_value`` is a list with one dict per image (a :class:`~airflow_provider_imggen.
+    records.StoredImageRecord`): ``s3_uri``, ``bucket``, ``key``, ``bytes``, ``sha256``, ``content_type``,
+    ``width``, ``height``, ``generation``, ``index``, ``model``, ``seed``, ``prompt``, ``request_id`` and
+    ``skipped`` (never image bytes or signed URLs).
 
     :param generation: what to store: the XCom of an ``ImageGenerationOperator``, a list of them (the XCom
         of a mapped task), or image URLs / object-storage locations (strings) (templated)
@@ -232,11 +239,13 @@ class ImageGenerationToS3Operator(BaseOperator):
         uploader = Uploader(
             self.get_s3_hook(), bucket, replace=self.replace, args=args, log=self.log, total=total
         )
-        results: dict[int, dict[str, Any]] = {}
+        results: dict[int, StoredImageRecord] = {}
         if early_keys and not self.replace:
             results = self._find_stored(uploader, early_keys, sources)
         pending = [source for source in sources if source.position not in results]
         check_expiry(pending)
+        # Signed URLs travel masked in XCom: open the sealed copies (or read the native tasks again).
+        pending = resolve_urls(pending, self.imggen_conn_id, self.log)
 
         with tempfile.TemporaryDirectory(prefix="imggen-to-s3-") as workdir:
             # 3. Download and check every image (result-URL policy, deadline, structure).
@@ -269,12 +278,12 @@ class ImageGenerationToS3Operator(BaseOperator):
             results[plan.image.source.position] = _entry(plan, skipped=not uploaded.get(id(plan), False))
 
         entries = [results[source.position] for source in sources]
-        self._stored = [(entry["bucket"], entry["key"]) for entry in entries]
-        stored = [entry for entry in entries if not entry["skipped"]]
+        self._stored = [(entry.bucket, entry.key) for entry in entries]
+        stored = [entry for entry in entries if not entry.skipped]
         self.log.info(
             "Stored %d image(s) (%d bytes), skipped %d already stored, in %.2fs",
             len(stored),
-            sum(entry["bytes"] for entry in stored),
+            sum(entry.bytes for entry in stored),
             len(entries) - len(stored),
             time.monotonic() - started,
         )
@@ -282,12 +291,12 @@ class ImageGenerationToS3Operator(BaseOperator):
             context["ti"].xcom_push(
                 key=S3ImageLink.key,
                 value={
-                    "bucket": entries[0]["bucket"],
-                    "key": entries[0]["key"],
+                    "bucket": entries[0].bucket,
+                    "key": entries[0].key,
                     "region_name": _region(uploader.hook),
                 },
             )
-        return entries
+        return [entry.to_dict() for entry in entries]
 
     def get_openlineage_facets_on_complete(self, task_instance: object) -> Any:
         """Output datasets: the S3 objects, including those left as they were (S3Hook reports uploads)."""
@@ -367,7 +376,7 @@ class ImageGenerationToS3Operator(BaseOperator):
 
     def _find_stored(
         self, uploader: Uploader, early_keys: dict[int, str], sources: list[Source]
-    ) -> dict[int, dict[str, Any]]:
+    ) -> dict[int, StoredImageRecord]:
         """
         The images an earlier run stored already, recognised by their metadata, without downloading them.
 
@@ -384,8 +393,8 @@ class ImageGenerationToS3Operator(BaseOperator):
                     "Image %d/%d skipped: %s already holds it (sha256 %s), stored by an earlier run",
                     source.position + 1,
                     len(sources),
-                    entry["s3_uri"],
-                    entry["sha256"],
+                    entry.s3_uri,
+                    entry.sha256,
                 )
         return results
 
@@ -394,7 +403,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         template: keys.KeyTemplate,
         downloaded: list[Downloaded],
         early_keys: dict[int, str],
-        stored: dict[int, dict[str, Any]],
+        stored: dict[int, StoredImageRecord],
         sources: list[Source],
         map_index: int | None,
     ) -> list[str]:
@@ -419,17 +428,13 @@ class ImageGenerationToS3Operator(BaseOperator):
         # Cheap, and needed for {sha256} keys and for an {ext} the path did not predict.
         keys.check_collisions(
             template,
-            [
-                (source.label, stored[source.position]["key"])
-                for source in sources
-                if source.position in stored
-            ]
+            [(source.label, stored[source.position].key) for source in sources if source.position in stored]
             + [(image.source.label, key) for image, key in zip(downloaded, final, strict=True)],
         )
         return final
 
 
-def _entry(plan: Planned, *, skipped: bool) -> dict[str, Any]:
+def _entry(plan: Planned, *, skipped: bool) -> StoredImageRecord:
     image = plan.image
     return xcom_entry(
         plan.bucket,

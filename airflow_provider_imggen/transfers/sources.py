@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
-from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.utils import mask_url, url_expiry
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
+from airflow_provider_imggen.records import GenerationRecord
+from airflow_provider_imggen.sealed_urls import register_secrets, unseal
+from airflow_provider_imggen.utils import is_masked_url, mask_url, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
-# Query parameters of signed URLs that are credentials (OSS, S3 SigV2/SigV4, GCS, Azure SAS "sig").
-_CREDENTIAL_PARAMETERS = ("signature", "credential", "token", "accesskeyid")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Source:
     position: int  # 0-based over every image of the task: progress is reported as position + 1 of N
     generation: int  # position of its generation in the input list
     index: int  # index within its generation
-    url: str | None
+    url: str | None  # as shown: masked when it came from XCom
     location: str | None
     url_expires_at: datetime | None
     model: str | None
@@ -32,6 +32,9 @@ class Source:
     request_id: str | None
     expected_sha256: str | None
     expected_bytes: int | None
+    url_sealed: str | None = None  # the full URL, encrypted with Airflow's Fernet key
+    generation_task_id: str | None = None  # the native task to read the URL again from
+    fetch_url: str | None = None  # the URL downloaded: never logged, never in XCom
 
     @property
     def ext_hint(self) -> str | None:
@@ -102,55 +105,139 @@ def _string_source(item: str, generation: int, position: int) -> Source:
         request_id=None,
         expected_sha256=None,
         expected_bytes=None,
+        fetch_url=text if is_url else None,
     )
 
 
 def _generation_sources(item: Mapping[str, Any], generation: int, position: int) -> list[Source]:
+    where = f"generation[{generation}]"
     images = item.get("images")
     if not isinstance(images, list) or not images:
         raise ImageGenerationValidationError(
-            f"generation[{generation}]['images']",
+            f"{where}['images']",
             type(images).__name__ if images else images,
             "expected the non-empty image list of an ImageGenerationOperator XCom",
         )
+    record = GenerationRecord.from_dict(item, where=where)
     sources = []
-    for offset, image in enumerate(images):
-        where = f"generation[{generation}]['images'][{offset}]"
-        if not isinstance(image, Mapping):
-            raise ImageGenerationValidationError(where, type(image).__name__, "expected a dict")
-        url, location = image.get("url"), image.get("location")
-        if not url and not location:
+    for offset, image in enumerate(record.images):
+        if not image.url and not image.location:
             raise ImageGenerationValidationError(
-                where,
+                f"{where}['images'][{offset}]",
                 "{url: None, location: None}",
                 "an image needs a 'url' or a 'location' (b64_json results are only stored when the "
                 "generation task has an output_path)",
             )
-        seed = image.get("seed", item.get("seed"))
+        seed = image.seed if image.seed is not None else record.seed
+        url = None if image.location else image.url
         sources.append(
             Source(
                 position=position + offset,
                 generation=generation,
-                index=_as_int(where, "index", image.get("index", offset)),
-                url=str(url) if url else None,
-                location=str(location) if location else None,
-                url_expires_at=_parse_time(image.get("url_expires_at"))
-                or (url_expiry(str(url)) if url else None),
-                model=item.get("model"),
-                seed=None if seed is None else _as_int(where, "seed", seed),
-                prompt=item.get("prompt"),
-                request_id=item.get("request_id"),
-                expected_sha256=image.get("sha256") if location else None,
-                expected_bytes=image.get("bytes") if location else None,
+                index=image.index,
+                # A masked URL (XCom shows no query value) is opened from url_sealed, or the native task is
+                # read again, by resolve_urls(); an unmasked one (an older XCom) is used as it is.
+                url=url,
+                location=image.location,
+                url_expires_at=_parse_time(image.url_expires_at) or (url_expiry(url) if url else None),
+                model=record.model,
+                seed=seed,
+                prompt=record.prompt,
+                request_id=record.request_id,
+                expected_sha256=image.sha256 if image.location else None,
+                expected_bytes=image.bytes if image.location else None,
+                url_sealed=image.url_sealed if url else None,
+                generation_task_id=record.generation_task_id,
+                fetch_url=url if url and not image.url_sealed and not is_masked_url(url) else None,
             )
         )
     return sources
 
 
-def mask_url_credentials(generation: object) -> None:
-    """Register the credentials in signed URLs (signatures, tokens, key ids) with the secrets masker."""
-    from airflow.sdk.log import mask_secret
+def resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) -> list[Source]:
+    """
+    The sources with the URL each download uses (``fetch_url``): opened from ``url_sealed`` with Airflow's
+    Fernet key, else read again from the native task (``generation_task_id``) through the ``imggen``
+    connection. The URLs' secrets are registered with the secrets masker.
 
+    :raises ResultUrlSealError: a sealed URL no configured key opens, with no native task to read again
+    :raises ImageGenerationValidationError: a masked URL with neither a sealed copy nor a native task
+    """
+    resolved: list[Source] = []
+    to_reread: dict[str, list[int]] = {}
+    for source in sources:
+        if source.url is None or source.fetch_url is not None:
+            if source.fetch_url is not None:
+                register_secrets(source.fetch_url)
+            resolved.append(source)
+            continue
+        if source.url_sealed:
+            try:
+                resolved.append(replace(source, fetch_url=unseal(source.url_sealed, label=source.label)))
+                continue
+            except ResultUrlSealError as error:
+                if source.generation_task_id is None:
+                    raise
+                log.warning("%s. Reading task %s again instead", error, source.generation_task_id)
+        if source.generation_task_id is None:
+            raise ImageGenerationValidationError(
+                f"generation[{source.generation}]['images'][{source.index}]",
+                source.shown_source,
+                "the URL is masked (XCom never shows signed URLs) and the record has neither 'url_sealed' "
+                "nor a native 'generation_task_id' to read it from: pass the generating task's XCom as it "
+                "was pushed",
+            )
+        to_reread.setdefault(source.generation_task_id, []).append(len(resolved))
+        resolved.append(source)
+    if to_reread:
+        urls = _reread_tasks(list(to_reread), imggen_conn_id, log)
+        for generation_task_id, positions in to_reread.items():
+            for at in positions:
+                source = resolved[at]
+                url = urls[generation_task_id].get(source.index)
+                if url is None:
+                    raise ImageGenerationValidationError(
+                        f"generation[{source.generation}]['images'][{source.index}]",
+                        source.shown_source,
+                        f"task {generation_task_id} has no image {source.index} any more",
+                    )
+                resolved[at] = replace(source, fetch_url=url)
+    return resolved
+
+
+def _reread_tasks(
+    generation_task_ids: list[str], imggen_conn_id: str | None, log: Any
+) -> dict[str, dict[int, str]]:
+    """Per native task, its result URLs by image index, read again from the API (a free status query)."""
+    if imggen_conn_id is None:
+        raise ImageGenerationValidationError(
+            "imggen_conn_id",
+            None,
+            "the result URLs are not sealed (or their seal does not open here) and must be read again from "
+            "their native tasks "
+            f"({', '.join(generation_task_ids)}): set imggen_conn_id to the connection that generated them",
+        )
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+
+    hook = ImageGenerationHook(imggen_conn_id=imggen_conn_id)
+    urls: dict[str, dict[int, str]] = {}
+    try:
+        for generation_task_id in generation_task_ids:
+            log.info("Reading the result URLs of task %s again from the API", generation_task_id)
+            result = hook.result_from_task(hook.get_task(generation_task_id))
+            urls[generation_task_id] = {image.index: image.url for image in result.images if image.url}
+            for url in urls[generation_task_id].values():
+                register_secrets(url)
+    finally:
+        hook.close()
+    return urls
+
+
+def mask_url_credentials(generation: object) -> None:
+    """
+    Register the secrets of signed URLs given as plain strings (or in older XComs) with the secrets masker:
+    every query value and any user credentials. URLs that are already masked have none.
+    """
     for item in flatten(generation):
         urls: list[object] = [item]
         if isinstance(item, Mapping):
@@ -161,15 +248,8 @@ def mask_url_credentials(generation: object) -> None:
                 else []
             )
         for url in urls:
-            if not isinstance(url, str):
-                continue
-            for pair in urlsplit(url).query.split("&"):
-                name, _, raw = pair.partition("=")
-                lowered = unquote_plus(name).lower()
-                if raw and (lowered == "sig" or any(marker in lowered for marker in _CREDENTIAL_PARAMETERS)):
-                    # As it appears in the URL and decoded: both forms turn up in rendered values.
-                    mask_secret(raw)
-                    mask_secret(unquote_plus(raw))
+            if isinstance(url, str) and not is_masked_url(url):
+                register_secrets(url)
 
 
 def flatten(value: object) -> list[object]:
@@ -177,15 +257,6 @@ def flatten(value: object) -> list[object]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         return [value]
     return [item for element in value for item in flatten(element)]
-
-
-def _as_int(where: str, name: str, value: object) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(str(value))
-    except ValueError:
-        raise ImageGenerationValidationError(f"{where}['{name}']", value, "expected an integer") from None
 
 
 def _parse_time(value: object) -> datetime | None:

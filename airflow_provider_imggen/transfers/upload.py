@@ -20,6 +20,7 @@ from airflow_provider_imggen.exceptions import (
     ImageTransferError,
     ImageTransferRejectedError,
 )
+from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers.download import CHUNK_BYTES, Downloaded
 from airflow_provider_imggen.transfers.sources import Source
 
@@ -98,8 +99,8 @@ class Uploader:
         self.log = log
         self.total = total
 
-    def stored_already(self, key: str, source: Source) -> dict[str, Any] | None:
-        """The XCom entry for ``key`` when it already holds this very image (by its recorded identity)."""
+    def stored_already(self, key: str, source: Source) -> StoredImageRecord | None:
+        """The record for ``key`` when it already holds this very image (by its recorded identity)."""
         head = self._head(key)
         if head is None:
             return None
@@ -268,24 +269,25 @@ def xcom_entry(
     width: int | None,
     height: int | None,
     skipped: bool,
-) -> dict[str, Any]:
-    return {
-        "s3_uri": f"s3://{bucket}/{key}",
-        "bucket": bucket,
-        "key": key,
-        "bytes": size,
-        "sha256": sha256,
-        "content_type": content_type,
-        "width": width,
-        "height": height,
-        "generation": source.generation,
-        "index": source.index,
-        "model": source.model,
-        "seed": source.seed,
-        "prompt": source.prompt,
-        "request_id": source.request_id,
-        "skipped": skipped,
-    }
+) -> StoredImageRecord:
+    """The transfer's record of one stored image (its XCom entry is :meth:`StoredImageRecord.to_dict`)."""
+    return StoredImageRecord(
+        s3_uri=f"s3://{bucket}/{key}",
+        bucket=bucket,
+        key=key,
+        bytes=size,
+        sha256=sha256,
+        content_type=content_type,
+        width=width,
+        height=height,
+        generation=source.generation,
+        index=source.index,
+        model=source.model,
+        seed=source.seed,
+        prompt=source.prompt,
+        request_id=source.request_id,
+        skipped=skipped,
+    )
 
 
 def _int_or_none(value: object) -> int | None:

@@ -117,16 +117,20 @@ class ResultUrlPolicy:
             return None if value == "" else value
 
         hosts = extra("result_hosts")
+        patterns: tuple[str, ...]
         if hosts is None:
-            patterns: tuple[str, ...] = DEFAULT_RESULT_HOSTS
+            patterns = ()
         elif isinstance(hosts, str):
             patterns = tuple(part for part in re.split(r"[\s,]+", hosts) if part)
         elif isinstance(hosts, list) and all(isinstance(host, str) for host in hosts):
-            patterns = tuple(hosts)
+            # The connection form stores one pattern per line of its text area, blank lines included.
+            patterns = tuple(host.strip() for host in hosts if host.strip())
         else:
             raise ImageGenerationValidationError(
                 f"connection {conn_id!r} extra result_hosts", hosts, "expected a list of host patterns"
             )
+        # Unset or left empty (the form's untouched field): the default result stores.
+        patterns = patterns or DEFAULT_RESULT_HOSTS
         for pattern in patterns:
             if not _HOST_PATTERN.match(pattern.lower()):
                 raise ImageGenerationValidationError(

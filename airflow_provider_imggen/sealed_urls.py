@@ -1,0 +1,100 @@
+"""
+Signed result URLs in XCom: shown masked, kept sealed with Airflow's Fernet key.
+
+A signed result URL is a bearer credential (whoever holds it downloads the image until it expires), and
+Airflow shows XCom values, rendered fields and logs to anyone with read access to them. So an image record
+carries its URL twice: ``url``, masked (:func:`~airflow_provider_imggen.utils.mask_url`: every query value
+replaced by ``***``, user credentials removed), and ``url_sealed``, the full URL encrypted with Airflow's
+Fernet key (``[core] fernet_key``, the key that encrypts connection passwords in the metadata database).
+Only a process holding that key (a worker running the transfer) can open it.
+
+Without a usable Fernet key on the generating worker nothing is sealed: a native task's images are read
+again from the task by the transfer (by ``generation_task_id``), and the OpenAI-compatible path, which has
+no task to read again, refuses to generate before anything is billed.
+
+Stdlib only at import time: DAG files import the modules that import this one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow_provider_imggen.exceptions import ResultUrlSealError
+from airflow_provider_imggen.utils import url_secrets
+
+if TYPE_CHECKING:
+    from airflow.sdk.crypto import FernetProtocol
+
+_MIN_SECRET_CHARS = 5
+NO_KEY_HELP = (
+    "set [core] fernet_key (AIRFLOW__CORE__FERNET_KEY) to the deployment's Fernet key on every worker that "
+    "generates or stores images (see README, 'Security model')"
+)
+
+
+def _fernet() -> FernetProtocol | None:
+    """Airflow's Fernet (the task SDK's on Airflow 3.3+), or None when no usable key is configured."""
+    try:
+        try:
+            from airflow.sdk.crypto import get_fernet
+        except ImportError:  # Airflow < 3.3: the core's, which reads the same option
+            from airflow.models.crypto import get_fernet
+        fernet = get_fernet()
+    except Exception:  # a malformed key, or an unexpanded '{FERNET_KEY}' placeholder: no usable key
+        return None
+    return fernet if getattr(fernet, "is_encrypted", False) else None
+
+
+def can_seal() -> bool:
+    """Whether this process has a Fernet key to seal result URLs with."""
+    return _fernet() is not None
+
+
+def seal(url: str) -> str | None:
+    """The URL encrypted with Airflow's Fernet key (URL-safe text), or None when no key is configured."""
+    fernet = _fernet()
+    if fernet is None:
+        return None
+    return fernet.encrypt(url.encode()).decode("ascii")
+
+
+def unseal(token: str, *, label: str) -> str:
+    """
+    The URL a :func:`seal` token holds; its secrets are registered with the secrets masker.
+
+    Every key of a rotated ``fernet_key`` (``new,old``) opens it.
+
+    :param token: the ``url_sealed`` value
+    :param label: names the image in the error
+    :raises ResultUrlSealError: no usable key here, or none of the configured keys opens the token
+    """
+    fernet = _fernet()
+    if fernet is None:
+        raise ResultUrlSealError(
+            f"The result URL of {label} is sealed with Airflow's Fernet key, and this worker has none: "
+            f"{NO_KEY_HELP}"
+        )
+    from cryptography.fernet import InvalidToken
+
+    try:
+        url = fernet.decrypt(token.encode("ascii")).decode()
+    except (InvalidToken, UnicodeError, ValueError, TypeError):
+        raise ResultUrlSealError(
+            f"The result URL of {label} was sealed with a Fernet key this worker does not have (the key was "
+            "rotated without keeping the old one in [core] fernet_key as 'new,old', or the workers' keys "
+            "differ). Re-run the generation task for new results, or restore the key"
+        ) from None
+    register_secrets(url)
+    return url
+
+
+def register_secrets(url: str) -> None:
+    """Tell Airflow's secrets masker every query value and credential of ``url``: later logs redact them."""
+    # Airflow's masker skips (with a warning) values under 5 characters; signatures are far longer.
+    secrets = [secret for secret in url_secrets(url) if len(secret) >= _MIN_SECRET_CHARS]
+    if not secrets:
+        return
+    from airflow.sdk.log import mask_secret
+
+    for secret in secrets:
+        mask_secret(secret)
