@@ -77,11 +77,12 @@ def ensure_dependencies() -> None:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         log(f"apt-get install {' '.join(missing)}")
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=apt_env)
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=apt_env, timeout=600)
         subprocess.run(
             [*sudo, "apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=600", *missing],
             check=True,
             env=apt_env,
+            timeout=900,
         )
     import importlib.util
 
@@ -90,9 +91,10 @@ def ensure_dependencies() -> None:
         log(f"pip install {' '.join(wanted)}")
         uv = BIN / "uv"
         if uv.exists():
-            subprocess.run([str(uv), "pip", "install", "--python", sys.executable, *wanted], check=True)
+            command = [str(uv), "pip", "install", "--python", sys.executable, *wanted]
         else:
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *wanted], check=True)
+            command = [sys.executable, "-m", "pip", "install", "--quiet", *wanted]
+        subprocess.run(command, check=True, timeout=600)
 
 
 def postgres_bin() -> Path:
@@ -319,20 +321,19 @@ class Cluster:
         self.wait_worker_ready(worker, timeout, offset)
         log(f"{worker.name} restarted and ready")
 
-    def busy_workers(self) -> list[Service]:
-        """Workers with a task running: its supervisor forks the task, so the session has more processes."""
+    def running_on(self, worker: Service) -> set[str]:
+        """The task instance ids running on a worker (its task processes: 'airflow supervisor: <id>')."""
         import psutil
 
-        busy = []
-        for worker in self.workers:
-            if worker.process is None:
-                continue
-            for pid in session_pids(worker.process.pid):
-                with contextlib.suppress(psutil.Error):
-                    if "supervisor" in " ".join(psutil.Process(pid).cmdline()):
-                        busy.append(worker)
-                        break
-        return busy
+        found: set[str] = set()
+        if worker.process is None:
+            return found
+        for pid in session_pids(worker.process.pid):
+            with contextlib.suppress(psutil.Error):
+                title = " ".join(psutil.Process(pid).cmdline())
+                if title.startswith("airflow supervisor: "):
+                    found.add(title.split(": ", 1)[1].strip())
+        return found
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         run_id = f"cluster-{int(time.time() * 1000)}"
@@ -753,15 +754,19 @@ def smoke(c: Cluster, *, run_timeout: float = 360, generation_seconds: float = 8
     )
 
     def generation_running_on_a_worker() -> Service | None:
-        submitted = sum(
-            1
+        """A worker running a generate task, once the service accepted a generation."""
+        submitted = any(
+            entry["method"] == "POST" and entry["path"] == NATIVE_SUBMIT_PATH and entry.get("outcome") == "ok"
             for entry in c.emulator("requests")["requests"]
-            if entry["method"] == "POST"
-            and entry["path"] == NATIVE_SUBMIT_PATH
-            and entry.get("outcome") == "ok"
         )
-        busy = c.busy_workers()
-        return busy[0] if submitted and busy else None
+        if not submitted:
+            return None
+        generating = {
+            instance["id"]
+            for instance in c.task_instances(PIPELINE_DAG_ID, run_id)
+            if instance["task_id"] == "generate" and instance["state"] == "running"
+        }
+        return next((worker for worker in c.workers if c.running_on(worker) & generating), None)
 
     victim = wait_until(
         "a generation running on a worker", generation_running_on_a_worker, 180, c.workers, 0.5
@@ -795,6 +800,8 @@ def smoke(c: Cluster, *, run_timeout: float = 360, generation_seconds: float = 8
     retried = [
         f"{i['task_id']}[{i['map_index']}] try {i['try_number']}" for i in instances if i["try_number"] > 1
     ]
+    if not retried:
+        problems.append("no task was retried: the worker kill hit no running task")
     log(f"run {state}; tasks {task_states}; retried after the kill: {retried or 'none'}")
     return SmokeResult(
         state,
