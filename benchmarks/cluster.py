@@ -321,6 +321,24 @@ class Cluster:
         self.wait_worker_ready(worker, timeout, offset)
         log(f"{worker.name} restarted and ready")
 
+    def restart_triggerer(self, timeout: float = 180) -> None:
+        """SIGKILL the triggerer (all of its session) and start it again; wait for its next heartbeat."""
+        triggerer = self.services["triggerer"]
+        log(f"SIGKILL to every process of the triggerer (pid {triggerer.process and triggerer.process.pid})")
+        triggerer.kill()
+        killed_at = datetime.now(UTC)
+        with triggerer.log_path.open("ab") as output:
+            output.write(b"\n----- restarted by benchmarks/cluster.py -----\n")
+        triggerer.start()
+
+        def beating() -> bool:
+            health = http_json(f"{self.api_url}/api/v2/monitor/health")["triggerer"]
+            beat = health.get("latest_triggerer_heartbeat")
+            return bool(beat) and datetime.fromisoformat(beat) > killed_at and health["status"] == "healthy"
+
+        wait_until("the restarted triggerer's heartbeat", beating, timeout, [triggerer], 1)
+        log("triggerer restarted and healthy")
+
     def running_on(self, worker: Service) -> set[str]:
         """The task instance ids running on a worker (its task processes: 'airflow supervisor: <id>')."""
         import psutil
@@ -390,6 +408,10 @@ def airflow_env(
         # A task whose worker died is failed (and retried) after 30 s without a heartbeat, not 5 min.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        # A task sent to a worker that dies before the task starts stays queued (no heartbeat to miss):
+        # the scheduler sends it again after this many seconds, not 10 min.
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "False",
         "AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(
             {
@@ -522,6 +544,7 @@ def cluster(
     worker_concurrency: int = 2,
     dags_folder: Path | None = None,
     emulator_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
     keep: bool = False,
     start_timeout: float = 420,
 ) -> Iterator[Cluster]:
@@ -550,6 +573,7 @@ def cluster(
     emulator_url = f"http://127.0.0.1:{ports['emulator']}"
     s3 = f"http://127.0.0.1:{ports['s3']}"
     env = airflow_env(work, dags_folder, ports["postgres"], ports["redis"], ports["api"], emulator_url, s3)
+    env.update(extra_env or {})
     # The admin's password, known before the api-server starts (SimpleAuthManager keeps what it finds).
     password = secrets.token_urlsafe(12)
     (work / "airflow" / "simple_auth_manager_passwords.json.generated").write_text(
@@ -691,7 +715,8 @@ def cluster(
         raise
     finally:
         stopping = time.monotonic()
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,)}
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             airflow_side = [service for service in started if service.name not in ("postgres", "redis")]
             stop_services(list(reversed(airflow_side)))
@@ -699,7 +724,7 @@ def cluster(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if previous_sigterm is not None:
+            if previous_sigterm is not None:  # ours was installed above: back to what was there before
                 signal.signal(signal.SIGTERM, previous_sigterm)
         log(f"stopped {len(started)} services in {time.monotonic() - stopping:.0f} s")
         if failed or keep:
