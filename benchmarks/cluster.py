@@ -710,8 +710,9 @@ def cluster(
         log(f"cluster ready in {time.monotonic() - begun:.0f} s: {result.api_url} (admin / {password})")
         failed = False
         yield result
-    except BaseException:
-        failed = True
+    except BaseException as error:
+        # Ctrl-C ends `make cluster`: not a failure whose logs are worth keeping.
+        failed = not isinstance(error, KeyboardInterrupt)
         raise
     finally:
         stopping = time.monotonic()
@@ -849,6 +850,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="task slots per Celery worker")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DB) after a clean exit")
     args = parser.parse_args()
+    # Ctrl-C stops the cluster even when started from a shell that had SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with cluster(workers=args.workers, worker_concurrency=args.concurrency, keep=args.keep) as c:
             for name, value in versions().items():
