@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint chromium demo bench clean
+.PHONY: install test lint chromium cluster-deps cluster demo bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium; \
 	fi
 
-test: lint chromium
+# The cluster smoke test (pytest -m cluster) runs PostgreSQL and Redis from Debian's packages.
+cluster-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql"; \
+	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; \
+	fi
+
+test: lint chromium cluster-deps
 	$(BIN)/python -m pytest
+
+# A CeleryExecutor deployment (PostgreSQL, Redis, scheduler, api-server, dag-processor, triggerer, two
+# Celery workers, the emulator with the real quota, moto_server) on loopback until Ctrl-C.
+cluster: install cluster-deps
+	$(BIN)/python benchmarks/cluster.py
 
 demo: install
 	$(BIN)/python -m airflow_provider_imggen.demo --output demo-output
