@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/cluster.py` imports the prov
     sys.path.insert(0, str(REPO))
 
 from airflow_provider_imggen.demo import emulator_command, free_port  # noqa: E402
+from benchmarks.bench_deferrable import http_json  # noqa: E402
 
 BIN = Path(sys.executable).parent
 API_KEY = "sk-cluster-emulator"
@@ -224,22 +225,6 @@ def wait_until(what: str, check: Any, timeout: float, services: list[Service], i
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} after {timeout:.0f} s")
         time.sleep(interval)
-
-
-def http_json(
-    url: str, body: Any = None, *, method: str = "GET", headers: dict[str, str] | None = None
-) -> Any:
-    request = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return json.load(answer)
-    except urllib.error.HTTPError as error:
-        raise RuntimeError(f"{method} {url}: HTTP {error.code} {error.read()[:500]!r}") from None
 
 
 def redis_ping(port: int) -> bool:
