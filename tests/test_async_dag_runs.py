@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -277,25 +278,80 @@ def test_a_task_process_killed_after_submitting_reconnects_on_retry_under_an_exe
     The faithful crash: LocalExecutor runs the task in its own supervised process, which SIGKILLs itself
     after the submission was stored; the supervisor reports it, Airflow retries, and try 2 reconnects.
     """
-    import subprocess
-
-    from tests.conftest import AIRFLOW_BIN
-
     emulator.set_faults(task_pending_ms=1500, task_duration_ms=500)
     dag_id = "imggen_async_crash"
-    finished = subprocess.run(
-        [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(ASYNC_DAGS), "--use-executor"],
-        env={**api_server, **native_connection(emulator), "IMGGEN_TEST_CRASH": "sigkill"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    printed = run_dag_under_local_executor(
+        api_server, dag_id, native_connection(emulator), IMGGEN_TEST_CRASH="sigkill"
     )
-    assert finished.returncode == 0, output(finished)
-
-    assert task_instances(api_server, dag_id)["killed_while_polling"] == ("success", 2), output(finished)
-    assert "exit_code=<Negsignal.SIGKILL: -9>" in finished.stdout + finished.stderr
+    states = dag_run_rows(api_server, dag_id, "dag_run", "state")
+    assert states == [("success",)], printed[-6000:]
+    assert task_instances(api_server, dag_id)["killed_while_polling"] == ("success", 2), printed[-6000:]
+    assert "exit_code=<Negsignal.SIGKILL: -9>" in printed
     (submission,) = task_submissions(emulator)
     metadata = xcoms(api_server, dag_id)[("killed_while_polling", -1)]
     assert isinstance(metadata, dict) and metadata["generation_task_id"] == submission["task_id"]
     assert len(metadata["images"]) == 2
     assert emulator.billed_images() == 2, "paid once"
+
+
+def run_dag_under_local_executor(
+    airflow_env: dict[str, str], dag_id: str, connection: dict[str, str], **extra_env: str
+) -> str:
+    """
+    ``airflow dags test --use-executor`` with LocalExecutor; what it printed.
+
+    Once the run has finished, ``dags test`` stops LocalExecutor, which joins its worker processes with no
+    bound: in about one run in six here (Airflow 3.3.2) that join never returns although the run was marked
+    successful ("DagRun Finished", then "Shutting down LocalExecutor" as the last line). That hang is
+    Airflow's test harness, not the run under test, so it is bounded here: after the run has finished the
+    process gets ``_SHUTDOWN_GRACE`` seconds, then its process group is killed, and the caller checks the
+    run's outcome in the metadata database. A hang before the run finished fails the test.
+    """
+    import signal
+    import subprocess
+    import tempfile
+    import time
+    import warnings
+
+    from tests.conftest import AIRFLOW_BIN
+
+    command = [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(ASYNC_DAGS), "--use-executor"]
+    timeout = float(os.environ.get("IMGGEN_CRASH_TEST_TIMEOUT", "300"))  # about 35 s here
+    with tempfile.TemporaryDirectory() as directory:
+        # Its own file (not a shared descriptor): reading it must not move the writer's offset.
+        log_path = Path(directory, "dags-test.log")
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                command,
+                env={**airflow_env, **connection, **extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started = time.monotonic()
+        finished_at: float | None = None
+        try:
+            while process.poll() is None:
+                time.sleep(0.5)
+                if finished_at is None and "DagRun Finished" in log_path.read_text(errors="replace"):
+                    finished_at = time.monotonic()
+                if finished_at is not None and time.monotonic() - finished_at > _SHUTDOWN_GRACE:
+                    # The executor's shutdown hang described above: say so in the test report.
+                    warnings.warn(f"dags test of {dag_id} killed in LocalExecutor.end()", stacklevel=2)
+                    break
+                if time.monotonic() - started > timeout:
+                    pytest.fail(
+                        f"`airflow dags test --use-executor` did not finish the run within {timeout:.0f} s; "
+                        f"task instances {task_instances(airflow_env, dag_id)}; the end of its output:\n"
+                        f"{log_path.read_text(errors='replace')[-6000:]}"
+                    )
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        printed = log_path.read_text(errors="replace")
+    assert finished_at is not None or process.returncode == 0, printed[-6000:]
+    return printed
+
+
+_SHUTDOWN_GRACE = 30.0
