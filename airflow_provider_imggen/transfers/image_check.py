@@ -103,7 +103,7 @@ class StreamingImageCheck:
     :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
     """
 
-    _QUEUED_CHUNKS = 4
+    _QUEUED_CHUNKS = 2
     _END = b""
 
     def __init__(self, *, max_pixels: int | None = None) -> None:
@@ -209,10 +209,19 @@ class _Reader:
         if self.size is not None and self.position + count > self.size:
             raise ImageCheckError("truncated: the file ends inside the image")
         while count:
-            piece = self.read(min(count, _CHUNK))
-            if crc is not None:
-                crc = zlib.crc32(piece, crc)
-            count -= len(piece)
+            if self.offset >= len(self.buffer):
+                self.buffer, self.offset = b"", 0
+                self._fill(1)
+                if not self.buffer:
+                    raise ImageCheckError("truncated: the file ends inside the image")
+            # A view of what is buffered, not a copy: large chunks cost one CRC pass and no allocation.
+            with memoryview(self.buffer)[self.offset : self.offset + count] as piece:
+                if crc is not None:
+                    crc = zlib.crc32(piece, crc)
+                taken = len(piece)
+            self.offset += taken
+            self.position += taken
+            count -= taken
         return crc or 0
 
     def find(self, byte: bytes) -> bool:
