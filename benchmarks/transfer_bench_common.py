@@ -247,6 +247,8 @@ def context() -> dict[str, Any]:
 
 def preload_operator_imports() -> None:
     """What both operators import lazily inside execute: module import is not the transfer's memory."""
+    import importlib
+
     import boto3  # noqa: F401
     import botocore  # noqa: F401
     import PIL.Image
@@ -261,3 +263,17 @@ def preload_operator_imports() -> None:
     from airflow_provider_imggen.transfers.image_generation_to_s3 import (  # noqa: F401
         ImageGenerationToS3Operator,
     )
+
+    # What S3Hook imports on its first upload, for both operators: hook lineage (plugins manager, asset
+    # classes), and boto3's S3 methods.
+    for module in (
+        "airflow.plugins_manager",
+        "airflow.sdk.lineage",
+        "airflow.providers.amazon.aws.assets.s3",
+        "airflow.providers.amazon.aws.assets.redshift",
+        "airflow.sdk.execution_time.cache",
+        "airflow.providers.common.io.assets.file",
+        "airflow.sdk.execution_time.supervisor",
+        "boto3.s3.inject",
+    ):
+        importlib.import_module(module)

@@ -788,17 +788,18 @@ def test_at_most_max_concurrency_downloads_run_at_once(s3: S3Bucket, limit: int)
     assert len(s3.object_keys()) == 8
 
 
-def test_parts_upload_in_sequence_unless_the_connection_says_otherwise(
+def test_two_parts_upload_at_a_time_unless_the_connection_says_otherwise(
     s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Images run concurrently already; boto3's per-image part threads cost ~18 MB (bench_transfer_memory)."""
+    """Images run concurrently already: two parts per image, not boto3's 10 (~3 MB per thread)."""
     operator = make_operator(generation="https://example.com/a.png", s3_bucket=s3.name, s3_key="a.png")
-    assert operator.get_s3_hook().transfer_config.use_threads is False
+    config = operator.get_s3_hook().transfer_config
+    assert (config.use_threads, config.max_request_concurrency) == (True, 2)
 
     connection = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
-    connection["extra"]["service_config"] = {"s3": {"transfer_config_args": {"use_threads": True}}}
+    connection["extra"]["service_config"] = {"s3": {"transfer_config_args": {"use_threads": False}}}
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    assert operator.get_s3_hook().transfer_config.use_threads is True
+    assert operator.get_s3_hook().transfer_config.use_threads is False
 
 
 # -- a real DAG run -----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Errors name the image, its masked source and the rule or check that failed; they
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterable
@@ -24,7 +23,12 @@ from airflow_provider_imggen.exceptions import (
 from airflow_provider_imggen.http_client import user_agent
 from airflow_provider_imggen.retry_policy import Failure, RetryPolicy, TransientAPIError, classify_error
 from airflow_provider_imggen.transfers.fetch import fetch
-from airflow_provider_imggen.transfers.image_check import ImageCheckError, check_image, sniff
+from airflow_provider_imggen.transfers.image_check import (
+    ImageCheckError,
+    ImageInfo,
+    StreamingImageCheck,
+    sniff,
+)
 from airflow_provider_imggen.transfers.sources import Source
 from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
 
@@ -115,16 +119,14 @@ class Downloader:
                     if stop.is_set():
                         raise Cancelled()
                     if source.location:
-                        size, sha256 = self._read_location(source, path, stop)
+                        size, sha256, info = self._read_location(source, path, stop)
                     else:
-                        size, sha256 = self._fetch_url(source, path, stop)
+                        size, sha256, info = self._fetch_url(source, path, stop)
         except TransientAPIError as error:
             raise ImageTransferError(
                 f"Could not download {source.label} from {source.shown_source} after {attempts} "
                 f"attempt(s): {error}. Nothing was stored; a task retry downloads again (no new generation)"
             ) from None
-        try:
-            info = check_image(path)
         except ImageCheckError as error:
             raise ImageTransferRejectedError(
                 f"{source.label} from {source.shown_source} is not a complete image ({error}). "
@@ -147,7 +149,7 @@ class Downloader:
             source, path, size, sha256, info.content_type, info.ext, info.width, info.height, seconds
         )
 
-    def _fetch_url(self, source: Source, path: Path, stop: threading.Event) -> tuple[int, str]:
+    def _fetch_url(self, source: Source, path: Path, stop: threading.Event) -> tuple[int, str, ImageInfo]:
         """One HTTP download attempt: no API key, no cookies, no proxy, the policy on every hop."""
         if source.fetch_url is None:
             raise ImageTransferError(f"{source.label}: its result URL was not resolved (a bug)")
@@ -182,7 +184,7 @@ class Downloader:
             + ". Nothing was stored"
         )
 
-    def _read_location(self, source: Source, path: Path, stop: threading.Event) -> tuple[int, str]:
+    def _read_location(self, source: Source, path: Path, stop: threading.Event) -> tuple[int, str, ImageInfo]:
         """One attempt at reading an image its generation task wrote to object storage."""
         from airflow.sdk import ObjectStoragePath
 
@@ -191,7 +193,7 @@ class Downloader:
             storage_path = ObjectStoragePath(location if "://" in location else f"file://{location}")
             with storage_path.open("rb") as stream:
                 chunks = iter(lambda: stream.read(CHUNK_BYTES), b"")
-                size, sha256 = self._receive(chunks, path, source, stop, None)
+                size, sha256, info = self._receive(chunks, path, source, stop, None)
         except FileNotFoundError:
             raise ImageTransferRejectedError(
                 f"{source.label}: {location} does not exist. Nothing was stored"
@@ -199,6 +201,15 @@ class Downloader:
         except OSError as error:
             raise TransientAPIError(
                 f"reading {location} failed: {type(error).__name__}", failure=Failure.DROPPED
+            ) from None
+        except ImageCheckError as error:
+            if not source.expected_sha256:
+                raise
+            # The generation recorded the sha256 of the complete image it wrote: this is not that content
+            # (still being written, or changed since), which another read may find whole.
+            raise TransientAPIError(
+                f"the content's sha256 differs from the one the generation recorded ({error})",
+                failure=Failure.DROPPED,
             ) from None
         if source.expected_bytes is not None and size != source.expected_bytes:
             raise TransientAPIError(
@@ -208,7 +219,7 @@ class Downloader:
             raise TransientAPIError(
                 "the content's sha256 differs from the one the generation recorded", failure=Failure.DROPPED
             )
-        return size, sha256
+        return size, sha256, info
 
     def _receive(
         self,
@@ -217,12 +228,14 @@ class Downloader:
         source: Source,
         stop: threading.Event,
         expected_length: int | None,
-    ) -> tuple[int, str]:
-        """Write chunks to ``path`` (constant memory), hashing and counting them; refuse a non-image early."""
-        digest = hashlib.sha256()
+    ) -> tuple[int, str, ImageInfo]:
+        """
+        Write chunks to ``path`` (constant memory) while checking and hashing them in a second thread;
+        refuse a non-image early. Its size, sha256, type and dimensions.
+        """
         size = 0
         head = b""
-        with open(path, "wb") as out:
+        with StreamingImageCheck() as check, open(path, "wb") as out:
             for chunk in chunks:
                 if stop.is_set():
                     raise Cancelled()
@@ -236,14 +249,15 @@ class Downloader:
                     if len(head) >= _SNIFF_BYTES:
                         # Refuse an error page at its first bytes instead of downloading all of it.
                         self._check_kind(head, source)
-                digest.update(chunk)
+                check.feed(chunk)
                 out.write(chunk)
-        if expected_length is not None and size < expected_length:
-            raise TransientAPIError(
-                f"truncated download: {size} of {expected_length} bytes arrived", failure=Failure.DROPPED
-            )
-        self._check_kind(head, source)
-        return size, digest.hexdigest()
+            if expected_length is not None and size < expected_length:
+                raise TransientAPIError(
+                    f"truncated download: {size} of {expected_length} bytes arrived", failure=Failure.DROPPED
+                )
+            self._check_kind(head, source)
+            info, sha256 = check.finish()
+        return size, sha256, info
 
     @staticmethod
     def _check_kind(head: bytes, source: Source) -> None:

@@ -6,16 +6,24 @@ with their CRCs, JPEG segments by their lengths and entropy-coded data to the EO
 and chunks. The dimensions come from the header the walk proved to be part of a complete file, and must
 stay within Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the
 file is read in 1 MiB pieces.
+
+:func:`check_image` checks a file; :class:`StreamingImageCheck` checks (and hashes) the bytes while they are
+being downloaded, in a thread of its own, so that a download needs no second pass over the file and the
+check's CRC and hashing overlap the network instead of following it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import queue
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHUNK = 1024 * 1024
@@ -57,18 +65,22 @@ def check_image(path: Path, *, max_pixels: int | None = None) -> ImageInfo:
 
     :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
     """
+    with open(path, "rb") as file:
+        return _check(_Reader(file.read, os.fstat(file.fileno()).st_size), max_pixels)
+
+
+def _check(reader: _Reader, max_pixels: int | None) -> ImageInfo:
     if max_pixels is None:
         from PIL import Image
 
         max_pixels = Image.MAX_IMAGE_PIXELS
-    with open(path, "rb") as file:
-        reader = _Reader(file, os.fstat(file.fileno()).st_size)
-        kind = sniff(reader.peek(12))
-        if kind is None:
-            raise ImageCheckError("not a PNG, JPEG or WebP image")
-        width, height = {"png": _png, "jpeg": _jpeg, "webp": _webp}[kind](reader)
-        if not reader.at_end():
-            raise ImageCheckError(f"{reader.size - reader.position} unexpected byte(s) after the image's end")
+    kind = sniff(reader.peek(12))
+    if kind is None:
+        raise ImageCheckError("not a PNG, JPEG or WebP image")
+    width, height = {"png": _png, "jpeg": _jpeg, "webp": _webp}[kind](reader)
+    trailing = reader.count_rest()
+    if trailing:
+        raise ImageCheckError(f"{trailing} unexpected byte(s) after the image's end")
     if width < 1 or height < 1:
         raise ImageCheckError(f"its header gives an empty size ({width}x{height})")
     if max_pixels and width * height > max_pixels:
@@ -79,20 +91,102 @@ def check_image(path: Path, *, max_pixels: int | None = None) -> ImageInfo:
     return ImageInfo(content_type, ext, width, height)
 
 
-class _Reader:
-    """Sequential reads over a file through a bounded buffer; reading past the end means truncated."""
+class StreamingImageCheck:
+    """
+    The check of :func:`check_image` and a sha256, over bytes fed as they arrive, in a thread of its own.
 
-    def __init__(self, file: BinaryIO, size: int) -> None:
-        self.file = file
+    ``feed`` hands each chunk over (at most ``_QUEUED_CHUNKS`` wait, bounding memory) and raises
+    :class:`ImageCheckError` as soon as the check has failed, so that a download stops early; ``finish``
+    waits for the verdict: the image's type, dimensions and sha256. ``abort`` ends the thread when the
+    download fails. Use it as a context manager: leaving the block aborts a check that did not finish.
+
+    :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
+    """
+
+    _QUEUED_CHUNKS = 2
+    _END = b""
+
+    def __init__(self, *, max_pixels: int | None = None) -> None:
+        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=self._QUEUED_CHUNKS)
+        self._digest = hashlib.sha256()
+        self._info: ImageInfo | None = None
+        self._error: ImageCheckError | None = None
+        self._aborted = threading.Event()
+        self._at_end = False  # the thread took the end marker (or was aborted)
+        self._thread = threading.Thread(
+            target=self._run, args=(max_pixels,), name="imggen-image-check", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> StreamingImageCheck:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            self.abort()
+
+    def feed(self, chunk: bytes) -> None:
+        """Hand over the next bytes (non-empty); raises the check's error once it has failed."""
+        if self._error is not None:
+            raise self._error
+        self._chunks.put(chunk)
+
+    def finish(self) -> tuple[ImageInfo, str]:
+        """The end of the bytes: the image's type and dimensions, and the sha256 of every byte fed."""
+        self._chunks.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._info is not None
+        return self._info, self._digest.hexdigest()
+
+    def abort(self) -> None:
+        """Stop checking (the download failed); returns once the thread has ended."""
+        self._aborted.set()
+        with contextlib.suppress(queue.Full):  # then the thread sees the flag at its next chunk
+            self._chunks.put_nowait(self._END)
+        self._thread.join()
+
+    def _next(self, _wanted: int) -> bytes:
+        chunk = self._chunks.get()
+        if chunk == self._END or self._aborted.is_set():
+            self._at_end = True
+            return self._END
+        self._digest.update(chunk)  # hashlib and zlib release the GIL on chunks this size
+        return chunk
+
+    def _run(self, max_pixels: int | None) -> None:
+        try:
+            self._info = _check(_Reader(self._next), max_pixels)
+        except ImageCheckError as error:
+            self._error = error
+        except Exception as error:  # a bug here must fail the download, never leave feed() blocked
+            self._error = ImageCheckError(f"the check itself failed ({type(error).__name__})")
+        if self._error is not None:
+            # Keep taking chunks until the end, so that a feed in progress never blocks.
+            while not self._at_end:
+                self._next(_CHUNK)
+
+
+class _Reader:
+    """
+    Sequential reads through a bounded buffer over ``read(n)`` (empty at the end); reading past the end
+    means truncated. ``size``, when known up front (a file), lets a skip past the end fail at once.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], size: int | None = None) -> None:
+        self._read = read
         self.size = size
         self.buffer = b""
         self.offset = 0  # in buffer
-        self.position = 0  # in the file
+        self.position = 0  # in the input
+        self._ended = False
 
     def _fill(self, wanted: int) -> None:
-        while len(self.buffer) - self.offset < wanted:
-            more = self.file.read(max(_CHUNK, wanted))
+        while len(self.buffer) - self.offset < wanted and not self._ended:
+            more = self._read(max(_CHUNK, wanted))
             if not more:
+                self._ended = True
                 return
             self.buffer = self.buffer[self.offset :] + more
             self.offset = 0
@@ -112,13 +206,22 @@ class _Reader:
 
     def skip(self, count: int, crc: int | None = None) -> int:
         """Skip ``count`` bytes (updating ``crc`` over them when given); the CRC, or 0."""
-        if self.position + count > self.size:
+        if self.size is not None and self.position + count > self.size:
             raise ImageCheckError("truncated: the file ends inside the image")
         while count:
-            piece = self.read(min(count, _CHUNK))
-            if crc is not None:
-                crc = zlib.crc32(piece, crc)
-            count -= len(piece)
+            if self.offset >= len(self.buffer):
+                self.buffer, self.offset = b"", 0
+                self._fill(1)
+                if not self.buffer:
+                    raise ImageCheckError("truncated: the file ends inside the image")
+            # A view of what is buffered, not a copy: large chunks cost one CRC pass and no allocation.
+            with memoryview(self.buffer)[self.offset : self.offset + count] as piece:
+                if crc is not None:
+                    crc = zlib.crc32(piece, crc)
+                taken = len(piece)
+            self.offset += taken
+            self.position += taken
+            count -= taken
         return crc or 0
 
     def find(self, byte: bytes) -> bool:
@@ -136,7 +239,18 @@ class _Reader:
                 return False
 
     def at_end(self) -> bool:
-        return self.position >= self.size
+        return not self.peek(1)
+
+    def count_rest(self) -> int:
+        """Read to the end; how many bytes were left."""
+        rest = len(self.buffer) - self.offset
+        self.buffer, self.offset = b"", 0
+        while not self._ended:
+            self._fill(1)
+            rest += len(self.buffer)
+            self.buffer = b""
+        self.position += rest
+        return rest
 
 
 def _png(reader: _Reader) -> tuple[int, int]:
@@ -216,13 +330,13 @@ def _entropy_coded(reader: _Reader) -> int:
 def _webp(reader: _Reader) -> tuple[int, int]:
     header = reader.read(12)
     (riff_length,) = struct.unpack("<I", header[4:8])
-    if riff_length + 8 != reader.size:
+    if reader.size is not None and riff_length + 8 != reader.size:
         raise ImageCheckError(
             f"the WebP's RIFF length says {riff_length + 8} bytes, the file has {reader.size}"
         )
     size: tuple[int, int] | None = None
     canvas: tuple[int, int] | None = None
-    while not reader.at_end():
+    while reader.position < riff_length + 8:
         kind, length = struct.unpack("<4sI", reader.read(8))
         head = reader.read(min(length, 10))
         reader.skip(length - len(head) + (length & 1))
@@ -238,6 +352,8 @@ def _webp(reader: _Reader) -> tuple[int, int]:
                 raise ImageCheckError("malformed WebP (VP8L) header")
             bits = int.from_bytes(head[1:5], "little")
             size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if reader.position != riff_length + 8:
+        raise ImageCheckError(f"the WebP's last chunk runs past its RIFF length of {riff_length + 8} bytes")
     if canvas is None and size is None:
         raise ImageCheckError("the WebP has no image header")
     return canvas or size  # type: ignore[return-value]
