@@ -20,16 +20,23 @@ from airflow_provider_imggen.exceptions import (
     ResultUrlSealError,
 )
 from airflow_provider_imggen.models import MAX_SEED
-from airflow_provider_imggen.records import FailedImageRecord, GenerationRecord, ImageRecord
+from airflow_provider_imggen.records import (
+    REQUEST_FIELDS,
+    FailedImageRecord,
+    GenerationRecord,
+    ImageRecord,
+)
 from airflow_provider_imggen.sealed_urls import NO_KEY_HELP, register_secrets, seal
 from airflow_provider_imggen.utils import mask_url
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import (
+        ImageGenerationAsyncHook,
         ImageGenerationHook,
         ImageGenerationResult,
         TaskState,
     )
+    from airflow_provider_imggen.models import GenerationRequest
 
 
 def generation_metadata(
@@ -134,8 +141,16 @@ def _with_url(record: ImageRecord, url: str, *, generation_task_id: str | None) 
     return dataclasses.replace(record, url=mask_url(url), url_sealed=sealed)
 
 
+def request_fields(request: GenerationRequest) -> dict[str, Any]:
+    """
+    What a generation record copies from the request (:data:`~airflow_provider_imggen.records.
+    REQUEST_FIELDS`): the worker and the triggerer pass exactly these to :func:`task_metadata`.
+    """
+    return {name: getattr(request, name) for name in REQUEST_FIELDS}
+
+
 def task_metadata(
-    hook: ImageGenerationHook,
+    hook: ImageGenerationHook | ImageGenerationAsyncHook,
     state: TaskState,
     *,
     model: str | None = None,
@@ -148,6 +163,10 @@ def task_metadata(
 ) -> dict[str, Any]:
     """
     The XCom metadata of a finished native task; what the caller knows of the request fills the rest.
+
+    The one builder of a native task's XCom: the worker resuming a deferred task, the polling worker, the
+    sensor, and the trigger ending a task in the triggerer (``end_from_trigger``) all call it. It makes no
+    request (``hook`` only logs), but it may block briefly: Fernet encryption, the secrets masker.
 
     Raises :class:`ImageGenerationTaskFailedError` (no Airflow retry) for a FAILED, CANCELED or UNKNOWN
     task and for one whose every image failed. Images that failed in a task that succeeded are logged one

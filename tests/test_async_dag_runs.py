@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # The moto_server and s3 fixtures.
 
 ASYNC_DAGS = TESTS_DIR / "dags" / "imggen_async_test_dags.py"
+END_FROM_TRIGGER_DAGS = TESTS_DIR / "dags" / "imggen_end_from_trigger_dags.py"
 
 
 def native_connection(emulator: EmulatorServer) -> dict[str, str]:
@@ -355,3 +356,31 @@ def run_dag_under_local_executor(
 
 
 _SHUTDOWN_GRACE = 30.0
+
+
+def test_end_from_trigger_under_dags_test_resumes_on_the_worker_with_the_same_xcom(
+    airflow_env: dict[str, str], emulator: EmulatorServer
+) -> None:
+    """
+    `airflow dags test` (3.3) runs triggers with no task instance and cannot end a task from one: it would
+    resume the task with a task-end event's bare "success". The trigger sees that and sends its ordinary
+    event, so the task resumes on the worker, as without end_from_trigger. (tests/test_end_from_trigger.py
+    shows the task ended in a real triggerer.)
+    """
+    emulator.set_faults(
+        task_pending_ms=300, task_duration_ms=300, fail_next_tasks=["none", "none", "DataInspectionFailed"]
+    )
+    dag_id = "imggen_end_from_trigger"
+    finished = run_dag(airflow_env, dag_id, END_FROM_TRIGGER_DAGS, **native_connection(emulator))
+
+    states = task_instances(airflow_env, dag_id)
+    assert states["ended_in_triggerer"] == ("success", 1), output(finished)
+    assert states["resumed_on_worker"] == ("success", 1)
+    assert states["failed"] == ("failed", 1), "FAILED is final: no retry"
+    results = xcoms(airflow_env, dag_id)
+    assert results[("compare", -1)] == {"same": True, "keys": sorted(XCOM_KEYS), "images": [2, 2]}
+    logged = finished.stdout + finished.stderr
+    assert "no task instance attached to this trigger (airflow dags test)" in logged
+    assert "ending the Airflow task from the triggerer" not in logged
+    assert logged.count("Resumed on the worker") == 3
+    assert len(task_submissions(emulator)) == 3 and emulator.billed_images() == 4

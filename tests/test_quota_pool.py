@@ -42,7 +42,7 @@ QUOTA = {"quotas": True, "quota_submissions_per_second": 2, "quota_concurrent_ta
 NATIVE_SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 
 
-def standalone_env(home: Path, emulator: EmulatorServer) -> dict[str, str]:
+def standalone_env(home: Path, emulator: EmulatorServer, dags_folder: Path = QUOTA_DAGS) -> dict[str, str]:
     connection = {
         "conn_type": "imggen",
         "host": emulator.base_url,
@@ -55,7 +55,7 @@ def standalone_env(home: Path, emulator: EmulatorServer) -> dict[str, str]:
         # standalone starts its components as plain `airflow` from PATH: this venv's.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(QUOTA_DAGS),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(PROMPTS),

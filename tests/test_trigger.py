@@ -16,7 +16,7 @@ from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.get_provider_info import get_provider_info
 from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
-from tests.conftest import AIRFLOW_BIN, API_KEY, set_imggen_connection, task_queries
+from tests.conftest import AIRFLOW_BIN, API_KEY, set_imggen_connection, task_queries, task_submissions
 from tests.test_hook import fast_hook
 
 CLASSPATH = "airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger"
@@ -81,6 +81,10 @@ def test_serialize_round_trip() -> None:
         "end_time": 1_900_000_000.5,
         "max_consecutive_errors": 5,
         "cancel_on_kill": True,
+        "end_from_trigger": False,
+        "request_fields": None,
+        "do_xcom_push": True,
+        "multiple_outputs": False,
     }
     # As the triggerer does: import the class path, re-create from the (JSON-stored) kwargs.
     again = import_string(classpath)(**json.loads(json.dumps(kwargs)))
@@ -94,6 +98,10 @@ def test_serialize_round_trip() -> None:
         "end_time": None,
         "max_consecutive_errors": 3,
         "cancel_on_kill": False,
+        "end_from_trigger": False,
+        "request_fields": None,
+        "do_xcom_push": True,
+        "multiple_outputs": False,
     }
 
 
@@ -115,6 +123,10 @@ def test_a_trigger_serialised_before_the_rename_still_loads() -> None:
         ({"poll_interval": 10, "max_poll_interval": 5}, "max_poll_interval"),
         ({"max_consecutive_errors": -1}, "max_consecutive_errors"),
         ({"max_consecutive_errors": True}, "max_consecutive_errors"),
+        ({"end_from_trigger": "yes"}, "end_from_trigger"),
+        ({"do_xcom_push": 1}, "do_xcom_push"),
+        ({"request_fields": {"prompt": "p", "api_key": "k"}}, "request_fields"),
+        ({"request_fields": ["prompt"]}, "request_fields"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], parameter: str) -> None:
@@ -318,3 +330,284 @@ def test_run_makes_no_blocking_calls(no_retry_conn: EmulatorServer, monkeypatch:
     with blockbuster_ctx(["airflow_provider_imggen"], excluded_modules=["airflow_provider_imggen.emulator"]):
         payload = run_trigger(ImageGenerationTaskTrigger(generation_task_id=task_id, **FAST))
     assert payload["status"] == "success"
+
+
+# end_from_trigger: the trigger pushes the worker's XCom and ends the task ---------------------------------
+class Supervisor:
+    """Stands for the triggerer's supervisor: records what the trigger sends it (XComs, secrets to mask)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    async def asend(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    @property
+    def xcoms(self) -> dict[str, Any]:
+        from airflow.sdk.execution_time.comms import SetXCom
+
+        pushed = [msg for msg in self.sent if isinstance(msg, SetXCom)]
+        assert len({msg.key for msg in pushed}) == len(pushed), "each key pushed once"
+        return {msg.key: msg for msg in pushed}
+
+
+@pytest.fixture
+def supervisor(monkeypatch: pytest.MonkeyPatch) -> Supervisor:
+    from airflow.sdk.execution_time import task_runner
+
+    comms = Supervisor()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    return comms
+
+
+TI = {"dag_id": "unit", "run_id": "manual__2026-01-01", "map_index": -1}
+
+
+def ending_trigger(operator: Any) -> tuple[ImageGenerationTaskTrigger, Any, dict[str, Any]]:
+    """Let the operator submit and defer; return its trigger (as the triggerer runs it), deferral, context."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from tests.test_operator import make_context
+
+    context = make_context(operator)
+    operator.render_template_fields(context)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, ImageGenerationTaskTrigger)
+    # The triggerer attaches the task instance before running a trigger that defers a task.
+    trigger.task_instance = SimpleNamespace(task_id=operator.task_id, **TI)  # type: ignore[assignment]
+    return trigger, deferred.value, context
+
+
+def first_event(trigger: ImageGenerationTaskTrigger) -> TriggerEvent:
+    async def collect() -> list[TriggerEvent]:
+        return [event async for event in trigger.run()]
+
+    (event,) = asyncio.run(collect())
+    return event
+
+
+def through_the_triggerer(event: TriggerEvent) -> TriggerEvent:
+    """The trip an event makes from the trigger runner to the triggerer's supervisor (msgpack, pydantic)."""
+    import msgspec
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry, messages
+    from airflow.sdk.execution_time.comms import _new_encoder
+
+    sent = messages.TriggerStateChanges(events=[TriggerEventEntry(7, event, None)])
+    received = messages.TriggerStateChanges.model_validate(
+        msgspec.msgpack.decode(_new_encoder().encode(sent.model_dump()))
+    )
+    assert received.events is not None
+    return received.events[0].event
+
+
+# Facts of the status read the XCom was built from: any two reads of one task differ in these.
+READ_FIELDS = {"created": int, "created_at": str, "request_id": str}
+
+
+def comparable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """
+    The XCom with each sealed URL opened (Fernet tokens differ on every encryption, the URLs must not) and
+    the read's own facts replaced by their types.
+    """
+    from airflow_provider_imggen.sealed_urls import unseal
+
+    images = [
+        {**image, "url_sealed": unseal(image["url_sealed"], label="image")} for image in metadata["images"]
+    ]
+    read = {name: type(metadata[name]) for name in READ_FIELDS}
+    assert read == READ_FIELDS, read
+    return {**metadata, **read, "images": images}
+
+
+def generating_operator(**kwargs: Any) -> Any:
+    from tests.test_operator import make_operator
+
+    return make_operator(n=2, size="512x512", seed=21, deferrable=True, **FAST, **kwargs)
+
+
+def worker_push(operator_kwargs: dict[str, Any], trigger: Any, deferred: Any, context: Any) -> Any:
+    """What the worker path pushes for the same task: the ordinary event, execute_complete, XCom backend."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    plain = first_event(ImageGenerationTaskTrigger(generation_task_id=trigger.generation_task_id, **FAST))
+    resumed = generating_operator(**operator_kwargs).execute_complete(
+        context, event=plain.payload, **deferred.kwargs
+    )
+    return XCom.serialize_value(resumed)
+
+
+def test_end_from_trigger_pushes_exactly_the_xcom_the_resumed_worker_pushes(
+    dashscope_conn: EmulatorServer, supervisor: Supervisor
+) -> None:
+    import msgspec
+    from airflow.sdk.execution_time.comms import _new_encoder
+    from airflow.triggers.base import TaskSuccessEvent
+
+    from tests.test_operator import XCOM_KEYS
+
+    dashscope_conn.set_faults(task_pending_ms=100, task_duration_ms=200)
+    trigger, deferred, context = ending_trigger(generating_operator(end_from_trigger=True))
+    assert trigger.end_from_trigger and trigger.request_fields == {
+        "model": "wan2.2-t2i-flash",
+        "prompt": "a lighthouse at dawn",
+        "negative_prompt": None,
+        "size": "512x512",
+        "n": 2,
+        "seed": 21,
+        "prompt_upsampling": None,
+    }
+    stored = json.dumps(trigger.serialize()[1])  # what the metadata DB keeps of the trigger
+    assert API_KEY not in stored and "http" not in stored
+
+    event = through_the_triggerer(first_event(trigger))
+    assert isinstance(event, TaskSuccessEvent) and event.xcoms is None, "the XCom went as a worker's does"
+    (pushed,) = supervisor.xcoms.values()
+    assert (pushed.key, pushed.dag_id, pushed.run_id, pushed.task_id, pushed.map_index) == (
+        "return_value",
+        "unit",
+        "manual__2026-01-01",
+        "generate",
+        -1,
+    )
+    # The message crosses to the supervisor as msgpack, and the Execution API stores its JSON value as is.
+    ended = msgspec.msgpack.decode(_new_encoder().encode(pushed.model_dump()))["value"]
+    assert isinstance(ended, dict) and set(ended) == XCOM_KEYS
+
+    resumed = worker_push({}, trigger, deferred, context)
+    assert comparable(ended) == comparable(resumed)
+    assert [image["seed"] for image in ended["images"]] == [21, 22]
+    # No image bytes, no usable signed URL, no key: masked URLs and Fernet tokens only.
+    text = json.dumps(ended)
+    assert API_KEY not in text and "Signature=" not in text.replace("Signature=***", "")
+    assert len(task_submissions(dashscope_conn)) == 1, "the trigger never submits"
+
+
+def test_end_from_trigger_keeps_failed_images_as_the_worker_does(
+    dashscope_conn: EmulatorServer, supervisor: Supervisor
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    dashscope_conn.set_faults(fail_next_task_images=[[0]])
+    trigger, deferred, context = ending_trigger(generating_operator(end_from_trigger=True))
+    assert isinstance(first_event(trigger), TaskSuccessEvent)
+    ended = supervisor.xcoms["return_value"].value
+    assert [image["index"] for image in ended["images"]] == [1]
+    assert [failed["index"] for failed in ended["failed_images"]] == [0]
+    assert comparable(ended) == comparable(worker_push({}, trigger, deferred, context))
+
+
+@pytest.mark.parametrize(
+    "operator_kwargs", [{"do_xcom_push": False}, {"multiple_outputs": True}], ids=["no-push", "multiple"]
+)
+def test_end_from_trigger_pushes_what_the_task_runner_would(
+    dashscope_conn: EmulatorServer, supervisor: Supervisor, operator_kwargs: dict[str, Any]
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    from tests.test_operator import XCOM_KEYS
+
+    trigger, _, _ = ending_trigger(generating_operator(end_from_trigger=True, **operator_kwargs))
+    assert isinstance(first_event(trigger), TaskSuccessEvent)
+    pushed = supervisor.xcoms
+    if not operator_kwargs.get("do_xcom_push", True):
+        assert pushed == {}, "do_xcom_push=False: nothing, as on a worker"
+        return
+    # multiple_outputs: every key on its own, and return_value, as on a worker.
+    assert set(pushed) == XCOM_KEYS | {"return_value"}
+    result = pushed["return_value"].value
+    assert all(pushed[key].value == value for key, value in result.items())
+
+
+def test_end_from_trigger_leaves_failures_to_the_worker_which_raises_without_retry(
+    dashscope_conn: EmulatorServer, supervisor: Supervisor
+) -> None:
+    """A TaskFailedEvent would be retried by Airflow while retries are left: FAILED must not be."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.triggers.base import BaseTaskEndEvent
+
+    from airflow_provider_imggen.exceptions import ImageGenerationTaskFailedError
+
+    dashscope_conn.set_faults(fail_next_tasks=["DataInspectionFailed"])
+    operator = generating_operator(end_from_trigger=True, retries=3)
+    trigger, deferred, context = ending_trigger(operator)
+    event = first_event(trigger)
+    assert not isinstance(event, BaseTaskEndEvent) and event.payload["status"] == "failed"
+    assert supervisor.xcoms == {}
+    with pytest.raises(ImageGenerationTaskFailedError) as raised:
+        operator.execute_complete(context, event=event.payload, **deferred.kwargs)
+    assert isinstance(raised.value, AirflowFailException) and raised.value.code == "DataInspectionFailed"
+
+
+def test_end_from_trigger_sends_the_ordinary_event_without_a_task_instance(
+    dashscope_conn: EmulatorServer, supervisor: Supervisor
+) -> None:
+    """`airflow dags test` runs triggers with no task instance and resumes with a task-end event's payload."""
+    trigger, _, _ = ending_trigger(generating_operator(end_from_trigger=True))
+    trigger.task_instance = None
+    event = first_event(trigger)
+    assert type(event) is TriggerEvent and event.payload["status"] == "success"
+    assert supervisor.xcoms == {}
+
+
+def test_end_from_trigger_falls_back_to_the_worker_when_the_xcom_cannot_be_pushed(
+    dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.execution_time import task_runner
+
+    # No supervisor to push the XCom to (as if the triggerer could not reach the Execution API).
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", None, raising=False)
+    trigger, _, _ = ending_trigger(generating_operator(end_from_trigger=True))
+    event = first_event(trigger)
+    assert type(event) is TriggerEvent and event.payload["status"] == "success"
+    assert len(task_submissions(dashscope_conn)) == 1
+
+
+def test_end_from_trigger_is_off_by_default_and_left_to_the_worker_where_airflow_needs_it(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    from airflow.sdk import DAG, Asset, task
+
+    from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+    from tests.test_operator import START
+
+    trigger, _, _ = ending_trigger(generating_operator())
+    assert (trigger.end_from_trigger, trigger.request_fields) == (False, None)
+    # Outlets: their asset events are recorded only when a worker finishes the task.
+    trigger, _, _ = ending_trigger(generating_operator(end_from_trigger=True, outlets=[Asset("s3://b/k")]))
+    assert trigger.end_from_trigger is False
+    # A mapped downstream task: the XCom's length is recorded only when a worker pushes it.
+    with DAG(dag_id="mapped_downstream", schedule=None, start_date=START):
+        generate = ImageGenerationOperator(
+            task_id="generate",
+            prompt="a lighthouse at dawn",
+            model="wan2.2-t2i-flash",
+            size="512x512",
+            deferrable=True,
+            end_from_trigger=True,
+            **FAST,
+        )
+
+        @task
+        def each(item: object) -> None:
+            """Maps over the generation's XCom."""
+
+        each.expand(item=generate.output)
+    trigger, _, _ = ending_trigger(generate)
+    assert trigger.end_from_trigger is False
+
+
+def test_end_from_trigger_makes_no_blocking_calls_on_the_event_loop(
+    no_retry_conn: EmulatorServer, supervisor: Supervisor
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+    from blockbuster import blockbuster_ctx
+
+    trigger, _, _ = ending_trigger(generating_operator(end_from_trigger=True))
+    with blockbuster_ctx(["airflow_provider_imggen"], excluded_modules=["airflow_provider_imggen.emulator"]):
+        event = first_event(trigger)
+    assert isinstance(event, TaskSuccessEvent) and "return_value" in supervisor.xcoms

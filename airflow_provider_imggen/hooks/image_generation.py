@@ -312,6 +312,49 @@ class _ImageGenerationHookBase(BaseHook):
             body, request_id, generation_task_id=generation_task_id, api_key=self.settings.api_key
         )
 
+    def result_from_task(
+        self,
+        state: TaskState,
+        *,
+        model: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        started: float | None = None,
+    ) -> ImageGenerationResult:
+        """
+        The :class:`ImageGenerationResult` of a terminal task, logged like a synchronous generation (URLs
+        masked), each failed image logged on its own line.
+
+        No I/O: both hooks have it, so a worker resuming the task and a trigger ending it build the same
+        result from the same state.
+
+        :param state: the task's terminal state (from :meth:`get_task` or :meth:`wait_for_task`)
+        :param model: the model (the status query does not name it)
+        :param parameters: the effective request parameters (:attr:`SubmittedTask.parameters`)
+        :param started: ``time.monotonic()`` at submission, to log the elapsed time
+        :raises ImageGenerationTaskFailedError: FAILED, CANCELED, UNKNOWN, or no image succeeded
+        """
+        for failed in state.failed_images:
+            self.log.warning(
+                "Task %s: image %d failed: %s %s",
+                state.generation_task_id,
+                failed.index,
+                failed.code,
+                failed.message,
+            )
+        state.raise_for_status()
+        result = state.to_result(model=model, parameters=parameters)
+        self.log.info(
+            "Task %s SUCCEEDED with %d image(s)%s%s: model=%s request_id=%s urls=%s",
+            state.generation_task_id,
+            len(result.images),
+            f" ({len(result.failed_images)} failed)" if result.failed_images else "",
+            f" in {time.monotonic() - started:.2f}s" if started is not None else "",
+            result.model or "(not stated)",
+            result.request_id,
+            [image.masked_url for image in result.images],
+        )
+        return result
+
     def _cancel_refused(self, error: ImageGenerationRejectedError, generation_task_id: str) -> bool:
         """Whether a refused cancel means "no longer cancelable" (return False) rather than an error."""
         if error.code == "UnsupportedOperation":
@@ -782,46 +825,6 @@ class ImageGenerationHook(_ImageGenerationHookBase):
                 )
             delay = next_poll_interval(delay, now - started, poll_interval, max_poll_interval)
             time.sleep(delay if deadline is None else min(delay, deadline - now))
-
-    def result_from_task(
-        self,
-        state: TaskState,
-        *,
-        model: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        started: float | None = None,
-    ) -> ImageGenerationResult:
-        """
-        The :class:`ImageGenerationResult` of a terminal task, logged like a synchronous generation (URLs
-        masked), each failed image logged on its own line.
-
-        :param state: the task's terminal state (from :meth:`get_task` or :meth:`wait_for_task`)
-        :param model: the model (the status query does not name it)
-        :param parameters: the effective request parameters (:attr:`SubmittedTask.parameters`)
-        :param started: ``time.monotonic()`` at submission, to log the elapsed time
-        :raises ImageGenerationTaskFailedError: FAILED, CANCELED, UNKNOWN, or no image succeeded
-        """
-        for failed in state.failed_images:
-            self.log.warning(
-                "Task %s: image %d failed: %s %s",
-                state.generation_task_id,
-                failed.index,
-                failed.code,
-                failed.message,
-            )
-        state.raise_for_status()
-        result = state.to_result(model=model, parameters=parameters)
-        self.log.info(
-            "Task %s SUCCEEDED with %d image(s)%s%s: model=%s request_id=%s urls=%s",
-            state.generation_task_id,
-            len(result.images),
-            f" ({len(result.failed_images)} failed)" if result.failed_images else "",
-            f" in {time.monotonic() - started:.2f}s" if started is not None else "",
-            result.model or "(not stated)",
-            result.request_id,
-            [image.masked_url for image in result.images],
-        )
-        return result
 
     # -- transport ----------------------------------------------------------------------------------
 

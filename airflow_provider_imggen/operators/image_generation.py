@@ -25,6 +25,7 @@ from airflow_provider_imggen.metadata import (
     event_generation_task_id,
     generation_metadata,
     raise_for_event,
+    request_fields,
     task_metadata,
 )
 from airflow_provider_imggen.models import (
@@ -164,6 +165,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         throttled is sent again after a wait; 0 fails at the first throttling (templated)
     :param durable: keep the submitted task id in Airflow's task state store so that a retry reconnects
         to it (Airflow 3.3 and later; on earlier versions every try submits)
+    :param end_from_trigger: with ``deferrable=True``, a generation that succeeds ends the task in the
+        triggerer, which pushes the XCom the worker would (built by the same code, pushed the same way):
+        one worker run per generation instead of two. Failures, timeouts and unreadable statuses still
+        resume on the worker and raise as without it (a FAILED generation is never retried). Off by
+        default, as in Airflow's own operators: a task ended in the triggerer gets no asset events for its
+        ``outlets``, no listener (OpenLineage) notifications (Airflow refuses to load such a DAG when a
+        listener plugin is installed) and no ``post_execute``, and the triggerer then runs the XCom
+        backend (README, "Running at scale"). With ``outlets`` or a mapped downstream task, the worker
+        finishes the task anyway. No effect without a deferred wait (the OpenAI-compatible API,
+        ``wait_for_completion=False``)
     """
 
     template_fields: Sequence[str] = (
@@ -216,6 +227,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         wait_timeout: timedelta | float | None = None,
         wait_for_completion: bool = True,
         throttle_timeout: float | str = DEFAULT_THROTTLE_TIMEOUT,
+        end_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -239,9 +251,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.wait_timeout = wait_timeout
         self.wait_for_completion = wait_for_completion
         self.throttle_timeout = throttle_timeout
+        self.end_from_trigger = end_from_trigger
         self._validate_literal_arguments()
         check_flag("deferrable", deferrable)
         check_flag("wait_for_completion", wait_for_completion)
+        check_flag("end_from_trigger", end_from_trigger)
         check_poll_settings(
             poll_interval,
             max_poll_interval,
@@ -382,12 +396,23 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Resume after the trigger's event: read the task's results once (URLs never travel in events)."""
+        """
+        Resume after the trigger's event: read the task's results once (URLs never travel in events).
+
+        Not called when the trigger ended the task itself (``end_from_trigger``, on success).
+        """
+        if not isinstance(event, Mapping):
+            raise_for_event(event, waited=self.wait_timeout)
         # The request as submitted travels in the deferral's kwargs. `airflow dags test` hands back only
         # the event: the request is then prepared again, as execute() did (same rendering, same seed).
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
         generation_task_id = str(event_generation_task_id(event))
         self._generation_task_id = generation_task_id
+        self.log.info(
+            "Resumed on the worker: the trigger reported task %s %s",
+            generation_task_id,
+            event.get("status"),
+        )
         if event.get("status") == "timeout":
             self._cancel_pending(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
@@ -538,7 +563,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     def _defer(self, generation_task_id: str) -> None:
         from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 
-        self.log.info("Deferring until task %s ends (the worker slot is free meanwhile)", generation_task_id)
+        ends_in_triggerer = self._ends_in_triggerer()
+        self.log.info(
+            "Deferring until task %s ends (the worker slot is free meanwhile)%s",
+            generation_task_id,
+            "; on success the triggerer ends this task with its XCom" if ends_in_triggerer else "",
+        )
         self.defer(
             trigger=ImageGenerationTaskTrigger(
                 generation_task_id=generation_task_id,
@@ -548,6 +578,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 end_time=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
                 # This task paid for it: a user killing the deferred task cancels it while still PENDING.
                 cancel_on_kill=True,
+                end_from_trigger=ends_in_triggerer,
+                # The trigger only has the task id: the XCom's request fields come from here.
+                request_fields=request_fields(self._submitting_request) if ends_in_triggerer else None,
+                do_xcom_push=self.do_xcom_push,
+                multiple_outputs=self.multiple_outputs,
             ),
             method_name="execute_complete",
             kwargs={"request": dataclasses.asdict(self._submitting_request)},
@@ -555,6 +590,27 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             if self.wait_timeout is not None
             else None,
         )
+
+    def _ends_in_triggerer(self) -> bool:
+        """Whether the trigger may end this task on success (``end_from_trigger``, where Airflow allows)."""
+        if not self.end_from_trigger:
+            return False
+        reason = self._worker_must_finish()
+        if reason is not None:
+            self.log.info("end_from_trigger: the worker finishes this task after all: %s", reason)
+            return False
+        return True
+
+    def _worker_must_finish(self) -> str | None:
+        """What only a worker finishing the task does and this task needs; None when nothing."""
+        if self.outlets:
+            return "it has outlets, whose asset events Airflow records only when a worker finishes a task"
+        if self.has_dag() and next(self.iter_mapped_dependants(), None) is not None:
+            return (
+                "a mapped task downstream expands over its XCom, whose length Airflow records only when a "
+                "worker pushes it"
+            )
+        return None
 
     # -- quota waits and unknown outcomes around the one billable request -------------------------------
 
@@ -655,18 +711,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def _task_metadata(self, state: TaskState) -> dict[str, Any]:
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
-        request = self._submitting_request
-        return task_metadata(
-            self.hook,
-            state,
-            model=request.model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            size=request.size,
-            n=request.n,
-            seed=request.seed,
-            prompt_upsampling=request.prompt_upsampling,
-        )
+        # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
+        return task_metadata(self.hook, state, **request_fields(self._submitting_request))
 
     def _submitted_metadata(self, generation_task_id: str) -> dict[str, Any]:
         """The XCom of a task submitted without waiting: its id and the request, no images yet."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.hooks.image_generation import (
@@ -16,9 +16,12 @@ from airflow_provider_imggen.hooks.image_generation import (
     DEFAULT_POLL_INTERVAL,
     next_poll_interval,
 )
-from airflow_provider_imggen.models import check_poll_settings
+from airflow_provider_imggen.models import check_flag, check_poll_settings
+from airflow_provider_imggen.records import REQUEST_FIELDS
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, TaskState
 
 DEFAULT_CONN_ID = "imggen_default"
@@ -45,6 +48,17 @@ class ImageGenerationTaskTrigger(BaseTrigger):
       retried by the hook, per the connection's ``max_retries``), or failed in a way no retry can fix
       (a refused key, an unusable connection).
 
+    **Ending the task here** (``end_from_trigger=True``, set by ``ImageGenerationOperator(end_from_trigger=
+    True)``): on ``success`` the trigger builds the task's XCom itself, with the function the resuming
+    worker calls (:func:`~airflow_provider_imggen.metadata.task_metadata`: masked and sealed URLs, never
+    image bytes), pushes it as a worker does (the task SDK's ``XCom.set``) and yields a
+    ``TaskSuccessEvent``: Airflow marks the task successful, no worker runs again. Every other outcome is
+    the ordinary event above, and the worker resumes to raise as it always did: a ``TaskFailedEvent``
+    would be retried by Airflow whenever the task has retries left, and a FAILED generation must not be.
+    The ordinary event is also sent when the trigger runs without a task instance (``airflow dags test``
+    runs triggers that way and would resume the task on a worker with a bare ``"success"``), and when the
+    XCom cannot be pushed from here (the worker then reads the results again and pushes it).
+
     :param generation_task_id: the native task's id (``SubmittedTask.generation_task_id``)
     :param imggen_conn_id: the ``imggen`` connection (``api_style`` must be ``dashscope``)
     :param poll_interval: seconds between polls for the first 30 s
@@ -53,6 +67,13 @@ class ImageGenerationTaskTrigger(BaseTrigger):
     :param max_consecutive_errors: failed polls tolerated in a row; one more gives up
     :param cancel_on_kill: when a user kills the deferred task (mark failed, clear...), cancel the task if
         it is still PENDING. For the operator that submitted it; a sensor only watches a task it does not own
+    :param end_from_trigger: on success, end the Airflow task from the triggerer with its XCom (see above)
+    :param request_fields: what the XCom records of the request
+        (:data:`~airflow_provider_imggen.records.REQUEST_FIELDS`: model, prompt, seed...); the status query
+        does not return them. Only with ``end_from_trigger``
+    :param do_xcom_push: the task's ``do_xcom_push``: without it the task ends with no XCom, as on a worker
+    :param multiple_outputs: the task's ``multiple_outputs``: each key of the XCom is pushed too, as on a
+        worker
     :param task_id: the name ``generation_task_id`` had before; accepted so that a trigger serialised
         before the rename (a task deferred across an upgrade) still loads
     """
@@ -67,6 +88,10 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         cancel_on_kill: bool = False,
+        end_from_trigger: bool = False,
+        request_fields: dict[str, Any] | None = None,
+        do_xcom_push: bool = True,
+        multiple_outputs: bool = False,
         task_id: str | None = None,
     ) -> None:
         super().__init__()
@@ -84,6 +109,13 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             raise ImageGenerationValidationError(
                 "max_consecutive_errors", max_consecutive_errors, "expected a whole number >= 0"
             )
+        for name, flag in (
+            ("end_from_trigger", end_from_trigger),
+            ("do_xcom_push", do_xcom_push),
+            ("multiple_outputs", multiple_outputs),
+        ):
+            check_flag(name, flag)
+        _check_request_fields(request_fields)
         # Not ``self.task_id``: the triggerer sets that to the Airflow task's id (BaseTrigger.task_instance).
         self.generation_task_id = generation_task_id
         self.imggen_conn_id = imggen_conn_id
@@ -92,6 +124,10 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         self.end_time = end_time
         self.max_consecutive_errors = max_consecutive_errors
         self.cancel_on_kill = cancel_on_kill
+        self.end_from_trigger = end_from_trigger
+        self.request_fields = request_fields
+        self.do_xcom_push = do_xcom_push
+        self.multiple_outputs = multiple_outputs
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -104,6 +140,11 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "cancel_on_kill": self.cancel_on_kill,
+                # Stored in the metadata DB: request fields (prompt, seed...), never the key or a URL.
+                "end_from_trigger": self.end_from_trigger,
+                "request_fields": self.request_fields,
+                "do_xcom_push": self.do_xcom_push,
+                "multiple_outputs": self.multiple_outputs,
             },
         )
 
@@ -116,10 +157,12 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             try:
                 hook = await stack.enter_async_context(ImageGenerationAsyncHook(self.imggen_conn_id))
             except ImageGenerationError as error:
-                event = self._payload("error", None, code=getattr(error, "code", None), message=str(error))
+                payload = self._payload("error", None, code=getattr(error, "code", None), message=str(error))
+                event: TriggerEvent = TriggerEvent(payload)
             else:
-                event = await self._wait(hook)
-        yield TriggerEvent(event)
+                payload, state = await self._wait(hook)
+                event = await self._event(hook, payload, state)
+        yield event
 
     async def on_kill(self) -> None:
         """A user killed the deferred task: cancel the task while still PENDING (nothing is billed then)."""
@@ -136,7 +179,9 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         if not canceled:
             self.log.info("Task %s could not be canceled: it is no longer PENDING", self.generation_task_id)
 
-    async def _wait(self, hook: ImageGenerationAsyncHook) -> dict[str, Any]:
+    async def _wait(self, hook: ImageGenerationAsyncHook) -> tuple[dict[str, Any], TaskState | None]:
+        """Poll until the task ends, the deadline passes or polling gives up: the payload (and, on success,
+        the final state, which holds the results)."""
         from airflow_provider_imggen.exceptions import (
             ImageGenerationAPIError,
             ImageGenerationRejectedError,
@@ -154,14 +199,14 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 # A refused key or an unusable connection: polling again cannot help.
                 return self._payload(
                     "error", task_status, code=getattr(error, "code", None), message=str(error)
-                )
+                ), None
             except ImageGenerationAPIError as error:
                 errors += 1
                 if errors > self.max_consecutive_errors:
                     self.log.error(
                         "Task %s: giving up after %d failed polls in a row", self.generation_task_id, errors
                     )
-                    return self._payload("error", task_status, code=error.code, message=str(error))
+                    return self._payload("error", task_status, code=error.code, message=str(error)), None
                 self.log.warning(
                     "Task %s: poll failed (%d in a row, %d tolerated): %s",
                     self.generation_task_id,
@@ -178,18 +223,78 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                     try:
                         state.raise_for_status()
                     except ImageGenerationTaskFailedError as failure:
-                        return self._payload("failed", task_status, state, failure.code, failure.message)
-                    return self._payload("success", task_status, state)
+                        payload = self._payload("failed", task_status, state, failure.code, failure.message)
+                        return payload, None
+                    return self._payload("success", task_status, state), state
             now = time.time()
             if self.end_time is not None and now >= self.end_time:
                 self.log.info(
                     "Task %s: deadline passed while it was %s", self.generation_task_id, task_status
                 )
-                return self._payload("timeout", task_status, message=f"still {task_status} at end_time")
+                return self._payload("timeout", task_status, message=f"still {task_status} at end_time"), None
             delay = next_poll_interval(
                 delay, time.monotonic() - started, self.poll_interval, self.max_poll_interval
             )
             await asyncio.sleep(delay if self.end_time is None else min(delay, self.end_time - now))
+
+    async def _event(
+        self, hook: ImageGenerationAsyncHook, payload: dict[str, Any], state: TaskState | None
+    ) -> TriggerEvent:
+        """The task-ending event when asked for and possible (see the class); the ordinary event otherwise."""
+        if not self.end_from_trigger or payload["status"] != "success" or state is None:
+            return TriggerEvent(payload)
+        ti = self.task_instance
+        if ti is None:
+            self.log.info(
+                "Task %s SUCCEEDED; no task instance attached to this trigger (airflow dags test), so the "
+                "worker resumes the task and pushes its XCom",
+                self.generation_task_id,
+            )
+            return TriggerEvent(payload)
+        try:
+            # In a thread: sealing (Fernet), the secrets masker and XCom.set wait on the supervisor.
+            await asyncio.to_thread(self._push_xcoms, hook, state, ti)
+        except Exception as error:  # never lose a paid generation to this: the worker can read it again
+            self.log.warning(
+                "Could not push the XCom of task %s from the triggerer (%s: %s): the worker resumes the task "
+                "and reads its results instead",
+                self.generation_task_id,
+                type(error).__name__,
+                error,
+            )
+            return TriggerEvent(payload)
+        self.log.info(
+            "Task %s SUCCEEDED: XCom pushed, ending the Airflow task from the triggerer (end_from_trigger)",
+            self.generation_task_id,
+        )
+        # Not TaskSuccessEvent(xcoms=...): Airflow 3.3 stores those with json.dumps, so a downstream task
+        # would read the XCom back as a JSON string rather than the dict a worker's push gives it.
+        return TaskSuccessEvent()
+
+    def _push_xcoms(self, hook: ImageGenerationAsyncHook, state: TaskState, ti: Any) -> None:
+        """
+        Push the XComs a worker returning this task's metadata would push, the way a worker pushes them.
+
+        Through the task SDK's ``XCom.set``: the deployment's XCom backend serialises the value and the
+        triggerer's supervisor sends it to the Execution API, which stores it as it stores a worker's push.
+        """
+        from airflow.sdk.execution_time.xcom import XCom
+
+        from airflow_provider_imggen.metadata import task_metadata
+
+        metadata = task_metadata(hook, state, **(self.request_fields or {}))
+        xcoms = task_end_xcoms(
+            metadata, do_xcom_push=self.do_xcom_push, multiple_outputs=self.multiple_outputs
+        )
+        for key, value in (xcoms or {}).items():
+            XCom.set(
+                key=key,
+                value=value,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                map_index=ti.map_index,
+            )
 
     def _payload(
         self,
@@ -213,3 +318,30 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             "succeeded": len(state.images) if state is not None else 0,
             "failed": failed,
         }
+
+
+def task_end_xcoms(
+    result: dict[str, Any], *, do_xcom_push: bool, multiple_outputs: bool
+) -> dict[str, JsonValue] | None:
+    """
+    The XComs a worker pushes for a task that returned ``result``, by key.
+
+    Mirrors the task runner: nothing without ``do_xcom_push``; with ``multiple_outputs`` every key too,
+    and ``return_value`` always.
+    """
+    if not do_xcom_push:
+        return None
+    xcoms: dict[str, JsonValue] = dict(result) if multiple_outputs else {}
+    xcoms["return_value"] = result
+    return xcoms
+
+
+def _check_request_fields(request_fields: object) -> None:
+    if request_fields is None:
+        return
+    if not isinstance(request_fields, dict) or not set(request_fields) <= set(REQUEST_FIELDS):
+        raise ImageGenerationValidationError(
+            "request_fields",
+            sorted(request_fields) if isinstance(request_fields, dict) else type(request_fields).__name__,
+            f"expected a dict with keys among {', '.join(REQUEST_FIELDS)}",
+        )

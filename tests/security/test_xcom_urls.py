@@ -120,7 +120,12 @@ def masked_secrets(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     import airflow.sdk.log
 
     registered: list[object] = []
-    monkeypatch.setattr(airflow.sdk.log, "mask_secret", lambda secret, name=None: registered.append(secret))
+
+    def mask_secret(secret: object, name: str | None = None) -> None:
+        # Airflow's masker takes a list of secrets too (the provider registers a URL's in one call).
+        registered.extend(secret if isinstance(secret, list) else [secret])
+
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", mask_secret)
     return registered
 
 
