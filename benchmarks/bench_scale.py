@@ -82,6 +82,12 @@ def main() -> int:
     parser.add_argument("--generation-seconds", type=float, default=4.0)
     parser.add_argument("--no-faults", dest="faults", action="store_false", help="no worker kill, no restart")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DB)")
+    parser.add_argument(
+        "--pool-slots",
+        type=int,
+        default=QUOTA_CONCURRENT,
+        help="slots of the quota pool (default: the account's concurrent tasks, the README's recipe)",
+    )
     args = parser.parse_args()
     limit = args.prompts * args.generation_seconds / QUOTA_CONCURRENT
     dags = Path(tempfile.mkdtemp(prefix="imggen-bench-scale-dags-"))
@@ -98,7 +104,7 @@ def main() -> int:
 
 def run(c: Cluster, args: argparse.Namespace, limit: float) -> int:
     c.airflow(
-        "pools", "set", POOL, str(QUOTA_CONCURRENT), "the account's concurrent tasks", "--include-deferred"
+        "pools", "set", POOL, str(args.pool_slots), "the account's concurrent tasks", "--include-deferred"
     )
     c.emulator(
         "faults", {"task_pending_ms": 0, "task_duration_ms": args.generation_seconds * 1000}, method="PUT"
@@ -162,8 +168,9 @@ def run(c: Cluster, args: argparse.Namespace, limit: float) -> int:
     billed_twice = max(0, billed_submissions - args.prompts)
     print()
     print(
-        f"{args.prompts} prompts x {args.generation_seconds:g} s, deferrable, pool {POOL} of "
-        f"{QUOTA_CONCURRENT} (deferred counted), CeleryExecutor 2 workers x 2 slots; faults: "
+        f"{args.prompts} prompts x {args.generation_seconds:g} s, deferrable ending in the triggerer, pool "
+        f"{POOL} of {args.pool_slots} (deferred counted; quota {QUOTA_CONCURRENT} concurrent tasks), "
+        f"CeleryExecutor 2 workers x 2 slots; faults: "
         f"{', '.join(faults) or 'none'}"
     )
     print(

@@ -1,8 +1,9 @@
 """
 The DAG that benchmarks/bench_scale.py runs on the cluster: the content pipeline at volume.
 
-N prompts (``params.prompts``) -> one deferrable generation per prompt, in the pool that stands for the
-account's concurrent-task quota (``imggen_quota``, deferred tasks counted) -> every image stored in S3.
+N prompts (``params.prompts``) -> one deferrable generation per prompt, ending in the triggerer, in the pool
+that stands for the account's concurrent-task quota (``imggen_quota``, deferred tasks counted) -> every
+image stored in S3.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ with DAG(
         size="512*512",
         n=1,
         deferrable=True,
+        # A generation ends in the triggerer: one worker run (the submission) per image, not two.
+        end_from_trigger=True,
         pool="imggen_quota",
         # 4 s generations: read the status every second.
         poll_interval=1,
