@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/cluster.py` imports the prov
     sys.path.insert(0, str(REPO))
 
 from airflow_provider_imggen.demo import emulator_command, free_port  # noqa: E402
-from benchmarks.bench_deferrable import http_json  # noqa: E402
+from benchmarks.bench_deferrable import http_json, session_pids  # noqa: E402
 
 BIN = Path(sys.executable).parent
 API_KEY = "sk-cluster-emulator"
@@ -132,18 +132,6 @@ def versions() -> dict[str, str]:
 
 
 # --- processes ------------------------------------------------------------------------------------------
-
-
-def session_pids(session_id: int) -> list[int]:
-    """The processes of one session, whatever process group they moved to (Celery's pool, supervisors)."""
-    import psutil
-
-    found = []
-    for pid in psutil.pids():
-        with contextlib.suppress(OSError):
-            if os.getsid(pid) == session_id and pid != os.getpid():
-                found.append(pid)
-    return found
 
 
 def signal_session(session_id: int, signum: int) -> None:
