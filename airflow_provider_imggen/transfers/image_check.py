@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import queue
 import struct
 import threading
@@ -66,7 +65,7 @@ def check_image(path: Path, *, max_pixels: int | None = None) -> ImageInfo:
     :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
     """
     with open(path, "rb") as file:
-        return _check(_Reader(file.read, os.fstat(file.fileno()).st_size), max_pixels)
+        return _check(_Reader(file.read), max_pixels)
 
 
 def _check(reader: _Reader, max_pixels: int | None) -> ImageInfo:
@@ -170,13 +169,12 @@ class StreamingImageCheck:
 
 class _Reader:
     """
-    Sequential reads through a bounded buffer over ``read(n)`` (empty at the end); reading past the end
-    means truncated. ``size``, when known up front (a file), lets a skip past the end fail at once.
+    Sequential reads through a bounded buffer over ``read(n)`` (empty at the end), a file's or a download's:
+    reading past the end means truncated.
     """
 
-    def __init__(self, read: Callable[[int], bytes], size: int | None = None) -> None:
+    def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read = read
-        self.size = size
         self.buffer = b""
         self.offset = 0  # in buffer
         self.position = 0  # in the input
@@ -206,8 +204,6 @@ class _Reader:
 
     def skip(self, count: int, crc: int | None = None) -> int:
         """Skip ``count`` bytes (updating ``crc`` over them when given); the CRC, or 0."""
-        if self.size is not None and self.position + count > self.size:
-            raise ImageCheckError("truncated: the file ends inside the image")
         while count:
             if self.offset >= len(self.buffer):
                 self.buffer, self.offset = b"", 0
@@ -237,9 +233,6 @@ class _Reader:
             self._fill(1)
             if not self.buffer:
                 return False
-
-    def at_end(self) -> bool:
-        return not self.peek(1)
 
     def count_rest(self) -> int:
         """Read to the end; how many bytes were left."""
@@ -330,10 +323,6 @@ def _entropy_coded(reader: _Reader) -> int:
 def _webp(reader: _Reader) -> tuple[int, int]:
     header = reader.read(12)
     (riff_length,) = struct.unpack("<I", header[4:8])
-    if reader.size is not None and riff_length + 8 != reader.size:
-        raise ImageCheckError(
-            f"the WebP's RIFF length says {riff_length + 8} bytes, the file has {reader.size}"
-        )
     size: tuple[int, int] | None = None
     canvas: tuple[int, int] | None = None
     while reader.position < riff_length + 8:
