@@ -747,6 +747,10 @@ def validate_generation_request(
         if not 0 <= checked_seed <= MAX_SEED:
             raise ImageGenerationValidationError("seed", seed, seed_allowed)
 
+    if isinstance(extra_body, dict) and "watermark" in extra_body and watermark is None:
+        # Before it was a parameter, watermark could only travel in extra_body: still read from there.
+        extra_body = dict(extra_body)
+        watermark = extra_body.pop("watermark")
     checked_watermark = None if watermark is None else coerce_bool("watermark", watermark)
     if endpoint is not None and endpoint not in ENDPOINTS:
         check_endpoint(model, endpoint)  # raises, naming the endpoints
