@@ -178,9 +178,11 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     # Standard fields: Host relabelled with a gateway placeholder, the key as a password, the rest hidden.
     host = form.locator("input[name=host]")
     password = form.locator("input[name=password]")
-    assert host.get_attribute("placeholder") == "https://gateway.example.com/v1"
+    assert host.get_attribute("placeholder") == (
+        "https://gateway.example.com/v1 or https://dashscope-intl.aliyuncs.com/api/v1"
+    )
     assert password.get_attribute("type") == "password"
-    assert password.get_attribute("placeholder") == "sk-..."
+    assert password.get_attribute("placeholder") == "sk-... (a DashScope key works only in its own region)"
     assert field_labels(form) == ["Connection ID", "Connection Type", "Description", "Base URL", "API Key"]
     for hidden in ("login", "port", "schema"):
         assert form.locator(f"input[name={hidden}]").count() == 0, hidden
