@@ -12,6 +12,8 @@ provider always sends a size).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +117,32 @@ def test_the_issue_models_are_in_both_tables() -> None:
 def test_every_provider_model_cites_its_page() -> None:
     for spec in provider.KNOWN_MODELS.values():
         assert spec.docs.startswith("Model Studio: "), spec.name
+
+
+def _readme_model_rows() -> dict[str, list[str]]:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text.split("### Models", 1)[1].split("\n\n- ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        match = re.match(r"\| `([^`]+)` \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split("|")]
+    return rows
+
+
+def test_the_readme_model_table_says_what_the_provider_checks() -> None:
+    """README "Models": one row per known model; its endpoint, n, prompt limits, quota and page agree."""
+    rows = _readme_model_rows()
+    assert set(rows) == set(provider.KNOWN_MODELS)
+    for model, (endpoint, sizes, n, prompts, quota, docs) in rows.items():
+        spec = provider.KNOWN_MODELS[model]
+        assert ("sync only" in endpoint) == (spec.endpoints == ("sync",)), model
+        assert ("task API" in endpoint) == ("async" in spec.endpoints), model
+        assert ("or sync" in endpoint) == (spec.endpoints == ("async", "sync")), model
+        assert n.split(" ")[0] == ("1" if spec.max_n == 1 else f"1-{spec.max_n}"), model
+        limits = re.sub(r" \*\([a-z]+\)\*", "", prompts)
+        assert limits == f"{spec.max_prompt_chars} / {spec.max_negative_prompt_chars}", model
+        assert re.sub(r" \*\([a-z]+\)\*", "", quota) == spec.quota.describe(), model  # type: ignore[union-attr]
+        assert spec.docs in docs and provider.DOC_RATE_LIMITS in docs, model
+        if spec.fixed_sizes is not None and "as qwen-image" not in sizes:
+            assert all(f"{w}\\*{h}" in sizes for w, h in spec.fixed_sizes), model
