@@ -128,7 +128,8 @@ def test_a_workspace_the_key_cannot_use_is_refused_without_retry(monkeypatch: py
         with pytest.raises(ImageGenerationRejectedError, match="no access to workspace") as refused:
             fast_hook().generate_images("a lighthouse", model="qwen-image-max")
         assert refused.value.status == 403
-        assert len(emulator.requests_log()) == 1 and emulator.billed_images() == 0
+        (entry,) = emulator.requests_log()
+        assert (entry["status"], entry["workspace"], emulator.billed_images()) == (403, "ws-other", 0)
         set_imggen_connection(monkeypatch, emulator.base_url, api_style="dashscope", workspace="ws-mine")
         assert len(fast_hook().generate_images("a lighthouse", model="qwen-image-max").images) == 1
 

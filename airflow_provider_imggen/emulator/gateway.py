@@ -44,6 +44,7 @@ from airflow_provider_imggen.emulator.wire import (
     is_authorized,
     json_object,
     record,
+    refusal_status,
     refusing_fault_response,
     request_id_of,
     state_of,
@@ -146,7 +147,14 @@ async def generate_images(request: Request) -> Response:
     state = state_of(request)
     request_id = request_id_of(request)
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="generate", outcome="unauthorized")
+        record(
+            state,
+            request,
+            request_id,
+            refusal_status(state, request),
+            kind="generate",
+            outcome="unauthorized",
+        )
         return unauthorized(state, request, request_id)
     fault = state.draw_api_fault(billable=True, gateway=True)
     if fault in REFUSING_FAULTS:
@@ -271,7 +279,9 @@ async def list_models(request: Request) -> Response:
     # Faults apply here too (a failing gateway fails the connection test), but not the latency,
     # which stands for image generation time.
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="models", outcome="unauthorized")
+        record(
+            state, request, request_id, refusal_status(state, request), kind="models", outcome="unauthorized"
+        )
         return unauthorized(state, request, request_id)
     fault = state.draw_api_fault()
     if fault is not None:

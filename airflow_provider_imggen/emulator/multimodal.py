@@ -40,6 +40,7 @@ from airflow_provider_imggen.emulator.wire import (
     is_authorized,
     json_object,
     record,
+    refusal_status,
     refusing_fault_response,
     request_id_of,
     state_of,
@@ -73,7 +74,7 @@ async def generate(request: Request) -> Response:
     state = state_of(request)
     request_id = request_id_of(request)
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind=KIND, outcome="unauthorized")
+        record(state, request, request_id, refusal_status(state, request), kind=KIND, outcome="unauthorized")
         return unauthorized(state, request, request_id, "dashscope")
     fault = state.draw_api_fault(billable=True)
     if fault in REFUSING_FAULTS:

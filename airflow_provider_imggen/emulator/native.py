@@ -46,6 +46,7 @@ from airflow_provider_imggen.emulator.wire import (
     is_authorized,
     json_object,
     record,
+    refusal_status,
     refusing_fault_response,
     request_id_of,
     state_of,
@@ -71,7 +72,7 @@ _IMAGE_FAILURE = {"code": "DataInspectionFailed", "message": "Output data may co
 def _refuse(state: EmulatorState, request: Request, request_id: str, kind: str) -> Response | None:
     """The 401 or the injected refusing fault this (non-billable) call gets, logged; None to serve it."""
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind=kind, outcome="unauthorized")
+        record(state, request, request_id, refusal_status(state, request), kind=kind, outcome="unauthorized")
         return unauthorized(state, request, request_id, "dashscope")
     fault = state.draw_api_fault()
     if fault is None:
@@ -115,7 +116,9 @@ async def submit_task(request: Request) -> Response:
     state = state_of(request)
     request_id = request_id_of(request)
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="submit", outcome="unauthorized")
+        record(
+            state, request, request_id, refusal_status(state, request), kind="submit", outcome="unauthorized"
+        )
         return unauthorized(state, request, request_id, "dashscope")
     fault = state.draw_api_fault(billable=True)
     if fault in REFUSING_FAULTS:

@@ -59,6 +59,13 @@ def _workspace_allowed(request: Request) -> bool:
     return workspace is None or not allowed or workspace in allowed
 
 
+def refusal_status(state: EmulatorState, request: Request) -> int:
+    """The status an unauthorized request is answered with: 403 for a workspace the right key may not use."""
+    presented = presented_key(request)
+    key_ok = presented is not None and hmac.compare_digest(presented.encode(), state.config.api_key.encode())
+    return 403 if key_ok else 401
+
+
 def is_authorized(request: Request, api_key: str) -> bool:
     """The right key, and (when the emulator lists workspaces) a workspace the key may use."""
     presented = presented_key(request)

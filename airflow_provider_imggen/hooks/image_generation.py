@@ -402,8 +402,11 @@ class ImageGenerationHook(_ImageGenerationHookBase):
 
     The connection's Host is the API's base URL (``https://gateway.example.com/v1``; https when no scheme
     is given), its Password the API key. Extra fields: ``default_model``, ``request_timeout`` (seconds),
-    ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API) and
-    ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`).
+    ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API),
+    ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`), ``workspace`` (sent as
+    ``X-DashScope-WorkSpace``) and ``gateway_dialect`` (``openai`` or ``nested``: where a gateway reads
+    DashScope's own fields). On DashScope, each model goes to the endpoint that serves it (README,
+    "Models"): the asynchronous task API or the synchronous multimodal generation.
 
     Billable requests are never sent twice unless the service provably did nothing with the first: see
     :mod:`~airflow_provider_imggen.retry_policy`.
@@ -1017,7 +1020,8 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
     """
     The asyncio hook for triggers: status queries and cancels on DashScope's native task API.
 
-    It never submits (a trigger may run more than once; a submission bills), and it never blocks the event
+    It never submits, nor calls the synchronous multimodal generation (a trigger may run more than once; both
+    bill: the blocking hook sends them from the worker), and it never blocks the event
     loop: the connection comes from ``aget_connection``, the HTTP client (httpx) is built in a thread (it
     loads CA certificates from disk), retries sleep with ``asyncio.sleep`` (tenacity's ``AsyncRetrying``).
     Connection parsing, the retry policy, response and task parsing, errors and masking are the same as

@@ -99,7 +99,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     already paid for instead of submitting again (a record written before the rename, with ``task_id``,
     is read too):
 
-    * task PENDING or RUNNING: wait for it again; SUCCEEDED: take its results (nothing is sent);
+    * task PENDING, RUNNING or SUSPENDED: wait for it again; SUCCEEDED: take its results (nothing is
+      sent);
     * FAILED or CANCELED: nothing was billed for it, so a new task is submitted;
     * UNKNOWN (task ids live 24 h): its results can no longer be fetched, so a new task is submitted;
     * the rendered request differs from the one that was submitted: a new task is submitted.
