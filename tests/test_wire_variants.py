@@ -274,3 +274,22 @@ def test_operator_on_a_sync_only_model(dashscope_conn: EmulatorServer) -> None:
     with pytest.raises(AirflowFailException, match="served only by the synchronous endpoint"):
         run(make_operator(model="{{ params.model }}", endpoint="async", params={"model": "qwen-image-max"}))
     assert dashscope_conn.billed_images() == 3
+
+
+def test_sync_endpoint_without_a_fernet_key_refuses_before_billing(
+    dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No task to read the URLs from again: as on the gateway, refuse before paying for unusable images."""
+    from airflow.sdk.crypto import get_fernet
+
+    from airflow_provider_imggen.exceptions import ResultUrlSealError
+
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "")
+    get_fernet.cache_clear()
+    try:
+        with pytest.raises(ResultUrlSealError, match=r"synchronous endpoint.*Nothing was sent or billed"):
+            run(make_operator(model="qwen-image-max"))
+    finally:
+        monkeypatch.undo()
+        get_fernet.cache_clear()
+    assert dashscope_conn.requests_log() == []

@@ -401,7 +401,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             return self.execute_resumable(context)
 
         api = (
-            "The OpenAI-compatible API (connection api_style 'openai')"
+            "the OpenAI-compatible API (connection api_style 'openai')"
             if endpoint == "gateway"
             else f"DashScope's synchronous endpoint (which serves {request.model})"
         )
@@ -409,15 +409,15 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             raise ImageGenerationValidationError(
                 "wait_for_completion",
                 False,
-                f"{api} answers with the images, there is no task to come back to: leave "
+                f"{api[0].upper()}{api[1:]} answers with the images, there is no task to come back to: leave "
                 "wait_for_completion=True"
                 + (", or use api_style 'dashscope'" if endpoint == "gateway" else ""),
             )
         if self.deferrable:
             self.log.info(
-                "deferrable=True has no effect here: %s answers with the images in one request and has no "
-                "task the triggerer could wait on, so the images are generated in this worker "
-                "(connection %r)",
+                "deferrable=True has no effect with %s (connection %r): it answers with the images in one "
+                "request and has no task the triggerer could wait on, so the images are generated in this "
+                "worker",
                 api,
                 self.imggen_conn_id,
             )
@@ -425,7 +425,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             # These URLs cannot be read again later (no task to read them from): without a key to seal them
             # for the transfer, the images would be paid for and unusable. Refuse before anything is billed.
             raise ResultUrlSealError(
-                f"{api}'s result URLs are credentials: XCom shows them masked and keeps "
+                f"The result URLs of {api} are credentials: XCom shows them masked and keeps "
                 "them sealed with Airflow's Fernet key, and this worker has no usable key. Nothing was "
                 f"sent or billed; {NO_KEY_HELP}. (response_format='b64_json' with an output_path needs "
                 "no key)"
