@@ -312,10 +312,11 @@ def unknown_model_note(model: str) -> str | None:
 def endpoints_of(model: str) -> tuple[str, ...]:
     """
     The native endpoints serving ``model``: from the table, from its base model for a dated snapshot
-    (``qwen-image-max-2025-12-30``), else the asynchronous task API (what unknown models always used).
+    (``qwen-image-max-2025-12-30``). A model the table does not know may be asked on either (the service
+    decides); the asynchronous task API first, as unknown models always used it.
     """
     spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
-    return spec.endpoints if spec is not None else ("async",)
+    return spec.endpoints if spec is not None else ("async", "sync")
 
 
 def check_endpoint(model: str, endpoint: object) -> Endpoint:

@@ -261,6 +261,17 @@ def test_unknown_model_passes_generic_checks_with_a_warning_naming_the_closest(
 def test_a_dated_snapshot_goes_to_its_base_models_endpoint(dashscope_conn: EmulatorServer) -> None:
     fast_hook().generate_images("a lighthouse", model="qwen-image-max-2025-12-30", size="1664*928")
     assert billable_paths(dashscope_conn) == [MULTIMODAL]
+    dashscope_conn.clear_log()
+    message = refused_before_sending(dashscope_conn, model="qwen-image-max-2025-12-30", endpoint="async")
+    assert "served only by the synchronous endpoint" in message
+
+
+def test_an_unknown_model_uses_the_task_api_unless_told(dashscope_conn: EmulatorServer) -> None:
+    fast_hook().generate_images("a lighthouse", model="qwen-image-3.0")
+    fast_hook().generate_images("a lighthouse", model="qwen-image-3.0", endpoint="sync")
+    assert billable_paths(dashscope_conn) == [SUBMIT, MULTIMODAL]
+    with pytest.raises(ImageGenerationValidationError, match="expected 'async'"):
+        fast_hook().generate_images("a lighthouse", model="qwen-image-3.0", endpoint="multimodal")
 
 
 # The money rule on the synchronous endpoint ----------------------------------------------------------------
