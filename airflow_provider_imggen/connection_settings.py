@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.models import coerce_bool, coerce_int, coerce_seconds
+from airflow_provider_imggen.models import (
+    GATEWAY_DIALECTS,
+    GatewayDialect,
+    coerce_bool,
+    coerce_int,
+    coerce_seconds,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -17,6 +24,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_REQUEST_TIMEOUT",
+    "WORKSPACE_HEADER",
     "ApiStyle",
     "ConnectionSettings",
     "parse_connection",
@@ -27,6 +35,10 @@ API_STYLES: tuple[str, ...] = ("openai", "dashscope")
 DEFAULT_REQUEST_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# Model Studio's workspace selection header (issue 15; the DashScope SDK sends it as "X-DashScope-WorkSpace").
+WORKSPACE_HEADER = "X-DashScope-WorkSpace"
+# A workspace id goes into an HTTP header: letters, digits, '-', '_', '.' only (no CR/LF, no spaces).
+_WORKSPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,10 @@ class ConnectionSettings:
     :param request_timeout: the read timeout of one request, in seconds
     :param retry_unknown_outcome: re-send a billable request whose outcome is unknown (5xx, read timeout,
         connection lost after sending); the user accepts that it may bill twice
+    :param workspace: the Model Studio workspace id sent as ``X-DashScope-WorkSpace`` (None: the key's
+        default workspace)
+    :param gateway_dialect: where an OpenAI-compatible gateway reads DashScope's own fields: ``openai``
+        (top level) or ``nested`` (under ``parameters`` / ``input``)
     """
 
     base_url: str
@@ -46,6 +62,8 @@ class ConnectionSettings:
     max_retries: int
     api_style: ApiStyle
     retry_unknown_outcome: bool = False
+    workspace: str | None = None
+    gateway_dialect: GatewayDialect = "openai"
 
 
 def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
@@ -95,6 +113,24 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
 
     retry_unknown = extra("retry_unknown_outcome")
     default_model = extra("default_model")
+
+    workspace = extra("workspace")
+    if workspace is not None:
+        workspace = str(workspace).strip() if isinstance(workspace, str) else workspace
+        if not isinstance(workspace, str) or not _WORKSPACE_PATTERN.fullmatch(workspace):
+            raise ImageGenerationValidationError(
+                label("workspace"),
+                workspace,
+                "expected a Model Studio workspace id (letters, digits, '-', '_', '.'), e.g. ws-1a2b3c4d",
+            )
+
+    dialect: GatewayDialect = extra("gateway_dialect") or "openai"
+    if dialect not in GATEWAY_DIALECTS:
+        raise ImageGenerationValidationError(
+            label("gateway_dialect"),
+            dialect,
+            "expected 'openai' (DashScope's fields at the top level) or 'nested' (under parameters/input)",
+        )
     return ConnectionSettings(
         base_url=_base_url(conn, api_style),
         api_key=conn.password,
@@ -105,6 +141,8 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         retry_unknown_outcome=False
         if retry_unknown is None
         else coerce_bool(label("retry_unknown_outcome"), retry_unknown),
+        workspace=workspace or None,
+        gateway_dialect=dialect,
     )
 
 

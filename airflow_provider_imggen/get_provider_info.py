@@ -13,7 +13,26 @@ from airflow_provider_imggen import __version__
 INTEGRATION = "Image Generation"
 # Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
 # there because this module is loaded on every `import airflow`.
-KNOWN_MODEL_NAMES = ["qwen-image", "qwen-image-plus", "wan2.2-t2i-flash", "wan2.2-t2i-plus"]
+KNOWN_MODEL_NAMES = [
+    "qwen-image",
+    "qwen-image-plus",
+    "qwen-image-max",
+    "qwen-image-2.0",
+    "qwen-image-2.0-pro",
+    "wan2.5-t2i-preview",
+    "wan2.2-t2i-flash",
+    "wan2.2-t2i-plus",
+    "wanx2.1-t2i-turbo",
+    "wanx2.1-t2i-plus",
+    "wanx2.0-t2i-turbo",
+]
+# DashScope's regions (a key works only in its own region; README "Regions and workspaces"): the base
+# URLs, said once for the form's placeholder and descriptions.
+DASHSCOPE_REGIONS = (
+    "Beijing https://dashscope.aliyuncs.com/api/v1, Singapore https://dashscope-intl.aliyuncs.com/api/v1, "
+    "US (Virginia) https://dashscope-us.aliyuncs.com/api/v1 (another model list), or a workspace endpoint "
+    "https://{WorkspaceId}.{region}.maas.aliyuncs.com/api/v1"
+)
 # Kept in step with airflow_provider_imggen.transfers.url_policy.DEFAULT_RESULT_HOSTS (a test checks it).
 DEFAULT_RESULT_HOST_PATTERNS = ["dashscope-result-*.oss-*.aliyuncs.com"]
 
@@ -73,8 +92,9 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"password": "API Key", "host": "Base URL"},
                     "placeholders": {
-                        "host": "https://gateway.example.com/v1",
-                        "password": "sk-...",
+                        # A gateway's base URL, or (api_style dashscope) a region's: see api_style.
+                        "host": "https://gateway.example.com/v1 or https://dashscope-intl.aliyuncs.com/api/v1",
+                        "password": "sk-... (a DashScope key works only in its own region)",
                     },
                 },
                 "conn-fields": {
@@ -101,8 +121,26 @@ def get_provider_info() -> dict[str, Any]:
                     "api_style": {
                         "label": "API style",
                         "description": "openai: a gateway serving POST /v1/images/generations. "
-                        "dashscope: the native asynchronous task API.",
+                        "dashscope: DashScope's native API (the asynchronous task API, and the synchronous "
+                        "multimodal generation for qwen-image-max and qwen-image 2.0); Base URL by region: "
+                        f"{DASHSCOPE_REGIONS}. A key used in another region fails authentication.",
                         "schema": {"type": "string", "enum": ["openai", "dashscope"], "default": "openai"},
+                    },
+                    "workspace": {
+                        "label": "Workspace ID",
+                        "description": "Model Studio workspace to bill and run in, sent as the "
+                        "X-DashScope-WorkSpace header on every request (e.g. ws-1a2b3c4d). Empty: the "
+                        "key's default workspace.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "gateway_dialect": {
+                        "label": "Gateway dialect (api_style openai)",
+                        "description": "Where the gateway reads DashScope's own fields. openai: at the top "
+                        "level (seed, negative_prompt, prompt_upsampling, watermark). nested: seed, "
+                        "prompt_extend and watermark under 'parameters', negative_prompt under 'input', for "
+                        "relays that drop them at the top level. A warning (and the XCom's 'warnings') says "
+                        "when an answer shows the gateway ignored them.",
+                        "schema": {"type": "string", "enum": ["openai", "nested"], "default": "openai"},
                     },
                     "retry_unknown_outcome": {
                         "label": "Retry requests whose outcome is unknown (may bill twice)",
@@ -116,7 +154,8 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Hosts the S3 transfer may download result images from besides the "
                         "API's own origin: one pattern per line, '*' standing for part of one DNS label, "
                         "':port' for a port other than 443; https only. Empty: the DashScope result stores "
-                        f"({', '.join(DEFAULT_RESULT_HOST_PATTERNS)}).",
+                        f"({', '.join(DEFAULT_RESULT_HOST_PATTERNS)}), in every region: allow the same "
+                        "hosts in an egress firewall.",
                         "schema": {"type": ["array", "null"], "items": {"type": "string"}},
                     },
                     "allow_private_result_hosts": {

@@ -120,6 +120,7 @@ def generation_metadata(
         ),
         generation_task_id=generation_task_id,
         task_status=task_status,
+        warnings=result.warnings,
     ).to_dict()
 
 

@@ -8,6 +8,7 @@ it at DAG-parse time.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -22,11 +23,23 @@ DEFAULT_SIZE = "1328x1328"
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*X×]\s*(\d+)\s*$")
 # Top-level request fields with a parameter of their own; extra_body may not override them silently.
 NAMED_FIELDS = frozenset(
-    {"model", "prompt", "n", "size", "response_format", "negative_prompt", "prompt_upsampling", "seed"}
+    {
+        "model",
+        "prompt",
+        "n",
+        "size",
+        "response_format",
+        "negative_prompt",
+        "prompt_upsampling",
+        "seed",
+        "watermark",
+    }
 )
 # The native API's names for the same things (extra_body joins the native body's ``parameters``):
 # ``prompt_extend`` is ``prompt_upsampling``; input/parameters/model would rewrite the body's structure.
 NATIVE_NAMED_FIELDS = NAMED_FIELDS | {"prompt_extend", "input", "parameters"}
+# The gateway's nested dialect sends these under ``parameters`` / ``input``: extra_body may not replace them.
+NESTED_NAMED_FIELDS = NAMED_FIELDS | {"input", "parameters"}
 # What a template renders for a missing value (a dag_run.conf key that is not there): never a real prompt.
 RENDERED_MISSING_VALUES = frozenset({"None"})
 _ASCII_INT_PATTERN = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
@@ -39,8 +52,28 @@ FAST_POLL_SECONDS = 30.0
 ResponseFormat = Literal["url", "b64_json"]
 
 # DashScope's native asynchronous task flow (api-notes §3): UNKNOWN is "no such task, or expired".
-TASK_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
+# SUSPENDED (api-notes §6; the DashScope SDK lists it among the task statuses) is read as "not finished":
+# the task still exists and may still run and bill, so it is polled like PENDING/RUNNING until it ends or
+# the caller's wait_timeout runs out; failing on it would throw away a task that may be paid for.
+TASK_STATUSES = ("PENDING", "RUNNING", "SUSPENDED", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
 TASK_TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
+TASK_ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING", "SUSPENDED"})
+
+# DashScope's native endpoints (``api_style`` dashscope): the asynchronous task API
+# (``text2image/image-synthesis``, then ``GET /tasks/{id}``) and the synchronous multimodal generation
+# (``multimodal-generation/generation``, images in the answer). OpenAI-compatible gateways have one
+# endpoint and pick the upstream one themselves.
+Endpoint = Literal["async", "sync"]
+ENDPOINTS: tuple[str, ...] = ("async", "sync")
+# A dated snapshot of a known model (qwen-image-max-2025-12-30) is served by its base model's endpoints.
+_SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+# Documentation pages, cited by title (the Model Studio pages the issue and api-notes §6 were checked
+# against; not reachable from the build machine, so their facts come from the issue where stated so).
+DOC_QWEN_IMAGE = "Model Studio: Qwen-Image API reference (text-to-image)"
+DOC_QWEN_IMAGE_2 = "Model Studio: Qwen image generation and editing API reference"
+DOC_WAN_V2 = "Model Studio: Wan text-to-image V2 API reference"
+DOC_RATE_LIMITS = "Model Studio: Rate limits"
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,11 @@ class ModelSpec:
     :param max_pixels: largest width x height when sizes are a range
     :param max_prompt_chars: longest prompt
     :param max_negative_prompt_chars: longest negative prompt
+    :param min_pixels: smallest width x height when sizes are a range
+    :param max_aspect_ratio: largest long side / short side when sizes are a range (None: any)
+    :param endpoints: the native endpoints serving it (``async``, ``sync``), the one used by default first
+    :param quota: what the account may send: requests per ``quota_window_seconds`` and concurrent tasks
+    :param docs: the documentation page its limits come from, by title
     """
 
     name: str
@@ -68,51 +106,264 @@ class ModelSpec:
     max_pixels: int = 1 << 32
     max_prompt_chars: int = 800
     max_negative_prompt_chars: int = 500
+    min_pixels: int = 1
+    max_aspect_ratio: float | None = None
+    endpoints: tuple[str, ...] = ("async",)
+    quota: Quota | None = None
+    docs: str = ""
 
     def describe_sizes(self) -> str:
         if self.fixed_sizes is not None:
             listed = ", ".join(f"{w}x{h}" for w, h in self.fixed_sizes)
             return f"{self.name} accepts exactly one of {listed}"
-        return (
-            f"{self.name} accepts WxH with each side {self.min_side}-{self.max_side} "
-            f"and at most {self.max_pixels} pixels ({self.max_side}x{self.max_side})"
+        if self.min_pixels > 1:
+            text = (
+                f"{self.name} accepts WxH with {self.min_pixels} to {self.max_pixels} pixels in all "
+                f"({_square(self.min_pixels)} to {_square(self.max_pixels)})"
+            )
+        else:
+            text = (
+                f"{self.name} accepts WxH with each side {self.min_side}-{self.max_side} "
+                f"and at most {self.max_pixels} pixels ({self.max_side}x{self.max_side})"
+            )
+        if self.max_aspect_ratio is not None:
+            text += f", aspect ratio between 1:{self.max_aspect_ratio:g} and {self.max_aspect_ratio:g}:1"
+        return text
+
+    def size_allowed(self, width: int, height: int) -> bool:
+        if self.fixed_sizes is not None:
+            return (width, height) in self.fixed_sizes
+        if not (self.min_side <= width <= self.max_side and self.min_side <= height <= self.max_side):
+            return False
+        if not self.min_pixels <= width * height <= self.max_pixels:
+            return False
+        ratio = max(width, height) / min(width, height)
+        return self.max_aspect_ratio is None or ratio <= self.max_aspect_ratio
+
+
+@dataclass(frozen=True)
+class Quota:
+    """
+    An account's limit for one model (Beijing and Singapore; api-notes §6, "Rate limits").
+
+    :param requests: requests (task submissions, or synchronous generations) per ``window_seconds``
+    :param window_seconds: the window ``requests`` counts over
+    :param concurrent: tasks (or synchronous generations) in flight at once; None when not documented
+    """
+
+    requests: int
+    window_seconds: float
+    concurrent: int | None
+
+    def describe(self) -> str:
+        per = (
+            "s"
+            if self.window_seconds == 1
+            else ("min" if self.window_seconds == 60 else f"{self.window_seconds:g} s")
         )
+        text = f"{self.requests}/{per}"
+        return text + (f", {self.concurrent} concurrent" if self.concurrent is not None else "")
 
 
-# qwen-image: DashScope published two lists of five sizes; gateways still forward both.
-_QWEN_SIZES = (
-    (1328, 1328),
-    (1664, 928),
-    (928, 1664),
-    (1472, 1140),
-    (1140, 1472),
-    (1472, 1104),
-    (1104, 1472),
-)
-_WAN_LIMITS = {
+def _square(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{side}x{side}" if side * side == pixels else str(pixels)
+
+
+# qwen-image's current size list (the Qwen-Image API reference: 1664*928 is the native default).
+_QWEN_CURRENT_SIZES = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
+# The older list (1472*1140, 1140*1472) is still accepted: the gateway's seed document and relays that
+# were written against it forward it, and the issue reports no refusal of it. Only qwen-image and
+# qwen-image-plus, which existed when it was published, accept it.
+_QWEN_SIZES = (*_QWEN_CURRENT_SIZES, (1472, 1140), (1140, 1472))
+_TASK_QUOTA = Quota(requests=2, window_seconds=1, concurrent=2)
+# Wan text-to-image V2 (wan2.2-t2i-*, wanx2.1-t2i-*, wanx2.0-t2i-turbo): W*H, each side 512-1440, at most
+# 1440*1440 pixels, n 1-4 (the native default is 4), one endpoint (the asynchronous task API).
+# Prompt limit: the V2 page gives 800 characters in its parameter table and 500 in an older note (the
+# negative prompt's limit). 800 is used: the service truncates an over-long prompt silently rather than
+# refusing it (api-notes §6), so 500 would refuse prompts the service serves whole, and 800 is also the
+# gateway seed document's limit for the same models.
+_WAN_V2: dict[str, Any] = {
     "max_n": 4,
     "default_size": "1024x1024",
     "min_side": 512,
     "max_side": 1440,
     "max_pixels": 1440 * 1440,
+    "max_prompt_chars": 800,
+    "endpoints": ("async",),
+    "quota": _TASK_QUOTA,
+    "docs": DOC_WAN_V2,
 }
 
+
+def _wan_v2(name: str) -> ModelSpec:
+    return ModelSpec(name=name, **_WAN_V2)
+
+
 KNOWN_MODELS: dict[str, ModelSpec] = {
-    "qwen-image": ModelSpec(name="qwen-image", max_n=1, default_size="1328x1328", fixed_sizes=_QWEN_SIZES),
-    # Model Studio documents qwen-image-plus with qwen-image's limits (same sizes, n=1, async API).
-    "qwen-image-plus": ModelSpec(
-        name="qwen-image-plus", max_n=1, default_size="1328x1328", fixed_sizes=_QWEN_SIZES
+    # Both endpoints serve qwen-image and qwen-image-plus; the task API stays the default (as before).
+    "qwen-image": ModelSpec(
+        name="qwen-image",
+        max_n=1,
+        default_size="1328x1328",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("async", "sync"),
+        quota=_TASK_QUOTA,
+        docs=DOC_QWEN_IMAGE,
     ),
-    "wan2.2-t2i-flash": ModelSpec(name="wan2.2-t2i-flash", **_WAN_LIMITS),  # type: ignore[arg-type]
-    "wan2.2-t2i-plus": ModelSpec(name="wan2.2-t2i-plus", **_WAN_LIMITS),  # type: ignore[arg-type]
+    # qwen-image-plus has qwen-image's limits (issue 15, api-notes §6).
+    "qwen-image-plus": ModelSpec(
+        name="qwen-image-plus",
+        max_n=1,
+        default_size="1328x1328",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("async", "sync"),
+        quota=_TASK_QUOTA,
+        docs=DOC_QWEN_IMAGE,
+    ),
+    # Synchronous endpoint only, 2 requests per minute (issue 15). Sizes: the current qwen-image list;
+    # the concurrent limit is not documented.
+    "qwen-image-max": ModelSpec(
+        name="qwen-image-max",
+        max_n=1,
+        default_size="1328x1328",
+        fixed_sizes=_QWEN_CURRENT_SIZES,
+        endpoints=("sync",),
+        quota=Quota(requests=2, window_seconds=60, concurrent=None),
+        docs=DOC_QWEN_IMAGE,
+    ),
+    # The qwen-image 2.0 family: synchronous only, n 1-6, any size with 512*512 to 2048*2048 pixels in
+    # all (issue 15). Its quota is not stated there: the task models' 2/s, 2 concurrent (unverified).
+    "qwen-image-2.0": ModelSpec(
+        name="qwen-image-2.0",
+        max_n=6,
+        default_size="1328x1328",
+        min_pixels=512 * 512,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=_TASK_QUOTA,
+        docs=DOC_QWEN_IMAGE_2,
+    ),
+    "qwen-image-2.0-pro": ModelSpec(
+        name="qwen-image-2.0-pro",
+        max_n=6,
+        default_size="1328x1328",
+        min_pixels=512 * 512,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=_TASK_QUOTA,
+        docs=DOC_QWEN_IMAGE_2,
+    ),
+    # wan2.5-t2i-preview: prompts up to 2000 characters, aspect ratios 1:4 to 4:1 (issue 15, api-notes
+    # §6); 768*768 to 1440*1440 pixels in all and the 1280*1280 default are the V2 page's (unverified
+    # here). Quota as the other task models (unverified).
+    "wan2.5-t2i-preview": ModelSpec(
+        name="wan2.5-t2i-preview",
+        max_n=4,
+        default_size="1280x1280",
+        min_pixels=768 * 768,
+        max_pixels=1440 * 1440,
+        max_aspect_ratio=4.0,
+        max_prompt_chars=2000,
+        endpoints=("async",),
+        quota=_TASK_QUOTA,
+        docs=DOC_WAN_V2,
+    ),
+    "wan2.2-t2i-flash": _wan_v2("wan2.2-t2i-flash"),
+    "wan2.2-t2i-plus": _wan_v2("wan2.2-t2i-plus"),
+    # wanx2.1-t2i-turbo/-plus and wanx2.0-t2i-turbo share wan2.2's endpoint and limits (issue 15).
+    "wanx2.1-t2i-turbo": _wan_v2("wanx2.1-t2i-turbo"),
+    "wanx2.1-t2i-plus": _wan_v2("wanx2.1-t2i-plus"),
+    "wanx2.0-t2i-turbo": _wan_v2("wanx2.0-t2i-turbo"),
 }
 # Unknown models (gateways add them constantly) get only the generic checks.
 GENERIC_MAX_N = 10
 
 
+def closest_known_model(model: str) -> str | None:
+    """The known model whose name is closest to ``model`` (difflib), or None when none is close."""
+    base = _SNAPSHOT_SUFFIX.sub("", model)
+    if base in KNOWN_MODELS:
+        return base
+    matches = difflib.get_close_matches(model, list(KNOWN_MODELS), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_model_note(model: str) -> str | None:
+    """
+    For a model the table does not know, what the user should hear (None for a known model): only the
+    generic checks apply, and the closest known name, in case of a typo.
+    """
+    if model in KNOWN_MODELS:
+        return None
+    closest = closest_known_model(model)
+    hint = (
+        f"; the closest known model is {closest!r}"
+        + (" (a dated snapshot of it?)" if _SNAPSHOT_SUFFIX.search(model) else " (a typo?)")
+        if closest
+        else "; no known model is close"
+    )
+    return (
+        f"Model {model!r} is not in the provider's model table: only the generic checks apply (n 1-"
+        f"{GENERIC_MAX_N}, any size, no prompt limit), the service decides the rest{hint}"
+    )
+
+
+def endpoints_of(model: str) -> tuple[str, ...]:
+    """
+    The native endpoints serving ``model``: from the table, from its base model for a dated snapshot
+    (``qwen-image-max-2025-12-30``). A model the table does not know may be asked on either (the service
+    decides); the asynchronous task API first, as unknown models always used it.
+    """
+    spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
+    return spec.endpoints if spec is not None else ("async", "sync")
+
+
+def check_endpoint(model: str, endpoint: object) -> Endpoint:
+    """
+    The native endpoint a request for ``model`` goes to: ``endpoint`` when given (and serving the model),
+    else the model's default.
+
+    :raises ImageGenerationValidationError: an endpoint that does not exist, or does not serve the model
+        (before anything billable is sent)
+    """
+    served = endpoints_of(model)
+    if endpoint is None:
+        return served[0]  # type: ignore[return-value]
+    if endpoint not in ENDPOINTS:
+        raise ImageGenerationValidationError(
+            "endpoint", endpoint, "expected 'async' (the task API), 'sync' (multimodal generation) or None"
+        )
+    if endpoint not in served:
+        raise ImageGenerationValidationError(
+            "endpoint",
+            endpoint,
+            f"{model} is served only by the {_endpoint_name(served[0])}"
+            + (f" ({KNOWN_MODELS[model].docs})" if model in KNOWN_MODELS else "")
+            + ": leave endpoint unset, or set it to "
+            + " or ".join(repr(name) for name in served),
+        )
+    return endpoint  # type: ignore[return-value]
+
+
+def _endpoint_name(endpoint: str) -> str:
+    if endpoint == "sync":
+        return "synchronous endpoint (POST /api/v1/services/aigc/multimodal-generation/generation)"
+    return "asynchronous task API (POST /api/v1/services/aigc/text2image/image-synthesis)"
+
+
+GatewayDialect = Literal["openai", "nested"]
+GATEWAY_DIALECTS: tuple[str, ...] = ("openai", "nested")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated, normalised request: every field has its wire type."""
+    """
+    A validated, normalised request: every field has its wire type.
+
+    :param watermark: ask the service to mark the images (its default: no mark)
+    :param endpoint: the native endpoint asked for (``async``, ``sync``), None for the model's default
+    """
 
     model: str
     prompt: str
@@ -123,6 +374,8 @@ class GenerationRequest:
     prompt_upsampling: bool | None = None
     seed: int | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+    watermark: bool | None = None
+    endpoint: str | None = None
 
     @property
     def width(self) -> int:
@@ -132,8 +385,14 @@ class GenerationRequest:
     def height(self) -> int:
         return int(self.size.split("x")[1])
 
-    def to_openai_body(self) -> dict[str, Any]:
-        """The JSON body of ``POST /v1/images/generations``."""
+    def to_openai_body(self, dialect: str = "openai") -> dict[str, Any]:
+        """
+        The JSON body of ``POST /v1/images/generations``.
+
+        ``dialect`` ``openai``: every field at the top level (the seed document). ``nested``: the fields
+        DashScope reads from its ``parameters`` and ``input`` (seed, prompt_extend, watermark,
+        negative_prompt) go there, for relays that forward only those and drop them at the top level.
+        """
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": self.prompt,
@@ -141,6 +400,20 @@ class GenerationRequest:
             "size": self.size,
             "response_format": self.response_format,
         }
+        if dialect == "nested":
+            parameters: dict[str, Any] = {}
+            if self.seed is not None:
+                parameters["seed"] = self.seed
+            if self.prompt_upsampling is not None:
+                parameters["prompt_extend"] = self.prompt_upsampling
+            if self.watermark is not None:
+                parameters["watermark"] = self.watermark
+            if self.negative_prompt is not None:
+                body["input"] = {"negative_prompt": self.negative_prompt}
+            if parameters:
+                body["parameters"] = parameters
+            body.update(self.extra_body)
+            return body
         if self.negative_prompt is not None:
             body["negative_prompt"] = self.negative_prompt
         if self.prompt_upsampling is not None:
@@ -148,27 +421,47 @@ class GenerationRequest:
         if self.seed is not None:
             # The seed document types seed as a string.
             body["seed"] = str(self.seed)
+        if self.watermark is not None:
+            body["watermark"] = self.watermark
         body.update(self.extra_body)
         return body
+
+    def _native_parameters(self) -> dict[str, Any]:
+        parameters: dict[str, Any] = {"size": f"{self.width}*{self.height}", "n": self.n}
+        if self.seed is not None:
+            parameters["seed"] = self.seed
+        if self.prompt_upsampling is not None:
+            parameters["prompt_extend"] = self.prompt_upsampling
+        if self.watermark is not None:
+            parameters["watermark"] = self.watermark
+        parameters.update(self.extra_body)
+        return parameters
 
     def to_dashscope_body(self) -> dict[str, Any]:
         """
         The JSON body of DashScope's ``POST /api/v1/services/aigc/text2image/image-synthesis``.
 
         ``n`` is always sent: the native default for wan2.2-t2i-* is 4 (and bills 4 images).
-        ``prompt_upsampling`` is sent as ``prompt_extend``; ``extra_body`` fields join ``parameters``
-        (``{"watermark": false}``).
+        ``prompt_upsampling`` is sent as ``prompt_extend``; ``extra_body`` fields join ``parameters``.
         """
         text_input: dict[str, Any] = {"prompt": self.prompt}
         if self.negative_prompt is not None:
             text_input["negative_prompt"] = self.negative_prompt
-        parameters: dict[str, Any] = {"size": f"{self.width}*{self.height}", "n": self.n}
-        if self.seed is not None:
-            parameters["seed"] = self.seed
-        if self.prompt_upsampling is not None:
-            parameters["prompt_extend"] = self.prompt_upsampling
-        parameters.update(self.extra_body)
-        return {"model": self.model, "input": text_input, "parameters": parameters}
+        return {"model": self.model, "input": text_input, "parameters": self._native_parameters()}
+
+    def to_multimodal_body(self) -> dict[str, Any]:
+        """
+        The JSON body of DashScope's synchronous ``POST /api/v1/services/aigc/multimodal-generation/
+        generation``: the prompt as one user message, ``negative_prompt`` among the ``parameters``.
+        """
+        parameters = self._native_parameters()
+        if self.negative_prompt is not None:
+            parameters["negative_prompt"] = self.negative_prompt
+        return {
+            "model": self.model,
+            "input": {"messages": [{"role": "user", "content": [{"text": self.prompt}]}]},
+            "parameters": parameters,
+        }
 
 
 def parse_size(size: object) -> tuple[int, int]:
@@ -277,7 +570,9 @@ def next_poll_interval(
     return min(max_poll_interval, max(previous, first) * 2)
 
 
-def check_extra_body(extra_body: object, api_style: str | None = None) -> dict[str, Any]:
+def check_extra_body(
+    extra_body: object, api_style: str | None = None, dialect: str | None = None
+) -> dict[str, Any]:
     """
     A copy of ``extra_body`` once it is a dict of JSON values (no NaN or infinity, which JSON cannot
     carry) that overrides no named parameter: the top-level names always, and for ``api_style=
@@ -290,15 +585,18 @@ def check_extra_body(extra_body: object, api_style: str | None = None) -> dict[s
             "extra_body", extra_body, "expected a dict of extra top-level JSON fields"
         )
     protected = NATIVE_NAMED_FIELDS if api_style == "dashscope" else NAMED_FIELDS
+    if dialect == "nested" and api_style != "dashscope":
+        protected = NESTED_NAMED_FIELDS
     clashing = sorted(protected.intersection(extra_body))
     if clashing:
-        native = api_style == "dashscope" and not NAMED_FIELDS.issuperset(clashing)
+        native = api_style is not None and not NAMED_FIELDS.issuperset(clashing)
         raise ImageGenerationValidationError(
             "extra_body",
             extra_body,
             f"{', '.join(clashing)} must be passed as the parameter(s) of that name, not in extra_body"
             + (
-                " (prompt_extend is prompt_upsampling; input and parameters are built by the hook)"
+                " (prompt_extend is prompt_upsampling; input and parameters are built by the hook: with the"
+                " nested gateway dialect, or api_style dashscope)"
                 if native
                 else ""
             ),
@@ -314,9 +612,21 @@ def check_extra_body(extra_body: object, api_style: str | None = None) -> dict[s
     return dict(extra_body)
 
 
-def check_request_for_style(request: GenerationRequest, api_style: str) -> None:
+def check_request_for_style(request: GenerationRequest, api_style: str, dialect: str | None = None) -> None:
     """What a request validated without knowing the API must also satisfy for ``api_style``."""
+    if api_style != "dashscope":
+        if request.endpoint is not None:
+            raise ImageGenerationValidationError(
+                "endpoint",
+                request.endpoint,
+                "chooses between DashScope's native endpoints (connection api_style 'dashscope'); an "
+                "OpenAI-compatible gateway has one endpoint and picks the upstream one itself: leave it "
+                "unset",
+            )
+        if dialect == "nested":
+            check_extra_body(request.extra_body, api_style, dialect)
     if api_style == "dashscope":
+        check_endpoint(request.model, request.endpoint)
         if request.response_format != "url":
             raise ImageGenerationValidationError(
                 "response_format",
@@ -370,6 +680,9 @@ def validate_generation_request(
     seed: object = None,
     extra_body: object = None,
     api_style: object = None,
+    watermark: object = None,
+    endpoint: object = None,
+    dialect: object = None,
 ) -> GenerationRequest:
     """
     Validate one image generation request against the model table and normalise it.
@@ -378,7 +691,11 @@ def validate_generation_request(
     ``prompt_upsampling="false"``); sizes may use ``x`` or ``*``.
 
     :param api_style: ``openai`` or ``dashscope`` when known: the native API also protects its own
-        names in ``extra_body`` and returns URLs only (the hook checks again before sending)
+        names in ``extra_body``, returns URLs only and has two endpoints (the hook checks again before
+        sending)
+    :param watermark: ask the service to mark the images
+    :param endpoint: the native endpoint (``async`` or ``sync``); None for the model's default
+    :param dialect: the gateway's dialect (``openai`` or ``nested``) when known
 
     :raises ImageGenerationValidationError: naming the parameter, the value and what is allowed
     """
@@ -409,13 +726,8 @@ def validate_generation_request(
         raise ImageGenerationValidationError("n", n, n_allowed)
 
     width, height = parse_size(size if size is not None else (spec.default_size if spec else DEFAULT_SIZE))
-    if spec is not None and spec.fixed_sizes is not None:
-        if (width, height) not in spec.fixed_sizes:
-            raise ImageGenerationValidationError("size", size, spec.describe_sizes())
-    elif spec is not None:
-        if not (spec.min_side <= width <= spec.max_side and spec.min_side <= height <= spec.max_side) or (
-            width * height > spec.max_pixels
-        ):
+    if spec is not None:
+        if width < 1 or height < 1 or not spec.size_allowed(width, height):
             raise ImageGenerationValidationError("size", size, spec.describe_sizes())
     elif width < 1 or height < 1:
         raise ImageGenerationValidationError("size", size, "width and height must be positive")
@@ -436,7 +748,18 @@ def validate_generation_request(
         if not 0 <= checked_seed <= MAX_SEED:
             raise ImageGenerationValidationError("seed", seed, seed_allowed)
 
-    checked_extra = check_extra_body(extra_body, api_style if isinstance(api_style, str) else None)
+    if isinstance(extra_body, dict) and "watermark" in extra_body and watermark is None:
+        # Before it was a parameter, watermark could only travel in extra_body: still read from there.
+        extra_body = dict(extra_body)
+        watermark = extra_body.pop("watermark")
+    checked_watermark = None if watermark is None else coerce_bool("watermark", watermark)
+    if endpoint is not None and endpoint not in ENDPOINTS:
+        check_endpoint(model, endpoint)  # raises, naming the endpoints
+    checked_extra = check_extra_body(
+        extra_body,
+        api_style if isinstance(api_style, str) else None,
+        dialect if isinstance(dialect, str) else None,
+    )
 
     request = GenerationRequest(
         model=model,
@@ -448,7 +771,11 @@ def validate_generation_request(
         prompt_upsampling=checked_upsampling,
         seed=checked_seed,
         extra_body=checked_extra,
+        watermark=checked_watermark,
+        endpoint=endpoint,  # type: ignore[arg-type]
     )
     if isinstance(api_style, str):
-        check_request_for_style(request, api_style)
+        check_request_for_style(request, api_style, dialect if isinstance(dialect, str) else None)
+    elif endpoint is not None:
+        check_endpoint(model, endpoint)
     return request

@@ -129,6 +129,8 @@ class GenerationRecord:
         confused with the Airflow task's ``task_id``
     :param task_status: the task's status when the record was built (``SUCCEEDED``; ``PENDING`` or
         ``RUNNING`` when the operator submitted without waiting)
+    :param warnings: what the answer showed that the user must know, e.g. that a gateway ignored the seed
+        (the images then cannot be reproduced from ``seed``)
     """
 
     model: str | None = None
@@ -147,9 +149,11 @@ class GenerationRecord:
     failed_images: tuple[FailedImageRecord, ...] = ()
     generation_task_id: str | None = None
     task_status: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["warnings"] = list(self.warnings)
         values["usage"] = dict(self.usage)
         values["images"] = [image.to_dict() for image in self.images]
         values["failed_images"] = [failed.to_dict() for failed in self.failed_images]
@@ -170,6 +174,11 @@ class GenerationRecord:
                 raise ImageGenerationValidationError(
                     f"{where}['{name}']", type(items).__name__, "expected a list"
                 )
+        warnings = value.get("warnings") or []
+        if not isinstance(warnings, list | tuple) or not all(isinstance(item, str) for item in warnings):
+            raise ImageGenerationValidationError(
+                f"{where}['warnings']", type(warnings).__name__, "expected a list of strings"
+            )
         usage = value.get("usage") or {}
         if not isinstance(usage, Mapping):
             raise ImageGenerationValidationError(f"{where}['usage']", type(usage).__name__, "expected a dict")
@@ -197,6 +206,7 @@ class GenerationRecord:
             ),
             generation_task_id=_optional_str(f"{where}['generation_task_id']", generation_task_id),
             task_status=_optional_str(f"{where}['task_status']", value.get("task_status")),
+            warnings=tuple(warnings),
         )
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "SubmittedTask",
     "TaskState",
     "decode_response",
+    "gateway_ignored_fields",
     "parse_generation_result",
+    "parse_multimodal_result",
     "parse_submitted_task",
     "parse_task_list",
     "parse_task_state",
@@ -117,6 +119,7 @@ class ImageGenerationResult:
     :param model: the model that generated the images
     :param parameters: the effective request parameters (never the key)
     :param failed_images: images that failed while the others succeeded (billed or not: see the codes)
+    :param warnings: what the answer showed that the user must know (a gateway that ignored the seed)
     """
 
     created: int
@@ -126,6 +129,7 @@ class ImageGenerationResult:
     model: str
     parameters: dict[str, Any]
     failed_images: tuple[FailedImage, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def created_at(self) -> datetime:
@@ -425,8 +429,9 @@ def _parse_item(index: int, item: object) -> tuple[GeneratedImage | None, Failed
     url, encoded = item.get("url"), item.get("b64_json")
     if not url and not encoded:
         return None, FailedImage(index, EMPTY_RESULT, "the item has neither 'url' nor 'b64_json'")
+    # One relay sends "" (or blanks) when nothing was rewritten: that is no revised prompt.
     revised = item.get("revised_prompt")
-    revised = revised if isinstance(revised, str) and revised else None
+    revised = revised if isinstance(revised, str) and revised.strip() else None
     if encoded:
         if not isinstance(encoded, str):
             return None, FailedImage(index, MALFORMED_ITEM, f"'b64_json' is a {type(encoded).__name__}")
@@ -442,6 +447,139 @@ def _parse_item(index: int, item: object) -> tuple[GeneratedImage | None, Failed
     if not url.startswith(("https://", "http://")):
         return None, FailedImage(index, MALFORMED_ITEM, "'url' is not an http(s) URL")
     return GeneratedImage(index=index, url=url, revised_prompt=revised, url_expires_at=url_expiry(url)), None
+
+
+def gateway_ignored_fields(
+    body: dict[str, Any], request: GenerationRequest, result: ImageGenerationResult, dialect: str
+) -> str | None:
+    """
+    What a gateway's answer shows about fields it did not forward, as a warning (None when nothing).
+
+    Relays differ in what they forward: some drop seed, negative_prompt and prompt extension unless nested
+    under ``parameters`` / ``input``, others read them only at the top level (api-notes §6). The answer
+    never states the seed the service drew, but two signs show such a drop:
+
+    - the answer echoes a seed (some relays pass the upstream one through) other than the one sent;
+    - ``prompt_upsampling=False`` was sent, and a rewritten prompt came back: prompt extension ran, so the
+      field was dropped, and a relay that drops it drops the seed beside it.
+
+    Without either sign (prompt extension left on, no seed echoed) a drop cannot be seen in the answer.
+    """
+    signs: list[str] = []
+    raw_data = body.get("data")
+    data: list[Any] = raw_data if isinstance(raw_data, list) else []
+    if request.seed is not None:
+        echoed = [
+            (index, item.get("seed"))
+            for index, item in enumerate(data[: request.n])
+            if isinstance(item, dict) and item.get("seed") is not None
+        ]
+        top = body.get("seed")
+        if top is not None:
+            echoed.append((0, top))
+        for index, seed in echoed:
+            if str(seed).strip() != str(request.seed + index):
+                signs.append(
+                    f"the answer names seed {str(seed)[:20]!r} for image {index}, not {request.seed + index}"
+                )
+                break
+    if request.prompt_upsampling is False and any(
+        image.revised_prompt and image.revised_prompt.strip() != request.prompt.strip()
+        for image in result.images
+    ):
+        signs.append("a rewritten prompt came back although prompt_upsampling=False was sent")
+    if not signs:
+        return None
+    other = "nested" if dialect == "openai" else "openai"
+    placed = "at the top level" if dialect == "openai" else "under parameters/input"
+    other_placed = "under parameters/input" if other == "nested" else "at the top level"
+    seed = "" if request.seed is None else f"({request.seed}) "
+    return (
+        f"The gateway ignored fields sent {placed} ({'; '.join(signs)}): it most likely dropped the seed "
+        f"{seed}and negative_prompt with them, so these images cannot be reproduced from the recorded "
+        f"seed. Set the connection extra gateway_dialect to {other!r} if the gateway reads DashScope's "
+        f"fields {other_placed}"
+    )
+
+
+# -- synchronous multimodal generation (DashScope) --------------------------------------------------------
+
+
+def parse_multimodal_result(
+    body: dict[str, Any], request: GenerationRequest, request_id: str | None
+) -> tuple[ImageGenerationResult, list[str]]:
+    """
+    The result of DashScope's synchronous ``multimodal-generation/generation``: the images are the
+    ``{"image": url}`` items of ``output.choices[].message.content``. Trusts nothing: the answer was
+    billed, so nothing here raises what Airflow would retry; usable images are delivered, others listed.
+
+    :raises ImageGenerationMalformedResponseError: no choices, or not a single usable image
+    """
+    notes: list[str] = []
+    output = body.get("output")
+    choices = output.get("choices") if isinstance(output, dict) else None
+    items: list[object] = []
+    if isinstance(choices, list):
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                items.extend(
+                    item for item in content if not (isinstance(item, dict) and set(item) == {"text"})
+                )
+            else:
+                items.append(choice)
+    if not items:
+        raise ImageGenerationMalformedResponseError(
+            "The API answered 200 without images (no output.choices[].message.content images). "
+            f"{billed_note(request.model, request.n)}",
+            status=200,
+            request_id=request_id,
+            model=request.model,
+            images_at_risk=request.n,
+        )
+    if len(items) > request.n:
+        notes.append(
+            f"the answer had {len(items)} images for n={request.n}: {len(items) - request.n} ignored"
+        )
+        items = items[: request.n]
+    images: list[GeneratedImage] = []
+    failed: list[FailedImage] = []
+    for index, item in enumerate(items):
+        url = item.get("image") if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            failed.append(
+                FailedImage(index, MALFORMED_ITEM, f"the item is a {type(item).__name__}, not an object")
+            )
+        elif not url:
+            failed.append(FailedImage(index, EMPTY_RESULT, "the item has no 'image'"))
+        elif not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            failed.append(FailedImage(index, MALFORMED_ITEM, "'image' is not an http(s) URL"))
+        else:
+            images.append(GeneratedImage(index=index, url=url, url_expires_at=url_expiry(url)))
+    if not images:
+        raise ImageGenerationMalformedResponseError(
+            f"The API answered 200 without a single usable image ({len(failed)} item(s); first: "
+            f"{failed[0].message}). {billed_note(request.model, request.n)}",
+            failed_images=tuple(failed),
+            status=200,
+            request_id=request_id,
+            model=request.model,
+            images_at_risk=request.n,
+        )
+    usage = body.get("usage")
+    return (
+        ImageGenerationResult(
+            created=int(time.time()),
+            images=tuple(images),
+            usage=usage if isinstance(usage, dict) else {},
+            request_id=request_id,
+            model=request.model,
+            parameters=flatten_native_request(request.to_multimodal_body()),
+            failed_images=tuple(failed),
+        ),
+        notes,
+    )
 
 
 # -- native task API ------------------------------------------------------------------------------------
@@ -518,13 +656,14 @@ def parse_task_state(
         item = item if isinstance(item, dict) else {}
         url = item.get("url")
         if isinstance(url, str) and url.startswith(("https://", "http://")):
+            # actual_prompt is absent when prompt extension is off (api-notes §6): no revised prompt then.
             actual = item.get("actual_prompt")
             images.append(
                 GeneratedImage(
                     index=index,
                     url=url,
                     revised_prompt=actual
-                    if isinstance(actual, str) and actual and actual != item.get("orig_prompt")
+                    if isinstance(actual, str) and actual.strip() and actual != item.get("orig_prompt")
                     else None,
                     url_expires_at=url_expiry(url),
                 )

@@ -488,7 +488,8 @@ def test_task_succeeds_with_downloadable_results(emu: EmulatorServer) -> None:
     assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 2, "FAILED": 0}
     assert body["usage"] == {"image_count": 2}
     for index, result in enumerate(output["results"]):
-        assert result["orig_prompt"] == result["actual_prompt"] == "a red fox in the snow"
+        # prompt_extend=False: no actual_prompt at all (api-notes §6).
+        assert result["orig_prompt"] == "a red fox in the snow" and "actual_prompt" not in result
         download = requests.get(result["url"], timeout=30)
         assert download.status_code == 200
         expected = render_png("wan2.2-t2i-flash", "a red fox in the snow", None, 100 + index, 768, 512)

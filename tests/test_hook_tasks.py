@@ -105,7 +105,7 @@ def test_get_task_reads_each_status(dashscope_conn: EmulatorServer) -> None:
 
 def test_statuses_constants() -> None:
     assert set(TASK_TERMINAL_STATUSES) < set(TASK_STATUSES)
-    assert set(TASK_STATUSES) - TASK_TERMINAL_STATUSES == {"PENDING", "RUNNING"}
+    assert set(TASK_STATUSES) - TASK_TERMINAL_STATUSES == {"PENDING", "RUNNING", "SUSPENDED"}
 
 
 def test_poll_interval_follows_dashscope_advice() -> None:

@@ -41,6 +41,7 @@ WRONG_KEY = "sk-wrong-9d3a61c0"
 DEFAULT_MODEL = "wan2.2-t2i-flash"
 REQUEST_TIMEOUT = 60
 MAX_RETRIES = 2
+WORKSPACE = "ws-ui-form"
 # Airflow answers in seconds; a loaded 2-core machine can take minutes for the first start and run.
 START_TIMEOUT = 240
 RUN_TIMEOUT = 240
@@ -178,9 +179,11 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     # Standard fields: Host relabelled with a gateway placeholder, the key as a password, the rest hidden.
     host = form.locator("input[name=host]")
     password = form.locator("input[name=password]")
-    assert host.get_attribute("placeholder") == "https://gateway.example.com/v1"
+    assert host.get_attribute("placeholder") == (
+        "https://gateway.example.com/v1 or https://dashscope-intl.aliyuncs.com/api/v1"
+    )
     assert password.get_attribute("type") == "password"
-    assert password.get_attribute("placeholder") == "sk-..."
+    assert password.get_attribute("placeholder") == "sk-... (a DashScope key works only in its own region)"
     assert field_labels(form) == ["Connection ID", "Connection Type", "Description", "Base URL", "API Key"]
     for hidden in ("login", "port", "schema"):
         assert form.locator(f"input[name={hidden}]").count() == 0, hidden
@@ -204,6 +207,8 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "Request timeout (seconds)",
         "Maximum retries",
         "API style",
+        "Workspace ID",
+        "Gateway dialect (api_style openai)",
         "Retry requests whose outcome is unknown (may bill twice)",
         "Result hosts (ImageGenerationToS3Operator)",
         "Allow private result hosts (ImageGenerationToS3Operator)",
@@ -227,6 +232,13 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     field(form, "API style").get_by_role("combobox").click()
     expect(page.get_by_role("option")).to_have_text(["openai", "dashscope"])
     page.get_by_role("option", name="openai", exact=True).click()
+    # The regions' base URLs and the workspace header, said where the fields are.
+    expect(form.get_by_text("https://dashscope-intl.aliyuncs.com/api/v1", exact=False)).to_be_visible()
+    expect(form.get_by_text("X-DashScope-WorkSpace", exact=False)).to_be_visible()
+    field(form, "Gateway dialect").get_by_role("combobox").click()
+    expect(page.get_by_role("option")).to_have_text(["openai", "nested"])
+    page.get_by_role("option", name="openai", exact=True).click()
+    field(form, "Workspace ID").locator("input").fill(WORKSPACE)
 
     timeout.fill(str(REQUEST_TIMEOUT))
     retries.fill(str(MAX_RETRIES))
@@ -277,6 +289,8 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "max_retries": MAX_RETRIES,
         "api_style": "openai",
         "retry_unknown_outcome": False,
+        "workspace": WORKSPACE,
+        "gateway_dialect": "openai",
     }
     assert hook.settings == ConnectionSettings(
         base_url=emulator.base_url,
@@ -285,6 +299,7 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         request_timeout=float(REQUEST_TIMEOUT),
         max_retries=MAX_RETRIES,
         api_style="openai",
+        workspace=WORKSPACE,
     )
 
     # A DAG run on the saved connection: its requests carry the form's model and retry budget.
@@ -327,3 +342,4 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         (429, "429", None),  # the emulator answers a scripted fault before reading the body
         (200, None, DEFAULT_MODEL),
     ]
+    assert {entry["workspace"] for entry in generations} == {WORKSPACE}

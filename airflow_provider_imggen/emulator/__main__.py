@@ -68,6 +68,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--api-key", default="sk-test", help="the only Bearer key accepted")
     parser.add_argument("--url-ttl", type=float, default=86400.0, help="result URL lifetime, seconds")
+    parser.add_argument(
+        "--workspaces",
+        type=_list,
+        default=(),
+        help="comma-separated workspace ids the key may name in X-DashScope-WorkSpace (default: any)",
+    )
     faults = parser.add_argument_group(
         "faults and service behaviours (every FaultConfig field; rates are probabilities in [0, 1])"
     )
@@ -83,7 +89,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             kwargs["type"] = json.loads
         elif isinstance(default, tuple):
             kwargs["type"] = _list
-        elif item.name in ("error_style", "error_200_type", "invalid_native_params"):
+        elif isinstance(default, str):
             kwargs["type"] = str
         elif item.name in ("seed", "quota_concurrent_tasks"):
             kwargs["type"] = int
@@ -120,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = EmulatorConfig(api_key=args.api_key, url_ttl_seconds=args.url_ttl, faults=faults)
+    config = EmulatorConfig(
+        api_key=args.api_key, url_ttl_seconds=args.url_ttl, faults=faults, workspaces=tuple(args.workspaces)
+    )
     app = create_app(config)
     server = _AnnouncingServer(
         uvicorn.Config(

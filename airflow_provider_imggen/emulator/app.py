@@ -5,6 +5,7 @@ The emulator application: one FastAPI app assembling a router per API surface, m
   and ``/v1/models``;
 - :mod:`~airflow_provider_imggen.emulator.native`: DashScope's asynchronous task API (submission, status,
   cancel, task list);
+- :mod:`~airflow_provider_imggen.emulator.multimodal`: DashScope's synchronous multimodal generation;
 - :mod:`~airflow_provider_imggen.emulator.results`: the object store serving signed result URLs;
 - :mod:`~airflow_provider_imggen.emulator.admin`: ``/_emulator/...`` (log, billing, faults, tasks, reset).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from airflow_provider_imggen.emulator import admin, gateway, native, results
+from airflow_provider_imggen.emulator import admin, gateway, multimodal, native, results
 from airflow_provider_imggen.emulator.state import EmulatorConfig, EmulatorState, FaultConfig
 from airflow_provider_imggen.emulator.wire import EmulatorFastAPI
 
@@ -28,6 +29,6 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the emulator application; its mutable state is ``app.state.emulator`` (an EmulatorState)."""
     app = EmulatorFastAPI(title="imggen emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = EmulatorState(config or EmulatorConfig())
-    for module in (gateway, native, results, admin):
+    for module in (gateway, native, multimodal, results, admin):
         app.include_router(module.router)
     return app

@@ -44,6 +44,7 @@ from airflow_provider_imggen.emulator.wire import (
     is_authorized,
     json_object,
     record,
+    refusal_status,
     refusing_fault_response,
     request_id_of,
     state_of,
@@ -81,12 +82,16 @@ async def _item(
             params.seed,
             params.width,
             params.height,
+            params.watermark,
         )
         item = {"b64_json": await run_in_threadpool(_b64encode, png)}
     else:
         item = {"url": signed_url(state, request, params)}
     revised_prompt = upsampled_prompt(validated)
-    if revised_prompt is not None:
+    shape = state.faults.gateway_revised_prompt
+    if shape == "empty":
+        item["revised_prompt"] = ""  # one relay always sends the field, empty
+    elif shape == "text" and revised_prompt is not None:
         item["revised_prompt"] = revised_prompt
     return item
 
@@ -142,7 +147,14 @@ async def generate_images(request: Request) -> Response:
     state = state_of(request)
     request_id = request_id_of(request)
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="generate", outcome="unauthorized")
+        record(
+            state,
+            request,
+            request_id,
+            refusal_status(state, request),
+            kind="generate",
+            outcome="unauthorized",
+        )
         return unauthorized(state, request, request_id)
     fault = state.draw_api_fault(billable=True, gateway=True)
     if fault in REFUSING_FAULTS:
@@ -182,6 +194,7 @@ async def _generate(
     if faults.latency_ms > 0:
         await asyncio.sleep(faults.latency_ms / 1000)
     model = body.get("model")
+    fields = _dashscope_fields(body, faults.gateway_dialect)
     try:
         validated = validate_request(
             prompt=body.get("prompt"),
@@ -190,10 +203,8 @@ async def _generate(
             n=1 if body.get("n") is None else body["n"],
             size=body.get("size"),
             response_format="url" if body.get("response_format") is None else body["response_format"],
-            negative_prompt=body.get("negative_prompt"),
-            prompt_upsampling=body.get("prompt_upsampling"),
-            seed=body.get("seed"),
             extra={key: value for key, value in body.items() if key not in NAMED_FIELDS},
+            **fields,
         )
     except InvalidRequestError as exc:
         shown_model = model if isinstance(model, str) else None
@@ -233,6 +244,34 @@ async def _generate(
     return response
 
 
+def _dashscope_fields(body: dict[str, Any], dialect: str) -> dict[str, Any]:
+    """
+    The fields DashScope reads from its ``input`` / ``parameters``, as a relay of ``dialect`` forwards them.
+
+    ``openai``: from the top level (``prompt_upsampling`` is prompt extension); a ``parameters`` or
+    ``input`` object is passed through unread. ``nested``: seed, negative_prompt and prompt extension only
+    from ``parameters`` / ``input`` (the top-level ones are dropped without a word, as that relay does);
+    watermark from either place.
+    """
+    if dialect != "nested":
+        return {
+            "negative_prompt": body.get("negative_prompt"),
+            "prompt_upsampling": body.get("prompt_upsampling"),
+            "seed": body.get("seed"),
+            "watermark": body.get("watermark"),
+        }
+    raw_parameters, raw_input = body.get("parameters"), body.get("input")
+    parameters: dict[str, Any] = raw_parameters if isinstance(raw_parameters, dict) else {}
+    text_input: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
+    watermark = parameters.get("watermark")
+    return {
+        "negative_prompt": text_input.get("negative_prompt", parameters.get("negative_prompt")),
+        "prompt_upsampling": parameters.get("prompt_extend"),
+        "seed": parameters.get("seed"),
+        "watermark": body.get("watermark") if watermark is None else watermark,
+    }
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     state = state_of(request)
@@ -240,7 +279,9 @@ async def list_models(request: Request) -> Response:
     # Faults apply here too (a failing gateway fails the connection test), but not the latency,
     # which stands for image generation time.
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="models", outcome="unauthorized")
+        record(
+            state, request, request_id, refusal_status(state, request), kind="models", outcome="unauthorized"
+        )
         return unauthorized(state, request, request_id)
     fault = state.draw_api_fault()
     if fault is not None:

@@ -188,9 +188,29 @@ def _draw_footer(image: Image.Image, model: str, seed: int, negative_prompt: str
     )
 
 
+def _draw_watermark(image: Image.Image) -> None:
+    """The service's visible mark (watermark=true): a label in the bottom right corner."""
+    draw = ImageDraw.Draw(image)
+    size = max(9, min(image.width, image.height) // 24)
+    font = ImageFont.load_default(size=size)
+    draw.text(
+        (image.width - size, image.height - 3 * size),
+        "AI generated",
+        font=font,
+        fill=(255, 255, 255),
+        anchor="rb",
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def render_png(
-    model: str, prompt: str, negative_prompt: str | None, seed: int, width: int, height: int
+    model: str,
+    prompt: str,
+    negative_prompt: str | None,
+    seed: int,
+    width: int,
+    height: int,
+    watermark: bool = False,
 ) -> bytes:
     """
     Render the emulator's PNG for one generated image: exactly ``width`` x ``height``, byte-identical for
@@ -211,6 +231,8 @@ def render_png(
     panel = tuple(channel // 5 for channel in start)
     _draw_text_panel(image, prompt, (panel[0], panel[1], panel[2]))
     _draw_footer(image, model, seed, negative_prompt)
+    if watermark:
+        _draw_watermark(image)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

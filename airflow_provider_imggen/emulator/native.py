@@ -24,6 +24,7 @@ from airflow_provider_imggen.emulator.models import (
     InvalidRequestError,
     ValidRequest,
     limits_of,
+    serves,
     validate_request,
 )
 from airflow_provider_imggen.emulator.results import signed_url
@@ -45,6 +46,7 @@ from airflow_provider_imggen.emulator.wire import (
     is_authorized,
     json_object,
     record,
+    refusal_status,
     refusing_fault_response,
     request_id_of,
     state_of,
@@ -54,7 +56,7 @@ from airflow_provider_imggen.emulator.wire import (
 
 router = APIRouter()
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
-TASK_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
+TASK_STATUSES = ("PENDING", "SUSPENDED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
 MAX_PAGE_SIZE = 100
 
 # Messages of the task failures the emulator can inject (DashScope's wording where known).
@@ -70,7 +72,7 @@ _IMAGE_FAILURE = {"code": "DataInspectionFailed", "message": "Output data may co
 def _refuse(state: EmulatorState, request: Request, request_id: str, kind: str) -> Response | None:
     """The 401 or the injected refusing fault this (non-billable) call gets, logged; None to serve it."""
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind=kind, outcome="unauthorized")
+        record(state, request, request_id, refusal_status(state, request), kind=kind, outcome="unauthorized")
         return unauthorized(state, request, request_id, "dashscope")
     fault = state.draw_api_fault()
     if fault is None:
@@ -100,6 +102,7 @@ def _invalid_task(model: str, n: object, message: str, key: str, now: float, sta
         submitted_at=now,
         pending_s=faults.task_pending_ms / 1000,
         duration_s=faults.task_duration_ms / 1000,
+        suspended_s=faults.task_suspended_ms / 1000,
         failure_code="InvalidParameter",
         failure_message=message,
         failed_images=frozenset(),
@@ -113,7 +116,9 @@ async def submit_task(request: Request) -> Response:
     state = state_of(request)
     request_id = request_id_of(request)
     if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, 401, kind="submit", outcome="unauthorized")
+        record(
+            state, request, request_id, refusal_status(state, request), kind="submit", outcome="unauthorized"
+        )
         return unauthorized(state, request, request_id, "dashscope")
     fault = state.draw_api_fault(billable=True)
     if fault in REFUSING_FAULTS:
@@ -146,6 +151,14 @@ async def submit_task(request: Request) -> Response:
         message = "input must be an object with a prompt, and parameters an object when given."
         return invalid(state, request_id, message, None, "dashscope")
     shown_model = model.strip() if isinstance(model, str) and model.strip() else None
+    if shown_model is not None and not serves(shown_model, "task"):
+        # qwen-image-max and the 2.0 family: synchronous endpoint only (§6). Refused, nothing created.
+        record(state, request, request_id, 400, kind="submit", outcome="rejected", model=shown_model)
+        message = (
+            f"Model {shown_model} does not support asynchronous calls: use "
+            "/api/v1/services/aigc/multimodal-generation/generation."
+        )
+        return invalid(state, request_id, message, "model", "dashscope")
     native_n = parameters.get("n", min(limits_of(shown_model)["max_n"], 4) if shown_model else 1)
     try:
         validated = validate_request(
@@ -158,6 +171,7 @@ async def submit_task(request: Request) -> Response:
             prompt_upsampling=parameters.get("prompt_extend"),
             seed=parameters.get("seed"),
             native=True,
+            watermark=parameters.get("watermark"),
         )
         failure: InvalidRequestError | None = None
     except InvalidRequestError as exc:
@@ -214,10 +228,12 @@ def _new_task(state: EmulatorState, validated: ValidRequest, key: str, now: floa
         n=validated.n,
         images=tuple(image_params(validated)),
         orig_prompt=validated.prompt,
-        actual_prompt=upsampled_prompt(validated) or validated.prompt,
+        # §6: actual_prompt is absent when prompt extension is off ("" here: left out of the answer).
+        actual_prompt=upsampled_prompt(validated) or "",
         submitted_at=now,
         pending_s=faults.task_pending_ms / 1000,
         duration_s=faults.task_duration_ms / 1000,
+        suspended_s=faults.task_suspended_ms / 1000,
         failure_code=failure_code,
         failed_images=frozenset(index for index in failed_images if index < validated.n),
         log_entry={},
@@ -239,7 +255,7 @@ async def get_task(request: Request, task_id: str) -> Response:
     if task is None or status == "UNKNOWN":
         return JSONResponse(body)
     output["submit_time"] = dashscope_time(task.submitted_at)
-    if status != "PENDING" and task.canceled_at is None:
+    if status not in ("PENDING", "SUSPENDED") and task.canceled_at is None:
         output["scheduled_time"] = dashscope_time(task.scheduled_at)
     total = task.n
     metrics = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
@@ -259,13 +275,11 @@ async def get_task(request: Request, task_id: str) -> Response:
             if index in task.failed_images:
                 results.append(dict(_IMAGE_FAILURE))
             else:
-                results.append(
-                    {
-                        "orig_prompt": task.orig_prompt,
-                        "actual_prompt": task.actual_prompt,
-                        "url": signed_url(state, request, params, issued_at=task.ended_at),
-                    }
-                )
+                item = {"orig_prompt": task.orig_prompt}
+                if task.actual_prompt:
+                    item["actual_prompt"] = task.actual_prompt
+                item["url"] = signed_url(state, request, params, issued_at=task.ended_at)
+                results.append(item)
         output["results"] = results
         metrics.update(SUCCEEDED=task.succeeded_count, FAILED=total - task.succeeded_count)
         body["usage"] = {"image_count": task.succeeded_count}
@@ -363,7 +377,7 @@ async def list_tasks(request: Request) -> Response:
             "task_id": task.task_id,
             "user_api_unique_key": f"apikey:v1:aigc:text2image:image-synthesis:{task.model}",
         }
-        if task_status != "PENDING" and task.canceled_at is None:
+        if task_status not in ("PENDING", "SUSPENDED") and task.canceled_at is None:
             item["start_time"] = _ms(task.scheduled_at)
         if task_status in ("SUCCEEDED", "FAILED") or task.canceled_at is not None:
             item["end_time"] = _ms(task.canceled_at if task.canceled_at is not None else task.ended_at)

@@ -93,7 +93,14 @@ async def download_image(request: Request, date: str, image_key: str) -> Respons
     if faults.download_latency_ms > 0:
         await asyncio.sleep(faults.download_latency_ms / 1000)
     png = await run_in_threadpool(
-        render_png, image.model, image.prompt, image.negative_prompt, image.seed, image.width, image.height
+        render_png,
+        image.model,
+        image.prompt,
+        image.negative_prompt,
+        image.seed,
+        image.width,
+        image.height,
+        image.watermark,
     )
     truncate = state.draw_truncate()
     record(

@@ -45,13 +45,21 @@ SCRIPTABLE_FAULTS = (*REFUSING_FAULTS, *BILLED_FAULTS, *ANSWER_FAULTS, "none")
 _BILLABLE_ONLY = frozenset((*BILLED_FAULTS, *ANSWER_FAULTS))
 ERROR_200_TYPES = ("upstream_error", "ali_error")
 INVALID_NATIVE_PARAMS = ("reject", "fail_task")
+# Where the gateway reads DashScope's own fields (seed, negative_prompt, prompt extension, watermark):
+# "openai" at the top level (the seed document), "nested" only under parameters/input, dropping them at the
+# top level (a relay the issue describes). Fields in the other place are ignored, as real relays do.
+GATEWAY_DIALECTS = ("openai", "nested")
+# How the gateway returns a rewritten prompt: "text" (revised_prompt), "empty" ("" as one relay sends it) or
+# "absent" (no revised_prompt field at all).
+GATEWAY_REVISED_PROMPTS = ("text", "empty", "absent")
 
 # Result URLs of evicted images answer 404 NoSuchKey, like objects past their lifecycle in a real bucket.
 _MAX_REMEMBERED_IMAGES = 10_000
 # Evicted native tasks read as UNKNOWN, like task ids past their 24 h lifetime.
 _MAX_REMEMBERED_TASKS = 10_000
 SEED_MODULUS = MAX_SEED + 1
-ACTIVE_STATUSES = ("PENDING", "RUNNING")
+# A SUSPENDED task still holds its concurrency slot (it has not ended).
+ACTIVE_STATUSES = ("PENDING", "SUSPENDED", "RUNNING")
 
 
 @dataclass
@@ -119,6 +127,10 @@ class FaultConfig:
     task_pending_ms: float = 0
     task_duration_ms: float = 0
     task_ttl_ms: float = 86_400_000  # DashScope task ids live 24 h
+    # A task reads SUSPENDED this long between PENDING and RUNNING (§6: tasks can be SUSPENDED).
+    task_suspended_ms: float = 0
+    gateway_dialect: str = "openai"
+    gateway_revised_prompt: str = "text"
     fail_next_tasks: tuple[str, ...] = ()
     fail_next_task_images: tuple[tuple[int, ...], ...] = ()
 
@@ -165,6 +177,10 @@ def _validated_field(name: str, value: Any) -> Any:
         return _choice(name, value, ERROR_200_TYPES)
     if name == "invalid_native_params":
         return _choice(name, value, INVALID_NATIVE_PARAMS)
+    if name == "gateway_dialect":
+        return _choice(name, value, GATEWAY_DIALECTS)
+    if name == "gateway_revised_prompt":
+        return _choice(name, value, GATEWAY_REVISED_PROMPTS)
     if name == "fail_next":
         return _names(name, value, SCRIPTABLE_FAULTS)
     if name == "malformed_kinds":
@@ -238,6 +254,8 @@ class EmulatorConfig:
     signing_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     access_key_id: str = "LTAI5tEmulatorKeyId00"
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # Model Studio workspaces the key may use through X-DashScope-WorkSpace; empty: any (not checked).
+    workspaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,7 @@ class ImageParams:
     seed: int
     width: int
     height: int
+    watermark: bool = False
 
 
 @dataclass
@@ -271,10 +290,11 @@ class Task:
     failure_message: str | None = None
     canceled_at: float | None = None
     expired: bool = False
+    suspended_s: float = 0.0
 
     @property
     def scheduled_at(self) -> float:
-        return self.submitted_at + self.pending_s
+        return self.submitted_at + self.pending_s + self.suspended_s
 
     @property
     def ended_at(self) -> float:
@@ -289,8 +309,10 @@ class Task:
             return "UNKNOWN"
         if self.canceled_at is not None:
             return "CANCELED"
-        if now < self.scheduled_at:
+        if now < self.submitted_at + self.pending_s:
             return "PENDING"
+        if now < self.scheduled_at:
+            return "SUSPENDED"
         if now < self.ended_at:
             return "RUNNING"
         return "FAILED" if self.failure_code else "SUCCEEDED"
@@ -431,11 +453,12 @@ class EmulatorState:
             return self._download_rng.random() < self._faults.rate_truncate
 
     # Quotas -------------------------------------------------------------------------------------------
-    def _quota_limits(self, model: str) -> tuple[float | None, int | None]:
+    def _quota_limits(self, model: str) -> tuple[float | None, int | None, float]:
         faults, limits = self._faults, limits_of(model)
         rate = faults.quota_submissions_per_second or limits["submissions_per_second"]
         concurrent = faults.quota_concurrent_tasks or limits["concurrent_tasks"]
-        return rate, concurrent
+        burst = limits.get("burst") if not faults.quota_submissions_per_second else None
+        return rate, concurrent, float(burst or max(1.0, rate or 1.0))
 
     def acquire_submission(self, api_key_id: str, model: str, *, in_flight: bool) -> str | None:
         """
@@ -446,11 +469,10 @@ class EmulatorState:
         with self._lock:
             scope = (api_key_id, model)
             if self._faults.quotas:
-                rate, concurrent = self._quota_limits(model)
+                rate, concurrent, capacity = self._quota_limits(model)
                 now = time.monotonic()
                 bucket = None
                 if rate is not None:
-                    capacity = max(1.0, rate)
                     bucket = self._buckets.setdefault(scope, _Bucket(tokens=capacity, updated=now))
                     bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
                     bucket.updated = now
@@ -655,9 +677,17 @@ def default_seed(model: str, prompt: str, negative_prompt: str | None, size: str
 
 
 def image_id(params: ImageParams) -> str:
-    return _digest(
-        "image", params.model, params.prompt, params.negative_prompt, params.seed, params.width, params.height
-    ).hex()[:32]
+    parts: tuple[object, ...] = (
+        "image",
+        params.model,
+        params.prompt,
+        params.negative_prompt,
+        params.seed,
+        params.width,
+        params.height,
+    )
+    # A marked image is another object; unmarked ones keep the ids they always had.
+    return _digest(*parts, *(("watermark",) if params.watermark else ())).hex()[:32]
 
 
 def image_params(request: ValidRequest, count: int | None = None) -> list[ImageParams]:
@@ -673,6 +703,7 @@ def image_params(request: ValidRequest, count: int | None = None) -> list[ImageP
             seed=(seed + index) % SEED_MODULUS,
             width=request.width,
             height=request.height,
+            watermark=request.watermark,
         )
         for index in range(request.n if count is None else count)
     ]

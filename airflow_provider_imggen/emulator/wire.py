@@ -45,9 +45,32 @@ def presented_key(request: Request) -> str | None:
     return rest.strip() if scheme.lower() == "bearer" else header
 
 
-def is_authorized(request: Request, api_key: str) -> bool:
+WORKSPACE_HEADER = "x-dashscope-workspace"
+
+
+def workspace_of(request: Request) -> str | None:
+    """The Model Studio workspace the request names (``X-DashScope-WorkSpace``), if any."""
+    return request.headers.get(WORKSPACE_HEADER)
+
+
+def _workspace_allowed(request: Request) -> bool:
+    allowed: tuple[str, ...] = state_of(request).config.workspaces
+    workspace = workspace_of(request)
+    return workspace is None or not allowed or workspace in allowed
+
+
+def refusal_status(state: EmulatorState, request: Request) -> int:
+    """The status an unauthorized request is answered with: 403 for a workspace the right key may not use."""
     presented = presented_key(request)
-    return presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+    key_ok = presented is not None and hmac.compare_digest(presented.encode(), state.config.api_key.encode())
+    return 403 if key_ok else 401
+
+
+def is_authorized(request: Request, api_key: str) -> bool:
+    """The right key, and (when the emulator lists workspaces) a workspace the key may use."""
+    presented = presented_key(request)
+    key_ok = presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+    return key_ok and _workspace_allowed(request)
 
 
 def caller_key_id(request: Request) -> str:
@@ -117,6 +140,7 @@ def record(
         "fault": fault,
         "task_id": task_id,
         "fingerprint": request.scope.get(FINGERPRINT),
+        "workspace": workspace_of(request),
     }
     state.record(entry)
     return entry
@@ -165,6 +189,17 @@ def unauthorized(
     state: EmulatorState, request: Request, request_id: str, style: ErrorStyle | None = None
 ) -> JSONResponse:
     presented = presented_key(request)
+    if presented is not None and hmac.compare_digest(presented.encode(), state.config.api_key.encode()):
+        # The key is right: the workspace it names is not one of the key's (wording unverified).
+        return error_response(
+            state,
+            request_id,
+            status=403,
+            code="AccessDenied",
+            message=f"The API key has no access to workspace {workspace_of(request)!r}.",
+            error_type="invalid_request_error",
+            style=style,
+        )
     if presented is None:
         message = (
             "You didn't provide an API key. You need to provide your API key in an Authorization header "

@@ -28,6 +28,7 @@ from airflow_provider_imggen.connection_settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
+    WORKSPACE_HEADER,
     ApiStyle,
     ConnectionSettings,
     parse_connection,
@@ -47,10 +48,12 @@ from airflow_provider_imggen.models import (
     TASK_STATUSES,
     TASK_TERMINAL_STATUSES,
     GenerationRequest,
+    check_endpoint,
     check_poll_settings,
     check_request_for_style,
     coerce_seconds,
     next_poll_interval,
+    unknown_model_note,
     validate_generation_request,
 )
 from airflow_provider_imggen.responses import (
@@ -62,7 +65,9 @@ from airflow_provider_imggen.responses import (
     TaskState,
     decode_response,
     flatten_native_request,
+    gateway_ignored_fields,
     parse_generation_result,
+    parse_multimodal_result,
     parse_submitted_task,
     parse_task_list,
     parse_task_state,
@@ -116,6 +121,8 @@ __all__ = [
 PROMPT_LOG_CHARS = 200
 GENERATIONS_PATH = "/v1/images/generations"
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+# DashScope's synchronous endpoint: the images come in the answer (qwen-image-max, the qwen-image 2.0 family).
+MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 TASKS_PATH = "/api/v1/tasks"
 # The task list is searched this far around a lost submission (clocks differ; the service is slow).
 TASK_LIST_MARGIN = timedelta(seconds=60)
@@ -185,13 +192,16 @@ class _ImageGenerationHookBase(BaseHook):
         return self.request_timeout if self.request_timeout is not None else self.settings.request_timeout
 
     def _headers(self, **extra: str) -> dict[str, str]:
-        return {
+        headers = {
             "Authorization": f"Bearer {self.settings.api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": user_agent(),
-            **extra,
         }
+        if self.settings.workspace:
+            # Every request of the connection, status queries included: tasks belong to a workspace.
+            headers[WORKSPACE_HEADER] = self.settings.workspace
+        return {**headers, **extra}
 
     def _task_url(self, generation_task_id: object, suffix: str = "") -> str:
         if (
@@ -229,11 +239,14 @@ class _ImageGenerationHookBase(BaseHook):
         prompt_upsampling: object = None,
         seed: object = None,
         extra_body: object = None,
+        watermark: object = None,
+        endpoint: object = None,
     ) -> GenerationRequest:
         """
         Validate a request against the model table and the connection's API style, filling the model from
         the connection's default: the :class:`GenerationRequest` that :meth:`ImageGenerationHook.generate`
-        and :meth:`ImageGenerationHook.submit` take.
+        and :meth:`ImageGenerationHook.submit` take. A model the table does not know passes the generic
+        checks only, with a warning naming the closest known model.
         """
         if model is None:
             model = self.settings.default_model
@@ -243,7 +256,7 @@ class _ImageGenerationHookBase(BaseHook):
                     None,
                     f"pass model=..., or set default_model on connection {self.imggen_conn_id!r}",
                 )
-        return validate_generation_request(
+        request = validate_generation_request(
             prompt=prompt,
             model=model,
             n=n,
@@ -254,7 +267,26 @@ class _ImageGenerationHookBase(BaseHook):
             seed=seed,
             extra_body=extra_body,
             api_style=self.settings.api_style,
+            watermark=watermark,
+            endpoint=endpoint,
+            dialect=self.settings.gateway_dialect,
         )
+        note = unknown_model_note(request.model)
+        if note is not None:
+            self.log.warning("%s", note)
+        return request
+
+    def endpoint_for(self, request: GenerationRequest) -> str:
+        """
+        Where a request goes on this connection: ``gateway`` (OpenAI-compatible), or DashScope's ``async``
+        task API or ``sync`` multimodal generation (the request's ``endpoint``, else the model's default).
+
+        :raises ImageGenerationValidationError: the endpoint asked for does not serve the model (nothing sent)
+        """
+        if self.settings.api_style != "dashscope":
+            check_request_for_style(request, self.settings.api_style, self.settings.gateway_dialect)
+            return "gateway"
+        return check_endpoint(request.model, request.endpoint)
 
     def _policy(self, *, billable: bool) -> RetryPolicy:
         return RetryPolicy(
@@ -370,8 +402,11 @@ class ImageGenerationHook(_ImageGenerationHookBase):
 
     The connection's Host is the API's base URL (``https://gateway.example.com/v1``; https when no scheme
     is given), its Password the API key. Extra fields: ``default_model``, ``request_timeout`` (seconds),
-    ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API) and
-    ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`).
+    ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API),
+    ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`), ``workspace`` (sent as
+    ``X-DashScope-WorkSpace``) and ``gateway_dialect`` (``openai`` or ``nested``: where a gateway reads
+    DashScope's own fields). On DashScope, each model goes to the endpoint that serves it (README,
+    "Models"): the asynchronous task API or the synchronous multimodal generation.
 
     Billable requests are never sent twice unless the service provably did nothing with the first: see
     :mod:`~airflow_provider_imggen.retry_policy`.
@@ -424,9 +459,11 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         """
         Generate the images of a validated request (:meth:`validate_request`): one billable request.
 
-        OpenAI-compatible gateway: one POST. ``api_style="dashscope"``: :meth:`submit`, then
-        :meth:`wait_for_task` in this process (for a worker-free wait, defer to
-        :class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger` instead).
+        OpenAI-compatible gateway: one POST. ``api_style="dashscope"``: for a model of the asynchronous task
+        API, :meth:`submit`, then :meth:`wait_for_task` in this process (for a worker-free wait, defer to
+        :class:`~airflow_provider_imggen.triggers.image_generation.ImageGenerationTaskTrigger` instead);
+        for a model of the synchronous endpoint (qwen-image-max, qwen-image 2.0), one POST to
+        ``multimodal-generation/generation``, answered with the images.
 
         :param request: the validated request
         :param timeout: read timeout in seconds for the billable request (default: the hook's)
@@ -439,6 +476,8 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         :raises ImageGenerationAPIError: nothing could be sent (connection refused...) and retries ran out
         """
         self._check_request(request, timeout)
+        if self.endpoint_for(request) == "sync":
+            return self._generate_multimodal(request, read_timeout=timeout)
         if self.settings.api_style == "dashscope":
             started = time.monotonic()
             submitted = self.submit(request, timeout=timeout)
@@ -461,6 +500,8 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         seed: int | str | None = None,
         extra_body: dict[str, Any] | None = None,
         timeout: float | None = None,
+        watermark: bool | None = None,
+        endpoint: str | None = None,
     ) -> ImageGenerationResult:
         """
         Validate the arguments (:meth:`validate_request`, before anything is sent), then :meth:`generate`.
@@ -477,6 +518,9 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         :param extra_body: further JSON fields, for parameters this hook does not name (top level for the
             gateway, under ``parameters`` for the native API)
         :param timeout: read timeout in seconds for the billable request
+        :param watermark: ask the service to mark the images (the service's default: no mark)
+        :param endpoint: DashScope's endpoint, ``async`` (task API) or ``sync`` (multimodal generation);
+            None for the model's default (see the README's model table)
         """
         request = self.validate_request(
             prompt,
@@ -488,6 +532,8 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             prompt_upsampling=prompt_upsampling,
             seed=seed,
             extra_body=extra_body,
+            watermark=watermark,
+            endpoint=endpoint,
         )
         return self.generate(request, timeout=timeout)
 
@@ -497,7 +543,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             raise ImageGenerationValidationError(
                 "request", request, "expected a GenerationRequest (hook.validate_request builds one)"
             )
-        check_request_for_style(request, self.settings.api_style)
+        check_request_for_style(request, self.settings.api_style, self.settings.gateway_dialect)
         if timeout is not None:
             coerce_seconds("timeout", timeout)
 
@@ -507,16 +553,21 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         url = f"{self.settings.base_url}{GENERATIONS_PATH}"
         self.log.debug("POST %s: model=%s n=%d size=%s", url, request.model, request.n, request.size)
         started = time.monotonic()
+        dialect = self.settings.gateway_dialect
         body, request_id = self._request_json(
             "POST",
             url,
-            json=request.to_openai_body(),
+            json=request.to_openai_body(dialect),
             read_timeout=read_timeout,
             billable=BillableRequest(
                 model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC)
             ),
         )
         result, notes = parse_generation_result(body, request, request_id)
+        ignored = gateway_ignored_fields(body, request, result, dialect)
+        if ignored is not None:
+            self.log.warning("Answer to request %s: %s", request_id, ignored)
+            result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
         for note in notes:
             self.log.warning("Answer to request %s: %s", request_id, note)
         for failed in result.failed_images:
@@ -540,6 +591,47 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         )
         return result
 
+    def _generate_multimodal(
+        self, request: GenerationRequest, *, read_timeout: float | None
+    ) -> ImageGenerationResult:
+        """
+        One POST to DashScope's synchronous ``multimodal-generation/generation``: billable, answered with
+        the images. Re-sent only when provably not processed (never opened, 429); a 5xx, a timeout or a
+        dropped connection after sending is outcome unknown (no task to look up: never re-sent).
+        """
+        url = f"{self.settings.base_url}{MULTIMODAL_PATH}"
+        started = time.monotonic()
+        body, request_id = self._request_json(
+            "POST",
+            url,
+            json=request.to_multimodal_body(),
+            read_timeout=read_timeout,
+            billable=BillableRequest(
+                model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC)
+            ),
+        )
+        result, notes = parse_multimodal_result(body, request, request_id)
+        for note in notes:
+            self.log.warning("Answer to request %s: %s", request_id, note)
+        for failed in result.failed_images:
+            self.log.warning(
+                "Image %d of request %s failed: %s %s", failed.index, request_id, failed.code, failed.message
+            )
+        self.log.info(
+            "Generated %d image(s)%s in %.2fs on the synchronous endpoint: model=%s size=%s seed=%s "
+            "request_id=%s prompt=%r urls=%s",
+            len(result.images),
+            f" ({len(result.failed_images)} failed)" if result.failed_images else "",
+            time.monotonic() - started,
+            result.model,
+            request.size,
+            request.seed,
+            result.request_id,
+            request.prompt[:PROMPT_LOG_CHARS],
+            [image.masked_url for image in result.images],
+        )
+        return result
+
     # -- DashScope native task API ---------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, *, timeout: float | None = None) -> SubmittedTask:
@@ -559,6 +651,14 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         """
         self._require_dashscope("submit()")
         self._check_request(request, timeout)
+        if self.endpoint_for(request) != "async":
+            raise ImageGenerationValidationError(
+                "model",
+                request.model,
+                "is served by DashScope's synchronous endpoint (multimodal-generation/generation), which "
+                "answers with the images and creates no task to submit: use generate(), or "
+                "ImageGenerationOperator (nothing was sent)",
+            )
         url = f"{self.settings.base_url}{SUBMIT_PATH}"
         native = request.to_dashscope_body()
         sent_at = datetime.now(tz=UTC)
@@ -603,6 +703,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         seed: int | str | None = None,
         extra_body: dict[str, Any] | None = None,
         timeout: float | None = None,
+        watermark: bool | None = None,
     ) -> SubmittedTask:
         """
         Validate the arguments (as :meth:`generate_images` does, before anything is sent), then
@@ -619,6 +720,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             prompt_upsampling=prompt_upsampling,
             seed=seed,
             extra_body=extra_body,
+            watermark=watermark,
         )
         self._require_dashscope("submit_task()")
         return self.submit(request, timeout=timeout)
@@ -918,7 +1020,8 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
     """
     The asyncio hook for triggers: status queries and cancels on DashScope's native task API.
 
-    It never submits (a trigger may run more than once; a submission bills), and it never blocks the event
+    It never submits, nor calls the synchronous multimodal generation (a trigger may run more than once; both
+    bill: the blocking hook sends them from the worker), and it never blocks the event
     loop: the connection comes from ``aget_connection``, the HTTP client (httpx) is built in a thread (it
     loads CA certificates from disk), retries sleep with ``asyncio.sleep`` (tenacity's ``AsyncRetrying``).
     Connection parsing, the retry policy, response and task parsing, errors and masking are the same as

@@ -29,7 +29,9 @@ from airflow_provider_imggen.metadata import (
     task_metadata,
 )
 from airflow_provider_imggen.models import (
+    ENDPOINTS,
     MAX_SEED,
+    TASK_ACTIVE_STATUSES,
     GenerationRequest,
     check_flag,
     check_poll_settings,
@@ -60,7 +62,8 @@ PROMPT_TEMPLATE_EXTENSIONS = (".txt", ".j2", ".jinja")
 _PICKED_SEED_RANGE = MAX_SEED - 16
 # The defer timeout leaves the trigger this long past its own deadline to report "timeout" itself.
 _DEFER_GRACE_SECONDS = 120.0
-_ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
+# SUSPENDED counts as still running: an earlier try's suspended task is reconnected to, not paid again.
+_ACTIVE_STATUSES = TASK_ACTIVE_STATUSES
 _T = TypeVar("_T")
 
 
@@ -96,7 +99,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     already paid for instead of submitting again (a record written before the rename, with ``task_id``,
     is read too):
 
-    * task PENDING or RUNNING: wait for it again; SUCCEEDED: take its results (nothing is sent);
+    * task PENDING, RUNNING or SUSPENDED: wait for it again; SUCCEEDED: take its results (nothing is
+      sent);
     * FAILED or CANCELED: nothing was billed for it, so a new task is submitted;
     * UNKNOWN (task ids live 24 h): its results can no longer be fetched, so a new task is submitted;
     * the rendered request differs from the one that was submitted: a new task is submitted.
@@ -125,10 +129,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     :class:`ImageGenerationOutcomeUnknownError`, without Airflow retries, its log naming what may have
     been billed.
 
-    **OpenAI-compatible API** (``api_style`` ``openai``): one synchronous request. The gateway has no task
-    to wait for, so ``deferrable=True`` (often set for a whole deployment through ``[operators]
-    default_deferrable``) runs synchronously and logs that it does; ``wait_for_completion=False`` is
-    refused.
+    **OpenAI-compatible API** (``api_style`` ``openai``) **and DashScope's synchronous endpoint**
+    (``multimodal-generation/generation``: qwen-image-max and the qwen-image 2.0 family, or
+    ``endpoint="sync"``): one synchronous request answered with the images. There is no task to wait for,
+    so ``deferrable=True`` (often set for a whole deployment through ``[operators] default_deferrable``)
+    runs synchronously and logs that it does; ``wait_for_completion=False`` is refused.
 
     :param prompt: what to draw, or a template file ending in .txt, .j2 or .jinja (templated)
     :param model: model name; defaults to the connection's ``default_model`` (templated)
@@ -143,6 +148,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         images (templated)
     :param extra_body: further top-level JSON fields for the API, as a dict or a JSON object string
         (templated)
+    :param watermark: ask the service to mark the images; None leaves the service's default (no mark).
+        Sent as ``watermark`` (top level, or under ``parameters`` with the gateway dialect ``nested`` and
+        on the native API) (templated)
+    :param endpoint: DashScope's endpoint (connection ``api_style`` ``dashscope``): ``async`` (the task
+        API) or ``sync`` (multimodal generation); None uses the model's (README, "Models"). A model asked
+        for on an endpoint that does not serve it fails before anything is sent (templated)
     :param imggen_conn_id: the ``imggen`` connection (templated)
     :param request_timeout: read timeout of the request in seconds; defaults to the connection's
         (templated)
@@ -191,6 +202,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         "request_timeout",
         "output_path",
         "throttle_timeout",
+        "watermark",
+        "endpoint",
     )
     template_ext: Sequence[str] = PROMPT_TEMPLATE_EXTENSIONS
     template_fields_renderers: ClassVar[dict[str, str]] = {
@@ -228,6 +241,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         wait_for_completion: bool = True,
         throttle_timeout: float | str = DEFAULT_THROTTLE_TIMEOUT,
         end_from_trigger: bool = False,
+        watermark: bool | str | None = None,
+        endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -252,6 +267,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.throttle_timeout = throttle_timeout
         self.end_from_trigger = end_from_trigger
+        self.watermark = watermark
+        self.endpoint = endpoint
         self._validate_literal_arguments()
         check_flag("deferrable", deferrable)
         check_flag("wait_for_completion", wait_for_completion)
@@ -291,6 +308,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 ("negative_prompt", None),
                 ("prompt_upsampling", None),
                 ("seed", None),
+                ("watermark", None),
             )
         }
         prompt = self.prompt
@@ -299,11 +317,26 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         ):
             prompt = "templated prompt"
         # Without a literal model the connection's default applies; only the model-independent rules hold.
-        model = checked.pop("model") or "model-from-connection"
+        literal_model = checked.pop("model")
+        model = literal_model or "model-from-connection"
         extra_body: object = self.extra_body if _is_literal(self.extra_body) else None
         if isinstance(extra_body, str):
             extra_body = _parse_extra_body(extra_body)
-        validate_generation_request(prompt=prompt, model=model, extra_body=extra_body, **checked)
+        endpoint = _none_if_blank(self.endpoint) if _is_literal(self.endpoint) else None
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            raise ImageGenerationValidationError(
+                "endpoint",
+                endpoint,
+                "expected 'async' (the task API), 'sync' (multimodal generation) or None",
+            )
+        validate_generation_request(
+            prompt=prompt,
+            model=model,
+            extra_body=extra_body,
+            # Whether the endpoint serves the model is only known with the model.
+            endpoint=endpoint if literal_model else None,
+            **checked,
+        )
         if _is_literal(self.request_timeout):
             _parse_timeout(self.request_timeout)
         if _is_literal(self.throttle_timeout):
@@ -359,32 +392,40 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         request, output_path = self._prepare_request(context)
         # The rule the hook applies too (one function): checked here before the state store is read.
-        check_request_for_style(request, self.hook.settings.api_style)
+        check_request_for_style(request, self.hook.settings.api_style, self.hook.settings.gateway_dialect)
         self._start_throttle_clock(context, throttle_deadline, throttled_submissions)
-        if self.hook.settings.api_style == "dashscope":
+        endpoint = self.hook.endpoint_for(request)
+        if endpoint == "async":
             self._request = request
             # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
             return self.execute_resumable(context)
 
+        api = (
+            "the OpenAI-compatible API (connection api_style 'openai')"
+            if endpoint == "gateway"
+            else f"DashScope's synchronous endpoint (which serves {request.model})"
+        )
         if not self.wait_for_completion:
             raise ImageGenerationValidationError(
                 "wait_for_completion",
                 False,
-                "the OpenAI-compatible API (connection api_style 'openai') answers with the images, there "
-                "is no task to come back to: leave wait_for_completion=True, or use api_style 'dashscope'",
+                f"{api[0].upper()}{api[1:]} answers with the images, there is no task to come back to: leave "
+                "wait_for_completion=True"
+                + (", or use api_style 'dashscope'" if endpoint == "gateway" else ""),
             )
         if self.deferrable:
             self.log.info(
-                "deferrable=True has no effect with the OpenAI-compatible API (connection %r, api_style "
-                "'openai'): it answers with the images in one request and has no task the triggerer could "
-                "wait on, so the images are generated in this worker",
+                "deferrable=True has no effect with %s (connection %r): it answers with the images in one "
+                "request and has no task the triggerer could wait on, so the images are generated in this "
+                "worker",
+                api,
                 self.imggen_conn_id,
             )
         if request.response_format == "url" and not can_seal():
-            # The gateway's URLs cannot be read again later: without a key to seal them for the transfer,
-            # the images would be paid for and unusable. Refuse before anything is billed.
+            # These URLs cannot be read again later (no task to read them from): without a key to seal them
+            # for the transfer, the images would be paid for and unusable. Refuse before anything is billed.
             raise ResultUrlSealError(
-                "The OpenAI-compatible API's result URLs are credentials: XCom shows them masked and keeps "
+                f"The result URLs of {api} are credentials: XCom shows them masked and keeps "
                 "them sealed with Airflow's Fernet key, and this worker has no usable key. Nothing was "
                 f"sent or billed; {NO_KEY_HELP}. (response_format='b64_json' with an output_path needs "
                 "no key)"
@@ -432,6 +473,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             extra_body=_parse_extra_body(self.extra_body)
             if isinstance(self.extra_body, str)
             else self.extra_body,
+            watermark=_none_if_blank(self.watermark),
+            endpoint=_none_if_blank(self.endpoint),
         )
         output_path = None
         if request.response_format == "b64_json":
