@@ -304,3 +304,32 @@ def test_etags_follow_content_and_size_and_the_cache_stays_bounded() -> None:
     assert cache.get("e9") == b"x" * 30 and cache.get("e0") is None
     cache.put("huge", b"x" * 101)
     assert cache.get("huge") is None
+
+
+def test_the_plugin_declares_the_view_and_stays_light_to_import() -> None:
+    import subprocess
+    import sys
+
+    from airflow_provider_imggen.plugin import ImageGenerationPlugin, LazyImagesApp
+
+    (app,) = ImageGenerationPlugin.fastapi_apps
+    assert app["url_prefix"] == "/imggen" and isinstance(app["app"], LazyImagesApp)
+    assert [(view["destination"], view["url_route"]) for view in ImageGenerationPlugin.external_views] == [
+        ("task_instance", "imggen-images"),
+        ("dag_run", "imggen-gallery"),
+    ]
+    assert all(view["href"].startswith("/imggen/") for view in ImageGenerationPlugin.external_views)
+    # Every Airflow process imports the plugin: none of the view's dependencies may come with it.
+    heavy = ("PIL", "boto3", "fastapi", "airflow_provider_imggen.ui.routes", "botocore")
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, airflow_provider_imggen.plugin; "
+            f"print([name for name in {heavy!r} if name in sys.modules])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert loaded == "[]"

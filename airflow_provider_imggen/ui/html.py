@@ -7,6 +7,7 @@ full images), so the browser never sees a result URL, a bucket credential or an 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlencode
@@ -74,6 +75,18 @@ def _metadata(tile: Tile) -> str:
     return f"<dl>{cells}</dl>"
 
 
+def _thumbnail_height(tile: Tile) -> int:
+    """The thumbnail's height at ``DEFAULT_SIZE`` wide, from the stored dimensions or the requested size."""
+    width, height = tile.width, tile.height
+    if not (width and height) and tile.size:
+        parts = re.split(r"[x*]", tile.size)
+        if len(parts) == 2 and all(part.isdigit() and 0 < int(part) < 100_000 for part in parts):
+            width, height = int(parts[0]), int(parts[1])
+    if not (width and height):
+        return DEFAULT_SIZE
+    return max(1, round(DEFAULT_SIZE * height / width))
+
+
 def _placeholder(kind: str, text: str) -> str:
     return f'<div class="placeholder" role="img" aria-label="{kind}">{text}</div>'
 
@@ -84,9 +97,7 @@ def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool) -> str:
         version = etag_for(tile.identity, DEFAULT_SIZE).strip('"')[:16]
         thumb = f"thumbnail?{_query(tile, dag_id, run_id, size=DEFAULT_SIZE, v=version)}"
         full = f"image?{_query(tile, dag_id, run_id, v=version)}"
-        height = DEFAULT_SIZE
-        if tile.width and tile.height:
-            height = round(DEFAULT_SIZE * tile.height / tile.width)
+        height = _thumbnail_height(tile)
         picture = (
             f'<a href="{escape(full)}" target="_blank" rel="noopener" title="Open the full image">'
             f'<img src="{escape(thumb)}" alt="{escape(label)}: {_value(tile.prompt)}" '

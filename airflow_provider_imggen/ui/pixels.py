@@ -50,13 +50,12 @@ class ResultExpiredError(PixelsUnavailableError):
 
 def open_pixels(tile: Tile) -> IO[bytes]:
     """The tile's image bytes in a rewound temporary file (the caller closes it)."""
-    if tile.kind == "stored":
-        chunks = _s3_chunks(tile)
-    elif tile.kind == "result":
-        chunks = _result_chunks(tile)
-    else:
+    if not tile.has_pixels:
         raise PixelsUnavailableError(tile.failure or "no image")
+    # The request and the read both under the semaphore: a page of 50 tiles sends 50 requests at once,
+    # and the API server's thread pool would otherwise run up to 40 S3 requests side by side.
     with _fetching:
+        chunks = _s3_chunks(tile) if tile.kind == "stored" else _result_chunks(tile)
         return _spool(chunks, tile.sha256, tile.bytes)
 
 
@@ -84,17 +83,18 @@ def _spool(chunks: Iterable[bytes], sha256: str | None, expected_bytes: int | No
 
 
 def _s3_client(aws_conn_id: str | None) -> Any:
-    now = time.monotonic()
+    # Built under the lock: a page of 50 tiles asks for the same client 50 times at once, and 50 boto3
+    # clients built in parallel cost seconds of CPU and tens of MB (measured by bench_ui_gallery.py).
     with _clients_lock:
+        now = time.monotonic()
         cached = _clients.get(aws_conn_id)
         if cached is not None and now - cached[0] < CLIENT_TTL:
             return cached[1]
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
-    with _clients_lock:
+        client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
         _clients[aws_conn_id] = (now, client)
-    return client
+        return client
 
 
 def _s3_chunks(tile: Tile) -> Iterable[bytes]:
