@@ -27,7 +27,7 @@ background:#fff;font-size:13px}
 h1{font-size:18px;margin:0 0 4px}p.summary{margin:0 0 16px;color:#4a5568}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(272px,1fr));gap:16px}
 .tile{border:1px solid #e2e8f0;border-radius:8px;padding:8px;margin:0;background:#fafafa}
-.tile img{display:block;width:256px;max-width:100%;height:auto;border-radius:4px;background:#edf2f7}
+.tile img{display:block;max-width:100%;height:auto;border-radius:4px;background:#edf2f7}
 .placeholder{display:flex;align-items:center;justify-content:center;width:256px;max-width:100%;
 aspect-ratio:4/3;border-radius:4px;text-align:center;padding:8px;box-sizing:border-box;font-weight:600}
 .expired .placeholder{background:#fefcbf;color:#744210}.failed .placeholder{background:#fed7d7;color:#822727}
@@ -75,33 +75,33 @@ def _metadata(tile: Tile) -> str:
     return f"<dl>{cells}</dl>"
 
 
-def _thumbnail_height(tile: Tile) -> int:
-    """The thumbnail's height at ``DEFAULT_SIZE`` wide, from the stored dimensions or the requested size."""
+def _thumbnail_height(tile: Tile, size: int) -> int:
+    """The thumbnail's height at ``size`` wide, from the stored dimensions or the requested size."""
     width, height = tile.width, tile.height
     if not (width and height) and tile.size:
         parts = re.split(r"[x*]", tile.size)
         if len(parts) == 2 and all(part.isdigit() and 0 < int(part) < 100_000 for part in parts):
             width, height = int(parts[0]), int(parts[1])
     if not (width and height):
-        return DEFAULT_SIZE
-    return max(1, round(DEFAULT_SIZE * height / width))
+        return size
+    return max(1, round(size * height / width))
 
 
 def _placeholder(kind: str, text: str) -> str:
     return f'<div class="placeholder" role="img" aria-label="{kind}">{text}</div>'
 
 
-def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool) -> str:
+def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool, size: int) -> str:
     label = f"image {tile.index}" if tile.index is not None else "image"
     if tile.has_pixels:
-        version = etag_for(tile.identity, DEFAULT_SIZE).strip('"')[:16]
-        thumb = f"thumbnail?{_query(tile, dag_id, run_id, size=DEFAULT_SIZE, v=version)}"
+        version = etag_for(tile.identity, size).strip('"')[:16]
+        thumb = f"thumbnail?{_query(tile, dag_id, run_id, size=size, v=version)}"
         full = f"image?{_query(tile, dag_id, run_id, v=version)}"
-        height = _thumbnail_height(tile)
+        height = _thumbnail_height(tile, size)
         picture = (
             f'<a href="{escape(full)}" target="_blank" rel="noopener" title="Open the full image">'
             f'<img src="{escape(thumb)}" alt="{escape(label)}: {_value(tile.prompt)}" '
-            f'width="{DEFAULT_SIZE}" height="{height}" decoding="async"></a>'
+            f'width="{size}" height="{height}" decoding="async"></a>'
         )
     elif tile.kind == "expired":
         when = f" (URL expired {tile.expires_at:%Y-%m-%d %H:%M} UTC)" if tile.expires_at else ""
@@ -121,7 +121,14 @@ def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool) -> str:
 
 
 def render_page(
-    *, title: str, dag_id: str, run_id: str, tiles: Sequence[Tile], show_task: bool, empty: str
+    *,
+    title: str,
+    dag_id: str,
+    run_id: str,
+    tiles: Sequence[Tile],
+    show_task: bool,
+    empty: str,
+    size: int = DEFAULT_SIZE,
 ) -> str:
     counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result")}
     others = len(tiles) - counts["stored"] - counts["result"]
@@ -131,7 +138,7 @@ def render_page(
         if tiles
         else escape(empty)
     )
-    body = "".join(_tile(tile, dag_id, run_id, show_task=show_task) for tile in tiles)
+    body = "".join(_tile(tile, dag_id, run_id, show_task=show_task, size=size) for tile in tiles)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

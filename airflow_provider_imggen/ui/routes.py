@@ -3,7 +3,7 @@ The Images view's routes. Every one authenticates first (401), then checks its p
 asks Airflow's auth manager about the DAG (403), then looks the run, task and image up (404).
 
 - ``GET /images``: the images of one task instance (every map index when ``map_index`` is unset)
-- ``GET /gallery``: the images of one DAG run, each once
+- ``GET /gallery``: the images of one DAG run, each once (both pages take the thumbnails' ``size``)
 - ``GET /thumbnail``: one tile's thumbnail (JPEG, ETag, ``Cache-Control: private``)
 - ``GET /image``: one tile's full image, as stored or as generated
 """
@@ -61,19 +61,25 @@ def _run(dag_id: str, run_id: str) -> RunImages:
 
 
 def _page(
-    title: str, dag_id: str, run_id: str, tiles: list[Tile], *, show_task: bool, empty: str
+    title: str, dag_id: str, run_id: str, tiles: list[Tile], *, show_task: bool, empty: str, size: int
 ) -> HTMLResponse:
     html = render_page(
-        title=title, dag_id=dag_id, run_id=run_id, tiles=tiles, show_task=show_task, empty=empty
+        title=title, dag_id=dag_id, run_id=run_id, tiles=tiles, show_task=show_task, empty=empty, size=size
     )
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
 @router.get("/images", response_class=HTMLResponse)
 def task_instance_images(
-    user: User, dag_id: Param = None, run_id: Param = None, task_id: Param = None, map_index: Param = None
+    user: User,
+    dag_id: Param = None,
+    run_id: Param = None,
+    task_id: Param = None,
+    map_index: Param = None,
+    size: Param = None,
 ) -> HTMLResponse:
     """The images of one task instance (of every map index of the task when ``map_index`` is unset)."""
+    pixels = _checked(params.thumbnail_size, size)
     dag = _checked(params.dag_id, dag_id)
     run = _checked(params.run_id, run_id)
     task = _checked(params.task_id, task_id)
@@ -91,7 +97,7 @@ def task_instance_images(
     title = f"Images · {task}" + (f" [{index}]" if index is not None and index >= 0 else "")
     if not is_image_task:
         empty = "This task does not generate or store images."
-        return _page(title, dag, run, [], show_task=False, empty=empty)
+        return _page(title, dag, run, [], show_task=False, empty=empty, size=pixels)
     run_images = _run(dag, run)
     outputs = run_images.task_instances(task, index)
     tiles = [tile for output in outputs for tile in run_images.tiles(output)]
@@ -102,17 +108,22 @@ def task_instance_images(
         tiles,
         show_task=len(outputs) > 1,
         empty="No images yet: the task has not pushed its XCom (it has not finished, or failed).",
+        size=pixels,
     )
 
 
 @router.get("/gallery", response_class=HTMLResponse)
-def dag_run_gallery(user: User, dag_id: Param = None, run_id: Param = None) -> HTMLResponse:
+def dag_run_gallery(
+    user: User, dag_id: Param = None, run_id: Param = None, size: Param = None
+) -> HTMLResponse:
     """Every image of one DAG run, once: as stored when a transfer stored it, else as generated."""
+    pixels = _checked(params.thumbnail_size, size)
     dag = _checked(params.dag_id, dag_id)
     run = _checked(params.run_id, run_id)
     authorize(user, dag)
     tiles = _run(dag, run).gallery()
-    return _page(f"Images · {run}", dag, run, tiles, show_task=True, empty="No images in this DAG run.")
+    empty = "No images in this DAG run."
+    return _page(f"Images · {run}", dag, run, tiles, show_task=True, empty=empty, size=pixels)
 
 
 def _tile(address: params.TileAddress) -> Tile:
