@@ -10,6 +10,7 @@ import io
 import struct
 import zlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -333,3 +334,43 @@ def test_the_plugin_declares_the_view_and_stays_light_to_import() -> None:
         check=True,
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def result_tile(url: str, conn_id: str = "imggen_default") -> Any:
+    from airflow_provider_imggen.sealed_urls import seal
+    from airflow_provider_imggen.ui.tiles import Tile
+
+    return Tile(
+        task_id="t", map_index=-1, position=0, kind="result", url_sealed=seal(url), imggen_conn_id=conn_id
+    )
+
+
+def test_unstored_results_are_fetched_only_under_the_transfer_s_url_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_imggen.ui.pixels import ResultExpiredError, open_pixels
+    from tests.conftest import set_imggen_connection
+
+    set_imggen_connection(monkeypatch, "https://gateway.example.com/v1")
+    future = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+    # Not the API's origin, not https, a loopback address: refused before any connection is made.
+    for url in (
+        f"http://127.0.0.1:9/r.png?Expires={future}&Signature=s3cr3t",
+        f"https://169.254.169.254/latest/meta-data?Expires={future}",
+        "file:///etc/passwd",
+    ):
+        with pytest.raises(PixelsUnavailableError, match="refused by the result-URL policy") as refused:
+            open_pixels(result_tile(url))
+        assert "s3cr3t" not in str(refused.value) and "127.0.0.1" not in str(refused.value)
+    # A URL that says it has expired is not fetched at all.
+    past = int((datetime.now(UTC) - timedelta(minutes=1)).timestamp())
+    with pytest.raises(ResultExpiredError, match="expired, not stored"):
+        open_pixels(result_tile(f"https://gateway.example.com/r.png?Expires={past}&Signature=x"))
+    # A seal this deployment's key does not open is said to be so, without its content.
+    from airflow_provider_imggen.ui.tiles import Tile
+
+    forged = Tile(
+        task_id="t", map_index=-1, position=0, kind="result", url_sealed="gAAAAforged", imggen_conn_id="x"
+    )
+    with pytest.raises(PixelsUnavailableError, match="cannot be opened with this Fernet key"):
+        open_pixels(forged)
