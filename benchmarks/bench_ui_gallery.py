@@ -146,6 +146,8 @@ def login_cookies(browser: Browser, stack: Stack) -> list[dict[str, Any]]:
     while not any(cookie["name"] == "_token" for cookie in context.cookies()):
         assert time.monotonic() < deadline, "login failed"
         page.wait_for_timeout(200)
+    page.wait_for_url(lambda current: "/auth/" not in current)
+    page.wait_for_load_state("networkidle")
     cookies = context.cookies()
     context.close()
     return cookies  # type: ignore[return-value]

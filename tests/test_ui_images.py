@@ -110,7 +110,9 @@ def login(page: Page, url: str, user: str, password: str) -> None:
     while not any(cookie["name"] == "_token" for cookie in page.context.cookies()):
         assert time.monotonic() < deadline, "login did not set the _token cookie"
         page.wait_for_timeout(200)
-    page.wait_for_load_state()
+    # Then the login page sends the browser to the UI: let that navigation finish before any other.
+    page.wait_for_url(lambda current: "/auth/" not in current)
+    page.wait_for_load_state("networkidle")
 
 
 def run_path(dag_id: str, run_id: str) -> str:
