@@ -56,6 +56,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_transfer_memory.py
 	$(BIN)/python benchmarks/bench_transfer_concurrency.py
 	$(BIN)/python benchmarks/bench_pipeline_faults.py
+	# About 3 min: the Images view of a 50-image run in chromium, against Airflow's own pages of the run.
+	$(BIN)/python benchmarks/bench_ui_gallery.py
 	# About 4 min: 100 gateway generations through the openai client, then 100 gateway and 100 native
 	# generations through the provider's mapped DAG, against the hostile emulator; fails on a double charge.
 	$(BIN)/python benchmarks/bench_billing_safety.py

@@ -82,7 +82,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_imggen.sensors.image_generation"],
             }
         ],
-        "extra-links": ["airflow_provider_imggen.transfers.image_generation_to_s3.S3ImageLink"],
+        "extra-links": [
+            "airflow_provider_imggen.transfers.image_generation_to_s3.ImagesViewLink",
+            "airflow_provider_imggen.transfers.image_generation_to_s3.S3ImageLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "imggen",

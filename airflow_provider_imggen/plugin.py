@@ -1,6 +1,13 @@
 """
-Airflow plugin of the provider: makes the UI's Test button work for ``imggen`` connections on Airflow 3.3.
+Airflow plugin of the provider: the **Images** view, and the UI's Test button for ``imggen`` connections.
 
+**Images view.** ``external_views`` add an *Images* tab to every task instance and DAG run; it shows, in
+an iframe, the pages of a FastAPI app mounted under :data:`URL_PREFIX` (:mod:`airflow_provider_imggen.ui`):
+thumbnails and metadata of what ``ImageGenerationOperator``, ``ImageGenerationTaskSensor`` and
+``ImageGenerationToS3Operator`` produced, under Airflow's own per-DAG access checks. The app is built on
+its first request (:class:`LazyImagesApp`), so importing this module stays cheap.
+
+**Test button.**
 Airflow 3.3's connection list posts ``port: Number(connection.port)`` to ``POST /api/v2/connections/test``,
 which is ``0`` for a connection without a port (every ``imggen`` connection: the form hides Port). The API
 server then takes ``0`` for "a different destination than the stored connection" and, because the UI sends
@@ -19,6 +26,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
+
+from airflow_provider_imggen.ui import DAG_RUN_ROUTE, TASK_INSTANCE_ROUTE, URL_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -140,10 +149,48 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
+# The UI fills {DAG_ID}, {RUN_ID}, {TASK_ID} and {MAP_INDEX} (left as is for a task that is not mapped).
+TASK_INSTANCE_VIEW = (
+    f"{URL_PREFIX}/images?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}"
+)
+DAG_RUN_VIEW = f"{URL_PREFIX}/gallery?dag_id={{DAG_ID}}&run_id={{RUN_ID}}"
+
+
+class LazyImagesApp:
+    """
+    ASGI app that builds the Images view's FastAPI app on its first request.
+
+    Every Airflow process imports the plugin; only the API server ever calls this, and only when a user
+    opens the view: FastAPI routes, Pillow and the amazon provider stay unimported everywhere else.
+    """
+
+    def __init__(self) -> None:
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            from airflow_provider_imggen.ui.app import create_app
+
+            self._app = create_app()
+        await self._app(scope, receive, send)
+
+
 class ImageGenerationPlugin(AirflowPlugin):
-    """The provider's API server additions (see the module docstring)."""
+    """The provider's API server and UI additions (see the module docstring)."""
 
     name = "imggen"
-    fastapi_root_middlewares = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
+    fastapi_apps = [  # noqa: RUF012 (AirflowPlugin declares these as class attributes)
+        {"app": LazyImagesApp(), "url_prefix": URL_PREFIX, "name": "imggen: Images view"}
+    ]
+    external_views = [  # noqa: RUF012
+        {
+            "name": "Images",
+            "href": TASK_INSTANCE_VIEW,
+            "destination": "task_instance",
+            "url_route": TASK_INSTANCE_ROUTE,
+        },
+        {"name": "Images", "href": DAG_RUN_VIEW, "destination": "dag_run", "url_route": DAG_RUN_ROUTE},
+    ]
+    fastapi_root_middlewares = [  # noqa: RUF012
         {"middleware": ConnectionTestPortFix, "name": "imggen: accept port 0 from the connection Test button"}
     ]

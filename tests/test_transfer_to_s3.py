@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pendulum
 import pytest
@@ -35,7 +35,11 @@ from airflow_provider_imggen.exceptions import (
 )
 from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
 from airflow_provider_imggen.sealed_urls import unseal
-from airflow_provider_imggen.transfers.image_generation_to_s3 import ImageGenerationToS3Operator, S3ImageLink
+from airflow_provider_imggen.transfers.image_generation_to_s3 import (
+    ImageGenerationToS3Operator,
+    ImagesViewLink,
+    S3ImageLink,
+)
 from tests.conftest import (
     API_KEY,
     TESTS_DIR,
@@ -260,7 +264,12 @@ def test_url_images_land_in_s3_with_content_type_size_and_metadata(
             "width": "768",
             "height": "512",
         }
-    assert ti.xcoms[S3ImageLink.key] == {"bucket": s3.name, "key": "run/0.png", "region_name": "us-east-1"}
+    assert ti.xcoms[S3ImageLink.key] == {
+        "bucket": s3.name,
+        "key": "run/0.png",
+        "region_name": "us-east-1",
+        "endpoint_url": s3.endpoint_url,
+    }
 
 
 def test_b64_images_are_uploaded_from_their_storage_location(
@@ -841,8 +850,13 @@ def test_a_real_dag_run_stores_a_mapped_generation(
         image = generations[entry["generation"]]["images"][entry["index"]]
         assert s3.read(entry["key"]) == direct_download(signed_url(image))
         assert entry["prompt"] == generations[entry["generation"]]["prompt"]
-    assert xcoms[("store", -1, "_link_S3ImageLink")] == (
-        f"https://console.aws.amazon.com/s3/object/{s3.name}?region=us-east-1&prefix={expected_keys[0]}"
+    # moto is not AWS: no S3 console link; the Images view shows the objects instead.
+    assert xcoms[("store", -1, "_link_S3ImageLink")] == ""
+    (run_id,) = {
+        run for _, _, _, run in dag_run_rows(airflow_env, "imggen_transfer_mapped", "xcom", "1, 2, 3, run_id")
+    }
+    assert xcoms[("store", -1, "_link_ImagesViewLink")].endswith(
+        f"/dags/imggen_transfer_mapped/runs/{quote(run_id, safe='')}/tasks/store/plugin/imggen-images"
     )
     # The rendered `generation` field (stored, shown in the UI) carries no URL signature.
     single = xcoms[("generate_one", -1, "return_value")]
@@ -868,14 +882,33 @@ def test_s3_link(monkeypatch: pytest.MonkeyPatch) -> None:
 
     link = S3ImageLink()
     assert link.name == "S3 object"
-    assert ImageGenerationToS3Operator.operator_extra_links[0].name == "S3 object"
     stored = {"bucket": "my-bucket", "key": "images/2026-01-01/0 a.png", "region_name": "eu-west-1"}
     monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, *, ti_key, key: stored))
     assert link.get_link(make_operator(generation="", s3_key="k"), ti_key=None) == (  # type: ignore[arg-type]
         "https://console.aws.amazon.com/s3/object/my-bucket?region=eu-west-1&prefix=images/2026-01-01/0%20a.png"
     )
+    # An S3-compatible store (MinIO, moto...) has no AWS console: no link there.
+    local = {**stored, "endpoint_url": "http://127.0.0.1:9000"}
+    monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, *, ti_key, key: local))
+    assert link.get_link(make_operator(generation="", s3_key="k"), ti_key=None) == ""  # type: ignore[arg-type]
+    regional = {**stored, "endpoint_url": "https://s3.eu-west-1.amazonaws.com"}
+    monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, *, ti_key, key: regional))
+    assert link.get_link(make_operator(generation="", s3_key="k"), ti_key=None).startswith(  # type: ignore[arg-type]
+        "https://console.aws.amazon.com/s3/object/my-bucket"
+    )
     monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, *, ti_key, key: None))
     assert link.get_link(make_operator(generation="", s3_key="k"), ti_key=None) == ""  # type: ignore[arg-type]
+
+
+def test_images_view_link() -> None:
+    assert [link.name for link in ImageGenerationToS3Operator.operator_extra_links] == ["Images", "S3 object"]
+    assert ImagesViewLink.format_link("http://airflow:8080/", "d", "manual__2026+00:00", "t", -1) == (
+        "http://airflow:8080/dags/d/runs/manual__2026%2B00%3A00/tasks/t/plugin/imggen-images"
+    )
+    assert (
+        ImagesViewLink.format_link("", "d", "r", "t", 3)
+        == "/dags/d/runs/r/tasks/t/mapped/3/plugin/imggen-images"
+    )
 
 
 def test_openlineage_outputs_name_every_object(imggen_conn: EmulatorServer, s3: S3Bucket) -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
@@ -42,8 +42,19 @@ DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0
 
 
+def is_aws_endpoint(endpoint_url: str | None) -> bool:
+    """Whether an S3 endpoint is AWS's own (none set, or a host under amazonaws.com): the console shows it."""
+    if not endpoint_url:
+        return True
+    host = (urlsplit(endpoint_url if "://" in endpoint_url else f"//{endpoint_url}").hostname or "").lower()
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
 class S3ImageLink(BaseOperatorLink):
-    """Link to the first stored image in the S3 console."""
+    """
+    Link to the first stored image in the S3 console; empty when the AWS connection's endpoint is not AWS's
+    (MinIO, moto and other S3-compatible stores have no console there: the "Images" link shows them).
+    """
 
     name: ClassVar[str] = "S3 object"
     key: ClassVar[str] = "s3_image_link"
@@ -61,7 +72,33 @@ class S3ImageLink(BaseOperatorLink):
         stored = XCom.get_value(ti_key=ti_key, key=self.key)
         if not isinstance(stored, dict) or not stored.get("bucket") or not stored.get("key"):
             return ""
+        if not is_aws_endpoint(stored.get("endpoint_url")):
+            return ""
         return self.format_link(stored["bucket"], stored["key"], stored.get("region_name"))
+
+
+class ImagesViewLink(BaseOperatorLink):
+    """Link to the task instance's *Images* tab in the Airflow UI (the provider's plugin serves it)."""
+
+    name: ClassVar[str] = "Images"
+
+    @staticmethod
+    def format_link(base_url: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
+        from airflow_provider_imggen.ui import TASK_INSTANCE_ROUTE
+
+        path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
+        if map_index is not None and map_index >= 0:
+            path += f"/mapped/{map_index}"
+        return f"{base_url.rstrip('/')}{path}/plugin/{TASK_INSTANCE_ROUTE}"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        try:
+            from airflow.sdk.configuration import conf
+        except ImportError:  # task SDK before 1.3
+            from airflow.configuration import conf
+
+        base_url = conf.get("api", "base_url", fallback="") or ""
+        return self.format_link(base_url, ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)
 
 
 class ImageGenerationToS3Operator(BaseOperator):
@@ -129,7 +166,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         "download_timeout",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"generation": "json"}
-    operator_extra_links = (S3ImageLink(),)
+    operator_extra_links = (ImagesViewLink(), S3ImageLink())
     ui_color = "#d8f0e8"
 
     def __init__(
@@ -295,6 +332,7 @@ class ImageGenerationToS3Operator(BaseOperator):
                     "bucket": entries[0].bucket,
                     "key": entries[0].key,
                     "region_name": _region(uploader.hook),
+                    "endpoint_url": _endpoint(uploader.hook),
                 },
             )
         return [entry.to_dict() for entry in entries]
@@ -474,6 +512,15 @@ def _download_timeout(value: object) -> float:
     if not 0 < seconds <= 86400:
         raise ImageGenerationValidationError("download_timeout", value, "expected seconds, > 0 and <= 86400")
     return seconds
+
+
+def _endpoint(hook: ImageS3Hook) -> str | None:
+    """The S3 endpoint the hook talks to when it is not AWS's default (an S3-compatible store)."""
+    try:
+        endpoint = hook.conn_config.get_service_endpoint_url("s3")
+    except Exception:  # the link is a convenience: never fail a finished transfer over it
+        return None
+    return str(endpoint) if endpoint else None
 
 
 def _region(hook: ImageS3Hook) -> str | None:

@@ -1,0 +1,330 @@
+"""
+What the Images view shows: one :class:`Tile` per image a task's XCom names, built from the XCom alone.
+
+Pure functions over plain data (no Airflow, no I/O), so the rules are unit-tested directly: which images
+a task instance shows, in which order (a tile's position is its address in the routes), and where each
+one's pixels may come from (an S3 object the transfer's XCom names, or a generation's sealed result URL
+while it is valid). Nothing else is ever fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.records import GenerationRecord, StoredImageRecord
+
+TileKind = Literal["stored", "result", "expired", "failed", "unavailable"]
+GENERATION = "generation"
+TRANSFER = "transfer"
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """
+    The ``return_value`` XCom of one image task instance and the connection it used.
+
+    :param kind: ``generation`` (ImageGenerationOperator, ImageGenerationTaskSensor) or ``transfer``
+    :param conn_id: the transfer's ``aws_conn_id`` or the generation's ``imggen_conn_id``, as the task
+        instance rendered it; :data:`UNKNOWN_CONN` when it cannot be known
+    """
+
+    task_id: str
+    map_index: int
+    kind: str
+    value: Any
+    conn_id: str | None
+
+
+UNKNOWN_CONN = "\x00unknown"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """
+    One image (or one image that failed) of a task instance.
+
+    The fields after ``failure`` are the server's alone: they decide where pixels come from and are never
+    rendered into a page (a sealed URL is only opened server-side, a bucket/key only read through S3Hook).
+    """
+
+    task_id: str
+    map_index: int
+    position: int
+    kind: TileKind
+    index: int | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    model: str | None = None
+    size: str | None = None
+    seed: int | None = None
+    request_id: str | None = None
+    sha256: str | None = None
+    s3_uri: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    expires_at: datetime | None = None
+    failure: str | None = None
+    # Server-side only.
+    bucket: str | None = field(default=None, repr=False)
+    key: str | None = field(default=None, repr=False)
+    aws_conn_id: str | None = field(default=None, repr=False)
+    url_sealed: str | None = field(default=None, repr=False)
+    imggen_conn_id: str | None = field(default=None, repr=False)
+
+    @property
+    def has_pixels(self) -> bool:
+        return self.kind in ("stored", "result")
+
+    @property
+    def identity(self) -> str:
+        """What the pixels are, for the cache key: content hash plus where they are read from."""
+        if self.kind == "stored":
+            return f"s3:{self.aws_conn_id}:{self.bucket}/{self.key}:{self.sha256}"
+        return f"url:{self.imggen_conn_id}:{self.url_sealed}:{self.sha256}"
+
+
+def _match_key(request_id: str | None, index: int | None) -> tuple[str, int] | None:
+    return (request_id, index) if request_id and index is not None else None
+
+
+def _generation_records(output: TaskOutput) -> list[GenerationRecord]:
+    """The generation records of a generation task's XCom (one dict; tolerate a list)."""
+    items = output.value if isinstance(output.value, list) else [output.value]
+    records = []
+    for offset, item in enumerate(items):
+        try:
+            records.append(GenerationRecord.from_dict(item, where=f"{output.task_id}[{offset}]"))
+        except ImageGenerationValidationError:
+            continue
+    return records
+
+
+def _stored_records(output: TaskOutput) -> list[StoredImageRecord]:
+    if not isinstance(output.value, list):
+        return []
+    records = []
+    for item in output.value:
+        try:
+            records.append(StoredImageRecord.from_dict(item))
+        except ImageGenerationValidationError:
+            continue
+    return records
+
+
+class RunImages:
+    """
+    Every image task instance of one DAG run, and the tiles each shows.
+
+    A generation's image that a transfer of the same run stored is shown from S3 (its result URL expires,
+    the object does not); a stored image gets its generation's negative prompt and size. Images are matched
+    by request id and index, both recorded by the generation and copied by the transfer.
+    """
+
+    def __init__(self, outputs: Iterable[TaskOutput], *, now: datetime | None = None) -> None:
+        self.outputs = sorted(outputs, key=lambda output: (output.task_id, output.map_index))
+        self.now = now or datetime.now(UTC)
+        self._generations: dict[tuple[str, int], GenerationRecord] = {}
+        self._stored: dict[tuple[str, int], tuple[StoredImageRecord, str | None]] = {}
+        for output in self.outputs:
+            if output.kind == GENERATION:
+                for record in _generation_records(output):
+                    for image in record.images:
+                        key = _match_key(record.request_id, image.index)
+                        if key:
+                            self._generations.setdefault(key, record)
+            elif output.kind == TRANSFER:
+                for stored in _stored_records(output):
+                    key = _match_key(stored.request_id, stored.index)
+                    if key:
+                        self._stored.setdefault(key, (stored, output.conn_id))
+
+    def task_instances(self, task_id: str | None = None, map_index: int | None = None) -> list[TaskOutput]:
+        return [
+            output
+            for output in self.outputs
+            if (task_id is None or output.task_id == task_id)
+            and (map_index is None or output.map_index == map_index)
+        ]
+
+    def tiles(self, output: TaskOutput) -> list[Tile]:
+        """The tiles of one task instance, in a fixed order: position ``n`` always names the same image."""
+        built = self._transfer_tiles(output) if output.kind == TRANSFER else self._generation_tiles(output)
+        return [replace(tile, position=position) for position, tile in enumerate(built)]
+
+    def gallery(self) -> list[Tile]:
+        """A run's images once each: every stored image, then every generated one no transfer stored."""
+        tiles: list[Tile] = []
+        for output in self.outputs:
+            if output.kind == TRANSFER:
+                tiles += self.tiles(output)
+        for output in self.outputs:
+            if output.kind == GENERATION:
+                tiles += [
+                    tile
+                    for tile in self.tiles(output)
+                    if tile.kind == "failed" or _match_key(tile.request_id, tile.index) not in self._stored
+                ]
+        return tiles
+
+    def _transfer_tiles(self, output: TaskOutput) -> list[Tile]:
+        tiles = []
+        failures: dict[int, GenerationRecord] = {}
+        for stored in _stored_records(output):
+            key = _match_key(stored.request_id, stored.index)
+            generation = self._generations.get(key) if key else None
+            if generation is not None and generation.failed_images:
+                failures.setdefault(id(generation), generation)
+            tiles.append(
+                Tile(
+                    task_id=output.task_id,
+                    map_index=output.map_index,
+                    position=0,
+                    kind="stored" if output.conn_id != UNKNOWN_CONN else "unavailable",
+                    index=stored.index,
+                    prompt=stored.prompt,
+                    negative_prompt=generation.negative_prompt if generation else None,
+                    model=stored.model,
+                    size=_size(stored.width, stored.height) or (generation.size if generation else None),
+                    seed=stored.seed,
+                    request_id=stored.request_id,
+                    sha256=stored.sha256,
+                    s3_uri=stored.s3_uri,
+                    bytes=stored.bytes,
+                    width=stored.width,
+                    height=stored.height,
+                    failure=None if output.conn_id != UNKNOWN_CONN else "the task's aws_conn_id is unknown",
+                    bucket=stored.bucket,
+                    key=stored.key,
+                    aws_conn_id=output.conn_id,
+                )
+            )
+        # What a partial generation reported as failed never reached the transfer: say so next to it.
+        for generation in failures.values():
+            tiles += _failed_tiles(output, generation)
+        return tiles
+
+    def _generation_tiles(self, output: TaskOutput) -> list[Tile]:
+        tiles = []
+        for record in _generation_records(output):
+            for image in record.images:
+                stored_with = self._stored.get(_match_key(record.request_id, image.index) or ("", -1))
+                common: dict[str, Any] = {
+                    "task_id": output.task_id,
+                    "map_index": output.map_index,
+                    "position": 0,
+                    "index": image.index,
+                    "prompt": record.prompt,
+                    "negative_prompt": record.negative_prompt,
+                    "model": record.model,
+                    "size": record.size,
+                    "seed": image.seed if image.seed is not None else record.seed,
+                    "request_id": record.request_id,
+                }
+                if stored_with is not None:
+                    stored, aws_conn_id = stored_with
+                    known = aws_conn_id != UNKNOWN_CONN
+                    tiles.append(
+                        Tile(
+                            **common,
+                            kind="stored" if known else "unavailable",
+                            sha256=stored.sha256,
+                            s3_uri=stored.s3_uri,
+                            bytes=stored.bytes,
+                            width=stored.width,
+                            height=stored.height,
+                            failure=None if known else "the transfer's aws_conn_id is unknown",
+                            bucket=stored.bucket,
+                            key=stored.key,
+                            aws_conn_id=aws_conn_id,
+                        )
+                    )
+                    continue
+                expires_at = _parse_time(image.url_expires_at)
+                if not image.url_sealed:
+                    kind: TileKind = "unavailable"
+                    failure = (
+                        f"written to {image.location}; not shown here"
+                        if image.location
+                        else "no sealed result URL in the XCom"
+                    )
+                elif expires_at is not None and expires_at <= self.now:
+                    kind, failure = "expired", "expired, not stored"
+                elif output.conn_id == UNKNOWN_CONN:
+                    kind, failure = "unavailable", "the task's imggen_conn_id is unknown"
+                else:
+                    kind, failure = "result", None
+                tiles.append(
+                    Tile(
+                        **common,
+                        kind=kind,
+                        sha256=image.sha256,
+                        bytes=image.bytes,
+                        expires_at=expires_at,
+                        failure=failure,
+                        url_sealed=image.url_sealed if kind == "result" else None,
+                        imggen_conn_id=output.conn_id,
+                    )
+                )
+            tiles += _failed_tiles(output, record)
+        return tiles
+
+
+def _failed_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
+    return [
+        Tile(
+            task_id=output.task_id,
+            map_index=output.map_index,
+            position=0,
+            kind="failed",
+            index=failed.index,
+            prompt=record.prompt,
+            negative_prompt=record.negative_prompt,
+            model=record.model,
+            size=record.size,
+            request_id=record.request_id,
+            failure=": ".join(part for part in (failed.code, failed.message) if part) or "failed",
+        )
+        for failed in record.failed_images
+    ]
+
+
+def _size(width: int | None, height: int | None) -> str | None:
+    return f"{width}*{height}" if width and height else None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def conn_id_of(rendered: Mapping[str, Any] | None, declared: object, name: str, default: str) -> str | None:
+    """
+    The connection a task instance used: its rendered field, else the DAG's literal value, else the default.
+
+    A value that still holds a template (never rendered: the task did not run) is :data:`UNKNOWN_CONN`.
+    """
+    if rendered is not None and name in rendered:
+        value = rendered[name]
+    elif declared is not _MISSING:
+        value = declared
+    else:
+        value = default
+    if value is None:
+        return None
+    if not isinstance(value, str) or "{{" in value or "{%" in value:
+        return UNKNOWN_CONN
+    return value
+
+
+_MISSING = object()
+MISSING = _MISSING
