@@ -76,6 +76,17 @@ def url_expiry(url: str) -> datetime | None:
     return None
 
 
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time as written in an XCom (``Z`` or an offset; UTC when it has none), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret in ``text`` (an API may echo the key it was sent)."""
     for secret in secrets:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
 from airflow_provider_imggen.records import GenerationRecord
 from airflow_provider_imggen.sealed_urls import register_secrets, unseal
-from airflow_provider_imggen.utils import is_masked_url, mask_url, url_expiry
+from airflow_provider_imggen.utils import is_masked_url, mask_url, parse_time, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
 
@@ -139,7 +139,7 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
                 # read again, by resolve_urls(); an unmasked one (an older XCom) is used as it is.
                 url=url,
                 location=image.location,
-                url_expires_at=_parse_time(image.url_expires_at) or (url_expiry(url) if url else None),
+                url_expires_at=parse_time(image.url_expires_at) or (url_expiry(url) if url else None),
                 model=record.model,
                 seed=seed,
                 prompt=record.prompt,
@@ -257,13 +257,3 @@ def flatten(value: object) -> list[object]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         return [value]
     return [item for element in value for item in flatten(element)]
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import GenerationRecord, StoredImageRecord
+from airflow_provider_imggen.utils import parse_time
 
 TileKind = Literal["stored", "result", "expired", "failed", "unavailable"]
 GENERATION = "generation"
@@ -244,7 +245,7 @@ class RunImages:
                         )
                     )
                     continue
-                expires_at = _parse_time(image.url_expires_at)
+                expires_at = parse_time(image.url_expires_at)
                 if not image.url_sealed:
                     kind: TileKind = "unavailable"
                     failure = (
@@ -295,16 +296,6 @@ def _failed_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
 
 def _size(width: int | None, height: int | None) -> str | None:
     return f"{width}*{height}" if width and height else None
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def conn_id_of(rendered: Mapping[str, Any] | None, declared: object, name: str, default: str) -> str | None:
