@@ -48,7 +48,7 @@ cluster: install cluster-deps
 	$(BIN)/python benchmarks/cluster.py
 
 demo: install
-	$(BIN)/python -m airflow_provider_imggen.demo --output demo-output
+	$(BIN)/python benchmarks/demo.py --output demo-output
 
 bench: install
 	$(BIN)/python benchmarks/bench_import_cost.py

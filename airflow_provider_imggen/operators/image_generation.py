@@ -27,6 +27,7 @@ from airflow_provider_imggen.metadata import (
     raise_for_event,
     request_fields,
     task_metadata,
+    trigger_could_not_read_connection,
 )
 from airflow_provider_imggen.models import (
     MAX_SEED,
@@ -415,6 +416,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         )
         if event.get("status") == "timeout":
             self._cancel_pending(generation_task_id)
+        if trigger_could_not_read_connection(event):
+            # This worker read the connection to submit: wait here rather than fail a paid generation.
+            self.log.warning(
+                "The triggerer could not read connection %r (%s): waiting for task %s in this worker "
+                "instead. Give the triggerer the connection to keep such waits off the workers",
+                self.imggen_conn_id,
+                event.get("message"),
+                generation_task_id,
+            )
+            return self._wait_in_worker(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
         return self._task_metadata(self.hook.get_task(generation_task_id))
 
@@ -538,6 +549,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             return self._metadata_result
         if self.deferrable:
             self._defer(generation_task_id)
+        self._metadata_result = self._wait_in_worker(generation_task_id)
+        return self._metadata_result
+
+    def _wait_in_worker(self, generation_task_id: str) -> dict[str, Any]:
+        """Poll the task from this worker until it ends: its XCom (a timeout cancels it while PENDING)."""
         from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
 
         try:
@@ -550,8 +566,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         except ImageGenerationTaskTimeoutError:
             self._cancel_pending(generation_task_id)
             raise
-        self._metadata_result = self._task_metadata(state)
-        return self._metadata_result
+        return self._task_metadata(state)
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         if self._metadata_result is not None:
