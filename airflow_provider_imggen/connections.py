@@ -14,7 +14,8 @@ loop). So a connection the async lookup cannot find is looked up once more that 
 
 Secrets backends may also hand back the metadata DB's model instead of the Task SDK's ``Connection``
 (Airflow's own ``LocalFilesystemBackend`` does, in 3.3.2), which has no ``aextra_dejson``: what either
-lookup returns is made a Task SDK ``Connection``.
+lookup returns is made a Task SDK ``Connection``. And ``Connection.aextra_dejson`` first came with task-sdk
+1.3.2 (Airflow 3.3.2): :func:`aextra_dejson` reads the extra on 3.3.0 and 3.3.1 too.
 """
 
 from __future__ import annotations
@@ -67,3 +68,11 @@ def _sdk_connection(conn: Any) -> Connection:
         port=conn.port,
         extra=conn.extra,
     )
+
+
+async def aextra_dejson(conn: Connection) -> dict[str, Any]:
+    """The connection's extra as a dict (secrets in it masked), without blocking the event loop."""
+    if hasattr(conn, "aextra_dejson"):
+        return dict(await conn.aextra_dejson())
+    # Airflow 3.3.0 and 3.3.1: extra_dejson masks through the supervisor, a blocking call; in a thread.
+    return dict(await asyncio.to_thread(lambda: conn.extra_dejson))
