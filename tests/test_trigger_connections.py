@@ -31,7 +31,15 @@ from airflow_provider_imggen.exceptions import ImageGenerationConnectionUnreadab
 from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 from benchmarks.bench_deferrable import Airflow, airflow_standalone
 from benchmarks.bench_deferrable import task_instances as api_task_instances
-from tests.conftest import AIRFLOW_BIN, API_KEY, TESTS_DIR, run_dag, task_queries, task_submissions
+from tests.conftest import (
+    AIRFLOW_BIN,
+    API_KEY,
+    TESTS_DIR,
+    cli_json,
+    run_dag,
+    task_queries,
+    task_submissions,
+)
 from tests.test_async_operator import make_sensor, run_trigger, submit
 from tests.test_dag_runs import assert_key_nowhere, xcoms
 from tests.test_operator import XCOM_KEYS, make_context, make_operator
@@ -77,7 +85,8 @@ def connection_sources(emulator: EmulatorServer, env: dict[str, str], home: Path
         [str(AIRFLOW_BIN), "connections", "get", "imggen_metadata_db", "-o", "json"],
         env=env, check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert json.loads(saved.stdout)[0]["conn_type"] == "imggen", "saved as its own type, not generic"
+    (saved_conn,) = cli_json(saved.stdout)  # type: ignore[misc]
+    assert saved_conn["conn_type"] == "imggen", "saved as its own type, not generic"
     connections_file = home / "connections.json"
     backend_conn = {key: value for key, value in conn.items() if key != "extra"}
     connections_file.write_text(
@@ -145,6 +154,7 @@ def test_the_operator_waits_in_the_worker_when_the_triggerer_cannot_read_the_con
     assert len(task_submissions(dashscope_conn)) == 1, "waited for the paid task, never submitted again"
 
 
+@pytest.mark.matrix
 def test_the_sensor_waits_in_the_worker_when_the_triggerer_cannot_read_the_connection(
     dashscope_conn: EmulatorServer,
 ) -> None:
