@@ -21,6 +21,7 @@ lookup returns is made a Task SDK ``Connection``. And ``Connection.aextra_dejson
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationConnectionUnreadableError
@@ -76,3 +77,27 @@ async def aextra_dejson(conn: Connection) -> dict[str, Any]:
         return dict(await conn.aextra_dejson())
     # Airflow 3.3.0 and 3.3.1: extra_dejson masks through the supervisor, a blocking call; in a thread.
     return dict(await asyncio.to_thread(lambda: conn.extra_dejson))
+
+
+def trigger_connection_problem(conn_id: str, timeout: float = 60) -> str | None:
+    """
+    Load the connection here the way ``ImageGenerationTaskTrigger`` will (the async hook's settings): why
+    that fails, or None.
+
+    Called by a worker before it submits a deferrable generation, so that a connection the trigger's code
+    cannot read is found before anything is billed. Exact under ``airflow dags test``, which runs the
+    trigger in this process; for a separate triggerer it proves the code path and this Airflow, not the
+    triggerer's own environment (a trigger that cannot read it there reports ``connection_unreadable``
+    and the worker waits instead). In a thread of its own: the caller may already run an event loop.
+    """
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook
+
+    async def load() -> None:
+        await ImageGenerationAsyncHook(conn_id).aget_settings()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imggen-trigger-connection") as pool:
+        try:
+            pool.submit(asyncio.run, load()).result(timeout=timeout)
+        except Exception as error:  # whatever the trigger would have met, named for the log
+            return f"{type(error).__name__}: {error}"
+    return None

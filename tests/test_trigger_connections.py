@@ -155,6 +155,27 @@ def test_the_operator_waits_in_the_worker_when_the_triggerer_cannot_read_the_con
 
 
 @pytest.mark.matrix
+def test_a_connection_the_triggers_code_cannot_read_is_found_before_billing_and_the_worker_waits(
+    dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What Airflow 3.3.0 did to every trigger (no Connection.aextra_dejson), or 3.3.2's in-process runner
+    # to metadata-DB connections: the trigger's lookup fails where the worker's works.
+    submissions_when_checked: list[int] = []
+
+    async def broken_lookup(conn_id: str) -> Any:
+        submissions_when_checked.append(len(task_submissions(dashscope_conn)))
+        raise AttributeError("'Connection' object has no attribute 'aextra_dejson'")
+
+    monkeypatch.setattr("airflow_provider_imggen.connections.aget_connection", broken_lookup)
+    operator = make_operator(n=1, size="512x512", deferrable=True, poll_interval=0.05, max_poll_interval=0.1)
+    metadata = operator.execute(make_context(operator))  # no TaskDeferred: it waited here
+
+    assert submissions_when_checked == [0], "checked before the billable submission"
+    assert metadata["task_status"] == "SUCCEEDED" and len(metadata["images"]) == 1
+    assert len(task_submissions(dashscope_conn)) == 1
+
+
+@pytest.mark.matrix
 def test_the_sensor_waits_in_the_worker_when_the_triggerer_cannot_read_the_connection(
     dashscope_conn: EmulatorServer,
 ) -> None:

@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
+from airflow_provider_imggen.connections import trigger_connection_problem
 from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
     ImageGenerationThrottledError,
@@ -269,6 +270,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request: GenerationRequest | None = None
         self._state: TaskState | None = None
         self._metadata_result: dict[str, Any] | None = None
+        # Why the trigger's code could not load the connection in this worker (checked before submitting).
+        self._trigger_connection_problem: str | None = None
         # This try's quota waits: the deadline (epoch seconds) and how many throttled submissions so far.
         self._throttle_deadline: float | None = None
         self._throttled_submissions = 0
@@ -465,6 +468,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def submit_job(self, context: Context) -> JsonValue:
         request = self._submitting_request
+        if self.deferrable and self.wait_for_completion:
+            # Before anything is billed: a wait the trigger could not do would otherwise start after it.
+            self._trigger_connection_problem = trigger_connection_problem(self.imggen_conn_id)
+            if self._trigger_connection_problem is not None:
+                self.log.warning(
+                    "The trigger's code cannot read connection %r here (%s): this generation will wait in "
+                    "the worker instead of deferring",
+                    self.imggen_conn_id,
+                    self._trigger_connection_problem,
+                )
         submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
@@ -547,7 +560,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         if not self.wait_for_completion:
             self._metadata_result = self._submitted_metadata(generation_task_id)
             return self._metadata_result
-        if self.deferrable:
+        if self.deferrable and self._trigger_connection_problem is None:
             self._defer(generation_task_id)
         self._metadata_result = self._wait_in_worker(generation_task_id)
         return self._metadata_result
