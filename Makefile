@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint chromium cluster-deps cluster demo bench clean
+.PHONY: install test lint chromium cluster-deps cluster demo bench matrix clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,13 @@ test: lint chromium cluster-deps
 cluster: install cluster-deps
 	$(BIN)/python benchmarks/cluster.py
 
+# The built wheel (not editable) in fresh venvs: each supported Airflow line at its newest patch, the lowest
+# declared dependencies, and the README's quick start from an empty directory (.ci/matrix.py); about 5 min.
+matrix: install
+	$(BIN)/python .ci/matrix.py
+
 demo: install
-	$(BIN)/python -m airflow_provider_imggen.demo --output demo-output
+	$(BIN)/python benchmarks/demo.py --output demo-output
 
 bench: install
 	$(BIN)/python benchmarks/bench_import_cost.py
@@ -65,4 +70,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_deferrable.py
 
 clean:
-	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output test-artifacts dist build .pytest_cache .mypy_cache .ruff_cache

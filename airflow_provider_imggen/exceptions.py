@@ -256,3 +256,23 @@ class ResultUrlSealError(ImageGenerationError, AirflowFailException):
     Sealing uses Airflow's Fernet key (``[core] fernet_key``), which the workers that generate and those
     that store the images must share. No retry fixes a missing or rotated key: an administrator does.
     """
+
+
+class ImageGenerationConnectionUnreadableError(ImageGenerationAPIError):
+    """
+    A trigger (or other async code) could not read the ``imggen`` connection, by any way Airflow offers.
+
+    Nothing was sent. In a trigger this becomes an ``error`` event with :attr:`code`
+    ``connection_unreadable``: the task resumes on the worker, which read the connection when it submitted,
+    and waits for the generation there instead of losing it.
+    """
+
+    CODE = "connection_unreadable"
+
+    def __init__(self, conn_id: str, reason: str) -> None:
+        self.conn_id = conn_id
+        super().__init__(
+            f"Cannot read connection {conn_id!r} here: {reason}. Define it where this process can read "
+            "it (the metadata DB, an AIRFLOW_CONN_* variable of this process, the secrets backend)",
+            code=self.CODE,
+        )

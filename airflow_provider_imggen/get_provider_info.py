@@ -47,7 +47,6 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": INTEGRATION,
-                "external-doc-url": "https://pypi.org/project/airflow-provider-imggen/",
                 "tags": ["software"],
             }
         ],

@@ -225,6 +225,21 @@ def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) ->
     raise ImageGenerationAPIError(f"The trigger sent an event with an unknown status: {status!r}")
 
 
+def trigger_could_not_read_connection(event: object) -> bool:
+    """
+    Whether an ``ImageGenerationTaskTrigger`` event says the triggerer could not read the connection.
+
+    The worker then waits for the task itself: it read the connection to submit, and the generation is paid.
+    """
+    from airflow_provider_imggen.exceptions import ImageGenerationConnectionUnreadableError
+
+    return (
+        isinstance(event, Mapping)
+        and event.get("status") == "error"
+        and event.get("code") == ImageGenerationConnectionUnreadableError.CODE
+    )
+
+
 def event_generation_task_id(event: Mapping[str, Any]) -> object:
     """The native task id an ``ImageGenerationTaskTrigger`` event names (``task_id`` before the rename)."""
     return event.get("generation_task_id", event.get("task_id"))

@@ -55,7 +55,11 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_imggen.demo import background, emulator_command, free_port
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/...py` imports the other scripts' helpers
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.demo import background, emulator_command, free_port  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 DAG_FILE = BENCH_DIR / "bench_deferrable_dag.py"

@@ -18,11 +18,16 @@ import collections
 import hashlib
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_imggen.demo import DEMO_API_KEY, OfflineStack, offline_stack
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/...py` imports the other scripts' helpers
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.demo import DEMO_API_KEY, OfflineStack, offline_stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "example_content_pipeline"

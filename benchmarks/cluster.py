@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/cluster.py` imports the provider's helpers from here
     sys.path.insert(0, str(REPO))
 
-from airflow_provider_imggen.demo import emulator_command, free_port  # noqa: E402
 from benchmarks.bench_deferrable import http_json, session_pids  # noqa: E402
+from benchmarks.demo import emulator_command, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 API_KEY = "sk-cluster-emulator"

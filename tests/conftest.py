@@ -129,6 +129,21 @@ def run_dag(
     )
 
 
+def cli_json(stdout: str) -> object:
+    """
+    The JSON an ``airflow ... --output json`` command printed, without the log lines around it.
+
+    Airflow logs to stdout too: with an amazon provider older than 9.20 (no 'cli' section), every command
+    starts with a warning about it.
+    """
+    for start in (index for index, char in enumerate(stdout) if char in "[{"):
+        try:
+            return json.loads(stdout[start:])
+        except json.JSONDecodeError:
+            continue  # a bracket inside a log line: the document starts later
+    raise AssertionError(f"no JSON in the command's output: {stdout[-2000:]}")
+
+
 def dag_run_rows(airflow_env: dict[str, str], dag_id: str, table: str, columns: str) -> list[tuple]:
     """Rows of one metadata table for the latest run of a DAG (XComs, rendered fields...)."""
     database = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
@@ -147,3 +162,35 @@ def emulator_connection_env(emulator: EmulatorServer, **extra: object) -> dict[s
     host = emulator.base_url if extra.get("api_style") == "dashscope" else f"{emulator.base_url}/v1"
     conn = {"conn_type": "imggen", "host": host, "password": API_KEY, "extra": extra}
     return {"AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(conn)}
+
+
+# The smoke subset `make matrix` runs against the built wheel (marker `matrix`), for tests of modules other
+# branches own too; tests of their own modules carry @pytest.mark.matrix. Every public module, a
+# generation, a deferrable generation, the sensor, the S3 transfer, the provider's registration.
+MATRIX_TESTS = (
+    "tests/test_connection.py::test_provider_info_matches_airflow_schema_and_model_table",
+    "tests/test_connection.py::test_airflow_providers_list_shows_the_provider",
+    "tests/test_connection.py::test_airflow_connections_add_cli",
+    "tests/test_emulator.py::test_url_success_downloads_png_of_requested_size",
+    "tests/test_hook.py::test_url_result_downloads_real_png",
+    "tests/test_operator.py::test_xcom_shape_from_the_emulator",
+    "tests/test_async_operator.py::test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom",
+    "tests/test_async_operator.py::test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape",
+    "tests/test_trigger.py::test_registered_with_airflow",
+    "tests/test_trigger.py::test_success_after_pending_and_running",
+    "tests/test_transfer_to_s3.py::test_url_images_land_in_s3_with_content_type_size_and_metadata",
+    "tests/test_dag_runs.py::test_example_content_pipeline_lands_images_and_metadata_in_s3",
+    "tests/test_async_dag_runs.py::test_sensor_in_poke_reschedule_and_deferrable_modes",
+    "tests/test_plugin.py::test_plugin_is_registered_through_its_entry_point",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    collected = {item.nodeid.split("[")[0]: item for item in items}
+    if config.getoption("markexpr") == "matrix" and len(items) > len(MATRIX_TESTS):
+        missing = [test for test in MATRIX_TESTS if test not in collected]
+        if missing:
+            raise pytest.UsageError(f"MATRIX_TESTS names tests that do not exist (renamed?): {missing}")
+    for item in items:
+        if item.nodeid.split("[")[0] in MATRIX_TESTS:
+            item.add_marker(pytest.mark.matrix)

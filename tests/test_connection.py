@@ -19,7 +19,7 @@ from airflow_provider_imggen.get_provider_info import (
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, parse_connection
 from airflow_provider_imggen.models import KNOWN_MODELS
 from airflow_provider_imggen.transfers.url_policy import DEFAULT_RESULT_HOSTS, ResultUrlPolicy
-from tests.conftest import AIRFLOW_BIN, API_KEY
+from tests.conftest import AIRFLOW_BIN, API_KEY, cli_json
 
 
 def make_conn(**fields: object) -> Connection:
@@ -175,7 +175,7 @@ def test_airflow_providers_list_shows_the_provider(airflow_env: dict[str, str]) 
         check=True,
         timeout=120,
     )
-    names = {provider["package_name"] for provider in json.loads(listed.stdout)}
+    names = {provider["package_name"] for provider in cli_json(listed.stdout)}
     assert "airflow-provider-imggen" in names
 
 
@@ -209,7 +209,7 @@ def test_airflow_connections_add_cli(airflow_env: dict[str, str], emulator: Emul
         check=True,
         timeout=120,
     )
-    (conn,) = json.loads(stored.stdout)
+    (conn,) = cli_json(stored.stdout)  # type: ignore[misc]
     assert conn["conn_type"] == "imggen"
     # `airflow connections test` builds the hook from the stored connection and calls test_connection().
     tested = subprocess.run(

@@ -24,10 +24,10 @@ import pytest
 import requests
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
-from airflow_provider_imggen.demo import background, free_port
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.get_provider_info import KNOWN_MODEL_NAMES
 from airflow_provider_imggen.hooks.image_generation import ConnectionSettings, ImageGenerationHook
+from benchmarks.demo import background, free_port
 from tests.conftest import AIRFLOW_BIN, API_KEY, TESTS_DIR
 
 pytestmark = pytest.mark.browser

@@ -25,8 +25,8 @@ from typing import Any
 
 import requests
 
-from airflow_provider_imggen.demo import background, free_port
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
+from benchmarks.demo import background, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_BIN = Path(sys.executable).with_name("airflow")

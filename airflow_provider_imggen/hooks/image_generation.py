@@ -1050,8 +1050,11 @@ class ImageGenerationAsyncHook(_ImageGenerationHookBase):
         if "settings" not in self.__dict__:
             from airflow.sdk.log import amask_secret
 
-            conn = await self.aget_connection(self.imggen_conn_id)
-            settings = parse_connection(conn, await conn.aextra_dejson())
+            from airflow_provider_imggen.connections import aextra_dejson, aget_connection
+
+            # Not self.aget_connection: that misses metadata-DB connections under `airflow dags test`.
+            conn = await aget_connection(self.imggen_conn_id)
+            settings = parse_connection(conn, await aextra_dejson(conn))
             await amask_secret(settings.api_key)
             self.__dict__["connection"] = conn
             self.__dict__["settings"] = settings

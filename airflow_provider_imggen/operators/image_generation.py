@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
+from airflow_provider_imggen.connections import trigger_connection_problem
 from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
     ImageGenerationThrottledError,
@@ -27,6 +28,7 @@ from airflow_provider_imggen.metadata import (
     raise_for_event,
     request_fields,
     task_metadata,
+    trigger_could_not_read_connection,
 )
 from airflow_provider_imggen.models import (
     ENDPOINTS,
@@ -285,6 +287,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request: GenerationRequest | None = None
         self._state: TaskState | None = None
         self._metadata_result: dict[str, Any] | None = None
+        # Why the trigger's code could not load the connection in this worker (checked before submitting).
+        self._trigger_connection_problem: str | None = None
         # This try's quota waits: the deadline (epoch seconds) and how many throttled submissions so far.
         self._throttle_deadline: float | None = None
         self._throttled_submissions = 0
@@ -456,6 +460,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         )
         if event.get("status") == "timeout":
             self._cancel_pending(generation_task_id)
+        if trigger_could_not_read_connection(event):
+            # This worker read the connection to submit: wait here rather than fail a paid generation.
+            self.log.warning(
+                "The triggerer could not read connection %r (%s): waiting for task %s in this worker "
+                "instead. Give the triggerer the connection to keep such waits off the workers",
+                self.imggen_conn_id,
+                event.get("message"),
+                generation_task_id,
+            )
+            return self._wait_in_worker(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
         return self._task_metadata(self.hook.get_task(generation_task_id))
 
@@ -497,6 +511,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def submit_job(self, context: Context) -> JsonValue:
         request = self._submitting_request
+        if self.deferrable and self.wait_for_completion:
+            # Before anything is billed: a wait the trigger could not do would otherwise start after it.
+            self._trigger_connection_problem = trigger_connection_problem(self.imggen_conn_id)
+            if self._trigger_connection_problem is not None:
+                self.log.warning(
+                    "The trigger's code cannot read connection %r here (%s): this generation will wait in "
+                    "the worker instead of deferring",
+                    self.imggen_conn_id,
+                    self._trigger_connection_problem,
+                )
         submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
@@ -579,8 +603,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         if not self.wait_for_completion:
             self._metadata_result = self._submitted_metadata(generation_task_id)
             return self._metadata_result
-        if self.deferrable:
+        if self.deferrable and self._trigger_connection_problem is None:
             self._defer(generation_task_id)
+        self._metadata_result = self._wait_in_worker(generation_task_id)
+        return self._metadata_result
+
+    def _wait_in_worker(self, generation_task_id: str) -> dict[str, Any]:
+        """Poll the task from this worker until it ends: its XCom (a timeout cancels it while PENDING)."""
         from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
 
         try:
@@ -593,8 +622,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         except ImageGenerationTaskTimeoutError:
             self._cancel_pending(generation_task_id)
             raise
-        self._metadata_result = self._task_metadata(state)
-        return self._metadata_result
+        return self._task_metadata(state)
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         if self._metadata_result is not None:

@@ -13,7 +13,7 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import raise_for_event, task_metadata
+from airflow_provider_imggen.metadata import raise_for_event, task_metadata, trigger_could_not_read_connection
 from airflow_provider_imggen.models import check_flag, check_poll_settings
 from airflow_provider_imggen.records import GenerationRecord
 
@@ -117,6 +117,22 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
                 f"Task {generation_task_id} was still {event.get('task_status')} when the sensor's "
                 f"timeout of {self.timeout:g}s passed"
             )
+        if trigger_could_not_read_connection(event):
+            # A paid generation is not lost to the triggerer's configuration: this worker reads it.
+            self.log.warning(
+                "The triggerer could not read connection %r (%s): waiting for task %s in this worker "
+                "instead. Give the triggerer the connection to keep such waits off the workers",
+                self.imggen_conn_id,
+                event.get("message"),
+                generation_task_id,
+            )
+            state = self.hook.wait_for_task(
+                generation_task_id,
+                poll_interval=self.poke_interval,
+                max_poll_interval=self.max_poll_interval,
+                timeout=self.timeout,
+            )
+            return self._metadata(state)
         raise_for_event(event, waited=self.timeout)
         return self._metadata(self.hook.get_task(generation_task_id))
 

@@ -92,10 +92,7 @@ class ImagesViewLink(BaseOperatorLink):
         return f"{base_url.rstrip('/')}{path}/plugin/{TASK_INSTANCE_ROUTE}"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        try:
-            from airflow.sdk.configuration import conf
-        except ImportError:  # task SDK before 1.3
-            from airflow.configuration import conf
+        from airflow.sdk.configuration import conf
 
         base_url = conf.get("api", "base_url", fallback="") or ""
         return self.format_link(base_url, ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)

@@ -24,17 +24,10 @@ def authorize(user: Any, dag_id: str) -> None:
     from airflow.models.dag import DagModel
 
     manager = get_auth_manager()
-    details = _dag_details(DagDetails, DagModel, dag_id)
+    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
     for entity in REQUIRED_ACCESS:
         if not manager.is_authorized_dag(
             method="GET", access_entity=DagAccessEntity[entity], details=details, user=user
         ):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden: you may not read this DAG's images")
 
-
-def _dag_details(details_class: Any, dag_model: Any, dag_id: str) -> Any:
-    """The DAG's details as the auth manager wants them: with its team on Airflow versions that have teams."""
-    get_team_name = getattr(dag_model, "get_team_name", None)
-    if get_team_name is None:  # Airflow 3.1: no multi-team deployments
-        return details_class(id=dag_id)
-    return details_class(id=dag_id, team_name=get_team_name(dag_id))

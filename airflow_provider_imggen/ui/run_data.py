@@ -36,14 +36,10 @@ class RunNotFoundError(LookupError):
 def _bag() -> Any:
     global _dag_bag
     if _dag_bag is None:
-        try:  # the API server's own cached bag (LRU + TTL, [api] dag_cache_size)
-            from airflow.api_fastapi.common.dagbag import create_dag_bag
-        except ImportError:  # before Airflow 3.2
-            from airflow.models.dagbag import DBDagBag
+        # The API server's own cached bag (LRU + TTL, [api] dag_cache_size).
+        from airflow.api_fastapi.common.dagbag import create_dag_bag
 
-            _dag_bag = DBDagBag()
-        else:
-            _dag_bag = create_dag_bag()
+        _dag_bag = create_dag_bag()
     return _dag_bag
 
 

@@ -1,11 +1,16 @@
 """
 ``make demo``: run the example content pipeline end to end, offline, and show where the images landed.
 
+A developer's tool of this repository, not part of the package: it needs the checkout's example DAGs and
+moto_server (the ``test`` extra). Someone who installed the wheel follows the README's quick start instead.
+
 Starts the API emulator and a local S3 endpoint (moto_server) on free loopback ports, points the
 ``imggen_default`` and ``aws_default`` connections at them through the environment, runs the pipeline with
 ``airflow dags test`` on a throw-away SQLite metadata DB, copies the stored objects to the output folder
-and prints each S3 URI, size, dimensions and checksum. The servers it started are stopped on the way out,
-also when something fails. ``offline_stack`` is reused by benchmarks/bench_pipeline_faults.py.
+and prints each S3 URI, size, dimensions and checksum. The servers it started are stopped and its temp dir
+is removed on the way out (the temp dir is kept, and named, when something failed, or with ``--keep``).
+``offline_stack`` is reused by benchmarks/bench_pipeline_faults.py; the process helpers by tests and
+benchmarks.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_API_KEY = "sk-demo-emulator"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "example_content_pipeline"
 BUCKET = "imggen-content"
 
@@ -153,12 +159,18 @@ class OfflineStack:
 
 @contextmanager
 def offline_stack(
-    dags_folder: Path, *, emulator_args: Sequence[str] = (), extra_env: dict[str, str] | None = None
+    dags_folder: Path,
+    *,
+    emulator_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
+    keep: bool = False,
 ) -> Iterator[OfflineStack]:
     """
     Start the emulator and moto_server on free ports and migrate a fresh SQLite metadata DB.
 
     Also sets the connections in this process's environment, so that S3Hook here reads the same bucket.
+    The work dir (Airflow home, SQLite DB, server logs) is removed on the way out, unless ``keep`` or the
+    block failed: then it is left for its logs, and its path printed.
     """
     bin_dir = Path(sys.executable).parent
     work = Path(tempfile.mkdtemp(prefix="imggen-demo-"))
@@ -185,33 +197,44 @@ def offline_stack(
         **(extra_env or {}),
     }
     os.environ.update(env)
-    with ExitStack() as servers:
-        servers.enter_context(
-            background(
-                emulator_command(emulator_port, DEMO_API_KEY, *emulator_args),
-                f"{emulator_url}/_emulator/faults",
-                work / "emulator.log",
+    try:
+        with ExitStack() as servers:
+            servers.enter_context(
+                background(
+                    emulator_command(emulator_port, DEMO_API_KEY, *emulator_args),
+                    f"{emulator_url}/_emulator/faults",
+                    work / "emulator.log",
+                )
             )
-        )
-        servers.enter_context(
-            background(
-                [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-                f"{s3_endpoint}/",
-                work / "moto.log",
+            servers.enter_context(
+                background(
+                    [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                    f"{s3_endpoint}/",
+                    work / "moto.log",
+                )
             )
-        )
-        subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-        yield OfflineStack(work, dags_folder, env, emulator_url, s3_endpoint)
+            subprocess.run(
+                [str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True
+            )
+            yield OfflineStack(work, dags_folder, env, emulator_url, s3_endpoint)
+    except BaseException:
+        print(f"Kept the work dir for its logs: {work}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"Kept the work dir: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("demo-output"), help="where to copy the images")
-    parser.add_argument("--dags-folder", type=Path, default=Path("example_dags"))
+    parser.add_argument("--dags-folder", type=Path, default=REPO_ROOT / "example_dags")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (Airflow home, logs)")
     args = parser.parse_args(argv)
 
     print("Starting the emulator and S3 (moto_server) on free loopback ports, migrating SQLite...")
-    with offline_stack(args.dags_folder.resolve()) as stack:
+    with offline_stack(args.dags_folder.resolve(), keep=args.keep) as stack:
         print(f"Emulator: {stack.emulator_url}  S3: {stack.s3_endpoint}  work dir: {stack.work}")
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -224,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if finished.returncode != 0:
             print(run_log.read_text()[-4000:])
             print(f"The pipeline failed (exit {finished.returncode}); full log: {run_log}")
-            return finished.returncode
+            raise SystemExit(finished.returncode)  # leaves the stack: the work dir and its logs are kept
 
         from PIL import Image
 
