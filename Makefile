@@ -10,7 +10,9 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# uv resolves Airflow's dependency tree in seconds where pip takes minutes.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	# --compile-bytecode: as pip does by default, so every Airflow process (each task run forks one) loads
+	# .pyc files instead of compiling Airflow's sources again wherever PYTHONDONTWRITEBYTECODE is set.
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test]'
 	touch $@
 
 install: $(INSTALLED)

@@ -150,7 +150,8 @@ def prepare(env: Environment, wheel: Path, work: Path, python_version: str, over
     assert env.log is not None
     run([UV, "venv", "--quiet", "--python", python_version, str(venv)], env.log)
     python = venv / "bin" / "python"
-    install = [UV, "pip", "install", "--quiet", "--python", str(python)]
+    # Bytecode compiled at install, as pip does by default: what users' venvs hold.
+    install = [UV, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
     if overrides:
         # Below a declared floor on purpose, to show the floor is needed.
         (work / "overrides.txt").write_text("\n".join(overrides) + "\n")
