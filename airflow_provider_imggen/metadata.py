@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
@@ -225,19 +225,37 @@ def raise_for_event(event: Mapping[str, Any] | None, *, waited: float | None) ->
     raise ImageGenerationAPIError(f"The trigger sent an event with an unknown status: {status!r}")
 
 
-def trigger_could_not_read_connection(event: object) -> bool:
+class WarningLog(Protocol):
+    """What is needed of a logger here (the task SDK's and the standard library's both have it)."""
+
+    def warning(self, message: Any, /, *args: Any) -> Any: ...
+
+
+def trigger_could_not_read_connection(
+    event: object, log: WarningLog, conn_id: str, generation_task_id: str
+) -> bool:
     """
-    Whether an ``ImageGenerationTaskTrigger`` event says the triggerer could not read the connection.
+    Whether an ``ImageGenerationTaskTrigger`` event says the triggerer could not read the connection (and
+    if so, a warning saying the wait moves to this worker).
 
     The worker then waits for the task itself: it read the connection to submit, and the generation is paid.
     """
     from airflow_provider_imggen.exceptions import ImageGenerationConnectionUnreadableError
 
-    return (
+    if not (
         isinstance(event, Mapping)
         and event.get("status") == "error"
         and event.get("code") == ImageGenerationConnectionUnreadableError.CODE
+    ):
+        return False
+    log.warning(
+        "The triggerer could not read connection %r (%s): waiting for task %s in this worker instead. "
+        "Give the triggerer the connection to keep such waits off the workers",
+        conn_id,
+        event.get("message"),
+        generation_task_id,
     )
+    return True
 
 
 def event_generation_task_id(event: Mapping[str, Any]) -> object:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -568,27 +568,7 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         if ignored is not None:
             self.log.warning("Answer to request %s: %s", request_id, ignored)
             result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
-        for note in notes:
-            self.log.warning("Answer to request %s: %s", request_id, note)
-        for failed in result.failed_images:
-            self.log.warning(
-                "Image %d of request %s failed: %s %s", failed.index, request_id, failed.code, failed.message
-            )
-        # One line per request: enough to find, reproduce and bill-check it; URLs masked, never the key.
-        self.log.info(
-            "Generated %d image(s)%s in %.2fs: model=%s size=%s seed=%s request_id=%s prompt=%r urls=%s",
-            len(result.images),
-            f" ({len(result.failed_images)} failed)" if result.failed_images else "",
-            time.monotonic() - started,
-            result.model,
-            request.size,
-            request.seed,
-            result.request_id,
-            request.prompt[:PROMPT_LOG_CHARS],
-            [image.masked_url for image in result.images]
-            if request.response_format == "url"
-            else "(b64_json)",
-        )
+        self._log_answer(request, result, notes, request_id, started=started, where="")
         return result
 
     def _generate_multimodal(
@@ -611,26 +591,44 @@ class ImageGenerationHook(_ImageGenerationHookBase):
             ),
         )
         result, notes = parse_multimodal_result(body, request, request_id)
+        self._log_answer(
+            request, result, notes, request_id, started=started, where=" on the synchronous endpoint"
+        )
+        return result
+
+    def _log_answer(
+        self,
+        request: GenerationRequest,
+        result: ImageGenerationResult,
+        notes: Sequence[str],
+        request_id: str | None,
+        *,
+        started: float,
+        where: str,
+    ) -> None:
+        """What a synchronous answer said: its notes, each failed image, then one line for the request."""
         for note in notes:
             self.log.warning("Answer to request %s: %s", request_id, note)
         for failed in result.failed_images:
             self.log.warning(
                 "Image %d of request %s failed: %s %s", failed.index, request_id, failed.code, failed.message
             )
+        # One line per request: enough to find, reproduce and bill-check it; URLs masked, never the key.
         self.log.info(
-            "Generated %d image(s)%s in %.2fs on the synchronous endpoint: model=%s size=%s seed=%s "
-            "request_id=%s prompt=%r urls=%s",
+            "Generated %d image(s)%s in %.2fs%s: model=%s size=%s seed=%s request_id=%s prompt=%r urls=%s",
             len(result.images),
             f" ({len(result.failed_images)} failed)" if result.failed_images else "",
             time.monotonic() - started,
+            where,
             result.model,
             request.size,
             request.seed,
             result.request_id,
             request.prompt[:PROMPT_LOG_CHARS],
-            [image.masked_url for image in result.images],
+            [image.masked_url for image in result.images]
+            if request.response_format == "url"
+            else "(b64_json)",
         )
-        return result
 
     # -- DashScope native task API ---------------------------------------------------------------------
 

@@ -460,15 +460,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         )
         if event.get("status") == "timeout":
             self._cancel_pending(generation_task_id)
-        if trigger_could_not_read_connection(event):
+        if trigger_could_not_read_connection(event, self.log, self.imggen_conn_id, generation_task_id):
             # This worker read the connection to submit: wait here rather than fail a paid generation.
-            self.log.warning(
-                "The triggerer could not read connection %r (%s): waiting for task %s in this worker "
-                "instead. Give the triggerer the connection to keep such waits off the workers",
-                self.imggen_conn_id,
-                event.get("message"),
-                generation_task_id,
-            )
             return self._wait_in_worker(generation_task_id)
         raise_for_event(event, waited=self.wait_timeout)
         return self._task_metadata(self.hook.get_task(generation_task_id))

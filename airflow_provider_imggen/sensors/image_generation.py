@@ -117,15 +117,8 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
                 f"Task {generation_task_id} was still {event.get('task_status')} when the sensor's "
                 f"timeout of {self.timeout:g}s passed"
             )
-        if trigger_could_not_read_connection(event):
+        if trigger_could_not_read_connection(event, self.log, self.imggen_conn_id, generation_task_id):
             # A paid generation is not lost to the triggerer's configuration: this worker reads it.
-            self.log.warning(
-                "The triggerer could not read connection %r (%s): waiting for task %s in this worker "
-                "instead. Give the triggerer the connection to keep such waits off the workers",
-                self.imggen_conn_id,
-                event.get("message"),
-                generation_task_id,
-            )
             state = self.hook.wait_for_task(
                 generation_task_id,
                 poll_interval=self.poke_interval,

@@ -30,4 +30,3 @@ def authorize(user: Any, dag_id: str) -> None:
             method="GET", access_entity=DagAccessEntity[entity], details=details, user=user
         ):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden: you may not read this DAG's images")
-
