@@ -393,16 +393,8 @@ def parse_generation_result(
         if failure is not None:
             failed.append(failure)
     if not images:
-        codes = sorted({failure.code or "" for failure in failed})
-        raise ImageGenerationMalformedResponseError(
-            f"The API answered 200 without a single usable image ({len(failed)} item(s): "
-            f"{', '.join(codes)}; first: {failed[0].message}). {billed_note(request.model, request.n)}",
-            failed_images=tuple(failed),
-            status=200,
-            request_id=request_id,
-            model=request.model,
-            images_at_risk=request.n,
-        )
+        codes = ", ".join(sorted({failure.code or "" for failure in failed}))
+        raise _no_usable_image(request, request_id, failed, f": {codes}")
     created = body.get("created")
     if isinstance(created, bool) or not isinstance(created, int | float) or not 0 < created < 1e11:
         notes.append(f"'created' is unusable ({type(created).__name__}): using the local time")
@@ -558,15 +550,7 @@ def parse_multimodal_result(
         else:
             images.append(GeneratedImage(index=index, url=url, url_expires_at=url_expiry(url)))
     if not images:
-        raise ImageGenerationMalformedResponseError(
-            f"The API answered 200 without a single usable image ({len(failed)} item(s); first: "
-            f"{failed[0].message}). {billed_note(request.model, request.n)}",
-            failed_images=tuple(failed),
-            status=200,
-            request_id=request_id,
-            model=request.model,
-            images_at_risk=request.n,
-        )
+        raise _no_usable_image(request, request_id, failed, "")
     usage = body.get("usage")
     return (
         ImageGenerationResult(
@@ -740,3 +724,18 @@ def parse_task_list(body: dict[str, Any]) -> tuple[list[ListedTask], int | None]
 
 def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _no_usable_image(
+    request: GenerationRequest, request_id: str | None, failed: list[FailedImage], codes: str
+) -> ImageGenerationMalformedResponseError:
+    """A 200 answer without one usable image: maybe billed for every image asked, so never re-sent."""
+    return ImageGenerationMalformedResponseError(
+        f"The API answered 200 without a single usable image ({len(failed)} item(s){codes}; first: "
+        f"{failed[0].message}). {billed_note(request.model, request.n)}",
+        failed_images=tuple(failed),
+        status=200,
+        request_id=request_id,
+        model=request.model,
+        images_at_risk=request.n,
+    )
