@@ -34,7 +34,11 @@ DASHSCOPE_REGIONS = (
     "https://{WorkspaceId}.{region}.maas.aliyuncs.com/api/v1"
 )
 # Kept in step with airflow_provider_imggen.transfers.url_policy.DEFAULT_RESULT_HOSTS (a test checks it).
-DEFAULT_RESULT_HOST_PATTERNS = ["dashscope-result-*.oss-*.aliyuncs.com"]
+DEFAULT_RESULT_HOST_PATTERNS = [
+    "dashscope-result-*.oss-*.aliyuncs.com",
+    "dashscope-????.oss-accelerate.aliyuncs.com",
+    "dashscope-????.oss-cn-*.aliyuncs.com",
+]
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -155,7 +159,8 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Result hosts (ImageGenerationToS3Operator)",
                         "description": "Hosts the S3 transfer may download result images from besides the "
                         "API's own origin: one pattern per line, '*' standing for part of one DNS label, "
-                        "':port' for a port other than 443; https only. Empty: the DashScope result stores "
+                        "'?' for one character, ':port' for a port other than 443; https only. Empty: the "
+                        "DashScope result stores "
                         f"({', '.join(DEFAULT_RESULT_HOST_PATTERNS)}), in every region: allow the same "
                         "hosts in an egress firewall.",
                         "schema": {"type": ["array", "null"], "items": {"type": "string"}},

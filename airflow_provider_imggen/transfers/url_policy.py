@@ -24,11 +24,19 @@ from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ImageResultUrlRefusedError
 
-# The DashScope result stores, e.g. dashscope-result-bj.oss-cn-beijing.aliyuncs.com.
-DEFAULT_RESULT_HOSTS: tuple[str, ...] = ("dashscope-result-*.oss-*.aliyuncs.com",)
+# The DashScope result stores: dashscope-result-bj.oss-cn-beijing.aliyuncs.com and, since 2026, buckets named
+# "dashscope-" and four hex digits on the accelerated and regional endpoints, e.g.
+# dashscope-7c2c.oss-accelerate.aliyuncs.com and dashscope-7c2c.oss-cn-shanghai.aliyuncs.com (api-notes §7).
+# "?" (exactly one character) keeps those buckets to their four-character names.
+DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
+    "dashscope-result-*.oss-*.aliyuncs.com",
+    "dashscope-????.oss-accelerate.aliyuncs.com",
+    "dashscope-????.oss-cn-*.aliyuncs.com",
+)
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_HOST_PATTERN = re.compile(r"^(\*|[a-z0-9-]*\*?[a-z0-9-]*)(\.(\*|[a-z0-9-]*\*?[a-z0-9-]*))*(:\d{1,5})?$")
+# A label: letters, digits, hyphens and "?", with at most one "*" (so matching never backtracks far).
+_HOST_PATTERN = re.compile(r"^[a-z0-9?-]*\*?[a-z0-9?-]*(\.[a-z0-9?-]*\*?[a-z0-9?-]*)*(:\d{1,5})?$")
 
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -136,7 +144,8 @@ class ResultUrlPolicy:
                 raise ImageGenerationValidationError(
                     f"connection {conn_id!r} extra result_hosts",
                     pattern,
-                    "expected host names, '*' for part of one label, optionally ':port'",
+                    "expected host names, '*' for part of one label, '?' for one character, "
+                    "optionally ':port'",
                 )
         allow_private = extra("allow_private_result_hosts")
         if isinstance(allow_private, str):
@@ -227,11 +236,16 @@ def _origin(conn_id: str, host: str | None, port: int | None) -> tuple[str, str,
 
 def _compile(pattern: str) -> re.Pattern[str]:
     host, _, port = pattern.lower().partition(":")
-    # "*" never crosses a dot: "dashscope-result-*.oss-*.aliyuncs.com" cannot match "evil.com/x.aliyuncs.com".
-    regex = r"\.".join(
-        "[a-z0-9-]*".join(re.escape(piece) for piece in part.split("*")) for part in host.split(".")
-    )
+    # "*" never crosses a dot: "dashscope-result-*.oss-*.aliyuncs.com" cannot match "evil.com/x.aliyuncs.com";
+    # "?" stands for exactly one letter, digit or hyphen.
+    regex = r"\.".join(_label_regex(part) for part in host.split("."))
     return re.compile(f"^{regex}:{port or 443}$")
+
+
+def _label_regex(label: str) -> str:
+    return "[a-z0-9-]*".join(
+        "[a-z0-9-]".join(re.escape(piece) for piece in part.split("?")) for part in label.split("*")
+    )
 
 
 def _shown(host: str) -> str:

@@ -28,6 +28,12 @@ from tests.conftest import API_KEY
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 TEST_NAMES = ("results.imggen.test", "store.imggen.test", "evil.imggen.test")
+# Result stores of 2026 (api-notes §7), served on 127.0.0.7:443: the default result-host policy applies.
+RESULT_STORES_2026 = (
+    "dashscope-7c2c.oss-accelerate.aliyuncs.com",
+    "dashscope-a717.oss-accelerate.aliyuncs.com",
+    "dashscope-7c2c.oss-cn-shanghai.aliyuncs.com",
+)
 
 
 def image(body: bytes, *, content_length: bool = True, content_type: str = "image/png") -> Route:
@@ -168,7 +174,7 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imggen test results")])
     now = datetime.datetime.now(datetime.UTC)
-    alt_names: list[x509.GeneralName] = [x509.DNSName(host) for host in TEST_NAMES]
+    alt_names: list[x509.GeneralName] = [x509.DNSName(host) for host in TEST_NAMES + RESULT_STORES_2026]
     alt_names += [x509.IPAddress(ipaddress.ip_address(f"127.0.0.{i}")) for i in range(1, 6)]
     certificate = (
         x509.CertificateBuilder()
@@ -213,12 +219,15 @@ class Names:
 
 @pytest.fixture
 def names(monkeypatch: pytest.MonkeyPatch) -> Names:
-    """Resolve ``*.imggen.test`` from ``names.table`` (a list: one address per lookup, the last repeats)."""
+    """
+    Resolve ``*.imggen.test`` and any name put in ``names.table`` from the table (a list: one address per
+    lookup, the last repeats).
+    """
     table = Names()
     real = socket.getaddrinfo
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(host, str) and host.endswith(".imggen.test"):
+        if isinstance(host, str) and (host.endswith(".imggen.test") or host in table.table):
             answers = table.table.get(host)
             if not answers:
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

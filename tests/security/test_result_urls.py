@@ -23,6 +23,7 @@ from airflow_provider_imggen.exceptions import (
 from tests.conftest import API_KEY
 from tests.s3_fixtures import S3Bucket
 from tests.security.conftest import (
+    RESULT_STORES_2026,
     Names,
     Server,
     drip,
@@ -167,6 +168,50 @@ def test_the_default_result_hosts_are_the_dashscope_stores() -> None:
         with pytest.raises(ImageResultUrlRefusedError):
             policy.check(url)
     assert resolved == ["dashscope-result-bj.oss-cn-beijing.aliyuncs.com"]
+
+
+def test_the_default_result_hosts_accept_the_2026_result_stores() -> None:
+    """api-notes §7: 2026 results also come from dashscope-<4 hex> buckets (accelerated, regional)."""
+    from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
+
+    policy = ResultUrlPolicy(origin=None, resolver=lambda host, port: ["8.8.8.8"])
+    for host in (
+        "dashscope-7c2c.oss-accelerate.aliyuncs.com",
+        "dashscope-a717.oss-accelerate.aliyuncs.com",
+        "dashscope-7c2c.oss-cn-shanghai.aliyuncs.com",
+    ):
+        assert policy.check(f"https://{host}/1d/a.png?Expires=1900000000&Signature=x").host == host
+    for url in (
+        # Not a four-character bucket, not the accelerated or a regional endpoint, or not https.
+        "https://dashscope-evil-bucket.oss-accelerate.aliyuncs.com/a.png",
+        "https://dashscope-7c2.oss-accelerate.aliyuncs.com/a.png",
+        "https://dashscope-7c2c.oss-us-east-1.aliyuncs.com/a.png",
+        "https://dashscope-7c2c.oss-accelerate.aliyuncs.com.evil.example/a.png",
+        "http://dashscope-7c2c.oss-accelerate.aliyuncs.com/a.png",
+    ):
+        with pytest.raises(ImageResultUrlRefusedError):
+            policy.check(url)
+
+
+def test_images_from_the_2026_result_stores_are_stored_under_the_default_policy(
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Callable[..., Server],
+    hostile: Callable[..., Server],
+    tls: ssl.SSLContext,
+    names: Names,
+    s3: S3Bucket,
+) -> None:
+    """Over real https on port 443: a billed image from a 2026 result store is fetched and stored."""
+    store = servers({"/1d/a.png": image(PNG)}, host="127.0.0.7", tls=tls, port=443)
+    for host in RESULT_STORES_2026:
+        names.table[host] = ["127.0.0.7"]
+        gateway = hostile([f"https://{host}/1d/a.png?Expires=1900000000&OSSAccessKeyId=k&Signature=s1gn"])
+        # allow_private only because the store listens on loopback; the host list is the default one.
+        (entry,) = transfer(
+            monkeypatch, gateway, s3, s3_key=f"{host}/{{index}}.{{ext}}", allow_private_result_hosts=True
+        )
+        assert s3.read(entry["key"]) == PNG
+    assert [request["headers"]["Host"] for request in store.gets()] == list(RESULT_STORES_2026)
 
 
 # -- rule: result hosts must resolve to public addresses unless the connection opts in -------------------
