@@ -25,6 +25,8 @@ KNOWN_MODEL_NAMES = [
     "wanx2.1-t2i-turbo",
     "wanx2.1-t2i-plus",
     "wanx2.0-t2i-turbo",
+    "wan2.1-t2i-turbo",
+    "wan2.1-t2i-plus",
 ]
 # DashScope's regions (a key works only in its own region; README "Regions and workspaces"): the base
 # URLs, said once for the form's placeholder and descriptions.

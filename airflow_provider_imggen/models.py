@@ -19,7 +19,6 @@ from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 
 MAX_SEED = 2_147_483_647
 RESPONSE_FORMATS = ("url", "b64_json")
-DEFAULT_SIZE = "1328x1328"
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*X×]\s*(\d+)\s*$")
 # Top-level request fields with a parameter of their own; extra_body may not override them silently.
 NAMED_FIELDS = frozenset(
@@ -93,7 +92,9 @@ class ModelSpec:
     :param min_pixels: smallest width x height when sizes are a range
     :param max_aspect_ratio: largest long side / short side when sizes are a range (None: any)
     :param endpoints: the native endpoints serving it (``async``, ``sync``), the one used by default first
-    :param quota: what the account may send: requests per ``quota_window_seconds`` and concurrent tasks
+    :param quota: what the account may send to the default endpoint: requests per ``window_seconds`` and
+        concurrent tasks
+    :param sync_quota: the synchronous endpoint's quota when the model is served by both (None: ``quota``)
     :param docs: the documentation page its limits come from, by title
     """
 
@@ -110,6 +111,7 @@ class ModelSpec:
     max_aspect_ratio: float | None = None
     endpoints: tuple[str, ...] = ("async",)
     quota: Quota | None = None
+    sync_quota: Quota | None = None
     docs: str = ""
 
     def describe_sizes(self) -> str:
@@ -170,13 +172,15 @@ def _square(pixels: int) -> str:
     return f"{side}x{side}" if side * side == pixels else str(pixels)
 
 
-# qwen-image's current size list (the Qwen-Image API reference: 1664*928 is the native default).
-_QWEN_CURRENT_SIZES = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
-# The older list (1472*1140, 1140*1472) is still accepted: the gateway's seed document and relays that
-# were written against it forward it, and the issue reports no refusal of it. Only qwen-image and
-# qwen-image-plus, which existed when it was published, accept it.
-_QWEN_SIZES = (*_QWEN_CURRENT_SIZES, (1472, 1140), (1140, 1472))
+# qwen-image's size list (the Qwen-Image API reference, api-notes §7): exactly these five, 1664*928 the
+# service's default. The older 1472*1140 / 1140*1472 of the gateway's seed document are refused by the
+# service, so they are refused here before anything is billed.
+_QWEN_SIZES = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
+# Quotas count per Alibaba Cloud account (every key and workspace together), per model (api-notes §7).
 _TASK_QUOTA = Quota(requests=2, window_seconds=1, concurrent=2)
+# qwen-image / -plus on the synchronous endpoint: no concurrency quota.
+_QWEN_SYNC_QUOTA = Quota(requests=2, window_seconds=1, concurrent=None)
+_TWO_PER_MINUTE = Quota(requests=2, window_seconds=60, concurrent=None)
 # Wan text-to-image V2 (wan2.2-t2i-*, wanx2.1-t2i-*, wanx2.0-t2i-turbo): W*H, each side 512-1440, at most
 # 1440*1440 pixels, n 1-4 (the native default is 4), one endpoint (the asynchronous task API).
 # Prompt limit: the V2 page gives 800 characters in its parameter table and 500 in an older note (the
@@ -205,58 +209,61 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     "qwen-image": ModelSpec(
         name="qwen-image",
         max_n=1,
-        default_size="1328x1328",
+        default_size="1664x928",
         fixed_sizes=_QWEN_SIZES,
         endpoints=("async", "sync"),
         quota=_TASK_QUOTA,
+        sync_quota=_QWEN_SYNC_QUOTA,
         docs=DOC_QWEN_IMAGE,
     ),
     # qwen-image-plus has qwen-image's limits (issue 15, api-notes §6).
     "qwen-image-plus": ModelSpec(
         name="qwen-image-plus",
         max_n=1,
-        default_size="1328x1328",
+        default_size="1664x928",
         fixed_sizes=_QWEN_SIZES,
         endpoints=("async", "sync"),
         quota=_TASK_QUOTA,
+        sync_quota=_QWEN_SYNC_QUOTA,
         docs=DOC_QWEN_IMAGE,
     ),
-    # Synchronous endpoint only, 2 requests per minute (issue 15). Sizes: the current qwen-image list;
-    # the concurrent limit is not documented.
+    # Synchronous endpoint only, 2 requests per minute (api-notes §7). Sizes: qwen-image's list; the
+    # concurrent limit is not documented.
     "qwen-image-max": ModelSpec(
         name="qwen-image-max",
         max_n=1,
-        default_size="1328x1328",
-        fixed_sizes=_QWEN_CURRENT_SIZES,
+        default_size="1664x928",
+        fixed_sizes=_QWEN_SIZES,
         endpoints=("sync",),
-        quota=Quota(requests=2, window_seconds=60, concurrent=None),
+        quota=_TWO_PER_MINUTE,
         docs=DOC_QWEN_IMAGE,
     ),
     # The qwen-image 2.0 family: synchronous only, n 1-6, any size with 512*512 to 2048*2048 pixels in
-    # all (issue 15). Its quota is not stated there: the task models' 2/s, 2 concurrent (unverified).
+    # all, default 2048*2048 (one copy of the page says 1024*1024); qwen-image-2.0 2/s, -pro 2 per
+    # minute, no concurrency quota stated (api-notes §7).
     "qwen-image-2.0": ModelSpec(
         name="qwen-image-2.0",
         max_n=6,
-        default_size="1328x1328",
+        default_size="2048x2048",
         min_pixels=512 * 512,
         max_pixels=2048 * 2048,
         endpoints=("sync",),
-        quota=_TASK_QUOTA,
+        quota=Quota(requests=2, window_seconds=1, concurrent=None),
         docs=DOC_QWEN_IMAGE_2,
     ),
     "qwen-image-2.0-pro": ModelSpec(
         name="qwen-image-2.0-pro",
         max_n=6,
-        default_size="1328x1328",
+        default_size="2048x2048",
         min_pixels=512 * 512,
         max_pixels=2048 * 2048,
         endpoints=("sync",),
-        quota=_TASK_QUOTA,
+        quota=_TWO_PER_MINUTE,
         docs=DOC_QWEN_IMAGE_2,
     ),
-    # wan2.5-t2i-preview: prompts up to 2000 characters, aspect ratios 1:4 to 4:1 (issue 15, api-notes
-    # §6); 768*768 to 1440*1440 pixels in all and the 1280*1280 default are the V2 page's (unverified
-    # here). Quota as the other task models (unverified).
+    # wan2.5-t2i-preview: prompts up to 2000 characters, aspect ratios 1:4 to 4:1, default 1280*1280,
+    # 5 submissions/s and 5 concurrent (api-notes §7). Its least total pixels are 768*768 in one reference
+    # and 1280*1280 in another: the lower bound is kept, the service refuses what it does not take.
     "wan2.5-t2i-preview": ModelSpec(
         name="wan2.5-t2i-preview",
         max_n=4,
@@ -266,7 +273,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         max_aspect_ratio=4.0,
         max_prompt_chars=2000,
         endpoints=("async",),
-        quota=_TASK_QUOTA,
+        quota=Quota(requests=5, window_seconds=1, concurrent=5),
         docs=DOC_WAN_V2,
     ),
     "wan2.2-t2i-flash": _wan_v2("wan2.2-t2i-flash"),
@@ -275,6 +282,9 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     "wanx2.1-t2i-turbo": _wan_v2("wanx2.1-t2i-turbo"),
     "wanx2.1-t2i-plus": _wan_v2("wanx2.1-t2i-plus"),
     "wanx2.0-t2i-turbo": _wan_v2("wanx2.0-t2i-turbo"),
+    # The Singapore names of Wan 2.1 (api-notes §7).
+    "wan2.1-t2i-turbo": _wan_v2("wan2.1-t2i-turbo"),
+    "wan2.1-t2i-plus": _wan_v2("wan2.1-t2i-plus"),
 }
 # Unknown models (gateways add them constantly) get only the generic checks.
 GENERIC_MAX_N = 10
@@ -309,14 +319,21 @@ def unknown_model_note(model: str) -> str | None:
     )
 
 
+def default_size_of(model: str) -> str | None:
+    """The service's default size for ``model`` (the table's, or its base model's), None when unknown."""
+    spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
+    return spec.default_size if spec is not None else None
+
+
 def endpoints_of(model: str) -> tuple[str, ...]:
     """
     The native endpoints serving ``model``: from the table, from its base model for a dated snapshot
     (``qwen-image-max-2025-12-30``). A model the table does not know may be asked on either (the service
-    decides); the asynchronous task API first, as unknown models always used it.
+    decides); the synchronous endpoint first, because that is where new models live: every family since
+    qwen-image-max is synchronous only and answers the task API with 403 AccessDenied (api-notes §7).
     """
     spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
-    return spec.endpoints if spec is not None else ("async", "sync")
+    return spec.endpoints if spec is not None else ("sync", "async")
 
 
 def check_endpoint(model: str, endpoint: object) -> Endpoint:
@@ -361,6 +378,8 @@ class GenerationRequest:
     """
     A validated, normalised request: every field has its wire type.
 
+    :param size: ``WxH`` as the user set it; None leaves the size to the service (its model default), so
+        the provider never overrides the service's defaults with its own
     :param watermark: ask the service to mark the images (its default: no mark)
     :param endpoint: the native endpoint asked for (``async``, ``sync``), None for the model's default
     """
@@ -368,7 +387,7 @@ class GenerationRequest:
     model: str
     prompt: str
     n: int
-    size: str
+    size: str | None
     response_format: ResponseFormat
     negative_prompt: str | None = None
     prompt_upsampling: bool | None = None
@@ -378,40 +397,31 @@ class GenerationRequest:
     endpoint: str | None = None
 
     @property
-    def width(self) -> int:
-        return int(self.size.split("x")[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.size.split("x")[1])
+    def native_size(self) -> str | None:
+        """The size as DashScope spells it (``W*H``), None when the service's default applies."""
+        return self.size.replace("x", "*") if self.size is not None else None
 
     def to_openai_body(self, dialect: str = "openai") -> dict[str, Any]:
         """
         The JSON body of ``POST /v1/images/generations``.
 
-        ``dialect`` ``openai``: every field at the top level (the seed document). ``nested``: the fields
-        DashScope reads from its ``parameters`` and ``input`` (seed, prompt_extend, watermark,
-        negative_prompt) go there, for relays that forward only those and drop them at the top level.
+        ``dialect`` ``openai``: every field at the top level (the seed document). ``nested``: also the whole
+        of DashScope's ``parameters`` (n, size, seed, prompt_extend, watermark) and ``input`` (prompt,
+        negative_prompt), for the relays that forward seed, negative prompt and prompt extension only
+        there. Whole, because the most used relay (new-api, api-notes §7) *replaces* its own parameters
+        and input with these objects: a partial ``parameters`` lost ``n`` and ``size`` (a Wan model then
+        billed its default 4 images) and an ``input`` with only the negative prompt lost the prompt.
         """
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": self.prompt,
-            "n": self.n,
-            "size": self.size,
-            "response_format": self.response_format,
-        }
+        body: dict[str, Any] = {"model": self.model, "prompt": self.prompt, "n": self.n}
+        if self.size is not None:
+            body["size"] = self.size
+        body["response_format"] = self.response_format
         if dialect == "nested":
-            parameters: dict[str, Any] = {}
-            if self.seed is not None:
-                parameters["seed"] = self.seed
-            if self.prompt_upsampling is not None:
-                parameters["prompt_extend"] = self.prompt_upsampling
-            if self.watermark is not None:
-                parameters["watermark"] = self.watermark
+            text_input: dict[str, Any] = {"prompt": self.prompt}
             if self.negative_prompt is not None:
-                body["input"] = {"negative_prompt": self.negative_prompt}
-            if parameters:
-                body["parameters"] = parameters
+                text_input["negative_prompt"] = self.negative_prompt
+            body["input"] = text_input
+            body["parameters"] = self._native_parameters(with_extra_body=False)
             body.update(self.extra_body)
             return body
         if self.negative_prompt is not None:
@@ -426,15 +436,20 @@ class GenerationRequest:
         body.update(self.extra_body)
         return body
 
-    def _native_parameters(self) -> dict[str, Any]:
-        parameters: dict[str, Any] = {"size": f"{self.width}*{self.height}", "n": self.n}
+    def _native_parameters(self, *, with_extra_body: bool = True) -> dict[str, Any]:
+        # n is always sent: the Wan V2 default is 4 (4 images billed). size only when set (the service's
+        # default otherwise).
+        parameters: dict[str, Any] = {"n": self.n}
+        if self.size is not None:
+            parameters["size"] = self.native_size
         if self.seed is not None:
             parameters["seed"] = self.seed
         if self.prompt_upsampling is not None:
             parameters["prompt_extend"] = self.prompt_upsampling
         if self.watermark is not None:
             parameters["watermark"] = self.watermark
-        parameters.update(self.extra_body)
+        if with_extra_body:
+            parameters.update(self.extra_body)
         return parameters
 
     def to_dashscope_body(self) -> dict[str, Any]:
@@ -725,12 +740,15 @@ def validate_generation_request(
     if not 1 <= checked_n <= max_n:
         raise ImageGenerationValidationError("n", n, n_allowed)
 
-    width, height = parse_size(size if size is not None else (spec.default_size if spec else DEFAULT_SIZE))
-    if spec is not None:
-        if width < 1 or height < 1 or not spec.size_allowed(width, height):
-            raise ImageGenerationValidationError("size", size, spec.describe_sizes())
-    elif width < 1 or height < 1:
-        raise ImageGenerationValidationError("size", size, "width and height must be positive")
+    checked_size = None
+    if size is not None:
+        width, height = parse_size(size)
+        if spec is not None:
+            if width < 1 or height < 1 or not spec.size_allowed(width, height):
+                raise ImageGenerationValidationError("size", size, spec.describe_sizes())
+        elif width < 1 or height < 1:
+            raise ImageGenerationValidationError("size", size, "width and height must be positive")
+        checked_size = f"{width}x{height}"
 
     if response_format not in RESPONSE_FORMATS:
         raise ImageGenerationValidationError(
@@ -765,7 +783,7 @@ def validate_generation_request(
         model=model,
         prompt=checked_prompt,
         n=checked_n,
-        size=f"{width}x{height}",
+        size=checked_size,
         response_format=response_format,  # type: ignore[arg-type]
         negative_prompt=checked_negative,
         prompt_upsampling=checked_upsampling,

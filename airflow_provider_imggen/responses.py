@@ -57,6 +57,9 @@ __all__ = [
 # wrong shape (a URL that is not a string, base64 that does not decode...).
 EMPTY_RESULT = "EmptyResult"
 MALFORMED_ITEM = "MalformedItem"
+# An image asked for (and maybe billed) that the answer does not carry at all: the main relay, fetching each
+# result for b64_json, silently drops an item it could not fetch (api-notes §7).
+MISSING_FROM_ANSWER = "MissingFromAnswer"
 
 
 @dataclass(frozen=True)
@@ -362,8 +365,10 @@ def parse_generation_result(
     The result of ``POST /v1/images/generations``, trusting nothing in the answer (it may have been
     billed, so nothing here raises what Airflow would retry).
 
-    Usable images are delivered; empty items (``EmptyResult``) and unreadable ones (``MalformedItem``)
-    are listed in ``failed_images``; items beyond the ``n`` asked for are ignored; an unusable
+    Usable images are delivered; empty items (``EmptyResult``), unreadable ones (``MalformedItem``) and
+    images asked for that the answer does not carry (``MissingFromAnswer``: a relay dropped them, perhaps
+    after they were billed) are listed in ``failed_images``; items beyond the ``n`` asked for are
+    ignored; an unusable
     ``created`` is replaced by the local time. Returns the result and notes for the log (never API
     content).
 
@@ -392,6 +397,17 @@ def parse_generation_result(
             images.append(image)
         if failure is not None:
             failed.append(failure)
+    if len(data) < request.n:
+        notes.append(f"the answer had {len(data)} item(s) for n={request.n}")
+        failed.extend(
+            FailedImage(
+                index,
+                MISSING_FROM_ANSWER,
+                f"the answer carried {len(data)} item(s) for n={request.n}: this image may have been billed "
+                "and dropped on the way (a relay drops an image it could not fetch for b64_json)",
+            )
+            for index in range(len(data), request.n)
+        )
     if not images:
         codes = ", ".join(sorted({failure.code or "" for failure in failed}))
         raise _no_usable_image(request, request_id, failed, f": {codes}")

@@ -147,11 +147,16 @@ def test_invalid_request_is_refused_before_any_request(
     assert imggen_conn.requests_log() == [], "no request may reach the API for invalid input"
 
 
-def test_accepts_both_qwen_size_lists_and_numeric_strings(imggen_conn: EmulatorServer) -> None:
+def test_accepts_qwen_sizes_and_numeric_strings(imggen_conn: EmulatorServer) -> None:
     hook = fast_hook()
-    for size in ("1472x1140", "1472*1104", "928*1664"):
+    for size in ("1664x928", "1472*1104", "928*1664"):
         request = hook.validate_request("a cat", model="qwen-image", size=size, seed="99", n="1")
         assert request.size == size.replace("*", "x") and request.seed == 99 and request.n == 1
+    # The older list's 1472*1140 is refused by the service (api-notes §7): refused before sending.
+    with pytest.raises(ImageGenerationValidationError, match="accepts exactly one of 1664x928"):
+        hook.validate_request("a cat", model="qwen-image", size="1472x1140")
+    # Unset, the size is the service's to choose: nothing is sent for it.
+    assert hook.validate_request("a cat", model="qwen-image").size is None
     assert hook.validate_request("a", model="wan2.2-t2i-flash", size="1440x1440").size == "1440x1440"
     assert hook.validate_request("a", model="brand-new-model", size="3000x100").model == "brand-new-model"
     assert (

@@ -73,7 +73,7 @@ def test_unknown_outcome_after_throttling_counts_the_sends_truthfully(imggen_con
 
 def test_lost_submission_after_throttling_counts_the_sends_truthfully(dashscope_conn: EmulatorServer) -> None:
     hook = fast_hook()
-    hook.submit_task("an earlier task of the same model", size="512x512")
+    hook.submit_task("a lighthouse", size="512x512", n=2)
     dashscope_conn.set_faults(fail_next=["throttle", "billed_drop"])
     with pytest.raises(ImageGenerationSubmissionUnknownError) as raised:
         hook.submit_task("a lighthouse", size="512x512", n=2)
@@ -251,9 +251,24 @@ def test_lost_submission_after_a_read_timeout_reconnects(dashscope_conn: Emulato
     assert len(task_submissions(dashscope_conn)) == 1
 
 
-def test_lost_submission_among_other_tasks_is_an_unknown_outcome(dashscope_conn: EmulatorServer) -> None:
+def test_lost_submission_among_other_tasks_is_found_by_its_prompt(dashscope_conn: EmulatorServer) -> None:
+    """The task list shows every task of the account: ours is the one whose status names our prompt."""
     hook = fast_hook()
     hook.submit_task("an earlier task of the same model", size="512x512")
+    dashscope_conn.set_faults(fail_next=["billed_drop"])
+    submitted = hook.submit_task("a lighthouse", size="512x512", n=3)
+
+    lost = task_submissions(dashscope_conn)[1]
+    assert lost["outcome"] == "billed_drop" and lost["task_id"] == submitted.generation_task_id
+    assert len(task_submissions(dashscope_conn)) == 2 and len(dashscope_conn.tasks()) == 2
+
+
+def test_lost_submission_among_tasks_of_the_same_prompt_is_an_unknown_outcome(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    """Another pipeline sent the same prompt and n: neither task can be proven ours, so nothing is adopted."""
+    hook = fast_hook()
+    hook.submit_task("a lighthouse", size="512x512", n=3)
     dashscope_conn.set_faults(fail_next=["billed_drop"])
     with pytest.raises(ImageGenerationSubmissionUnknownError) as raised:
         hook.submit_task("a lighthouse", size="512x512", n=3)
@@ -264,6 +279,19 @@ def test_lost_submission_among_other_tasks_is_an_unknown_outcome(dashscope_conn:
     assert "no single task" in str(error) and "GET /api/v1/tasks" in str(error)
     assert len(task_submissions(dashscope_conn)) == 2 and len(dashscope_conn.tasks()) == 2
     assert len(task_lists(dashscope_conn)) == 1
+
+
+def test_lost_submission_is_not_confused_with_another_prompt_or_image_count(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    """The service created nothing (a 500 before the task): the other tasks listed are not adopted."""
+    hook = fast_hook()
+    hook.submit_task("a lighthouse", size="512x512", n=2)
+    hook.submit_task("a harbour", size="512x512", n=3)
+    dashscope_conn.set_faults(fail_next=["500"])
+    with pytest.raises(ImageGenerationOutcomeUnknownError, match="no single task"):
+        hook.submit_task("a lighthouse", size="512x512", n=3)
+    assert len(dashscope_conn.tasks()) == 2 and dashscope_conn.billed_images() == 5
 
 
 def test_lost_submission_with_a_request_id_is_matched_among_other_tasks(

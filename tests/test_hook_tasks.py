@@ -80,7 +80,8 @@ def test_submit_task_then_wait_for_task(dashscope_conn: EmulatorServer) -> None:
     assert submitted.task_status == "PENDING" and submitted.request_id
     assert submitted.model == "qwen-image"
     # n is always sent: the native default for wan2.2-t2i-* would be 4 images (and 4 billed).
-    assert submitted.parameters["n"] == 1 and submitted.parameters["size"] == "1328*1328"
+    # size is sent only when set: the service's default applies.
+    assert submitted.parameters["n"] == 1 and "size" not in submitted.parameters
     assert submitted.parameters["negative_prompt"] == "blurry" and submitted.parameters["watermark"] is False
 
     state = hook.wait_for_task(submitted.generation_task_id, poll_interval=0.02, max_poll_interval=0.05)
@@ -89,7 +90,7 @@ def test_submit_task_then_wait_for_task(dashscope_conn: EmulatorServer) -> None:
     assert [image.revised_prompt for image in state.images] == ["a red bicycle, highly detailed"]
     assert state.task_metrics == {"TOTAL": 1, "SUCCEEDED": 1, "FAILED": 0}
     assert state.submit_time and state.end_time
-    assert png_size(state.images[0].url or "") == (1328, 1328)
+    assert png_size(state.images[0].url or "") == (1664, 928)
     assert len(task_submissions(dashscope_conn)) == 1
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import (
     ImageGenerationOutcomeUnknownError,
+    ImageGenerationRejectedError,
     ImageGenerationThrottledError,
     ImageGenerationValidationError,
 )
@@ -55,7 +56,7 @@ def refused_before_sending(emulator: EmulatorServer, **arguments: object) -> str
 
 
 @pytest.mark.parametrize("model", ["qwen-image", "qwen-image-plus"])
-@pytest.mark.parametrize("size", ["1664*928", "1472x1104", "1328x1328", "1104*1472", "928x1664", "1472*1140"])
+@pytest.mark.parametrize("size", ["1664*928", "1472x1104", "1328x1328", "1104*1472", "928x1664"])
 def test_qwen_image_sizes_on_the_task_api(dashscope_conn: EmulatorServer, model: str, size: str) -> None:
     result = fast_hook().generate_images("a lighthouse at dawn", model=model, size=size, seed=7)
     width, height = (int(side) for side in size.replace("*", "x").split("x"))
@@ -157,7 +158,7 @@ def test_the_emulator_refuses_task_models_on_the_synchronous_endpoint(dashscope_
 def test_qwen_image_max_limits_and_its_two_requests_a_minute(
     dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only the current size list (the older one predates the model), n=1.
+    # Only qwen-image's size list (the older 1472*1140 is refused by the service), n=1.
     assert "accepts exactly one of" in refused_before_sending(
         dashscope_conn, model="qwen-image-max", size="1472x1140"
     )
@@ -266,12 +267,23 @@ def test_a_dated_snapshot_goes_to_its_base_models_endpoint(dashscope_conn: Emula
     assert "served only by the synchronous endpoint" in message
 
 
-def test_an_unknown_model_uses_the_task_api_unless_told(dashscope_conn: EmulatorServer) -> None:
+def test_an_unknown_model_goes_where_new_models_live_unless_told(dashscope_conn: EmulatorServer) -> None:
+    """api-notes §7: every family since qwen-image-max is synchronous only: unknown models go there first."""
     fast_hook().generate_images("a lighthouse", model="qwen-image-3.0")
-    fast_hook().generate_images("a lighthouse", model="qwen-image-3.0", endpoint="sync")
-    assert billable_paths(dashscope_conn) == [SUBMIT, MULTIMODAL]
+    assert billable_paths(dashscope_conn) == [MULTIMODAL]
     with pytest.raises(ImageGenerationValidationError, match="expected 'async'"):
         fast_hook().generate_images("a lighthouse", model="qwen-image-3.0", endpoint="multimodal")
+
+
+def test_a_synchronous_only_model_sent_to_the_task_api_is_refused_and_not_billed(
+    dashscope_conn: EmulatorServer,
+) -> None:
+    """On the task API the service answers 403 AccessDenied: a clear error, nothing billed or retried."""
+    with pytest.raises(ImageGenerationRejectedError, match="does not support asynchronous calls") as refused:
+        fast_hook().generate_images("a lighthouse", model="qwen-image-3.0", endpoint="async")
+    assert (refused.value.status, refused.value.code) == (403, "AccessDenied")
+    assert billable_paths(dashscope_conn) == [SUBMIT]
+    assert dashscope_conn.billed_images() == 0
 
 
 # The money rule on the synchronous endpoint ----------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 
 import pytest
 import requests
 from airflow.sdk.exceptions import AirflowFailException
+from PIL import Image
 
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationRejectedError, ImageGenerationValidationError
@@ -194,6 +196,27 @@ def test_the_ignored_seed_reaches_xcom(emulator: EmulatorServer, monkeypatch: py
     metadata = run(make_operator(seed=77, prompt_upsampling=False))
     (warning,) = metadata["warnings"]
     assert "seed (77)" in warning and "gateway_dialect to 'nested'" in warning
+
+
+def test_the_nested_dialect_keeps_n_size_and_prompt_through_a_replacing_relay(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The most used relay replaces its own parameters and input with the nested objects (api-notes §7): a
+    partial ``parameters`` lost n and size (Wan then billed its default 4 images at 1024*1024) and an
+    ``input`` with only the negative prompt lost the prompt. The nested dialect sends both objects whole.
+    """
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", gateway_dialect="nested")
+    emulator.set_faults(gateway_dialect="nested")
+    result = fast_hook().generate_images(
+        "a red kite", model="wan2.2-t2i-flash", n=2, size="512x512", seed=5, negative_prompt="blur"
+    )
+    assert len(result.images) == 2 and emulator.billed_images() == 2
+    for image in result.images:
+        with Image.open(io.BytesIO(requests.get(image.url or "", timeout=10).content)) as drawn:
+            assert drawn.size == (512, 512)
+    (entry,) = [entry for entry in emulator.requests_log() if entry["path"] == "/v1/images/generations"]
+    assert result.warnings == () and entry["status"] == 200
 
 
 def test_nested_dialect_keeps_extra_body_out_of_its_own_objects(

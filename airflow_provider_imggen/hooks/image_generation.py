@@ -128,7 +128,15 @@ TASKS_PATH = "/api/v1/tasks"
 TASK_LIST_MARGIN = timedelta(seconds=60)
 TASK_LIST_PAGE_SIZE = 100
 TASK_LIST_MAX_PAGES = 10
-TASK_LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The task list's start_time / end_time (api-notes §7): YYYYMMDDhhmmss, at most 24 hours apart. Their time
+# zone is not stated: the provider sends UTC and stretches the end by the Beijing offset, so the window
+# holds the submission whether the service reads UTC or UTC+8; entries are then filtered on gmt_create
+# (epoch milliseconds, no zone to guess).
+TASK_LIST_TIME_FORMAT = "%Y%m%d%H%M%S"
+TASK_LIST_ZONE_SLACK = timedelta(hours=8)
+TASK_LIST_MAX_SPAN = timedelta(hours=24)
+# How long a recovery waits for candidate tasks to finish: only a finished task's status names its prompt.
+RECOVERY_TIMEOUT = 300.0
 
 
 class _ImageGenerationHookBase(BaseHook):
@@ -803,6 +811,13 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         until: datetime | None = None,
         request_id: str | None = None,
     ) -> ListedTask | None:
+        """
+        The one listed task proven to be ``request``'s, or None. The task list shows the tasks of every key
+        of the account (api-notes §7): other pipelines, other keys. A task is ours only when its request id
+        is the lost submission's, or, once finished, its status names our prompt and image count; a
+        candidate that does not finish within :data:`RECOVERY_TIMEOUT` cannot be proven, and neither can
+        two that match: None then, and the caller fails closed.
+        """
         self._require_dashscope("find_submitted_task()")
         if submitted_at.tzinfo is None:
             submitted_at = submitted_at.replace(tzinfo=UTC)
@@ -810,25 +825,57 @@ class ImageGenerationHook(_ImageGenerationHookBase):
         end = (until or datetime.now(tz=UTC)) + TASK_LIST_MARGIN
         if end.tzinfo is None:
             end = end.replace(tzinfo=UTC)
-        listed = self.list_tasks(start_time=start, end_time=end, model_name=request.model)
+        list_end = end + TASK_LIST_ZONE_SLACK
+        listed = self.list_tasks(
+            start_time=max(start, list_end - TASK_LIST_MAX_SPAN), end_time=list_end, model_name=request.model
+        )
         candidates = [
             task
             for task in listed
-            if (task.model in (None, request.model))
-            and (task.created_at is None or start <= task.created_at <= end)
+            if task.model in (None, request.model)
+            and task.created_at is not None
+            and start <= task.created_at <= end
         ]
+        self.log.info(
+            "Task list for %s between %s and %s (UTC): %d candidate task(s)",
+            request.model,
+            start.isoformat(timespec="seconds"),
+            end.isoformat(timespec="seconds"),
+            len(candidates),
+        )
         if request_id:
             by_request = [task for task in candidates if task.request_id == request_id]
             if len(by_request) == 1:
                 return by_request[0]
-        self.log.info(
-            "Task list for %s between %s and %s: %d matching task(s)",
-            request.model,
-            start.strftime(TASK_LIST_TIME_FORMAT),
-            end.strftime(TASK_LIST_TIME_FORMAT),
-            len(candidates),
-        )
-        return candidates[0] if len(candidates) == 1 else None
+        return self._identify(request, candidates)
+
+    def _identify(self, request: GenerationRequest, candidates: Sequence[ListedTask]) -> ListedTask | None:
+        """Of ``candidates``, the one whose finished status names ``request``'s prompt and image count."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        ours: list[ListedTask] = []
+        for candidate in candidates:
+            try:
+                state = self.wait_for_task(
+                    candidate.generation_task_id, timeout=max(0.0, deadline - time.monotonic())
+                )
+            except ImageGenerationTaskTimeoutError:
+                self.log.warning(
+                    "Task %s did not finish within %ss: it cannot be told apart from the lost submission",
+                    candidate.generation_task_id,
+                    RECOVERY_TIMEOUT,
+                )
+                return None
+            total = state.task_metrics.get("TOTAL")
+            if state.prompt == request.prompt and total in (None, request.n):
+                ours.append(dataclasses.replace(candidate, status=state.status))
+        if len(ours) != 1:
+            self.log.warning(
+                "%d listed task(s) carry this request's prompt and image count: %s",
+                len(ours),
+                ", ".join(task.generation_task_id for task in ours) or "none",
+            )
+            return None
+        return ours[0]
 
     def list_tasks(
         self,

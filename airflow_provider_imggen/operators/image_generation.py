@@ -39,6 +39,7 @@ from airflow_provider_imggen.models import (
     check_poll_settings,
     check_request_for_style,
     coerce_seconds,
+    default_size_of,
     validate_generation_request,
 )
 from airflow_provider_imggen.sealed_urls import NO_KEY_HELP, can_seal
@@ -830,8 +831,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     def _derived_seed(self, context: Context, request: GenerationRequest) -> int:
         """A seed stable for this task instance and prompt: retries and re-runs give the same images."""
         ti = context["ti"]
+        # The size the service will draw at: a size left unset hashes as the model's default, as it did when
+        # the provider sent that default itself, so seeds stay those of earlier versions.
+        size = request.size or default_size_of(request.model)
         identity = json.dumps(
-            [ti.dag_id, ti.run_id, ti.task_id, ti.map_index, request.model, request.prompt, request.size]
+            [ti.dag_id, ti.run_id, ti.task_id, ti.map_index, request.model, request.prompt, size]
         )
         return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % _PICKED_SEED_RANGE
 
