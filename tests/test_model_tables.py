@@ -6,8 +6,8 @@ tables disagree, either the provider refuses what the service accepts or (worse)
 the service refuses after billing nothing but the user's time. Compared per model: n, sizes (the fixed list,
 or the side, pixel and aspect-ratio range), the gateway's default size, the prompt and negative prompt
 lengths, the endpoints serving it (asynchronous task API, synchronous multimodal generation) and the quota;
-and the generic limits of unknown models; and the model table of docs/models.md against the provider's. The native default size exists only in the emulator's table (the
-provider always sends a size).
+and the generic limits of unknown models; and the model table of docs/models.md against the provider's.
+The native default size exists only in the emulator's table (the provider always sends a size).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _docs_model_rows() -> dict[str, list[str]]:
 
 
 def test_the_docs_model_table_says_what_the_provider_checks() -> None:
-    """docs/models.md "Models": one row per known model; its endpoint, n, prompt limits, quota and page agree."""
+    """docs/models.md "Models": one row per known model; endpoint, n, prompt limits, quota and page agree."""
     rows = _docs_model_rows()
     assert set(rows) == set(provider.KNOWN_MODELS)
     for model, (endpoint, sizes, n, prompts, quota, docs) in rows.items():
