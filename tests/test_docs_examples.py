@@ -23,7 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_BLOCK = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(
+    r"^(?P<indent> *)```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL
+)
 # The connections the README's quick start creates; the examples may use no other (issue 20: the sensor
 # and hook snippets named connections nobody had created).
 QUICKSTART_CONNECTIONS = {"imggen_default", "imggen_dashscope"}
@@ -59,7 +61,12 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> None:
     for conn_id, extra in (("imggen_default", {}), ("imggen_dashscope", {"api_style": "dashscope"})):
         conn = {"conn_type": "imggen", "host": "http://127.0.0.1:9/v1", "password": "sk-test", "extra": extra}
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-    aws = {"conn_type": "aws", "login": "test", "password": "test", "extra": {"endpoint_url": "http://127.0.0.1:9"}}
+    aws = {
+        "conn_type": "aws",
+        "login": "test",
+        "password": "test",
+        "extra": {"endpoint_url": "http://127.0.0.1:9"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(aws))
 
 
@@ -178,7 +185,9 @@ def test_the_readme_quick_start_is_what_the_matrix_runs(tmp_path: Path, connecti
         "generate_native",
         "store_native",
     }
-    shell = next(code for where, _, code in SHELL_BLOCKS if where == "README.md" and "airflow dags test" in code)
+    shell = next(
+        code for where, _, code in SHELL_BLOCKS if where == "README.md" and "airflow dags test" in code
+    )
     for command in (
         "airflow db migrate",
         "python -m airflow_provider_imggen.emulator",
