@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-The README's "Quick start from the wheel", run as a user would from an empty directory.
+The README's "Quick start", run as a user would from an empty directory.
 
 Run by ``make matrix`` with the python of a fresh venv holding only the built wheel with its ``emulator``
 extra and ``moto[server]``; the current directory is empty. It takes the DAG from the README (the

@@ -6,8 +6,8 @@ tables disagree, either the provider refuses what the service accepts or (worse)
 the service refuses after billing nothing but the user's time. Compared per model: n, sizes (the fixed list,
 or the side, pixel and aspect-ratio range), the gateway's default size, the prompt and negative prompt
 lengths, the endpoints serving it (asynchronous task API, synchronous multimodal generation) and the quota;
-and the generic limits of unknown models. The native default size exists only in the emulator's table (the
-provider always sends a size).
+and the generic limits of unknown models; and the model table of docs/models.md against the provider's.
+The native default size exists only in the emulator's table (the provider always sends a size).
 """
 
 from __future__ import annotations
@@ -120,9 +120,14 @@ def test_every_provider_model_cites_its_page() -> None:
         assert spec.docs.startswith("Model Studio: "), spec.name
 
 
-def _readme_model_rows() -> dict[str, list[str]]:
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    table = text.split("### Models", 1)[1].split("\n\n- ", 1)[0]
+MODELS_PAGE = Path(__file__).parent.parent / "docs" / "models.md"
+
+
+def _docs_model_rows() -> dict[str, list[str]]:
+    """The rows of the table under docs/models.md's "## Models" heading (the first table after it)."""
+    text = MODELS_PAGE.read_text()
+    section = re.split(r"^## Models$", text, maxsplit=1, flags=re.MULTILINE)[1]
+    table = next(block for block in section.split("\n\n") if block.startswith("| model |"))
     rows = {}
     for line in table.splitlines():
         match = re.match(r"\| `([^`]+)` \|(.*)\|$", line)
@@ -131,9 +136,9 @@ def _readme_model_rows() -> dict[str, list[str]]:
     return rows
 
 
-def test_the_readme_model_table_says_what_the_provider_checks() -> None:
-    """README "Models": one row per known model; its endpoint, n, prompt limits, quota and page agree."""
-    rows = _readme_model_rows()
+def test_the_docs_model_table_says_what_the_provider_checks() -> None:
+    """docs/models.md "Models": one row per known model; endpoint, n, prompt limits, quota and page agree."""
+    rows = _docs_model_rows()
     assert set(rows) == set(provider.KNOWN_MODELS)
     for model, (endpoint, sizes, n, prompts, quota, docs) in rows.items():
         spec = provider.KNOWN_MODELS[model]
