@@ -7,14 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from airflow_provider_imggen.coercion import coerce_bool, coerce_int, coerce_seconds
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.models import (
-    GATEWAY_DIALECTS,
-    GatewayDialect,
-    coerce_bool,
-    coerce_int,
-    coerce_seconds,
-)
+from airflow_provider_imggen.request import GATEWAY_DIALECTS, GatewayDialect
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection

@@ -11,7 +11,7 @@ from typing import Any
 from airflow_provider_imggen import __version__
 
 INTEGRATION = "Image Generation"
-# Kept in step with airflow_provider_imggen.models.KNOWN_MODELS (a test checks it); not imported from
+# Kept in step with airflow_provider_imggen.model_table.KNOWN_MODELS (a test checks it); not imported from
 # there because this module is loaded on every `import airflow`.
 KNOWN_MODEL_NAMES = [
     "qwen-image",

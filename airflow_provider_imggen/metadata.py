@@ -19,24 +19,20 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationTaskTimeoutError,
     ResultUrlSealError,
 )
-from airflow_provider_imggen.models import MAX_SEED
 from airflow_provider_imggen.records import (
     REQUEST_FIELDS,
     FailedImageRecord,
     GenerationRecord,
     ImageRecord,
 )
+from airflow_provider_imggen.request import MAX_SEED
 from airflow_provider_imggen.sealed_urls import NO_KEY_HELP, register_secrets, seal
 from airflow_provider_imggen.utils import mask_url
 
 if TYPE_CHECKING:
-    from airflow_provider_imggen.hooks.image_generation import (
-        ImageGenerationAsyncHook,
-        ImageGenerationHook,
-        ImageGenerationResult,
-        TaskState,
-    )
-    from airflow_provider_imggen.models import GenerationRequest
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, ImageGenerationHook
+    from airflow_provider_imggen.request import GenerationRequest
+    from airflow_provider_imggen.results import ImageGenerationResult, TaskState
 
 
 def generation_metadata(

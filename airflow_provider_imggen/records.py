@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.request import RECORDED_PARAMETERS
 
 
 def _optional(where: str, value: object, kind: type | tuple[type, ...], expected: str) -> Any:
@@ -114,8 +115,9 @@ class FailedImageRecord:
         )
 
 
-# Request fields a generation record carries (what a sensor copies from the submitting operator's XCom).
-REQUEST_FIELDS = ("model", "prompt", "negative_prompt", "size", "n", "seed", "prompt_upsampling")
+# Request fields a generation record carries (what a sensor copies from the submitting operator's XCom):
+# the request's own list.
+REQUEST_FIELDS = RECORDED_PARAMETERS
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from airflow_provider_imggen.coercion import check_flag
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.metadata import raise_for_event, task_metadata, trigger_could_not_read_connection
-from airflow_provider_imggen.models import check_flag, check_poll_settings
+from airflow_provider_imggen.polling import check_poll_settings
 from airflow_provider_imggen.records import GenerationRecord
 
 if TYPE_CHECKING:

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from airflow_provider_imggen.coercion import check_flag
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.hooks.image_generation import (
+from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
+    check_poll_settings,
     next_poll_interval,
 )
-from airflow_provider_imggen.models import check_flag, check_poll_settings
 from airflow_provider_imggen.records import REQUEST_FIELDS
 
 if TYPE_CHECKING:

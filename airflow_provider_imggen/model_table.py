@@ -1,0 +1,346 @@
+"""
+The one table of known models: what each accepts, which endpoint serves it, its quota per account.
+
+Written from the Model Studio documentation (api-notes §6 and §7, §7 winning); the emulator keeps its own
+table, written independently, and tests diff the two. Stdlib only: operators read it at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+
+# DashScope's native endpoints (``api_style`` dashscope): the asynchronous task API
+# (``text2image/image-synthesis``, then ``GET /tasks/{id}``) and the synchronous multimodal generation
+# (``multimodal-generation/generation``, images in the answer). OpenAI-compatible gateways have one
+# endpoint and pick the upstream one themselves.
+Endpoint = Literal["async", "sync"]
+
+
+ENDPOINTS: tuple[str, ...] = ("async", "sync")
+
+
+# A dated snapshot of a known model (qwen-image-max-2025-12-30) is served by its base model's endpoints.
+_SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+# Documentation pages, cited by title (the Model Studio pages the issue and api-notes §6 were checked
+# against; not reachable from the build machine, so their facts come from the issue where stated so).
+DOC_QWEN_IMAGE = "Model Studio: Qwen-Image API reference (text-to-image)"
+
+
+DOC_QWEN_IMAGE_2 = "Model Studio: Qwen image generation and editing API reference"
+
+
+DOC_WAN_V2 = "Model Studio: Wan text-to-image V2 API reference"
+
+
+DOC_RATE_LIMITS = "Model Studio: Rate limits"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """
+    What one model accepts.
+
+    :param name: model name as the API spells it
+    :param max_n: most images one request may ask for
+    :param default_size: size used when the request names none
+    :param fixed_sizes: the only (width, height) pairs allowed, or ``None`` for a range
+    :param min_side: smallest width or height when sizes are a range
+    :param max_side: largest width or height when sizes are a range
+    :param max_pixels: largest width x height when sizes are a range
+    :param max_prompt_chars: longest prompt
+    :param max_negative_prompt_chars: longest negative prompt
+    :param min_pixels: smallest width x height when sizes are a range
+    :param max_aspect_ratio: largest long side / short side when sizes are a range (None: any)
+    :param endpoints: the native endpoints serving it (``async``, ``sync``), the one used by default first
+    :param quota: what the account may send to the default endpoint: requests per ``window_seconds`` and
+        concurrent tasks
+    :param sync_quota: the synchronous endpoint's quota when the model is served by both (None: ``quota``)
+    :param docs: the documentation page its limits come from, by title
+    """
+
+    name: str
+    max_n: int
+    default_size: str
+    fixed_sizes: tuple[tuple[int, int], ...] | None = None
+    min_side: int = 1
+    max_side: int = 1 << 16
+    max_pixels: int = 1 << 32
+    max_prompt_chars: int = 800
+    max_negative_prompt_chars: int = 500
+    min_pixels: int = 1
+    max_aspect_ratio: float | None = None
+    endpoints: tuple[str, ...] = ("async",)
+    quota: Quota | None = None
+    sync_quota: Quota | None = None
+    docs: str = ""
+
+    def describe_sizes(self) -> str:
+        if self.fixed_sizes is not None:
+            listed = ", ".join(f"{w}x{h}" for w, h in self.fixed_sizes)
+            return f"{self.name} accepts exactly one of {listed}"
+        if self.min_pixels > 1:
+            text = (
+                f"{self.name} accepts WxH with {self.min_pixels} to {self.max_pixels} pixels in all "
+                f"({_square(self.min_pixels)} to {_square(self.max_pixels)})"
+            )
+        else:
+            text = (
+                f"{self.name} accepts WxH with each side {self.min_side}-{self.max_side} "
+                f"and at most {self.max_pixels} pixels ({self.max_side}x{self.max_side})"
+            )
+        if self.max_aspect_ratio is not None:
+            text += f", aspect ratio between 1:{self.max_aspect_ratio:g} and {self.max_aspect_ratio:g}:1"
+        return text
+
+    def size_allowed(self, width: int, height: int) -> bool:
+        if self.fixed_sizes is not None:
+            return (width, height) in self.fixed_sizes
+        if not (self.min_side <= width <= self.max_side and self.min_side <= height <= self.max_side):
+            return False
+        if not self.min_pixels <= width * height <= self.max_pixels:
+            return False
+        ratio = max(width, height) / min(width, height)
+        return self.max_aspect_ratio is None or ratio <= self.max_aspect_ratio
+
+
+@dataclass(frozen=True)
+class Quota:
+    """
+    An account's limit for one model (Beijing and Singapore; api-notes §6, "Rate limits").
+
+    :param requests: requests (task submissions, or synchronous generations) per ``window_seconds``
+    :param window_seconds: the window ``requests`` counts over
+    :param concurrent: tasks (or synchronous generations) in flight at once; None when not documented
+    """
+
+    requests: int
+    window_seconds: float
+    concurrent: int | None
+
+    def describe(self) -> str:
+        per = (
+            "s"
+            if self.window_seconds == 1
+            else ("min" if self.window_seconds == 60 else f"{self.window_seconds:g} s")
+        )
+        text = f"{self.requests}/{per}"
+        return text + (f", {self.concurrent} concurrent" if self.concurrent is not None else "")
+
+
+def _square(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{side}x{side}" if side * side == pixels else str(pixels)
+
+
+# qwen-image's size list (the Qwen-Image API reference, api-notes §7): exactly these five, 1664*928 the
+# service's default. The older 1472*1140 / 1140*1472 of the gateway's seed document are refused by the
+# service, so they are refused here before anything is billed.
+_QWEN_SIZES = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
+
+
+# Quotas count per Alibaba Cloud account (every key and workspace together), per model (api-notes §7).
+_TASK_QUOTA = Quota(requests=2, window_seconds=1, concurrent=2)
+
+
+# qwen-image / -plus on the synchronous endpoint: no concurrency quota.
+_QWEN_SYNC_QUOTA = Quota(requests=2, window_seconds=1, concurrent=None)
+
+
+_TWO_PER_MINUTE = Quota(requests=2, window_seconds=60, concurrent=None)
+
+
+# Wan text-to-image V2 (wan2.2-t2i-*, wanx2.1-t2i-*, wanx2.0-t2i-turbo): W*H, each side 512-1440, at most
+# 1440*1440 pixels, n 1-4 (the native default is 4), one endpoint (the asynchronous task API).
+# Prompt limit: the V2 page gives 800 characters in its parameter table and 500 in an older note (the
+# negative prompt's limit). 800 is used: the service truncates an over-long prompt silently rather than
+# refusing it (api-notes §6), so 500 would refuse prompts the service serves whole, and 800 is also the
+# gateway seed document's limit for the same models.
+_WAN_V2: dict[str, Any] = {
+    "max_n": 4,
+    "default_size": "1024x1024",
+    "min_side": 512,
+    "max_side": 1440,
+    "max_pixels": 1440 * 1440,
+    "max_prompt_chars": 800,
+    "endpoints": ("async",),
+    "quota": _TASK_QUOTA,
+    "docs": DOC_WAN_V2,
+}
+
+
+def _wan_v2(name: str) -> ModelSpec:
+    return ModelSpec(name=name, **_WAN_V2)
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    # Both endpoints serve qwen-image and qwen-image-plus; the task API stays the default (as before).
+    "qwen-image": ModelSpec(
+        name="qwen-image",
+        max_n=1,
+        default_size="1664x928",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("async", "sync"),
+        quota=_TASK_QUOTA,
+        sync_quota=_QWEN_SYNC_QUOTA,
+        docs=DOC_QWEN_IMAGE,
+    ),
+    # qwen-image-plus has qwen-image's limits (issue 15, api-notes §6).
+    "qwen-image-plus": ModelSpec(
+        name="qwen-image-plus",
+        max_n=1,
+        default_size="1664x928",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("async", "sync"),
+        quota=_TASK_QUOTA,
+        sync_quota=_QWEN_SYNC_QUOTA,
+        docs=DOC_QWEN_IMAGE,
+    ),
+    # Synchronous endpoint only, 2 requests per minute (api-notes §7). Sizes: qwen-image's list; the
+    # concurrent limit is not documented.
+    "qwen-image-max": ModelSpec(
+        name="qwen-image-max",
+        max_n=1,
+        default_size="1664x928",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("sync",),
+        quota=_TWO_PER_MINUTE,
+        docs=DOC_QWEN_IMAGE,
+    ),
+    # The qwen-image 2.0 family: synchronous only, n 1-6, any size with 512*512 to 2048*2048 pixels in
+    # all, default 2048*2048 (one copy of the page says 1024*1024); qwen-image-2.0 2/s, -pro 2 per
+    # minute, no concurrency quota stated (api-notes §7).
+    "qwen-image-2.0": ModelSpec(
+        name="qwen-image-2.0",
+        max_n=6,
+        default_size="2048x2048",
+        min_pixels=512 * 512,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=Quota(requests=2, window_seconds=1, concurrent=None),
+        docs=DOC_QWEN_IMAGE_2,
+    ),
+    "qwen-image-2.0-pro": ModelSpec(
+        name="qwen-image-2.0-pro",
+        max_n=6,
+        default_size="2048x2048",
+        min_pixels=512 * 512,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=_TWO_PER_MINUTE,
+        docs=DOC_QWEN_IMAGE_2,
+    ),
+    # wan2.5-t2i-preview: prompts up to 2000 characters, aspect ratios 1:4 to 4:1, default 1280*1280,
+    # 5 submissions/s and 5 concurrent (api-notes §7). Its least total pixels are 768*768 in one reference
+    # and 1280*1280 in another: the lower bound is kept, the service refuses what it does not take.
+    "wan2.5-t2i-preview": ModelSpec(
+        name="wan2.5-t2i-preview",
+        max_n=4,
+        default_size="1280x1280",
+        min_pixels=768 * 768,
+        max_pixels=1440 * 1440,
+        max_aspect_ratio=4.0,
+        max_prompt_chars=2000,
+        endpoints=("async",),
+        quota=Quota(requests=5, window_seconds=1, concurrent=5),
+        docs=DOC_WAN_V2,
+    ),
+    "wan2.2-t2i-flash": _wan_v2("wan2.2-t2i-flash"),
+    "wan2.2-t2i-plus": _wan_v2("wan2.2-t2i-plus"),
+    # wanx2.1-t2i-turbo/-plus and wanx2.0-t2i-turbo share wan2.2's endpoint and limits (issue 15).
+    "wanx2.1-t2i-turbo": _wan_v2("wanx2.1-t2i-turbo"),
+    "wanx2.1-t2i-plus": _wan_v2("wanx2.1-t2i-plus"),
+    "wanx2.0-t2i-turbo": _wan_v2("wanx2.0-t2i-turbo"),
+    # The Singapore names of Wan 2.1 (api-notes §7).
+    "wan2.1-t2i-turbo": _wan_v2("wan2.1-t2i-turbo"),
+    "wan2.1-t2i-plus": _wan_v2("wan2.1-t2i-plus"),
+}
+
+
+# Unknown models (gateways add them constantly) get only the generic checks.
+GENERIC_MAX_N = 10
+
+
+def closest_known_model(model: str) -> str | None:
+    """The known model whose name is closest to ``model`` (difflib), or None when none is close."""
+    base = _SNAPSHOT_SUFFIX.sub("", model)
+    if base in KNOWN_MODELS:
+        return base
+    matches = difflib.get_close_matches(model, list(KNOWN_MODELS), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_model_note(model: str) -> str | None:
+    """
+    For a model the table does not know, what the user should hear (None for a known model): only the
+    generic checks apply, and the closest known name, in case of a typo.
+    """
+    if model in KNOWN_MODELS:
+        return None
+    closest = closest_known_model(model)
+    hint = (
+        f"; the closest known model is {closest!r}"
+        + (" (a dated snapshot of it?)" if _SNAPSHOT_SUFFIX.search(model) else " (a typo?)")
+        if closest
+        else "; no known model is close"
+    )
+    return (
+        f"Model {model!r} is not in the provider's model table: only the generic checks apply (n 1-"
+        f"{GENERIC_MAX_N}, any size, no prompt limit), the service decides the rest{hint}"
+    )
+
+
+def default_size_of(model: str) -> str | None:
+    """The service's default size for ``model`` (the table's, or its base model's), None when unknown."""
+    spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
+    return spec.default_size if spec is not None else None
+
+
+def endpoints_of(model: str) -> tuple[str, ...]:
+    """
+    The native endpoints serving ``model``: from the table, from its base model for a dated snapshot
+    (``qwen-image-max-2025-12-30``). A model the table does not know may be asked on either (the service
+    decides); the synchronous endpoint first, because that is where new models live: every family since
+    qwen-image-max is synchronous only and answers the task API with 403 AccessDenied (api-notes §7).
+    """
+    spec = KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
+    return spec.endpoints if spec is not None else ("sync", "async")
+
+
+def check_endpoint(model: str, endpoint: object) -> Endpoint:
+    """
+    The native endpoint a request for ``model`` goes to: ``endpoint`` when given (and serving the model),
+    else the model's default.
+
+    :raises ImageGenerationValidationError: an endpoint that does not exist, or does not serve the model
+        (before anything billable is sent)
+    """
+    served = endpoints_of(model)
+    if endpoint is None:
+        return served[0]  # type: ignore[return-value]
+    if endpoint not in ENDPOINTS:
+        raise ImageGenerationValidationError(
+            "endpoint", endpoint, "expected 'async' (the task API), 'sync' (multimodal generation) or None"
+        )
+    if endpoint not in served:
+        raise ImageGenerationValidationError(
+            "endpoint",
+            endpoint,
+            f"{model} is served only by the {_endpoint_name(served[0])}"
+            + (f" ({KNOWN_MODELS[model].docs})" if model in KNOWN_MODELS else "")
+            + ": leave endpoint unset, or set it to "
+            + " or ".join(repr(name) for name in served),
+        )
+    return endpoint  # type: ignore[return-value]
+
+
+def _endpoint_name(endpoint: str) -> str:
+    if endpoint == "sync":
+        return "synchronous endpoint (POST /api/v1/services/aigc/multimodal-generation/generation)"
+    return "asynchronous task API (POST /api/v1/services/aigc/text2image/image-synthesis)"

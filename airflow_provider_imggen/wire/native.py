@@ -1,0 +1,242 @@
+"""
+DashScope's asynchronous task API (api-notes §3, §6, §7): the submission
+(``POST /api/v1/services/aigc/text2image/image-synthesis``), the task status (``GET /api/v1/tasks/{id}``),
+the task list (``GET /api/v1/tasks``) and cancel; their bodies and parameters, and their answers read
+without trusting them. Faces ``emulator/native.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError, billed_note
+from airflow_provider_imggen.results import FailedImage, GeneratedImage, ListedTask, SubmittedTask, TaskState
+from airflow_provider_imggen.retry_policy import Failure, TransientAPIError
+from airflow_provider_imggen.utils import redact, url_expiry
+
+if TYPE_CHECKING:
+    from airflow_provider_imggen.request import GenerationRequest
+
+SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+TASKS_PATH = "/api/v1/tasks"
+ASYNC_HEADER = {"X-DashScope-Async": "enable"}
+TASK_LIST_PAGE_SIZE = 100
+TASK_LIST_MAX_PAGES = 10
+# The task list's start_time / end_time (api-notes §7): YYYYMMDDhhmmss, at most 24 hours apart. Their time
+# zone is not stated: callers send UTC and stretch the end by the Beijing offset, so the window holds the
+# submission whether the service reads UTC or UTC+8; entries are then filtered on gmt_create (epoch
+# milliseconds, no zone to guess).
+TASK_LIST_TIME_FORMAT = "%Y%m%d%H%M%S"
+TASK_LIST_ZONE_SLACK = timedelta(hours=8)
+TASK_LIST_MAX_SPAN = timedelta(hours=24)
+
+
+def native_parameters(request: GenerationRequest, *, with_extra_body: bool = True) -> dict[str, Any]:
+    """
+    DashScope's ``parameters`` object. ``n`` is always sent: the Wan V2 default is 4 (4 images billed).
+    ``size`` only when set (the service's default otherwise); ``prompt_upsampling`` is ``prompt_extend``.
+    """
+    parameters: dict[str, Any] = {"n": request.n}
+    if request.size is not None:
+        parameters["size"] = request.native_size
+    if request.seed is not None:
+        parameters["seed"] = request.seed
+    if request.prompt_upsampling is not None:
+        parameters["prompt_extend"] = request.prompt_upsampling
+    if request.watermark is not None:
+        parameters["watermark"] = request.watermark
+    if with_extra_body:
+        parameters.update(request.extra_body)
+    return parameters
+
+
+def submission_body(request: GenerationRequest) -> dict[str, Any]:
+    """The body of a task submission; ``extra_body`` fields join ``parameters``."""
+    text_input: dict[str, Any] = {"prompt": request.prompt}
+    if request.negative_prompt is not None:
+        text_input["negative_prompt"] = request.negative_prompt
+    return {"model": request.model, "input": text_input, "parameters": native_parameters(request)}
+
+
+def task_list_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """
+    The span to ask the task list for, to find tasks created between ``start`` and ``end`` (UTC): the end
+    stretched by the unstated time zone, the whole kept within the list's 24 hours.
+    """
+    listed_end = end + TASK_LIST_ZONE_SLACK
+    return max(start, listed_end - TASK_LIST_MAX_SPAN), listed_end
+
+
+def task_list_params(
+    start_time: datetime, end_time: datetime, model_name: str | None, status: str | None
+) -> dict[str, Any]:
+    """The query of one task-list read (``page_no`` added per page)."""
+    params: dict[str, Any] = {
+        "start_time": start_time.astimezone(UTC).strftime(TASK_LIST_TIME_FORMAT),
+        "end_time": end_time.astimezone(UTC).strftime(TASK_LIST_TIME_FORMAT),
+        "page_size": TASK_LIST_PAGE_SIZE,
+    }
+    if model_name:
+        params["model_name"] = model_name
+    if status:
+        params["status"] = status
+    return params
+
+
+def parse_submitted_task(
+    body: dict[str, Any], request_id: str | None, native_request: dict[str, Any]
+) -> SubmittedTask:
+    """
+    The task a native submission created, from the API's answer and the body that was sent.
+
+    :raises ImageGenerationMalformedResponseError: no task id in the answer (a task may exist: not sent
+        again)
+    """
+    output = body.get("output")
+    task_id = output.get("task_id") if isinstance(output, dict) else None
+    if not isinstance(task_id, str) or not task_id.strip() or "/" in task_id:
+        model = str(native_request["model"])
+        n = native_request.get("parameters", {}).get("n")
+        images = n if isinstance(n, int) and not isinstance(n, bool) else 1
+        raise ImageGenerationMalformedResponseError(
+            "The API accepted the submission but answered without a usable task id; a task may have been "
+            f"created. {billed_note(model, images)}",
+            status=200,
+            request_id=request_id,
+            model=model,
+            images_at_risk=images,
+        )
+    assert isinstance(output, dict)
+    status = output.get("task_status")
+    return SubmittedTask(
+        generation_task_id=task_id,
+        task_status=status if isinstance(status, str) and status else "PENDING",
+        request_id=request_id,
+        model=native_request["model"],
+        parameters=flatten_native_request(native_request),
+    )
+
+
+def flatten_native_request(native_request: Mapping[str, Any]) -> dict[str, Any]:
+    """The native body's model, input and parameters in one dict (what ``SubmittedTask`` records)."""
+    return {
+        "model": native_request["model"],
+        **native_request.get("input", {}),
+        **native_request.get("parameters", {}),
+    }
+
+
+def parse_task_state(
+    body: dict[str, Any], request_id: str | None, *, generation_task_id: str, api_key: str | None = None
+) -> TaskState:
+    """
+    A :class:`TaskState` from ``GET /api/v1/tasks/{task_id}``'s answer (either hook's client).
+
+    Each result is an image (``url``) or, in a partly failed task, ``{code, message}``. Messages have the
+    API key redacted.
+
+    :raises TransientAPIError: (``Failure.MALFORMED``) no ``output.task_status``: a status query is
+        idempotent, the hooks ask again
+    """
+    output = body.get("output")
+    if not isinstance(output, dict) or not isinstance(output.get("task_status"), str):
+        raise TransientAPIError(
+            "The API answered a task query without output.task_status",
+            failure=Failure.MALFORMED,
+            status=200,
+            request_id=request_id,
+        )
+    images: list[GeneratedImage] = []
+    failed: list[FailedImage] = []
+    results = output.get("results")
+    results = results if isinstance(results, list) else []
+    for index, item in enumerate(results):
+        item = item if isinstance(item, dict) else {}
+        url = item.get("url")
+        if isinstance(url, str) and url.startswith(("https://", "http://")):
+            # actual_prompt is absent when prompt extension is off (api-notes §6): no revised prompt then.
+            actual = item.get("actual_prompt")
+            images.append(
+                GeneratedImage(
+                    index=index,
+                    url=url,
+                    revised_prompt=actual
+                    if isinstance(actual, str) and actual.strip() and actual != item.get("orig_prompt")
+                    else None,
+                    url_expires_at=url_expiry(url),
+                )
+            )
+        else:
+            image_code = item.get("code")
+            failed.append(
+                FailedImage(
+                    index=index,
+                    code=None if image_code is None else str(image_code),
+                    message=redact(str(item.get("message") or "the API returned no URL for it"), api_key),
+                )
+            )
+    message = output.get("message")
+    code = output.get("code")
+    usage, metrics = body.get("usage"), output.get("task_metrics")
+    listed_id = output.get("task_id")
+    return TaskState(
+        generation_task_id=listed_id if isinstance(listed_id, str) and listed_id else generation_task_id,
+        status=str(output["task_status"]),
+        images=tuple(images),
+        failed_images=tuple(failed),
+        usage=usage if isinstance(usage, dict) else {},
+        request_id=request_id,
+        code=None if code is None else str(code),
+        message=None if message is None else redact(str(message), api_key),
+        task_metrics=metrics if isinstance(metrics, dict) else {},
+        submit_time=_optional_str(output.get("submit_time")),
+        end_time=_optional_str(output.get("end_time")),
+        model=_optional_str(output.get("model") or body.get("model")),
+        prompt=next(
+            (
+                item["orig_prompt"]
+                for item in results
+                if isinstance(item, dict) and isinstance(item.get("orig_prompt"), str)
+            ),
+            None,
+        ),
+    )
+
+
+def parse_task_list(body: dict[str, Any]) -> tuple[list[ListedTask], int | None]:
+    """
+    The entries of one page of ``GET /api/v1/tasks`` (the DashScope SDK's shape: ``data`` items with
+    ``task_id``, ``status``, ``model_name``, ``gmt_create`` in ms, ``request_id``; ``total``), and the
+    total count when stated. Entries without a task id are skipped.
+    """
+    data = body.get("data")
+    if data is None and isinstance(body.get("output"), dict):
+        data = body["output"].get("data")
+    tasks = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("task_id"), str) or not item["task_id"]:
+            continue
+        created = item.get("gmt_create")
+        created_at = None
+        if isinstance(created, int | float) and not isinstance(created, bool) and created > 0:
+            try:
+                created_at = datetime.fromtimestamp(created / 1000, tz=UTC)
+            except (OverflowError, OSError, ValueError):
+                created_at = None
+        tasks.append(
+            ListedTask(
+                generation_task_id=item["task_id"],
+                status=_optional_str(item.get("status") or item.get("task_status")),
+                model=_optional_str(item.get("model_name") or item.get("model")),
+                created_at=created_at,
+                request_id=_optional_str(item.get("request_id")),
+            )
+        )
+    total = body.get("total")
+    return tasks, total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
