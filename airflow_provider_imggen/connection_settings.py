@@ -26,12 +26,17 @@ __all__ = [
 ]
 
 ApiStyle = Literal["openai", "dashscope"]
+# The connection every hook, operator, sensor and trigger of the provider uses unless told otherwise.
+DEFAULT_CONN_ID = "imggen_default"
 API_STYLES: tuple[str, ...] = ("openai", "dashscope")
 DEFAULT_REQUEST_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # Model Studio's workspace selection header (issue 15; the DashScope SDK sends it as "X-DashScope-WorkSpace").
 WORKSPACE_HEADER = "X-DashScope-WorkSpace"
+# A result-host pattern: letters, digits, hyphens and "?" (one character) per label, with at most one "*"
+# (part of one label, so matching never backtracks far), optionally ":port".
+_HOST_PATTERN = re.compile(r"^[a-z0-9?-]*\*?[a-z0-9?-]*(\.[a-z0-9?-]*\*?[a-z0-9?-]*)*(:\d{1,5})?$")
 # A workspace id goes into an HTTP header: letters, digits, '-', '_', '.' only (no CR/LF, no spaces).
 _WORKSPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -48,6 +53,11 @@ class ConnectionSettings:
         default workspace)
     :param gateway_dialect: where an OpenAI-compatible gateway reads DashScope's own fields: ``openai``
         (top level) or ``nested`` (under ``parameters`` / ``input``)
+    :param result_hosts: host patterns the S3 transfer may download results from besides the API's own
+        origin (None: the result-URL policy's default, the DashScope result stores)
+    :param allow_private_result_hosts: also accept result hosts resolving to private, loopback and
+        link-local addresses
+    :param scheme_assumed: Host named no scheme and https was assumed (said when TLS then fails)
     """
 
     base_url: str
@@ -59,6 +69,9 @@ class ConnectionSettings:
     retry_unknown_outcome: bool = False
     workspace: str | None = None
     gateway_dialect: GatewayDialect = "openai"
+    result_hosts: tuple[str, ...] | None = None
+    allow_private_result_hosts: bool = False
+    scheme_assumed: bool = False
 
 
 def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
@@ -126,6 +139,7 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
             dialect,
             "expected 'openai' (DashScope's fields at the top level) or 'nested' (under parameters/input)",
         )
+    allow_private = extra("allow_private_result_hosts")
     return ConnectionSettings(
         base_url=_base_url(conn, api_style),
         api_key=conn.password,
@@ -138,7 +152,35 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         else coerce_bool(label("retry_unknown_outcome"), retry_unknown),
         workspace=workspace or None,
         gateway_dialect=dialect,
+        result_hosts=_result_hosts(label("result_hosts"), extra("result_hosts")),
+        allow_private_result_hosts=False
+        if allow_private is None
+        else coerce_bool(label("allow_private_result_hosts"), allow_private),
+        scheme_assumed="://" not in (conn.host or ""),
     )
+
+
+def _result_hosts(label: str, hosts: object) -> tuple[str, ...] | None:
+    """The result-host patterns of the extra (a list, or one string of them), None when unset or empty."""
+    patterns: tuple[str, ...]
+    if hosts is None:
+        return None
+    if isinstance(hosts, str):
+        patterns = tuple(part for part in re.split(r"[\s,]+", hosts) if part)
+    elif isinstance(hosts, list) and all(isinstance(host, str) for host in hosts):
+        # The connection form stores one pattern per line of its text area, blank lines included.
+        patterns = tuple(host.strip() for host in hosts if host.strip())
+    else:
+        raise ImageGenerationValidationError(label, hosts, "expected a list of host patterns")
+    for pattern in patterns:
+        if not _HOST_PATTERN.match(pattern.lower()):
+            raise ImageGenerationValidationError(
+                label,
+                pattern,
+                "expected host names, '*' for part of one label, '?' for one character, optionally ':port'",
+            )
+    # Left empty (the form's untouched field): the default.
+    return patterns or None
 
 
 def _base_url(conn: Connection, api_style: str) -> str:

@@ -17,9 +17,9 @@ from airflow_provider_imggen.get_provider_info import (
     get_provider_info,
 )
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, parse_connection
-from airflow_provider_imggen.models import KNOWN_MODELS
+from airflow_provider_imggen.model_table import KNOWN_MODELS
 from airflow_provider_imggen.transfers.url_policy import DEFAULT_RESULT_HOSTS, ResultUrlPolicy
-from tests.conftest import AIRFLOW_BIN, API_KEY, cli_json
+from tests.conftest import AIRFLOW_BIN, API_KEY, cli_json, set_imggen_connection
 
 
 def make_conn(**fields: object) -> Connection:
@@ -224,3 +224,20 @@ def test_airflow_connections_add_cli(airflow_env: dict[str, str], emulator: Emul
     assert API_KEY not in tested.stdout + tested.stderr
     log = emulator.requests_log()
     assert [entry["path"] for entry in log] == ["/v1/models"] and log[0]["status"] == 200
+
+
+def test_a_host_without_scheme_that_fails_tls_says_https_was_assumed(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emulator speaks plain http: Host without a scheme gets https, and the TLS error says why."""
+    from airflow_provider_imggen.exceptions import ImageGenerationAPIError
+
+    bare_host = emulator.base_url.removeprefix("http://")
+    set_imggen_connection(monkeypatch, f"{bare_host}/v1", max_retries=0)
+    with pytest.raises(
+        ImageGenerationAPIError, match="https was assumed: if the API is served over plain http"
+    ):
+        ImageGenerationHook().generate_images("a lighthouse", model="wan2.2-t2i-flash")
+    assert emulator.billed_images() == 0
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", max_retries=0)
+    assert len(ImageGenerationHook().generate_images("a lighthouse", model="wan2.2-t2i-flash").images) == 1

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_imggen.connection_settings import (
+    DEFAULT_CONN_ID,
     DEFAULT_CONNECT_TIMEOUT,
     WORKSPACE_HEADER,
     ConnectionSettings,
@@ -62,7 +63,7 @@ class ImageGenerationHookBase(BaseHook):
     """
 
     conn_name_attr = "imggen_conn_id"
-    default_conn_name = "imggen_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "imggen"
     hook_name = "Image Generation"
 
@@ -254,6 +255,11 @@ class ImageGenerationHookBase(BaseHook):
         detail = redact(f"{type(error).__name__}: {error}", self.settings.api_key)
         if failure is Failure.READ_TIMEOUT:
             detail = f"no answer within the read timeout of {read_timeout:g}s ({type(error).__name__})"
+        elif self.settings.scheme_assumed and "ssl" in detail.lower():
+            detail += (
+                f". Connection {self.imggen_conn_id!r} names no scheme in Host, so https was assumed: if "
+                "the API is served over plain http, write http:// in Host"
+            )
         return TransientAPIError(detail, failure=failure)
 
     def _decode(

@@ -22,8 +22,8 @@ from airflow_provider_imggen.exceptions import (
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
+    TaskWait,
     check_poll_settings,
-    next_poll_interval,
 )
 from airflow_provider_imggen.request import (
     GenerationRequest,
@@ -118,24 +118,20 @@ class NativeTasksHook(ImageGenerationHookBase):
         :return: the terminal state (check it with :meth:`TaskState.raise_for_status`)
         """
         check_poll_settings(poll_interval, max_poll_interval, timeout)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        delay: float | None = None
-        last_status = None
+        wait = TaskWait(
+            poll_interval, max_poll_interval, deadline=None if timeout is None else time.time() + timeout
+        )
         while True:
             state = self.get_task(generation_task_id)
-            if state.status != last_status:
+            if wait.saw(state.status):
                 self.log.info("Task %s is %s", generation_task_id, state.status)
-                last_status = state.status
             if state.is_terminal:
                 return state
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if wait.expired():
                 raise ImageGenerationTaskTimeoutError(
                     generation_task_id=generation_task_id, task_status=state.status, waited=timeout
                 )
-            delay = next_poll_interval(delay, now - started, poll_interval, max_poll_interval)
-            time.sleep(delay if deadline is None else min(delay, deadline - now))
+            time.sleep(wait.next_delay())
 
     def _reconnect(
         self,

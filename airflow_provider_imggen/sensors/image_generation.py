@@ -13,6 +13,7 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.coercion import check_flag
+from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.metadata import raise_for_event, task_metadata, trigger_could_not_read_connection
 from airflow_provider_imggen.polling import check_poll_settings
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
 
-DEFAULT_CONN_ID = "imggen_default"
 # The defer timeout leaves the trigger this long past the sensor's timeout to report "timeout" itself.
 _DEFER_GRACE_SECONDS = 120.0
 

@@ -19,9 +19,9 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_imggen.connection_settings import parse_connection
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ImageResultUrlRefusedError
 
 # The DashScope result stores: dashscope-result-bj.oss-cn-beijing.aliyuncs.com and, since 2026, buckets named
@@ -35,8 +35,6 @@ DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
 )
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# A label: letters, digits, hyphens and "?", with at most one "*" (so matching never backtracks far).
-_HOST_PATTERN = re.compile(r"^[a-z0-9?-]*\*?[a-z0-9?-]*(\.[a-z0-9?-]*\*?[a-z0-9?-]*)*(:\d{1,5})?$")
 
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -118,48 +116,15 @@ class ResultUrlPolicy:
                 "no such connection; its base URL and extras set which result URLs may be fetched (None: "
                 "no trusted API origin, only https result hosts of the default list)",
             ) from None
-        extras: dict[str, Any] = conn.extra_dejson
-
-        def extra(name: str) -> Any:
-            value = extras.get(name, extras.get(f"extra__imggen__{name}"))
-            return None if value == "" else value
-
-        hosts = extra("result_hosts")
-        patterns: tuple[str, ...]
-        if hosts is None:
-            patterns = ()
-        elif isinstance(hosts, str):
-            patterns = tuple(part for part in re.split(r"[\s,]+", hosts) if part)
-        elif isinstance(hosts, list) and all(isinstance(host, str) for host in hosts):
-            # The connection form stores one pattern per line of its text area, blank lines included.
-            patterns = tuple(host.strip() for host in hosts if host.strip())
-        else:
-            raise ImageGenerationValidationError(
-                f"connection {conn_id!r} extra result_hosts", hosts, "expected a list of host patterns"
-            )
-        # Unset or left empty (the form's untouched field): the default result stores.
-        patterns = patterns or DEFAULT_RESULT_HOSTS
-        for pattern in patterns:
-            if not _HOST_PATTERN.match(pattern.lower()):
-                raise ImageGenerationValidationError(
-                    f"connection {conn_id!r} extra result_hosts",
-                    pattern,
-                    "expected host names, '*' for part of one label, '?' for one character, "
-                    "optionally ':port'",
-                )
-        allow_private = extra("allow_private_result_hosts")
-        if isinstance(allow_private, str):
-            allow_private = {"true": True, "false": False}.get(allow_private.strip().lower(), allow_private)
-        if allow_private is None:
-            allow_private = False
-        if not isinstance(allow_private, bool):
-            raise ImageGenerationValidationError(
-                f"connection {conn_id!r} extra allow_private_result_hosts",
-                allow_private,
-                "expected a boolean",
-            )
+        # The connection's extras are read in one place, for the hooks and this policy alike.
+        settings = parse_connection(conn)
+        parts = urlsplit(settings.base_url)
+        scheme = parts.scheme.lower()
+        origin = (scheme, (parts.hostname or "").lower().rstrip("."), parts.port or _DEFAULT_PORTS[scheme])
         return cls(
-            origin=_origin(conn_id, conn.host, conn.port), result_hosts=patterns, allow_private=allow_private
+            origin=origin,
+            result_hosts=settings.result_hosts or DEFAULT_RESULT_HOSTS,
+            allow_private=settings.allow_private_result_hosts,
         )
 
     def check(self, url: str) -> Target:
@@ -212,26 +177,6 @@ class ResultUrlPolicy:
         if address.is_global:
             return True
         return self.allow_private and (address.is_private or address.is_loopback or address.is_link_local)
-
-
-def _origin(conn_id: str, host: str | None, port: int | None) -> tuple[str, str, int]:
-    text = (host or "").strip()
-    if "://" not in text:
-        text = f"https://{text}"
-    try:
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
-        explicit_port = parts.port
-    except ValueError:
-        scheme, explicit_port = "", None
-    hostname = (parts.hostname or "").lower().rstrip(".") if scheme else ""
-    if scheme not in _DEFAULT_PORTS or not hostname:
-        raise ImageGenerationValidationError(
-            f"connection {conn_id!r} host",
-            host,
-            "expected the API's base URL, e.g. https://gateway.example.com/v1",
-        )
-    return scheme, hostname, explicit_port or port or _DEFAULT_PORTS[scheme]
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_imggen.coercion import check_flag
+from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
+    TaskWait,
     check_poll_settings,
-    next_poll_interval,
 )
 from airflow_provider_imggen.records import REQUEST_FIELDS
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, TaskState
 
-DEFAULT_CONN_ID = "imggen_default"
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 3
 
 
@@ -189,11 +188,10 @@ class ImageGenerationTaskTrigger(BaseTrigger):
             ImageGenerationTaskFailedError,
         )
 
-        started = time.monotonic()
-        delay: float | None = None
+        wait = TaskWait(self.poll_interval, self.max_poll_interval, deadline=self.end_time)
         errors = 0
-        task_status: str | None = None
         while True:
+            task_status = wait.status
             try:
                 state = await hook.get_task(self.generation_task_id)
             except (ImageGenerationValidationError, ImageGenerationRejectedError) as error:
@@ -217,9 +215,9 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 )
             else:
                 errors = 0
-                if state.status != task_status:
+                if wait.saw(state.status):
                     self.log.info("Task %s is %s", self.generation_task_id, state.status)
-                    task_status = state.status
+                task_status = state.status
                 if state.is_terminal:
                     try:
                         state.raise_for_status()
@@ -227,16 +225,12 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                         payload = self._payload("failed", task_status, state, failure.code, failure.message)
                         return payload, None
                     return self._payload("success", task_status, state), state
-            now = time.time()
-            if self.end_time is not None and now >= self.end_time:
+            if wait.expired():
                 self.log.info(
                     "Task %s: deadline passed while it was %s", self.generation_task_id, task_status
                 )
                 return self._payload("timeout", task_status, message=f"still {task_status} at end_time"), None
-            delay = next_poll_interval(
-                delay, time.monotonic() - started, self.poll_interval, self.max_poll_interval
-            )
-            await asyncio.sleep(delay if self.end_time is None else min(delay, self.end_time - now))
+            await asyncio.sleep(wait.next_delay())
 
     async def _event(
         self, hook: ImageGenerationAsyncHook, payload: dict[str, Any], state: TaskState | None

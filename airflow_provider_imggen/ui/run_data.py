@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.ui.tiles import GENERATION, MISSING, TRANSFER, RunImages, TaskOutput, conn_id_of
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ IMAGE_TASK_TYPES = {
     ("airflow_provider_imggen.transfers.image_generation_to_s3", "ImageGenerationToS3Operator"): TRANSFER,
 }
 # The connection each kind reads pixels with, and the operators' default.
-CONN_FIELDS = {GENERATION: ("imggen_conn_id", "imggen_default"), TRANSFER: ("aws_conn_id", "aws_default")}
+CONN_FIELDS = {GENERATION: ("imggen_conn_id", DEFAULT_CONN_ID), TRANSFER: ("aws_conn_id", "aws_default")}
 
 _dag_bag: Any = None
 
