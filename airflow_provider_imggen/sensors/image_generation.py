@@ -14,8 +14,9 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_imggen.coercion import check_flag
 from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen.events import raise_for_event, trigger_could_not_read_connection
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.metadata import raise_for_event, task_metadata, trigger_could_not_read_connection
+from airflow_provider_imggen.metadata import task_metadata
 from airflow_provider_imggen.polling import check_poll_settings
 from airflow_provider_imggen.records import GenerationRecord
 

@@ -11,6 +11,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_imggen.coercion import check_flag
 from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen.events import task_event
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
@@ -299,20 +300,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         code: str | None = None,
         message: str | None = None,
     ) -> dict[str, Any]:
-        """The event: small and JSON-serialisable, with counts but never a URL (URLs are credentials)."""
-        failed = 0
-        if state is not None:
-            metrics_failed = state.task_metrics.get("FAILED")
-            failed = max(len(state.failed_images), metrics_failed if isinstance(metrics_failed, int) else 0)
-        return {
-            "status": status,
-            "generation_task_id": self.generation_task_id,
-            "task_status": task_status,
-            "code": code,
-            "message": message,
-            "succeeded": len(state.images) if state is not None else 0,
-            "failed": failed,
-        }
+        return task_event(status, self.generation_task_id, task_status, state, code, message)
 
 
 def task_end_xcoms(
