@@ -195,20 +195,7 @@ def _check_text(parameter: str, value: object, limit: int | None, model: str, *,
 
 
 def validate_generation_request(
-    *,
-    prompt: object,
-    model: object,
-    n: object = 1,
-    size: object = None,
-    response_format: object = "url",
-    negative_prompt: object = None,
-    prompt_upsampling: object = None,
-    seed: object = None,
-    extra_body: object = None,
-    api_style: object = None,
-    watermark: object = None,
-    endpoint: object = None,
-    dialect: object = None,
+    *, api_style: object = None, dialect: object = None, **arguments: object
 ) -> GenerationRequest:
     """
     Validate one image generation request against the model table and normalise it.
@@ -217,14 +204,26 @@ def validate_generation_request(
     ``prompt_upsampling="false"``); sizes may use ``x`` or ``*``.
 
     :param api_style: ``openai`` or ``dashscope`` when known: the native API also protects its own
-        names in ``extra_body``, returns URLs only and has two endpoints (the hook checks again before
-        sending)
-    :param watermark: ask the service to mark the images
-    :param endpoint: the native endpoint (``async`` or ``sync``); None for the model's default
+        names in ``extra_body``, returns URLs only and has two endpoints
     :param dialect: the gateway's dialect (``openai`` or ``nested``) when known
+    :param arguments: the request's parameters, by name: those of :class:`GenerationRequest` (``prompt``
+        and ``model`` required), with its defaults
 
     :raises ImageGenerationValidationError: naming the parameter, the value and what is allowed
     """
+    unknown = sorted(set(arguments) - set(REQUEST_PARAMETERS))
+    if unknown:
+        raise ImageGenerationValidationError(
+            unknown[0],
+            arguments[unknown[0]],
+            f"not a request parameter: expected {', '.join(REQUEST_PARAMETERS)}",
+        )
+    prompt, model = arguments.get("prompt"), arguments.get("model")
+    n, size = arguments.get("n", 1), arguments.get("size")
+    response_format = arguments.get("response_format", "url")
+    negative_prompt, prompt_upsampling = arguments.get("negative_prompt"), arguments.get("prompt_upsampling")
+    seed, extra_body = arguments.get("seed"), arguments.get("extra_body")
+    watermark, endpoint = arguments.get("watermark"), arguments.get("endpoint")
     if not isinstance(model, str) or not model.strip():
         raise ImageGenerationValidationError(
             "model", model, f"expected a model name, e.g. one of {', '.join(KNOWN_MODELS)}"

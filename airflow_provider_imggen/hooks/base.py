@@ -153,25 +153,15 @@ class ImageGenerationHookBase(BaseHook):
     # -- requests -----------------------------------------------------------------------------------
 
     def validate_request(
-        self,
-        prompt: object,
-        *,
-        model: object = None,
-        n: object = 1,
-        size: object = None,
-        response_format: object = "url",
-        negative_prompt: object = None,
-        prompt_upsampling: object = None,
-        seed: object = None,
-        extra_body: object = None,
-        watermark: object = None,
-        endpoint: object = None,
+        self, prompt: object, *, model: object = None, **arguments: object
     ) -> GenerationRequest:
         """
         Validate a request against the model table and the connection's API style, filling the model from
         the connection's default: the :class:`GenerationRequest` that :meth:`ImageGenerationHook.generate`
         and :meth:`ImageGenerationHook.submit` take. A model the table does not know passes the generic
         checks only, with a warning naming the closest known model.
+
+        :param arguments: the request's other parameters, by name (those of :class:`GenerationRequest`)
         """
         if model is None:
             model = self.settings.default_model
@@ -184,17 +174,9 @@ class ImageGenerationHookBase(BaseHook):
         request = validate_generation_request(
             prompt=prompt,
             model=model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            negative_prompt=negative_prompt,
-            prompt_upsampling=prompt_upsampling,
-            seed=seed,
-            extra_body=extra_body,
             api_style=self.settings.api_style,
-            watermark=watermark,
-            endpoint=endpoint,
             dialect=self.settings.gateway_dialect,
+            **arguments,
         )
         note = unknown_model_note(request.model)
         if note is not None:

@@ -18,9 +18,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.coercion import coerce_seconds
 from airflow_provider_imggen.connection_settings import (
@@ -38,7 +36,6 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationSubmissionUnknownError,
     ImageGenerationValidationError,
 )
-from airflow_provider_imggen.http_client import new_session, requests_verify
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
@@ -61,9 +58,6 @@ from airflow_provider_imggen.results import (
 )
 from airflow_provider_imggen.retry_policy import (
     BillableRequest,
-    TransientAPIError,
-    give_up,
-    requests_failure,
 )
 from airflow_provider_imggen.utils import redact
 from airflow_provider_imggen.wire import gateway, multimodal, native
@@ -76,7 +70,7 @@ from airflow_provider_imggen.wire.native import (
 )
 
 if TYPE_CHECKING:
-    import requests
+    pass
 
 from airflow_provider_imggen.hooks.base import PROMPT_LOG_CHARS
 from airflow_provider_imggen.hooks.image_generation_async import ImageGenerationAsyncHook
@@ -137,37 +131,6 @@ class ImageGenerationHook(NativeTasksHook):
         :class:`~airflow_provider_imggen.exceptions.ImageGenerationThrottledError` at once, with the wait
     """
 
-    def get_conn(self) -> requests.Session:
-        """The hook's pooled HTTP session, authenticated with the connection's key."""
-        return self._session
-
-    @cached_property
-    def _session(self) -> requests.Session:
-        # Proxy and CA-bundle variables are resolved once per host (see _environment_settings) rather than
-        # on every request, and ~/.netrc is ignored: requests would let its credentials replace the key.
-        return new_session(self._headers())
-
-    def _environment_settings(self, url: str) -> dict[str, Any]:
-        """``proxies`` and ``verify`` for a URL from the environment, as requests would find them."""
-        from requests.utils import get_environ_proxies
-
-        host = urlsplit(url)[:2]
-        settings = self._environment_cache.get(host)
-        if settings is None:
-            settings = {"proxies": get_environ_proxies(url), "verify": requests_verify()}
-            self._environment_cache[host] = settings
-        return settings
-
-    @cached_property
-    def _environment_cache(self) -> dict[tuple[str, str], dict[str, Any]]:
-        return {}
-
-    def close(self) -> None:
-        """Close the pooled HTTP session (``on_kill`` calls this to abort a request in flight)."""
-        session = self.__dict__.pop("_session", None)
-        if session is not None:
-            session.close()
-
     # -- generation -----------------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ImageGenerationResult:
@@ -203,54 +166,19 @@ class ImageGenerationHook(NativeTasksHook):
         return self._generate_openai(request, read_timeout=timeout)
 
     def generate_images(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        size: str | None = None,
-        response_format: Literal["url", "b64_json"] = "url",
-        negative_prompt: str | None = None,
-        prompt_upsampling: bool | None = None,
-        seed: int | str | None = None,
-        extra_body: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        watermark: bool | None = None,
-        endpoint: str | None = None,
+        self, prompt: str, *, timeout: float | None = None, **arguments: Any
     ) -> ImageGenerationResult:
         """
         Validate the arguments (:meth:`validate_request`, before anything is sent), then :meth:`generate`.
 
         :param prompt: what to draw (at most 800 characters for the known models)
-        :param model: model name; defaults to the connection's ``default_model``
-        :param n: number of images (qwen-image: 1; wan2.2-t2i-*: 1-4)
-        :param size: ``WxH`` or ``W*H``; defaults to the model's default size
-        :param response_format: ``url`` (signed URLs valid ~24 h) or ``b64_json`` (decoded into ``data``;
-            the native API returns URLs only)
-        :param negative_prompt: what to avoid (at most 500 characters for the known models)
-        :param prompt_upsampling: let the API rewrite the prompt (the API's default is true)
-        :param seed: 0-2147483647; image ``i`` uses ``seed + i``
-        :param extra_body: further JSON fields, for parameters this hook does not name (top level for the
-            gateway, under ``parameters`` for the native API)
         :param timeout: read timeout in seconds for the billable request
-        :param watermark: ask the service to mark the images (the service's default: no mark)
-        :param endpoint: DashScope's endpoint, ``async`` (task API) or ``sync`` (multimodal generation);
-            None for the model's default (see the README's model table)
+        :param arguments: the request's other parameters, by name: ``model`` (default: the connection's
+            ``default_model``), ``n``, ``size``, ``response_format``, ``negative_prompt``,
+            ``prompt_upsampling``, ``seed``, ``extra_body``, ``watermark``, ``endpoint``
+            (:class:`~airflow_provider_imggen.request.GenerationRequest` documents each)
         """
-        request = self.validate_request(
-            prompt,
-            model=model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            negative_prompt=negative_prompt,
-            prompt_upsampling=prompt_upsampling,
-            seed=seed,
-            extra_body=extra_body,
-            watermark=watermark,
-            endpoint=endpoint,
-        )
-        return self.generate(request, timeout=timeout)
+        return self.generate(self.validate_request(prompt, **arguments), timeout=timeout)
 
     def _check_request(self, request: GenerationRequest, timeout: object) -> GenerationRequest:
         """``request``, checked against this connection's API once (see :func:`ensure_validated_for`)."""
@@ -381,37 +309,12 @@ class ImageGenerationHook(NativeTasksHook):
         )
         return submitted
 
-    def submit_task(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        size: str | None = None,
-        negative_prompt: str | None = None,
-        prompt_upsampling: bool | None = None,
-        seed: int | str | None = None,
-        extra_body: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        watermark: bool | None = None,
-    ) -> SubmittedTask:
+    def submit_task(self, prompt: str, *, timeout: float | None = None, **arguments: Any) -> SubmittedTask:
         """
         Validate the arguments (as :meth:`generate_images` does, before anything is sent), then
-        :meth:`submit`.
-
-        :param extra_body: further fields of the request's ``parameters`` (``{"watermark": False}``)
+        :meth:`submit`. ``extra_body`` fields join the request's ``parameters`` (``{"watermark": False}``).
         """
-        request = self.validate_request(
-            prompt,
-            model=model,
-            n=n,
-            size=size,
-            negative_prompt=negative_prompt,
-            prompt_upsampling=prompt_upsampling,
-            seed=seed,
-            extra_body=extra_body,
-            watermark=watermark,
-        )
+        request = self.validate_request(prompt, **arguments)
         self._require_dashscope("submit_task()")
         return self.submit(request, timeout=timeout)
 
@@ -449,57 +352,6 @@ class ImageGenerationHook(NativeTasksHook):
                 model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC), native=task_api
             ),
         )
-
-    def _request_json(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str] | None = None,
-        read_timeout: float | None = None,
-        billable: BillableRequest | None = None,
-        **kwargs: Any,
-    ) -> tuple[dict[str, Any], str | None]:
-        """
-        Send one request and return its JSON body and request id, retried per :class:`RetryPolicy`: a
-        ``billable`` request only when the service provably did nothing with it.
-        """
-        import requests
-        from tenacity import Retrying
-
-        policy = self._policy(billable=billable is not None)
-        timeout = read_timeout or self.effective_request_timeout
-        attempts = 0
-        sent_at = datetime.now(tz=UTC)
-        try:
-            for attempt in Retrying(**policy.tenacity_kwargs(self._log_retry(method, url, policy))):
-                with attempt:
-                    attempts += 1
-                    sent_at = datetime.now(tz=UTC)
-                    try:
-                        response = self.get_conn().request(
-                            method,
-                            url,
-                            headers=headers,
-                            timeout=(self.connect_timeout, timeout),
-                            **self._environment_settings(url),
-                            **kwargs,
-                        )
-                    except requests.RequestException as error:
-                        raise self._transport_error(error, requests_failure(error), timeout) from None
-                    return self._decode(
-                        response.status_code, response.reason, response.headers, response.text
-                    )
-        except TransientAPIError as error:
-            raise give_up(
-                error,
-                attempts=attempts,
-                method=method,
-                url=url,
-                policy=policy,
-                billable=dataclasses.replace(billable, submitted_at=sent_at) if billable else None,
-            ) from None
-        raise AssertionError("unreachable: tenacity either returns or raises")
 
     # -- UI ---------------------------------------------------------------------------------------
 

@@ -33,9 +33,6 @@ from airflow_provider_imggen.results import (
     SubmittedTask,
     TaskState,
 )
-from airflow_provider_imggen.retry_policy import (
-    BillableRequest,
-)
 from airflow_provider_imggen.wire import native
 from airflow_provider_imggen.wire.native import (
     flatten_native_request,
@@ -47,7 +44,7 @@ from airflow_provider_imggen.wire.native import (
 if TYPE_CHECKING:
     pass
 
-from airflow_provider_imggen.hooks.base import ImageGenerationHookBase
+from airflow_provider_imggen.hooks.blocking import BlockingHookBase
 
 # The task list is searched this far around a lost submission (clocks differ; the service is slow).
 TASK_LIST_MARGIN = timedelta(seconds=60)
@@ -55,23 +52,11 @@ TASK_LIST_MARGIN = timedelta(seconds=60)
 RECOVERY_TIMEOUT = 300.0
 
 
-class NativeTasksHook(ImageGenerationHookBase):
+class NativeTasksHook(BlockingHookBase):
     """
     Reads of the native task API for :class:`~airflow_provider_imggen.hooks.image_generation.
-    ImageGenerationHook`, which brings the HTTP client (:meth:`_request_json`).
+    ImageGenerationHook`.
     """
-
-    def _request_json(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str] | None = None,
-        read_timeout: float | None = None,
-        billable: BillableRequest | None = None,
-        **kwargs: Any,
-    ) -> tuple[dict[str, Any], str | None]:
-        raise NotImplementedError
 
     def get_task(self, generation_task_id: str) -> TaskState:
         """
