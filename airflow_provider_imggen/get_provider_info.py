@@ -28,8 +28,8 @@ KNOWN_MODEL_NAMES = [
     "wan2.1-t2i-turbo",
     "wan2.1-t2i-plus",
 ]
-# DashScope's regions (a key works only in its own region; README "Regions and workspaces"): the base
-# URLs, said once for the form's placeholder and descriptions.
+# DashScope's regions (a key works only in its own region; docs/models.md, "Regions and workspaces"):
+# the base URLs, said once for the form's placeholder and descriptions.
 DASHSCOPE_REGIONS = (
     "Beijing https://dashscope.aliyuncs.com/api/v1, Singapore https://dashscope-intl.aliyuncs.com/api/v1, "
     "US (Virginia) https://dashscope-us.aliyuncs.com/api/v1 (another model list), or a workspace endpoint "

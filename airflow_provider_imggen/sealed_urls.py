@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _MIN_SECRET_CHARS = 5
 NO_KEY_HELP = (
     "set [core] fernet_key (AIRFLOW__CORE__FERNET_KEY) to the deployment's Fernet key on every worker that "
-    "generates or stores images (see README, 'Security model')"
+    "generates or stores images (see docs/security.md)"
 )
 
 

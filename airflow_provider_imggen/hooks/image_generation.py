@@ -114,7 +114,7 @@ class ImageGenerationHook(NativeTasksHook):
     ``max_retries``, ``api_style`` (``openai`` or ``dashscope``, which selects the API),
     ``retry_unknown_outcome`` (see :mod:`~airflow_provider_imggen.retry_policy`), ``workspace`` (sent as
     ``X-DashScope-WorkSpace``) and ``gateway_dialect`` (``openai`` or ``nested``: where a gateway reads
-    DashScope's own fields). On DashScope, each model goes to the endpoint that serves it (README,
+    DashScope's own fields). On DashScope, each model goes to the endpoint that serves it (docs/models.md,
     "Models"): the asynchronous task API or the synchronous multimodal generation.
 
     Billable requests are never sent twice unless the service provably did nothing with the first: see
