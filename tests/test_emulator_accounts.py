@@ -7,10 +7,14 @@ at most 24 hours, every key of the account, never another account's).
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +29,7 @@ KEY_OTHER_ACCOUNT = "sk-other-1"
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 SYNC_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 BEIJING = timezone(timedelta(hours=8))
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def auth(key: str = KEY, *, asynchronous: bool = False) -> dict[str, str]:
@@ -266,3 +271,39 @@ def test_result_urls_expire_about_seven_days_out(emu: EmulatorServer) -> None:
     expires = int(parse_qs(urlsplit(url).query)["Expires"][0])
     assert abs(expires - (time.time() + 7 * 86400)) < 120
     assert "Signature" in parse_qs(urlsplit(url).query)
+
+
+def test_cli_takes_extra_keys_and_the_new_options() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        *(sys.executable, "-m", "airflow_provider_imggen.emulator", "--port", str(port), "--api-key", KEY),
+        *("--extra-key", KEY_SAME_ACCOUNT, "--extra-key", f"{KEY_OTHER_ACCOUNT}=acme"),
+        *("--concurrency-overflow", "queue", "--gateway-models", "gpt-image-1,dall-e-3"),
+        *("--relay-retries", "1", "--no-multimodal-text-item", "--quota-status-queries-per-second", "5"),
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT) as process:
+        try:
+            assert process.stdout is not None
+            assert "listening" in process.stdout.readline().decode()
+            base = f"http://127.0.0.1:{port}"
+            faults = requests.get(f"{base}/_emulator/faults", timeout=30).json()
+            assert faults["concurrency_overflow"] == "queue"
+            assert faults["gateway_models"] == ["gpt-image-1", "dall-e-3"]
+            assert (faults["relay_retries"], faults["multimodal_text_item"]) == (1, False)
+            assert faults["quota_status_queries_per_second"] == 5.0
+            for key in (KEY, KEY_SAME_ACCOUNT, KEY_OTHER_ACCOUNT):
+                answer = requests.get(f"{base}/api/v1/tasks", headers=auth(key), timeout=30)
+                assert answer.status_code == 200, key
+            assert (
+                requests.get(f"{base}/api/v1/tasks", headers=auth("sk-nobody"), timeout=30).status_code == 401
+            )
+            accounts = {
+                entry["account"]
+                for entry in requests.get(f"{base}/_emulator/requests", timeout=30).json()["requests"]
+            }
+            assert accounts == {"main", "acme", None}
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
