@@ -447,10 +447,30 @@ print(json.dumps({
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT, timeout=120
     )
     loaded = json.loads(result.stdout)
-    expected = {
-        f"airflow_provider_imggen.emulator.{name}"
-        for name in ("__main__", "admin", "app", "gateway", "images", "models", "native", "results", "server")
-    } | {"airflow_provider_imggen.emulator.state", "airflow_provider_imggen.emulator.wire"}
+    expected = (
+        {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in (
+                "__main__",
+                "admin",
+                "app",
+                "gateway",
+                "images",
+                "models",
+                "native",
+                "results",
+                "server",
+            )
+        }
+        | {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in ("accounts", "backend", "calls", "errors", "faults", "objects", "quotas", "relay")
+        }
+        | {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in ("request_log", "state", "tasks", "transport", "validation", "wire")
+        }
+    )
     assert expected <= set(loaded["emulator"])
     assert loaded["airflow"] == []
     assert loaded["provider"] == []
