@@ -261,7 +261,7 @@ def test_unknown_image_404(emu: EmulatorServer) -> None:
     path = urlsplit(url).path
     unknown_path = path.rsplit("/", 1)[0] + "/" + "0" * 32 + ".png"
     expires = int(time.time()) + 60
-    signature = emu.state.sign(unknown_path, expires)
+    signature = emu.state.objects.sign(unknown_path, expires)
     response = requests.get(
         f"{emu.base_url}{unknown_path}",
         params={
@@ -765,7 +765,7 @@ def test_admin_faults_endpoints(emu: EmulatorServer) -> None:
     base = emu.base_url
     defaults = {
         **dataclasses.asdict(NO_QUOTAS),
-        **{name: [] for name in ("fail_next", "fail_next_tasks", "fail_next_task_images")},
+        **{name: [] for name in ("fail_next", "fail_next_tasks", "fail_next_task_images", "gateway_models")},
         "malformed_kinds": list(NO_QUOTAS.malformed_kinds),
     }
     assert requests.get(f"{base}/_emulator/faults", timeout=30).json() == defaults

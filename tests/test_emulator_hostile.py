@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import requests
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
 
 API_KEY = "sk-hostile"
+BEIJING = timezone(timedelta(hours=8))
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ASYNC = {**AUTH, "X-DashScope-Async": "enable"}
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
@@ -359,8 +360,9 @@ def list_tasks(emu: EmulatorServer, headers: dict[str, str] = AUTH, **params: An
 
 
 def _window(seconds: float) -> dict[str, str]:
-    now = datetime.now(UTC)
-    form = "%Y-%m-%d %H:%M:%S"
+    # The task list reads its times as YYYYMMDDhhmmss in Beijing time (UTC+8).
+    now = datetime.now(BEIJING)
+    form = "%Y%m%d%H%M%S"
     return {
         "start_time": (now - timedelta(seconds=seconds)).strftime(form),
         "end_time": (now + timedelta(seconds=seconds)).strftime(form),
@@ -396,8 +398,11 @@ def test_task_list_filters_and_pages(emu: EmulatorServer) -> None:
     assert (page["total"], page["total_page"], len(page["data"])) == (5, 3, 2)
     assert [item["task_id"] for item in page["data"]] == [ids[2], ids[1]]
 
-    past = datetime.now(UTC) - timedelta(hours=2)
-    old_window = {"start_time": past.strftime("%Y%m%d%H%M%S"), "end_time": str(int(past.timestamp() * 1000))}
+    past = datetime.now(BEIJING) - timedelta(hours=2)
+    old_window = {
+        "start_time": past.strftime("%Y%m%d%H%M%S"),
+        "end_time": (past + timedelta(hours=1)).strftime("%Y%m%d%H%M%S"),
+    }
     assert list_tasks(emu, **old_window).json()["total"] == 0
     assert {entry["billed_images"] for entry in entries(emu, "list")} == {0}
 
@@ -442,10 +447,30 @@ print(json.dumps({
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT, timeout=120
     )
     loaded = json.loads(result.stdout)
-    expected = {
-        f"airflow_provider_imggen.emulator.{name}"
-        for name in ("__main__", "admin", "app", "gateway", "images", "models", "native", "results", "server")
-    } | {"airflow_provider_imggen.emulator.state", "airflow_provider_imggen.emulator.wire"}
+    expected = (
+        {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in (
+                "__main__",
+                "admin",
+                "app",
+                "gateway",
+                "images",
+                "models",
+                "native",
+                "results",
+                "server",
+            )
+        }
+        | {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in ("accounts", "backend", "calls", "errors", "faults", "objects", "quotas", "relay")
+        }
+        | {
+            f"airflow_provider_imggen.emulator.{name}"
+            for name in ("request_log", "state", "tasks", "transport", "validation", "wire")
+        }
+    )
     assert expected <= set(loaded["emulator"])
     assert loaded["airflow"] == []
     assert loaded["provider"] == []

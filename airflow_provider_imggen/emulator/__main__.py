@@ -1,7 +1,8 @@
 """
 Command line: run the emulator in the foreground.
 
-``python -m airflow_provider_imggen.emulator --port 8000 --api-key sk-test [--rate-429 0.2 ...]``
+``python -m airflow_provider_imggen.emulator --port 8000 --api-key sk-test [--rate-429 0.2 ...]``;
+``--extra-key sk-2`` adds a key of the same account, ``--extra-key sk-3=other`` one of another account.
 
 Every :class:`~airflow_provider_imggen.emulator.state.FaultConfig` field is a flag (``--rate-billed-500 0.1``,
 ``--no-quotas``, ``--fail-next billed_500,partial``); flags not given keep FaultConfig's defaults.
@@ -24,8 +25,9 @@ from typing import Any
 
 import uvicorn
 
+from airflow_provider_imggen.emulator.accounts import MAIN_ACCOUNT
 from airflow_provider_imggen.emulator.app import create_app
-from airflow_provider_imggen.emulator.state import EmulatorConfig, FaultConfig
+from airflow_provider_imggen.emulator.state import DEFAULT_URL_TTL_SECONDS, EmulatorConfig, FaultConfig
 
 _HELP = {
     "latency_ms": "added to every generation request",
@@ -41,7 +43,13 @@ _HELP = {
     "rate_malformed": "gateway: a billed 200 body of one of --malformed-kinds",
     "retry_after_seconds": "seconds advertised with injected 429s",
     "error_200_type": "upstream_error or ali_error (a relay's shape)",
-    "quotas": "enforce per (key, model) quotas (default: on, as the service does)",
+    "quotas": "enforce per (account, model) quotas (default: on, as the service does)",
+    "concurrency_overflow": "refuse (429) or queue (PENDING until a slot frees) beyond the concurrency quota",
+    "quota_status_queries_per_second": "status queries (task status, task list) per second per account",
+    "gateway_models": "comma-separated model names the gateway serves besides the model table's",
+    "rate_relay_fetch_fail": "nested relay: a b64_json result it fails to fetch (item dropped)",
+    "relay_retries": "nested relay: retries of an upstream 5xx (each attempt billed)",
+    "multimodal_text_item": "synchronous answers add a {text} content item",
     "invalid_native_params": "fail_task (accept, then the task FAILS) or reject (400)",
     "task_pending_ms": "PENDING time after submission",
     "task_duration_ms": "then RUNNING, then done",
@@ -67,7 +75,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--api-key", default="sk-test", help="the only Bearer key accepted")
-    parser.add_argument("--url-ttl", type=float, default=86400.0, help="result URL lifetime, seconds")
+    parser.add_argument(
+        "--url-ttl", type=float, default=DEFAULT_URL_TTL_SECONDS, help="result URL lifetime, seconds (7 days)"
+    )
+    parser.add_argument(
+        "--extra-key",
+        action="append",
+        default=[],
+        metavar="KEY[=ACCOUNT]",
+        help="another accepted key, of --api-key's account or of ACCOUNT (repeatable); quotas and the task "
+        "list are per account",
+    )
     parser.add_argument(
         "--workspaces",
         type=_list,
@@ -83,7 +101,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default = getattr(defaults, item.name)
         help_text = f"{_HELP.get(item.name, '')} (default: {default!r})".strip()
         kwargs: dict[str, Any] = {"dest": item.name, "default": None, "help": help_text}
-        if item.name == "quotas":
+        if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif item.name == "fail_next_task_images":
             kwargs["type"] = json.loads
@@ -91,7 +109,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             kwargs["type"] = _list
         elif isinstance(default, str):
             kwargs["type"] = str
-        elif item.name in ("seed", "quota_concurrent_tasks"):
+        elif item.name in ("seed", "quota_concurrent_tasks", "relay_retries"):
             kwargs["type"] = int
         else:
             kwargs["type"] = float
@@ -126,8 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    extra_keys = {}
+    for entry in args.extra_key:
+        key, _, account = entry.partition("=")
+        extra_keys[key.strip()] = account.strip() or MAIN_ACCOUNT
     config = EmulatorConfig(
-        api_key=args.api_key, url_ttl_seconds=args.url_ttl, faults=faults, workspaces=tuple(args.workspaces)
+        api_key=args.api_key,
+        url_ttl_seconds=args.url_ttl,
+        faults=faults,
+        workspaces=tuple(args.workspaces),
+        extra_keys=extra_keys,
     )
     app = create_app(config)
     server = _AnnouncingServer(

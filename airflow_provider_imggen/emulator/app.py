@@ -9,18 +9,21 @@ The emulator application: one FastAPI app assembling a router per API surface, m
 - :mod:`~airflow_provider_imggen.emulator.results`: the object store serving signed result URLs;
 - :mod:`~airflow_provider_imggen.emulator.admin`: ``/_emulator/...`` (log, billing, faults, tasks, reset).
 
-State (faults, quotas, tasks, log) lives in :mod:`~airflow_provider_imggen.emulator.state`; the model table
-and validation in :mod:`~airflow_provider_imggen.emulator.models`, written from the API documentation and
-independent of the provider (the emulator imports nothing from the provider and nothing from Airflow).
+Routes are thin (parse → backend → render): auth and faults come from the one dependency of
+:mod:`~airflow_provider_imggen.emulator.calls`, which also logs every call; the service's rules live in
+:mod:`~airflow_provider_imggen.emulator.backend`, faults in :mod:`~airflow_provider_imggen.emulator.faults`,
+the parts of the state in :mod:`~airflow_provider_imggen.emulator.state`; the model table in
+:mod:`~airflow_provider_imggen.emulator.models`, written from the API documentation and independent of the
+provider (the emulator imports nothing from the provider and nothing from Airflow).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from airflow_provider_imggen.emulator import admin, gateway, multimodal, native, results
+from airflow_provider_imggen.emulator import admin, calls, gateway, multimodal, native, results
 from airflow_provider_imggen.emulator.state import EmulatorConfig, EmulatorState, FaultConfig
-from airflow_provider_imggen.emulator.wire import EmulatorFastAPI
+from airflow_provider_imggen.emulator.transport import EmulatorFastAPI
 
 __all__ = ["EmulatorConfig", "EmulatorState", "FaultConfig", "create_app"]
 
@@ -29,6 +32,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the emulator application; its mutable state is ``app.state.emulator`` (an EmulatorState)."""
     app = EmulatorFastAPI(title="imggen emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = EmulatorState(config or EmulatorConfig())
+    calls.install(app)
     for module in (gateway, native, multimodal, results, admin):
         app.include_router(module.router)
     return app

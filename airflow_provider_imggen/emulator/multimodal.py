@@ -1,56 +1,45 @@
 """
 DashScope's synchronous endpoint: ``POST /api/v1/services/aigc/multimodal-generation/generation``.
 
-The images come in the answer (no task): qwen-image-max and the qwen-image 2.0 family only here,
-qwen-image and qwen-image-plus here or on the task API (api-notes §6). Always in DashScope's error shape.
+The images come in the answer (no task): the synchronous-only families here (qwen-image-max, qwen-image 2.x
+and 3.0, wan2.7-image, z-image-turbo), qwen-image and qwen-image-plus here or on the task API (§7). Always in
+DashScope's error shape.
 
 Order: auth (401; 403 for a workspace the key may not use) → injected refusing fault (429/500/503/drop/
-200 error, not billed) → body (400) → model served here (400) → quota per key and model (429, not billed)
-→ generation time (``latency_ms``) → validation (400: a synchronous call has no task to fail later) → the
-images, billed → the answer, or a billed fault in its place (500/502/504/drop/stall): the images were
-made and billed, the caller cannot know.
+200 error, not billed) → body (400) → model (404 ModelNotFound; 400 for a task-only model) → the account's
+rate quota for the model (429, not billed; no concurrency quota here, §7) → generation time
+(``latency_ms``) → validation (400: a synchronous call has no task to fail later) → the images, billed → the
+answer, or a billed fault in its place (500/502/504/drop/stall).
 
 Body: ``{"model", "input": {"messages": [{"role": "user", "content": [{"text": prompt}]}]},
 "parameters": {"size": "W*H", "n", "seed", "negative_prompt", "prompt_extend", "watermark"}}``. Answer:
 ``{"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content":
-[{"image": url}, ...]}}]}, "usage": {"width", "height", "image_count"}, "request_id"}``.
+[{"image": url}, ..., {"text": rewritten prompt}]}}], "task_metric": {"TOTAL", "SUCCEEDED", "FAILED"}},
+"usage": {"width", "height", "image_count"}, "request_id"}``: ``task_metric`` for every family but
+qwen-image-2.0 (§7); the ``text`` item (§7: content items may include text) when prompt extension ran and
+``multimodal_text_item`` is on (default).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
-from airflow_provider_imggen.emulator.models import InvalidRequestError, serves, validate_request
+from airflow_provider_imggen.emulator.backend import validate_native
+from airflow_provider_imggen.emulator.calls import Call, api_call
+from airflow_provider_imggen.emulator.errors import billed_fault_response, billed_fault_status, invalid
+from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
+from airflow_provider_imggen.emulator.models import limits_of
+from airflow_provider_imggen.emulator.objects import image_params, upsampled_prompt
 from airflow_provider_imggen.emulator.results import signed_url
-from airflow_provider_imggen.emulator.state import (
-    BILLED_FAULTS,
-    REFUSING_FAULTS,
-    EmulatorState,
-    image_params,
-)
-from airflow_provider_imggen.emulator.wire import (
-    billed_fault_response,
-    billed_fault_status,
-    caller_key_id,
-    invalid,
-    is_authorized,
-    json_object,
-    record,
-    refusal_status,
-    refusing_fault_response,
-    request_id_of,
-    state_of,
-    throttled,
-    unauthorized,
-)
+from airflow_provider_imggen.emulator.validation import InvalidRequestError, ValidRequest
 
 router = APIRouter()
+MultimodalCall = Annotated[Call, Depends(api_call("multimodal", style="dashscope", billable=True))]
 MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
-KIND = "multimodal"
 
 
 def _prompt_of(text_input: object) -> object:
@@ -69,112 +58,57 @@ def _prompt_of(text_input: object) -> object:
     return None
 
 
-@router.post(MULTIMODAL_PATH)
-async def generate(request: Request) -> Response:
-    state = state_of(request)
-    request_id = request_id_of(request)
-    if not is_authorized(request, state.config.api_key):
-        record(state, request, request_id, refusal_status(state, request), kind=KIND, outcome="unauthorized")
-        return unauthorized(state, request, request_id, "dashscope")
-    fault = state.draw_api_fault(billable=True)
-    if fault in REFUSING_FAULTS:
-        assert fault is not None
-        response = refusing_fault_response(state, fault, request_id, state.faults, "dashscope")
-        status = 0 if fault == "drop" else response.status_code
-        record(state, request, request_id, status, kind=KIND, outcome=fault, fault=fault)
-        return response
-    body = await json_object(request)
-    if isinstance(body, str):
-        record(state, request, request_id, 400, kind=KIND, outcome="rejected")
-        return invalid(state, request_id, body, None, "dashscope")
-    raw_model = body.get("model")
-    model = raw_model.strip() if isinstance(raw_model, str) and raw_model.strip() else None
+def _parse(model: str, body: dict[str, Any]) -> ValidRequest:
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
-    if model is None or not isinstance(parameters, dict):
-        record(state, request, request_id, 400, kind=KIND, outcome="rejected", model=model)
-        message = "model must be a model name, and parameters an object when given."
-        return invalid(state, request_id, message, None if model else "model", "dashscope")
-    if not serves(model, "multimodal"):
-        record(state, request, request_id, 400, kind=KIND, outcome="rejected", model=model)
-        message = (
-            f"Model {model} is not supported by multimodal-generation: use the asynchronous "
-            "/api/v1/services/aigc/text2image/image-synthesis with X-DashScope-Async: enable."
-        )
-        return invalid(state, request_id, message, "model", "dashscope")
-    key = caller_key_id(request)
-    limit = state.acquire_submission(key, model, in_flight=True)
-    if limit is not None:
-        record(state, request, request_id, 429, kind=KIND, outcome="throttled", model=model)
-        return throttled(state, request_id, limit, state.faults, "dashscope")
+    if not isinstance(parameters, dict):
+        raise invalid("parameters must be an object when given.", None, model)
     try:
-        response = await _generate(state, request, request_id, body, parameters, model, fault)
-    finally:
-        state.release_generation(key, model)
-    if fault == "billed_stall":
-        await asyncio.sleep(state.faults.stall_ms / 1000)
+        # A synchronous call names n itself or gets one image.
+        return validate_native(model, {"prompt": _prompt_of(body.get("input"))}, {"n": 1, **parameters})
+    except InvalidRequestError as exc:
+        raise invalid(str(exc), exc.parameter, model) from None
+
+
+@router.post(MULTIMODAL_PATH)
+async def generate(
+    call: MultimodalCall,
+) -> Response:
+    body = await call.body()
+    model = call.backend.check_model(body.get("model"), "multimodal")
+    with call.backend.generation(call.account, model, task_api=False):
+        if call.state.faults.latency_ms > 0:
+            await asyncio.sleep(call.state.faults.latency_ms / 1000)
+        validated = _parse(model, body)
+        response = _answer(call, validated)
+    if call.fault == "billed_stall":
+        await asyncio.sleep(call.state.faults.stall_ms / 1000)
     return response
 
 
-async def _generate(
-    state: EmulatorState,
-    request: Request,
-    request_id: str,
-    body: dict[str, Any],
-    parameters: dict[str, Any],
-    model: str,
-    fault: str | None,
-) -> Response:
-    if state.faults.latency_ms > 0:
-        await asyncio.sleep(state.faults.latency_ms / 1000)
-    try:
-        validated = validate_request(
-            prompt=_prompt_of(body.get("input")),
-            model=model,
-            n=parameters.get("n", 1),
-            size=parameters.get("size"),
-            negative_prompt=parameters.get("negative_prompt"),
-            prompt_upsampling=parameters.get("prompt_extend"),
-            seed=parameters.get("seed"),
-            native=True,
-            watermark=parameters.get("watermark"),
-        )
-    except InvalidRequestError as exc:
-        record(state, request, request_id, 400, kind=KIND, outcome="rejected", model=model)
-        return invalid(state, request_id, str(exc), exc.parameter, "dashscope")
-    if fault in BILLED_FAULTS:
-        assert fault is not None
-        record(
-            state,
-            request,
-            request_id,
-            billed_fault_status(fault),
-            kind=KIND,
-            outcome=fault,
-            billed=validated.n,
-            model=model,
-            n=validated.n,
-            fault=fault,
-        )
-        return billed_fault_response(state, fault, request_id, "dashscope")
-    content = [{"image": signed_url(state, request, params)} for params in image_params(validated)]
-    record(
-        state,
-        request,
-        request_id,
-        200,
-        kind=KIND,
-        outcome="ok",
-        billed=validated.n,
-        model=model,
-        n=validated.n,
+def _answer(call: Call, validated: ValidRequest) -> Response:
+    fault = call.fault if call.fault in BILLED_FAULTS else None
+    status = billed_fault_status(fault) if fault else 200
+    call.log(
+        status, outcome=fault or "ok", billed=validated.n, model=validated.model, n=validated.n, fault=fault
     )
+    if fault is not None:
+        return billed_fault_response(fault, call.request_id, "dashscope")
+    content: list[dict[str, str]] = [
+        {"image": signed_url(call.state, call.request, params)} for params in image_params(validated)
+    ]
+    rewritten = upsampled_prompt(validated)
+    if rewritten and call.state.faults.multimodal_text_item:
+        content.append({"text": rewritten})
+    output: dict[str, Any] = {
+        "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
+    }
+    if limits_of(validated.model)["task_metric"]:
+        output["task_metric"] = {"TOTAL": validated.n, "SUCCEEDED": validated.n, "FAILED": 0}
     return JSONResponse(
         {
-            "output": {
-                "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
-            },
+            "output": output,
             "usage": {"width": validated.width, "height": validated.height, "image_count": validated.n},
-            "request_id": request_id,
+            "request_id": call.request_id,
         }
     )

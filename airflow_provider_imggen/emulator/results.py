@@ -6,21 +6,25 @@ signatures, ``Expires`` checks, XML errors), with download latency and truncated
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import math
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape as xml_escape
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from airflow_provider_imggen.emulator.calls import Call, unauthenticated_call
 from airflow_provider_imggen.emulator.images import render_png
-from airflow_provider_imggen.emulator.state import EmulatorState, ImageParams, image_id
-from airflow_provider_imggen.emulator.wire import TruncatedResponse, record, request_id_of, state_of
+from airflow_provider_imggen.emulator.objects import ImageParams
+from airflow_provider_imggen.emulator.state import EmulatorState
+from airflow_provider_imggen.emulator.transport import TruncatedResponse
 
 
 def signed_url(
@@ -28,14 +32,17 @@ def signed_url(
 ) -> str:
     """A signed URL of the image, valid ``url_ttl_seconds`` from ``issued_at`` (default: now)."""
     config = state.config
-    identifier = image_id(params)
-    state.remember_image(identifier, params)
+    identifier = state.objects.put(params)
     now = time.time() if issued_at is None else issued_at
     path = f"/results/{datetime.fromtimestamp(now, UTC):%Y%m%d}/{identifier}.png"
     # Whole seconds, rounded up, so a positive TTL never yields an already-expired URL.
     expires = math.ceil(now + config.url_ttl_seconds)
     query = urlencode(
-        {"Expires": expires, "OSSAccessKeyId": config.access_key_id, "Signature": state.sign(path, expires)}
+        {
+            "Expires": expires,
+            "OSSAccessKeyId": config.access_key_id,
+            "Signature": state.objects.sign(path, expires),
+        }
     )
     # The Host header the client used, so the URL works from wherever the client is.
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
@@ -54,19 +61,19 @@ def _oss_error(code: str, message: str, request_id: str, status: int) -> Respons
 
 
 router = APIRouter()
+DownloadCall = Annotated[Call, Depends(unauthenticated_call("download"))]
 
 
 @router.get("/results/{date}/{image_key}.png")
-async def download_image(request: Request, date: str, image_key: str) -> Response:
-    state = state_of(request)
+async def download_image(date: str, image_key: str, call: DownloadCall) -> Response:
+    state, request, request_id = call.state, call.request, call.request_id
     config = state.config
-    request_id = request_id_of(request)
     params = request.query_params
     expires_text, signature = params.get("Expires"), params.get("Signature")
     path = request.url.path
 
     def deny(code: str, message: str, status: int = 403, outcome: str = "denied") -> Response:
-        record(state, request, request_id, status, kind="download", outcome=outcome)
+        call.log(status, outcome=outcome)
         return _oss_error(code, message, request_id, status)
 
     key_id = params.get("OSSAccessKeyId")
@@ -77,7 +84,7 @@ async def download_image(request: Request, date: str, image_key: str) -> Respons
         or expires_text is None
         or signature is None
         or not expires_text.isdigit()
-        or not hmac.compare_digest(state.sign(path, int(expires_text)).encode(), signature.encode())
+        or not hmac.compare_digest(state.objects.sign(path, int(expires_text)).encode(), signature.encode())
     ):
         return deny(
             "SignatureDoesNotMatch",
@@ -85,7 +92,7 @@ async def download_image(request: Request, date: str, image_key: str) -> Respons
         )
     if time.time() > int(expires_text):
         return deny("AccessDenied", "Request has expired.", outcome="expired")
-    image = state.lookup_image(image_key)
+    image = state.objects.get(image_key)
     if image is None:
         return deny("NoSuchKey", "The specified key does not exist.", status=404, outcome="not_found")
 
@@ -102,13 +109,9 @@ async def download_image(request: Request, date: str, image_key: str) -> Respons
         image.height,
         image.watermark,
     )
-    truncate = state.draw_truncate()
-    record(
-        state,
-        request,
-        request_id,
+    truncate = state.dice.draw_truncate()
+    call.log(
         200,
-        kind="download",
         outcome="truncate" if truncate else "ok",
         model=image.model,
         fault="truncate" if truncate else None,
@@ -119,3 +122,22 @@ async def download_image(request: Request, date: str, image_key: str) -> Respons
         media_type="image/png",
         headers={"x-oss-request-id": request_id, "ETag": f'"{hashlib.md5(png).hexdigest().upper()}"'},
     )
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+async def b64_image(params: ImageParams) -> str:
+    """The image as base64 PNG (rendering and encoding take tens of ms: off the event loop)."""
+    png = await run_in_threadpool(
+        render_png,
+        params.model,
+        params.prompt,
+        params.negative_prompt,
+        params.seed,
+        params.width,
+        params.height,
+        params.watermark,
+    )
+    return await run_in_threadpool(_b64encode, png)
