@@ -23,6 +23,7 @@ from airflow_provider_imggen.hooks.image_generation import (
     TASK_STATUSES,
     TASK_TERMINAL_STATUSES,
     FailedImage,
+    ImageGenerationHook,
     ImageGenerationResult,
     SubmittedTask,
     TaskState,
@@ -346,3 +347,19 @@ def test_task_state_to_result_builds_the_sync_result() -> None:
         "r",
         (),
     )
+
+
+def test_status_queries_beyond_the_accounts_limit_are_waited_out(dashscope_conn: EmulatorServer) -> None:
+    """
+    Status queries are limited per account (20/s in §7; 2/s here): a throttled read is retried after a
+    backoff, never failing the wait, and never re-sending the billable submission.
+    """
+    hook = ImageGenerationHook(max_retries=10, retry_wait_initial=0.2, retry_wait_max=0.6)
+    submitted = hook.submit_task("a red bicycle", size="512x512")
+    dashscope_conn.set_faults(quotas=True, quota_status_queries_per_second=2)
+    states = [hook.get_task(submitted.generation_task_id) for _ in range(5)]
+    assert {state.status for state in states} == {"SUCCEEDED"}
+    reads = [entry for entry in dashscope_conn.requests_log() if entry.get("kind") == "task"]
+    assert any(entry["status"] == 429 for entry in reads), "five reads at once must meet a 2/s limit"
+    assert sum(entry["status"] == 200 for entry in reads) == 5
+    assert dashscope_conn.billed_images() == 1 and len(dashscope_conn.tasks()) == 1

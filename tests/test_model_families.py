@@ -124,15 +124,15 @@ def test_sync_only_models_refuse_the_task_api_before_billing(
 def test_the_emulator_refuses_sync_only_models_on_the_task_api(
     dashscope_conn: EmulatorServer, model: str
 ) -> None:
-    """The witness agrees: a raw submission is refused with 400, no task, nothing billed."""
+    """The witness agrees: a raw submission is refused with 403 AccessDenied (§7), no task, nothing billed."""
     response = requests.post(
         f"{dashscope_conn.base_url}{SUBMIT}",
         json={"model": model, "input": {"prompt": "a lighthouse"}, "parameters": {"n": 1}},
         headers={"Authorization": f"Bearer {API_KEY}", "X-DashScope-Async": "enable"},
         timeout=10,
     )
-    assert response.status_code == 400
-    assert response.json()["code"] == "InvalidParameter"
+    assert response.status_code == 403
+    assert response.json()["code"] == "AccessDenied"
     assert dashscope_conn.billed_images() == 0 and dashscope_conn.tasks() == []
 
 
@@ -248,6 +248,11 @@ def test_every_model_through_the_gateway(imggen_conn: EmulatorServer, model: str
 def test_unknown_model_passes_generic_checks_with_a_warning_naming_the_closest(
     imggen_conn: EmulatorServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    # A gateway that does not serve the name answers model_not_found: refused, nothing billed, not retried.
+    with pytest.raises(ImageGenerationRejectedError) as refused:
+        fast_hook().generate_images("a lighthouse", model="qwen-image-2")
+    assert refused.value.code == "model_not_found" and imggen_conn.billed_images() == 0
+    imggen_conn.set_faults(gateway_models=["qwen-image-2"])
     result = fast_hook().generate_images("a lighthouse", model="qwen-image-2", n=10, size="3000x200")
     assert len(result.images) == 10
     logged = "".join(capfd.readouterr())

@@ -157,7 +157,9 @@ def test_dialects_and_the_ignored_seed_check(
     """
     A gateway of one dialect, a connection of either: matching, the seed is honoured (the same image as
     the native API draws for it) and nothing is flagged; mismatched, the gateway drops the seed with the
-    prompt-extension flag, and the answer's rewritten prompt gives it away.
+    prompt-extension flag. A top-level gateway's rewritten prompt gives it away; the nested relay (new-api)
+    answers revised_prompt "" always (api-notes §7), so against it the drop cannot be seen: only the images
+    differ, and the fix is the connection's gateway_dialect, said in the docs.
     """
     set_imggen_connection(monkeypatch, emulator.base_url, api_style="dashscope")
     reference = image_digest(
@@ -183,19 +185,21 @@ def test_dialects_and_the_ignored_seed_check(
         )
         assert image_digest(plain) == reference
         assert plain.warnings == ()
-    else:
+    elif gateway == "openai":
         (warning,) = result.warnings
         assert "ignored fields" in warning and "seed (1234)" in warning
         assert f"gateway_dialect to {gateway!r}" in warning
         assert image_digest(result) != reference
+    else:
+        assert result.warnings == () and image_digest(result) != reference
 
 
 def test_the_ignored_seed_reaches_xcom(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1")
-    emulator.set_faults(gateway_dialect="nested")
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", gateway_dialect="nested")
+    emulator.set_faults(gateway_dialect="openai")
     metadata = run(make_operator(seed=77, prompt_upsampling=False))
     (warning,) = metadata["warnings"]
-    assert "seed (77)" in warning and "gateway_dialect to 'nested'" in warning
+    assert "seed (77)" in warning and "gateway_dialect to 'openai'" in warning
 
 
 def test_the_nested_dialect_keeps_n_size_and_prompt_through_a_replacing_relay(
@@ -316,3 +320,23 @@ def test_sync_endpoint_without_a_fernet_key_refuses_before_billing(
         monkeypatch.undo()
         get_fernet.cache_clear()
     assert dashscope_conn.requests_log() == []
+
+
+def test_an_item_the_relay_dropped_is_named_not_lost(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    new-api fetches each result for b64_json and silently drops one it could not fetch (api-notes §7):
+    the image was billed; the answer carries one item for n=2. The missing one is named in failed_images.
+    """
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", gateway_dialect="nested", max_retries=0)
+    # Seed 1 of the fault dice: exactly one of the two fetches fails.
+    emulator.set_faults(gateway_dialect="nested", rate_relay_fetch_fail=0.5, seed=1)
+    result = fast_hook().generate_images("a kite", model="wan2.2-t2i-flash", n=2, response_format="b64_json")
+    assert [image.index for image in result.images] == [0] and result.images[0].data
+    (missing,) = result.failed_images
+    assert (missing.index, missing.code) == (
+        1,
+        "MissingFromAnswer",
+    ) and "may have been billed" in missing.message
+    assert emulator.billed_images() == 2
