@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.throttling import backoff_seconds, next_throttle_wait, parse_throttle_timeout
+from airflow_provider_imggen.operators.quota_wait import (
+    backoff_seconds,
+    next_throttle_wait,
+    parse_throttle_timeout,
+)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(3600, 3600.0), ("90", 90.0), (" 2.5 ", 2.5), (0, 0.0)])
