@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imggen.connections import trigger_connection_problem
 from airflow_provider_imggen.metadata import request_fields
 
 if TYPE_CHECKING:
@@ -53,6 +54,19 @@ def task_deferral(
         if wait_timeout is not None
         else None,
     }
+
+
+def trigger_problem(operator: ImageGenerationOperator) -> str | None:
+    """Why the trigger's code could not load the operator's connection in this worker; None when it can."""
+    problem = trigger_connection_problem(operator.imggen_conn_id)
+    if problem is not None:
+        operator.log.warning(
+            "The trigger's code cannot read connection %r here (%s): this generation will wait in the worker "
+            "instead of deferring",
+            operator.imggen_conn_id,
+            problem,
+        )
+    return problem
 
 
 def ends_in_the_triggerer(operator: ImageGenerationOperator) -> bool:

@@ -11,7 +11,6 @@ from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from airflow_provider_imggen.connections import trigger_connection_problem
 from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
 from airflow_provider_imggen.metadata import (
     event_generation_task_id,
@@ -24,9 +23,13 @@ from airflow_provider_imggen.models import TASK_ACTIVE_STATUSES, GenerationReque
 from airflow_provider_imggen.operators import arguments, task_record
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
 from airflow_provider_imggen.operators.b64_output import write_images
-from airflow_provider_imggen.operators.deferral import task_deferral
+from airflow_provider_imggen.operators.deferral import task_deferral, trigger_problem
 from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
-from airflow_provider_imggen.operators.quota_wait import DEFAULT_THROTTLE_TIMEOUT, QuotaWait
+from airflow_provider_imggen.operators.quota_wait import (
+    DEFAULT_THROTTLE_TIMEOUT,
+    QuotaWait,
+    log_unknown_outcome,
+)
 from airflow_provider_imggen.operators.xcom import generation_xcom, submitted_xcom
 
 if TYPE_CHECKING:
@@ -243,14 +246,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         Generate: submit (or reconnect to) a native task and wait for it, or ask the gateway.
 
-        Also where a quota wait in the triggerer resumes (``event`` is then the trigger's, unused).
-
-        :param context: the task's context
-        :param event: the ``DateTimeTrigger``'s event when resuming from a quota wait
-        :param throttle_deadline: when resuming, the try's deadline (epoch seconds); otherwise it is
-            ``throttle_timeout`` after the try's start date (which deferrals keep)
-        :param throttled_submissions: when resuming, how many submissions were throttled so far (it widens
-            the backoff)
+        Also where a quota wait in the triggerer resumes: ``event`` is then the ``DateTimeTrigger``'s
+        (unused), and the try's deadline and count of throttled submissions come back (``QuotaWait``).
         """
         request, output_path = self._prepare_request(context)
         # The rule the hook applies too (one function): checked here before the state store is read.
@@ -309,6 +306,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return self._task_metadata(self.hook.get_task(generation_task_id))
 
     def _prepare_request(self, context: Context) -> tuple[GenerationRequest, str | None]:
+        """The rendered request, validated, with its seed; and where ``b64_json`` images go."""
         return arguments.rendered_request(self, self.hook, context["ti"], self.log)
 
     def on_kill(self) -> None:
@@ -324,14 +322,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         request = self._submitting_request
         if self.deferrable and self.wait_for_completion:
             # Before anything is billed: a wait the trigger could not do would otherwise start after it.
-            self._trigger_connection_problem = trigger_connection_problem(self.imggen_conn_id)
-            if self._trigger_connection_problem is not None:
-                self.log.warning(
-                    "The trigger's code cannot read connection %r here (%s): this generation will wait in "
-                    "the worker instead of deferring",
-                    self.imggen_conn_id,
-                    self._trigger_connection_problem,
-                )
+            self._trigger_connection_problem = trigger_problem(self)
         submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
@@ -380,7 +371,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         generation_task_id = task_record.remembered_generation_task_id(external_id) or str(external_id)
         self._generation_task_id = generation_task_id
         if not self.wait_for_completion:
-            self._metadata_result = self._submitted_metadata(generation_task_id)
+            status = self._state.status if self._state is not None else "PENDING"
+            self._metadata_result = submitted_xcom(
+                self._submitting_request, generation_task_id, status, self.log
+            )
             return self._metadata_result
         if self.deferrable and self._trigger_connection_problem is None:
             self._defer(generation_task_id)
@@ -424,22 +418,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         assert self._quota is not None, "execute() starts the quota wait's clock"
         try:
-            return self._quota.send(
-                send,
-                defer=self._defer_quota_wait if deferrable else None,
-                min_deferral=self.min_throttle_deferral,
-            )
+            defer = self._defer_quota_wait if deferrable else None
+            return self._quota.send(send, defer=defer, min_deferral=self.min_throttle_deferral)
         except ImageGenerationOutcomeUnknownError as error:
-            self.log.error(
-                "The outcome of the billable request is unknown (request_id=%s, sent at %s): up to %s "
-                "image(s) of %s may have been billed. Neither the hook nor Airflow sends it again; "
-                "check the account's usage (and, on the native API, its task list) before running "
-                "this task again",
-                error.request_id,
-                error.submitted_at.isoformat() if error.submitted_at else "an unknown time",
-                error.images_at_risk if error.images_at_risk is not None else request.n,
-                error.model or request.model,
-            )
+            log_unknown_outcome(self.log, error, request)
             raise
 
     def _defer_quota_wait(self, wait: float) -> None:
@@ -465,16 +447,6 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
         # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
         return task_metadata(self.hook, state, **request_fields(self._submitting_request))
-
-    def _submitted_metadata(self, generation_task_id: str) -> dict[str, Any]:
-        """The XCom of a task submitted without waiting: its id and the request, no images yet."""
-        status = self._state.status if self._state is not None else "PENDING"
-        self.log.info(
-            "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor",
-            generation_task_id,
-            status,
-        )
-        return submitted_xcom(self._submitting_request, generation_task_id, status)
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""

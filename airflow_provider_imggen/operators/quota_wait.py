@@ -4,8 +4,9 @@ Waiting out the service's quota before the billable request is sent again: how l
 The hook already retried a throttled request (HTTP 429) within its in-process budget; when it gives up
 (:class:`~airflow_provider_imggen.exceptions.ImageGenerationThrottledError`: nothing was billed), the
 operator's :class:`QuotaWait` waits (in the worker, or deferred to the triggerer) and sends again, until
-``throttle_timeout`` has passed since the try started. No Airflow import at module level: the operator
-module imports this when DAG files are parsed.
+``throttle_timeout`` has passed since the try started. A billable request whose answer was lost is never
+sent again: :func:`log_unknown_outcome` says what may have been billed. No Airflow import at module level:
+the operator module imports this when DAG files are parsed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow_provider_imggen.exceptions import ImageGenerationThrottledError, ImageGenerationValidationError
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationOutcomeUnknownError,
+    ImageGenerationThrottledError,
+    ImageGenerationValidationError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_imggen.models import GenerationRequest
 
 DEFAULT_THROTTLE_TIMEOUT = 3600.0
 # Attempt k waits uniformly in [1, min(2 * 2**(k-1), 120)] seconds.
@@ -170,3 +178,18 @@ class QuotaWait:
     def resume_kwargs(self) -> dict[str, Any]:
         """What ``execute`` takes back after a deferred wait to carry this try's deadline and count on."""
         return {"throttle_deadline": self.deadline, "throttled_submissions": self.throttled}
+
+
+def log_unknown_outcome(
+    log: Any, error: ImageGenerationOutcomeUnknownError, request: GenerationRequest
+) -> None:
+    """Say what may have been billed by a billable request whose answer was lost (it is not sent again)."""
+    log.error(
+        "The outcome of the billable request is unknown (request_id=%s, sent at %s): up to %s image(s) of %s "
+        "may have been billed. Neither the hook nor Airflow sends it again; check the account's usage (and, "
+        "on the native API, its task list) before running this task again",
+        error.request_id,
+        error.submitted_at.isoformat() if error.submitted_at else "an unknown time",
+        error.images_at_risk if error.images_at_risk is not None else request.n,
+        error.model or request.model,
+    )

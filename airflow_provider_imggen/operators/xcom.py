@@ -36,9 +36,15 @@ def generation_xcom(
     )
 
 
-def submitted_xcom(request: GenerationRequest, generation_task_id: str, status: str) -> dict[str, Any]:
+def submitted_xcom(
+    request: GenerationRequest, generation_task_id: str, status: str, log: Any
+) -> dict[str, Any]:
     """The XCom of a native task submitted without waiting: its id and the request, no images yet."""
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+
+    log.info(
+        "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", generation_task_id, status
+    )
 
     result = ImageGenerationResult(
         created=int(time.time()),
