@@ -40,13 +40,13 @@ def check_downstream_keys(generation: BaseOperator) -> None:
 
 def _wired_keys(generation: BaseOperator) -> Iterator[tuple[str, str]]:
     """(storage task id, s3_key template) of each downstream transfer reading this task's XCom."""
+    if not generation.has_dag() or not generation.downstream_task_ids:
+        return
     from airflow.sdk.definitions.mappedoperator import MappedOperator
     from airflow.sdk.definitions.xcom_arg import XComArg
 
     from airflow_provider_imggen.transfers.image_generation_to_s3 import ImageGenerationToS3Operator
 
-    if not generation.has_dag():
-        return
     dag = generation.dag
     for task_id in sorted(generation.downstream_task_ids):
         task: Any = dag.task_dict.get(task_id)
