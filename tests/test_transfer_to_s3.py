@@ -396,12 +396,21 @@ def test_a_string_holding_a_rendered_dict_is_refused_with_a_hint(s3: S3Bucket) -
         pytest.param("img/{index:q}.png", "not a valid key template", id="bad-spec"),
     ],
 )
-def test_bad_key_templates_fail_before_any_download(
+def test_bad_key_templates_fail_when_the_dag_is_parsed_and_before_any_download(
     imggen_conn: EmulatorServer, s3: S3Bucket, s3_key: str, message: str
 ) -> None:
     generation = generate(n=1)
-    operator = make_operator(generation=generation, s3_bucket=s3.name, s3_key=s3_key)
-    with pytest.raises(ImageGenerationValidationError, match=message.replace("{", r"\{").replace(".", r"\.")):
+    pattern = message.replace("{", r"\{").replace(".", r"\.")
+    # Literal (and Jinja-templated) keys are checked as written when the operator is created...
+    with pytest.raises(ImageGenerationValidationError, match=pattern):
+        make_operator(generation=generation, s3_bucket=s3.name, s3_key=s3_key)
+    if s3_key != "img/{index":  # with Jinja, a stray brace is found in what Jinja rendered
+        with pytest.raises(ImageGenerationValidationError, match=pattern):
+            make_operator(generation=generation, s3_bucket=s3.name, s3_key="{{ ds }}/" + s3_key)
+    # ...and again before any download, whatever set them.
+    operator = make_operator(generation=generation, s3_bucket=s3.name, s3_key="img/{index}.png")
+    operator.s3_key = s3_key
+    with pytest.raises(ImageGenerationValidationError, match=pattern):
         run(operator)
     assert not downloads(imggen_conn)
 

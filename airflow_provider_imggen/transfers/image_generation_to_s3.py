@@ -8,15 +8,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlsplit
 
-from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import keys
 from airflow_provider_imggen.transfers.concurrency import run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
+from airflow_provider_imggen.transfers.links import ImagesViewLink, S3ImageLink
 from airflow_provider_imggen.transfers.sources import (
     Source,
     mask_url_credentials,
@@ -34,68 +34,12 @@ from airflow_provider_imggen.transfers.upload import (
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
+    from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
     from airflow_provider_imggen.transfers._s3 import ImageS3Hook
 
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0
-
-
-def is_aws_endpoint(endpoint_url: str | None) -> bool:
-    """Whether an S3 endpoint is AWS's own (none set, or a host under amazonaws.com): the console shows it."""
-    if not endpoint_url:
-        return True
-    host = (urlsplit(endpoint_url if "://" in endpoint_url else f"//{endpoint_url}").hostname or "").lower()
-    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
-
-
-class S3ImageLink(BaseOperatorLink):
-    """
-    Link to the first stored image in the S3 console; empty when the AWS connection's endpoint is not AWS's
-    (MinIO, moto and other S3-compatible stores have no console there: the "Images" link shows them).
-    """
-
-    name: ClassVar[str] = "S3 object"
-    key: ClassVar[str] = "s3_image_link"
-
-    @staticmethod
-    def format_link(bucket: str, key: str, region_name: str | None) -> str:
-        return (
-            f"https://console.aws.amazon.com/s3/object/{quote(bucket, safe='')}"
-            f"?region={quote(region_name or 'us-east-1', safe='')}&prefix={quote(key, safe='/')}"
-        )
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        stored = XCom.get_value(ti_key=ti_key, key=self.key)
-        if not isinstance(stored, dict) or not stored.get("bucket") or not stored.get("key"):
-            return ""
-        if not is_aws_endpoint(stored.get("endpoint_url")):
-            return ""
-        return self.format_link(stored["bucket"], stored["key"], stored.get("region_name"))
-
-
-class ImagesViewLink(BaseOperatorLink):
-    """Link to the task instance's *Images* tab in the Airflow UI (the provider's plugin serves it)."""
-
-    name: ClassVar[str] = "Images"
-
-    @staticmethod
-    def format_link(base_url: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
-        from airflow_provider_imggen.ui import TASK_INSTANCE_ROUTE
-
-        path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
-        if map_index is not None and map_index >= 0:
-            path += f"/mapped/{map_index}"
-        return f"{base_url.rstrip('/')}{path}/plugin/{TASK_INSTANCE_ROUTE}"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.configuration import conf
-
-        base_url = conf.get("api", "base_url", fallback="") or ""
-        return self.format_link(base_url, ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)
 
 
 class ImageGenerationToS3Operator(BaseOperator):
@@ -197,24 +141,31 @@ class ImageGenerationToS3Operator(BaseOperator):
         self.download_retry_wait = download_retry_wait
         self.download_timeout = download_timeout
         # In-memory checks only: mapped tasks re-create the operator on workers through __init__.
-        _check_number("max_image_bytes", max_image_bytes, minimum=1)
-        _check_number("max_concurrency", max_concurrency, minimum=1)
-        _check_number("download_retries", download_retries, minimum=0)
-        _check_number("download_retry_wait", download_retry_wait, minimum=0, integer=False)
-        if not (isinstance(download_timeout, str) and "{" in download_timeout):
-            _download_timeout(download_timeout)
-        if not isinstance(replace, bool):
-            raise ImageGenerationValidationError("replace", replace, "expected True or False")
-        if extra_upload_args is not None and not isinstance(extra_upload_args, dict):
-            raise ImageGenerationValidationError(
-                "extra_upload_args", type(extra_upload_args).__name__, "expected a dict of boto3 ExtraArgs"
-            )
+        _check_literal_arguments(
+            {name: getattr(self, name) for name in ("s3_key", *_UNTEMPLATED_CHECKED, "download_timeout")}
+        )
         self._key_template: keys.KeyTemplate | None = None
         self._stored: list[tuple[str, str]] = []
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> OperatorPartial:
+        """
+        As :meth:`BaseOperator.partial`, with the literal arguments checked now, when the DAG is parsed.
+
+        A mapped task's operator is only created on the worker: without this, a bad ``s3_key`` or
+        ``max_concurrency`` would fail there, after the images were generated and billed.
+        """
+        from airflow.sdk.definitions.xcom_arg import XComArg
+
+        _check_literal_arguments(
+            {name: value for name, value in kwargs.items() if not isinstance(value, XComArg)}
+        )
+        return super().partial(**kwargs)
 
     # -- execution ----------------------------------------------------------------------------------
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        S3ImageLink.start(self)
         # The key's placeholders are found in the template as written, and hidden from Jinja: nothing Jinja
         # renders (a DAG run's conf, say) is ever read as a placeholder or a format spec.
         raw = self.s3_key
@@ -253,6 +204,7 @@ class ImageGenerationToS3Operator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         started = time.monotonic()
+        S3ImageLink.start(self)
         # 1. Everything that can be checked without a network call is checked first.
         sources = read_sources(self.generation)
         bucket, template = keys.split_bucket(self.s3_bucket, self._template())
@@ -322,15 +274,14 @@ class ImageGenerationToS3Operator(BaseOperator):
             len(entries) - len(stored),
             time.monotonic() - started,
         )
-        if entries and self.do_xcom_push:
-            context["ti"].xcom_push(
-                key=S3ImageLink.key,
-                value={
-                    "bucket": entries[0].bucket,
-                    "key": entries[0].key,
-                    "region_name": _region(uploader.hook),
-                    "endpoint_url": _endpoint(uploader.hook),
-                },
+        if entries:
+            S3ImageLink.persist(
+                context,
+                self,
+                bucket=entries[0].bucket,
+                key=entries[0].key,
+                region_name=_region(uploader.hook),
+                endpoint_url=_endpoint(uploader.hook),
             )
         return [entry.to_dict() for entry in entries]
 
@@ -483,6 +434,63 @@ def _entry(plan: Planned, *, skipped: bool) -> StoredImageRecord:
         height=image.height,
         skipped=skipped,
     )
+
+
+_UNTEMPLATED_CHECKED = (
+    "max_image_bytes",
+    "max_concurrency",
+    "download_retries",
+    "download_retry_wait",
+    "replace",
+    "extra_upload_args",
+)
+
+
+def _check_literal_arguments(arguments: dict[str, Any]) -> None:
+    """
+    Check the arguments that are already final, so a broken DAG shows an import error.
+
+    A name missing from ``arguments`` (a ``.partial()`` whose ``.expand()`` gives it) is checked when the
+    mapped task's operator is created. ``s3_key`` is checked as written: its placeholders (an unknown one
+    would fail only after the images were billed), not what Jinja renders.
+    """
+    for name, minimum, integer in (
+        ("max_image_bytes", 1, True),
+        ("max_concurrency", 1, True),
+        ("download_retries", 0, True),
+        ("download_retry_wait", 0, False),
+    ):
+        if name in arguments:
+            _check_number(name, arguments[name], minimum=minimum, integer=integer)
+    download_timeout = arguments.get("download_timeout")
+    if "download_timeout" in arguments and not (
+        isinstance(download_timeout, str) and "{" in download_timeout
+    ):
+        _download_timeout(download_timeout)
+    if "replace" in arguments and not isinstance(arguments["replace"], bool):
+        raise ImageGenerationValidationError("replace", arguments["replace"], "expected True or False")
+    extra_upload_args = arguments.get("extra_upload_args")
+    if extra_upload_args is not None and not isinstance(extra_upload_args, dict):
+        raise ImageGenerationValidationError(
+            "extra_upload_args", type(extra_upload_args).__name__, "expected a dict of boto3 ExtraArgs"
+        )
+    if isinstance(arguments.get("s3_key"), str):
+        check_key_template(arguments["s3_key"])
+
+
+def check_key_template(s3_key: str) -> None:
+    """
+    Check an ``s3_key`` template as written, before any Jinja rendering: its placeholders and format specs.
+
+    A key without Jinja is checked whole (a stray brace too); in one with Jinja, the ``{name}``
+    placeholders outside Jinja's blocks (what Jinja renders is checked after rendering).
+
+    :raises ImageGenerationValidationError: naming ``s3_key``, the template and the placeholders allowed
+    """
+    if any(opening in s3_key for opening in ("{{", "{%", "{#")):
+        keys.prepare(s3_key)
+    else:
+        keys.parse(s3_key)
 
 
 def _check_number(name: str, value: object, *, minimum: float, integer: bool = True) -> None:

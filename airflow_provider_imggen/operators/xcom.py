@@ -1,0 +1,57 @@
+"""The generation task's XCom, from its request and the API's result (``metadata.generation_metadata``)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imggen.metadata import generation_metadata
+
+if TYPE_CHECKING:
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+    from airflow_provider_imggen.models import GenerationRequest
+
+
+def generation_xcom(
+    result: ImageGenerationResult,
+    request: GenerationRequest,
+    files: dict[int, dict[str, Any]],
+    *,
+    generation_task_id: str | None = None,
+    task_status: str | None = None,
+) -> dict[str, Any]:
+    """The XCom of a generation; ``files``: where ``b64_json`` images were written, by index."""
+    return generation_metadata(
+        result,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        size=request.size,
+        n=request.n,
+        seed=request.seed,
+        response_format=request.response_format,
+        prompt_upsampling=request.prompt_upsampling,
+        files=files,
+        generation_task_id=generation_task_id,
+        task_status=task_status,
+    )
+
+
+def submitted_xcom(
+    request: GenerationRequest, generation_task_id: str, status: str, log: Any
+) -> dict[str, Any]:
+    """The XCom of a native task submitted without waiting: its id and the request, no images yet."""
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+
+    log.info(
+        "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", generation_task_id, status
+    )
+
+    result = ImageGenerationResult(
+        created=int(time.time()),
+        images=(),
+        usage={},
+        request_id=None,
+        model=request.model,
+        parameters=request.to_dashscope_body(),
+    )
+    return generation_xcom(result, request, {}, generation_task_id=generation_task_id, task_status=status)
