@@ -13,11 +13,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.events import (  # noqa: F401 (re-exported while the operator moves)
-    event_generation_task_id,
-    raise_for_event,
-    trigger_could_not_read_connection,
-)
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
     ResultUrlSealError,

@@ -84,12 +84,6 @@ class GenerationRequest:
         """The size as DashScope spells it (``W*H``), None when the service's default applies."""
         return self.size.replace("x", "*") if self.size is not None else None
 
-    def to_dashscope_body(self) -> dict[str, Any]:
-        """The task API's body (:func:`airflow_provider_imggen.wire.native.submission_body`)."""
-        from airflow_provider_imggen.wire.native import submission_body
-
-        return submission_body(self)
-
 
 # The request's parameters, in order: every field but the validation marker.
 REQUEST_PARAMETERS: tuple[str, ...] = tuple(

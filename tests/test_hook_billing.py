@@ -24,7 +24,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationThrottledError,
 )
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, ImageGenerationHook
-from airflow_provider_imggen.responses import EMPTY_RESULT
+from airflow_provider_imggen.results import EMPTY_RESULT
 from tests.conftest import API_KEY, set_imggen_connection, task_submissions
 from tests.test_hook import fast_hook, generation_requests
 

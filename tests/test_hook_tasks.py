@@ -29,7 +29,7 @@ from airflow_provider_imggen.hooks.image_generation import (
     TaskState,
     next_poll_interval,
 )
-from airflow_provider_imggen.models import GenerationRequest
+from airflow_provider_imggen.request import GenerationRequest
 from tests.conftest import API_KEY, set_imggen_connection, task_queries, task_submissions
 from tests.test_hook import INVALID_REQUESTS, fast_hook
 

@@ -8,15 +8,12 @@ import math
 import pytest
 from airflow.sdk import Connection
 
+from airflow_provider_imggen.coercion import coerce_int, coerce_seconds
 from airflow_provider_imggen.connection_settings import parse_connection
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.models import (
-    check_extra_body,
-    check_poll_settings,
-    coerce_int,
-    coerce_seconds,
-    validate_generation_request,
-)
+from airflow_provider_imggen.polling import check_poll_settings
+from airflow_provider_imggen.request import check_extra_body, validate_generation_request
+from airflow_provider_imggen.wire.native import submission_body
 
 
 @pytest.mark.parametrize("value", ["\u0662", "\u0968", "\uff12", "2\u0660", " \u0663 "])
@@ -91,13 +88,15 @@ def test_prompt_extend_cannot_override_prompt_upsampling_in_a_native_request() -
             extra_body={"prompt_extend": True},
             api_style="dashscope",
         )
-    native = validate_generation_request(
-        prompt="a cat",
-        model="qwen-image",
-        prompt_upsampling=False,
-        extra_body={"watermark": True},
-        api_style="dashscope",
-    ).to_dashscope_body()
+    native = submission_body(
+        validate_generation_request(
+            prompt="a cat",
+            model="qwen-image",
+            prompt_upsampling=False,
+            extra_body={"watermark": True},
+            api_style="dashscope",
+        )
+    )
     assert native["parameters"]["prompt_extend"] is False and native["parameters"]["watermark"] is True
 
 

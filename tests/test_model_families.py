@@ -20,7 +20,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationThrottledError,
     ImageGenerationValidationError,
 )
-from airflow_provider_imggen.models import KNOWN_MODELS
+from airflow_provider_imggen.model_table import KNOWN_MODELS
 from tests.conftest import API_KEY, set_imggen_connection
 from tests.test_hook import fast_hook
 

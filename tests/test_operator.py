@@ -265,3 +265,32 @@ def test_on_kill_closes_the_session(imggen_conn: EmulatorServer) -> None:
     operator.on_kill()
     assert "_session" not in operator.hook.__dict__
     assert len(pools) == 0, "on_kill closes the pooled connections"
+
+
+def test_a_task_recorded_by_0_1_is_still_recognised_after_the_upgrade() -> None:
+    """
+    0.1.0 filled in a size when none was set and fingerprinted the body it sent; later versions send no
+    size. A retry after the upgrade must still take that task as its own, or it would submit and pay again.
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    from airflow_provider_imggen.operators import task_record
+    from airflow_provider_imggen.request import validate_generation_request
+    from airflow_provider_imggen.wire.native import submission_body
+
+    for model, size_0_1 in (("qwen-image", "1328x1328"), ("wan2.2-t2i-flash", "1024x1024")):
+        request = validate_generation_request(
+            prompt="a lighthouse", model=model, seed=7, api_style="dashscope"
+        )
+        assert request.size is None
+        body_0_1 = submission_body(dataclasses.replace(request, size=size_0_1))
+        assert body_0_1["parameters"]["size"] == size_0_1.replace("x", "*")
+        sha_0_1 = hashlib.sha256(
+            json.dumps(body_0_1, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        assert not task_record.superseded({"generation_task_id": "t-1", "request_sha256": sha_0_1}, request)
+        assert not task_record.superseded(task_record.record("t-1", request), request)
+        other = dataclasses.replace(request, prompt="a harbour")
+        assert task_record.superseded({"generation_task_id": "t-1", "request_sha256": sha_0_1}, other)

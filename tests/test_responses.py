@@ -13,18 +13,17 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationMalformedResponseError,
     ImageGenerationRejectedError,
 )
-from airflow_provider_imggen.models import GenerationRequest, validate_generation_request
-from airflow_provider_imggen.responses import (
-    EMPTY_RESULT,
-    MALFORMED_ITEM,
-    FailedImage,
-    decode_response,
-    parse_generation_result,
+from airflow_provider_imggen.request import GenerationRequest, validate_generation_request
+from airflow_provider_imggen.results import EMPTY_RESULT, MALFORMED_ITEM, FailedImage
+from airflow_provider_imggen.retry_policy import Failure, TransientAPIError
+from airflow_provider_imggen.wire.errors import decode_response
+from airflow_provider_imggen.wire.gateway import parse_generation_result
+from airflow_provider_imggen.wire.native import (
     parse_submitted_task,
     parse_task_list,
     parse_task_state,
+    submission_body,
 )
-from airflow_provider_imggen.retry_policy import Failure, TransientAPIError
 
 URL = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/a.png?Expires=1900000000&Signature=secret"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -148,7 +147,7 @@ def test_all_items_empty_is_an_error_naming_them() -> None:
 
 
 def test_submission_without_a_task_id_is_malformed_not_retryable() -> None:
-    native = request().to_dashscope_body()
+    native = submission_body(request())
     with pytest.raises(ImageGenerationMalformedResponseError):
         parse_submitted_task({"output": {"task_status": "PENDING"}}, "r1", native)
     submitted = parse_submitted_task({"output": {"task_id": "t-1"}}, "r1", native)

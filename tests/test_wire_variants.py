@@ -18,7 +18,7 @@ from PIL import Image
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationRejectedError, ImageGenerationValidationError
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook
-from airflow_provider_imggen.responses import ImageGenerationResult
+from airflow_provider_imggen.results import ImageGenerationResult
 from tests.conftest import API_KEY, set_imggen_connection
 from tests.test_hook import fast_hook
 from tests.test_operator import make_operator, run

@@ -2,8 +2,8 @@
 The emulator's own table of model limits (validation: :mod:`~airflow_provider_imggen.emulator.validation`).
 
 Written from the API documentation (api-notes §2, §6 and §7; §7 wins), independently of the provider's
-table in ``airflow_provider_imggen.models``: ``tests/test_model_tables.py`` diffs the two, so a wrong limit
-on either side shows up as drift instead of being agreed on silently. Stdlib only.
+table in ``airflow_provider_imggen.model_table``: a test diffs the two, so a wrong limit on either side
+shows up as drift instead of being agreed on silently. Stdlib only.
 
 ``MODEL_LIMITS[name]`` keys:
 

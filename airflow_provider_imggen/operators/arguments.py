@@ -14,18 +14,13 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imggen.coercion import check_flag, coerce_seconds
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
-from airflow_provider_imggen.models import (
-    ENDPOINTS,
-    MAX_SEED,
-    GenerationRequest,
-    check_flag,
-    check_poll_settings,
-    coerce_seconds,
-    default_size_of,
-    validate_generation_request,
-)
+from airflow_provider_imggen.model_table import ENDPOINTS
 from airflow_provider_imggen.operators.quota_wait import parse_throttle_timeout
+from airflow_provider_imggen.operators.task_record import size_as_0_1_sent
+from airflow_provider_imggen.polling import check_poll_settings
+from airflow_provider_imggen.request import MAX_SEED, GenerationRequest, validate_generation_request
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
@@ -158,9 +153,9 @@ def parse_extra_body(value: str) -> object:
 
 def derived_seed(ti: Any, request: GenerationRequest) -> int:
     """A seed stable for this task instance and prompt: retries and re-runs give the same images."""
-    # The size the service will draw at: a size left unset hashes as the model's default, as it did when
-    # the provider sent that default itself, so seeds stay those of earlier versions.
-    size = request.size or default_size_of(request.model)
+    # A size left unset hashes as the size 0.1.0 sent for it, so the seeds (and with them the requests a
+    # retry compares with the task it already paid for) stay those of earlier versions.
+    size = request.size or size_as_0_1_sent(request.model)
     identity = json.dumps(
         [ti.dag_id, ti.run_id, ti.task_id, ti.map_index, request.model, request.prompt, size]
     )

@@ -11,8 +11,8 @@ from airflow_provider_imggen.connections import trigger_connection_problem
 from airflow_provider_imggen.metadata import request_fields
 
 if TYPE_CHECKING:
-    from airflow_provider_imggen.models import GenerationRequest
     from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+    from airflow_provider_imggen.request import GenerationRequest
     from airflow_provider_imggen.triggers.image_generation import ImageGenerationTaskTrigger
 
 # The defer timeout leaves the trigger this long past its own deadline to report "timeout" itself.

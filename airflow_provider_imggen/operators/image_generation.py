@@ -11,15 +11,14 @@ from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
-from airflow_provider_imggen.metadata import (
+from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen.events import (
     event_generation_task_id,
     raise_for_event,
-    request_fields,
-    task_metadata,
     trigger_could_not_read_connection,
 )
-from airflow_provider_imggen.models import TASK_ACTIVE_STATUSES, GenerationRequest, check_request_for_style
+from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
+from airflow_provider_imggen.metadata import request_fields, task_metadata
 from airflow_provider_imggen.operators import arguments, task_record
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
 from airflow_provider_imggen.operators.b64_output import write_images
@@ -31,6 +30,8 @@ from airflow_provider_imggen.operators.quota_wait import (
     log_unknown_outcome,
 )
 from airflow_provider_imggen.operators.xcom import generation_xcom, submitted_xcom
+from airflow_provider_imggen.polling import TASK_ACTIVE_STATUSES
+from airflow_provider_imggen.request import GenerationRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
 
-DEFAULT_CONN_ID = "imggen_default"
 _T = TypeVar("_T")
 
 
@@ -250,8 +250,6 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         (unused), and the try's deadline and count of throttled submissions come back (``QuotaWait``).
         """
         request, output_path = self._prepare_request(context)
-        # The rule the hook applies too (one function): checked here before the state store is read.
-        check_request_for_style(request, self.hook.settings.api_style, self.hook.settings.gateway_dialect)
         # The storage tasks' keys: an unknown placeholder would fail them after the images were billed.
         check_downstream_keys(self)
         self._quota = QuotaWait(

@@ -25,7 +25,7 @@ from airflow_provider_imggen.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_imggen.models import GenerationRequest
+    from airflow_provider_imggen.request import GenerationRequest
 
 DEFAULT_THROTTLE_TIMEOUT = 3600.0
 # Attempt k waits uniformly in [1, min(2 * 2**(k-1), 120)] seconds.

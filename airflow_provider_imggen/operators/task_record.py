@@ -8,17 +8,20 @@ for instead of submitting again; a record written before the rename, with ``task
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imggen.wire.native import submission_body
+
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
-    from airflow_provider_imggen.models import GenerationRequest
+    from airflow_provider_imggen.request import GenerationRequest
 
 
 def record(generation_task_id: str, request: GenerationRequest) -> dict[str, JsonValue]:
@@ -43,16 +46,42 @@ def remembered_generation_task_id(external_id: object) -> str | None:
     return generation_task_id if isinstance(generation_task_id, str) and generation_task_id else None
 
 
+# The size 0.1.0 sent when the user set none (it filled in its own defaults; later versions send none and
+# let the service choose). A task 0.1.0 submitted was fingerprinted with it: a retry after an upgrade must
+# still recognise that task as its own, or it would submit and pay again.
+_SIZES_0_1_SENT = {"wan2.5-t2i-preview": "1280x1280"}
+_WAN_V2_SIZE_0_1 = "1024x1024"
+_OTHER_SIZE_0_1 = "1328x1328"
+
+
+def size_as_0_1_sent(model: str) -> str:
+    """The size 0.1.0 sent for ``model`` when none was set."""
+    if model in _SIZES_0_1_SENT:
+        return _SIZES_0_1_SENT[model]
+    if model.startswith(("wan2.2-t2i-", "wanx2.1-t2i-", "wanx2.0-t2i-", "wan2.1-t2i-")):
+        return _WAN_V2_SIZE_0_1
+    return _OTHER_SIZE_0_1
+
+
 def fingerprint(request: GenerationRequest) -> str:
     """Identifies what a task was submitted for, so a retry only reuses a task of the same request."""
-    body = json.dumps(request.to_dashscope_body(), sort_keys=True, separators=(",", ":"))
+    body = json.dumps(submission_body(request), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 def superseded(external_id: object, request: GenerationRequest) -> bool:
-    """Whether the remembered task was submitted for another request (the rendered request changed)."""
+    """
+    Whether the remembered task was submitted for another request (the rendered request changed). A task
+    recorded by 0.1.0 for a request without a size carries the fingerprint of the size 0.1.0 sent.
+    """
     remembered = external_id if isinstance(external_id, Mapping) else {}
-    return remembered.get("request_sha256") != fingerprint(request)
+    recorded = remembered.get("request_sha256")
+    if recorded == fingerprint(request):
+        return False
+    if request.size is None:
+        as_0_1 = dataclasses.replace(request, size=size_as_0_1_sent(request.model))
+        return recorded != fingerprint(as_0_1)
+    return True
 
 
 def log_remembered(log: Any, external_id: Any, generation_task_id: str, state: TaskState) -> None:

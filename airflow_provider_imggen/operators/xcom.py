@@ -6,10 +6,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.metadata import generation_metadata
+from airflow_provider_imggen.wire.native import submission_body
 
 if TYPE_CHECKING:
-    from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
-    from airflow_provider_imggen.models import GenerationRequest
+    from airflow_provider_imggen.request import GenerationRequest
+    from airflow_provider_imggen.results import ImageGenerationResult
 
 
 def generation_xcom(
@@ -40,7 +41,7 @@ def submitted_xcom(
     request: GenerationRequest, generation_task_id: str, status: str, log: Any
 ) -> dict[str, Any]:
     """The XCom of a native task submitted without waiting: its id and the request, no images yet."""
-    from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+    from airflow_provider_imggen.results import ImageGenerationResult
 
     log.info(
         "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", generation_task_id, status
@@ -52,6 +53,6 @@ def submitted_xcom(
         usage={},
         request_id=None,
         model=request.model,
-        parameters=request.to_dashscope_body(),
+        parameters=submission_body(request),
     )
     return generation_xcom(result, request, {}, generation_task_id=generation_task_id, task_status=status)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import keys
@@ -117,7 +118,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         s3_bucket: str | None = None,
         s3_key: str,
         aws_conn_id: str | None = "aws_default",
-        imggen_conn_id: str | None = "imggen_default",
+        imggen_conn_id: str | None = DEFAULT_CONN_ID,
         replace: bool = False,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_concurrency: int = 4,
