@@ -11,7 +11,7 @@ sizes, ``n`` and prompt length its family allows (README, "Models"):
 Needs an ``imggen_default`` connection with ``api_style`` ``dashscope``: the Beijing base URL
 ``https://dashscope.aliyuncs.com/api/v1`` (or Singapore's, US's, a workspace endpoint; see README
 "Regions and workspaces"), or the offline emulator (``python -m airflow_provider_imggen.emulator``, Host its
-root URL). ``tests/test_example_models.py`` runs it against the emulator with ``airflow dags test``.
+root URL). ``tests/system/test_example_models.py`` runs it against the emulator with ``airflow dags test``.
 """
 
 from __future__ import annotations

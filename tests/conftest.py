@@ -168,20 +168,20 @@ def emulator_connection_env(emulator: EmulatorServer, **extra: object) -> dict[s
 # branches own too; tests of their own modules carry @pytest.mark.matrix. Every public module, a
 # generation, a deferrable generation, the sensor, the S3 transfer, the provider's registration.
 MATRIX_TESTS = (
-    "tests/test_connection.py::test_provider_info_matches_airflow_schema_and_model_table",
-    "tests/test_connection.py::test_airflow_providers_list_shows_the_provider",
-    "tests/test_connection.py::test_airflow_connections_add_cli",
-    "tests/test_emulator.py::test_url_success_downloads_png_of_requested_size",
-    "tests/test_hook.py::test_url_result_downloads_real_png",
-    "tests/test_operator.py::test_xcom_shape_from_the_emulator",
-    "tests/test_async_operator.py::test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom",
-    "tests/test_async_operator.py::test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape",
-    "tests/test_trigger.py::test_registered_with_airflow",
-    "tests/test_trigger.py::test_success_after_pending_and_running",
-    "tests/test_transfer_to_s3.py::test_url_images_land_in_s3_with_content_type_size_and_metadata",
-    "tests/test_dag_runs.py::test_example_content_pipeline_lands_images_and_metadata_in_s3",
-    "tests/test_async_dag_runs.py::test_sensor_in_poke_reschedule_and_deferrable_modes",
-    "tests/test_plugin.py::test_plugin_is_registered_through_its_entry_point",
+    "tests/integration/test_connection_settings.py::test_provider_info_matches_airflow_schema_and_model_table",
+    "tests/integration/test_connection_settings.py::test_airflow_providers_list_shows_the_provider",
+    "tests/integration/test_connection_settings.py::test_airflow_connections_add_cli",
+    "tests/integration/emulator/test_emulator.py::test_url_success_downloads_png_of_requested_size",
+    "tests/integration/hooks/test_image_generation.py::test_url_result_downloads_real_png",
+    "tests/integration/operators/test_image_generation.py::test_xcom_shape_from_the_emulator",
+    "tests/integration/operators/test_deferrable.py::test_deferrable_operator_submits_in_execute_and_resumes_with_the_same_xcom",
+    "tests/integration/operators/test_deferrable.py::test_sensor_poke_mode_waits_then_pushes_the_operators_xcom_shape",
+    "tests/integration/triggers/test_image_generation.py::test_registered_with_airflow",
+    "tests/integration/triggers/test_image_generation.py::test_success_after_pending_and_running",
+    "tests/integration/transfers/test_image_generation_to_s3.py::test_url_images_land_in_s3_with_content_type_size_and_metadata",
+    "tests/system/test_dag_runs.py::test_example_content_pipeline_lands_images_and_metadata_in_s3",
+    "tests/system/test_async_dag_runs.py::test_sensor_in_poke_reschedule_and_deferrable_modes",
+    "tests/integration/test_plugin.py::test_plugin_is_registered_through_its_entry_point",
 )
 
 

@@ -1,5 +1,5 @@
 """
-The Images view's real stack, for tests/test_ui_images.py and benchmarks/bench_ui_gallery.py.
+The Images view's real stack, for tests/system/test_ui_images.py and benchmarks/bench_ui_gallery.py.
 
 ``airflow standalone`` (own AIRFLOW_HOME, SQLite, free loopback ports, the test auth manager of
 tests/ui_auth_manager.py) next to two emulators (result URLs valid for a day / for a few seconds) and

@@ -1,6 +1,7 @@
 """
 Deferrable generations whose triggers read their connection from each place a deployment keeps one
-(tests/test_trigger_connections.py runs it under ``airflow dags test`` and under ``airflow standalone``).
+(tests/system/test_trigger_connections.py runs it under ``airflow dags test`` and under
+``airflow standalone``).
 
 Each task names its own connection: ``imggen_metadata_db`` (created with ``airflow connections add``),
 ``imggen_environment`` (an ``AIRFLOW_CONN_*`` variable) and ``imggen_secrets_backend`` (a file read by

@@ -1,6 +1,6 @@
 """
-A generation ended in the triggerer next to one resumed on a worker (tests/test_end_from_trigger.py runs
-it under ``airflow standalone``; tests/test_async_dag_runs.py under ``airflow dags test``).
+A generation ended in the triggerer next to one resumed on a worker (tests/system/test_end_from_trigger.py
+runs it under ``airflow standalone``; tests/system/test_async_dag_runs.py under ``airflow dags test``).
 
 ``ended_in_triggerer`` and ``resumed_on_worker`` ask for the same images (same prompt, seed, size), so
 their XComs must match but for the generation's own ids; ``compare`` reads both on a worker, as any

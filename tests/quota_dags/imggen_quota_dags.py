@@ -1,5 +1,6 @@
 """
-A mapped generation larger than the account's quota, run by a real scheduler (tests/test_quota_pool.py).
+A mapped generation larger than the account's quota, run by a real scheduler
+(tests/system/test_quota_pool.py).
 
 ``imggen_quota_pool`` follows the README's recipe: the tasks run in the pool ``imggen_quota`` whose slots
 equal the concurrent-task quota and which counts deferred tasks. ``imggen_quota_no_pool`` runs the same

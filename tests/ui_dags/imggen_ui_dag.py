@@ -1,4 +1,4 @@
-"""The DAG tests/test_ui_connection.py triggers: one generation on the connection created in the UI form."""
+"""The DAG tests/system/test_ui_connection.py triggers: one generation on the connection from the UI form."""
 
 from __future__ import annotations
 
