@@ -24,11 +24,11 @@ def check_downstream_keys(generation: BaseOperator) -> None:
     :raises ImageGenerationValidationError: an ``s3_key`` with an unknown or malformed placeholder, naming
         ``s3_key``, the template and the placeholders allowed
     """
-    from airflow_provider_imggen.transfers.image_generation_to_s3 import check_key_template
+    from airflow_provider_imggen.transfers.keys import check_template
 
     for task_id, s3_key in _wired_keys(generation):
         try:
-            check_key_template(s3_key)
+            check_template(s3_key)
         except Exception:
             generation.log.error(
                 "The s3_key of %s, which stores this task's images, cannot be used: nothing is sent or "

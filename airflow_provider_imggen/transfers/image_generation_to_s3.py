@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
-from airflow_provider_imggen.transfers import keys
+from airflow_provider_imggen.transfers import arguments, keys
 from airflow_provider_imggen.transfers.concurrency import run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
 from airflow_provider_imggen.transfers.links import ImagesViewLink, S3ImageLink
@@ -142,8 +142,11 @@ class ImageGenerationToS3Operator(BaseOperator):
         self.download_retry_wait = download_retry_wait
         self.download_timeout = download_timeout
         # In-memory checks only: mapped tasks re-create the operator on workers through __init__.
-        _check_literal_arguments(
-            {name: getattr(self, name) for name in ("s3_key", *_UNTEMPLATED_CHECKED, "download_timeout")}
+        arguments.check_literal_arguments(
+            {
+                name: getattr(self, name)
+                for name in ("s3_key", *arguments.UNTEMPLATED_CHECKED, "download_timeout")
+            }
         )
         self._key_template: keys.KeyTemplate | None = None
         self._stored: list[tuple[str, str]] = []
@@ -158,7 +161,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         """
         from airflow.sdk.definitions.xcom_arg import XComArg
 
-        _check_literal_arguments(
+        arguments.check_literal_arguments(
             {name: value for name, value in kwargs.items() if not isinstance(value, XComArg)}
         )
         return super().partial(**kwargs)
@@ -212,7 +215,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         map_index = getattr(context["ti"], "map_index", None)
         keys.check_mapped(template, map_index=map_index, replace=self.replace)
         args = upload_args(self.extra_upload_args)
-        download_timeout = _download_timeout(self.download_timeout)
+        download_timeout = arguments.download_timeout_seconds(self.download_timeout)
         early_keys = self._early_keys(template, sources, map_index)
         total = len(sources)
         self.log.info(
@@ -435,89 +438,6 @@ def _entry(plan: Planned, *, skipped: bool) -> StoredImageRecord:
         height=image.height,
         skipped=skipped,
     )
-
-
-_UNTEMPLATED_CHECKED = (
-    "max_image_bytes",
-    "max_concurrency",
-    "download_retries",
-    "download_retry_wait",
-    "replace",
-    "extra_upload_args",
-)
-
-
-def _check_literal_arguments(arguments: dict[str, Any]) -> None:
-    """
-    Check the arguments that are already final, so a broken DAG shows an import error.
-
-    A name missing from ``arguments`` (a ``.partial()`` whose ``.expand()`` gives it) is checked when the
-    mapped task's operator is created. ``s3_key`` is checked as written: its placeholders (an unknown one
-    would fail only after the images were billed), not what Jinja renders.
-    """
-    for name, minimum, integer in (
-        ("max_image_bytes", 1, True),
-        ("max_concurrency", 1, True),
-        ("download_retries", 0, True),
-        ("download_retry_wait", 0, False),
-    ):
-        if name in arguments:
-            _check_number(name, arguments[name], minimum=minimum, integer=integer)
-    download_timeout = arguments.get("download_timeout")
-    if "download_timeout" in arguments and not (
-        isinstance(download_timeout, str) and "{" in download_timeout
-    ):
-        _download_timeout(download_timeout)
-    if "replace" in arguments and not isinstance(arguments["replace"], bool):
-        raise ImageGenerationValidationError("replace", arguments["replace"], "expected True or False")
-    extra_upload_args = arguments.get("extra_upload_args")
-    if extra_upload_args is not None and not isinstance(extra_upload_args, dict):
-        raise ImageGenerationValidationError(
-            "extra_upload_args", type(extra_upload_args).__name__, "expected a dict of boto3 ExtraArgs"
-        )
-    if isinstance(arguments.get("s3_key"), str):
-        check_key_template(arguments["s3_key"])
-
-
-def check_key_template(s3_key: str) -> None:
-    """
-    Check an ``s3_key`` template as written, before any Jinja rendering: its placeholders and format specs.
-
-    A key without Jinja is checked whole (a stray brace too); in one with Jinja, the ``{name}``
-    placeholders outside Jinja's blocks (what Jinja renders is checked after rendering).
-
-    :raises ImageGenerationValidationError: naming ``s3_key``, the template and the placeholders allowed
-    """
-    if any(opening in s3_key for opening in ("{{", "{%", "{#")):
-        keys.prepare(s3_key)
-    else:
-        keys.parse(s3_key)
-
-
-def _check_number(name: str, value: object, *, minimum: float, integer: bool = True) -> None:
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not isinstance(value, kinds)
-        or value < minimum
-    ):
-        raise ImageGenerationValidationError(
-            name, value, f"expected {'a whole number' if integer else 'a number'} >= {minimum:g}"
-        )
-
-
-def _download_timeout(value: object) -> float:
-    """``download_timeout`` as seconds (it is templated: a rendered value may be text)."""
-    try:
-        seconds = (
-            float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else -1.0
-        )
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 86400:
-        raise ImageGenerationValidationError("download_timeout", value, "expected seconds, > 0 and <= 86400")
-    return seconds
 
 
 def _endpoint(hook: ImageS3Hook) -> str | None:

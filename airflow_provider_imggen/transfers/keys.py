@@ -171,6 +171,21 @@ def parse(raw: str) -> KeyTemplate:
     return prepared.parse_rendered(prepared.text)
 
 
+def check_template(s3_key: str) -> None:
+    """
+    Check an ``s3_key`` template as written, before any Jinja rendering: its placeholders and format specs.
+
+    A key without Jinja is checked whole (a stray brace too); in one with Jinja, the ``{name}``
+    placeholders outside Jinja's blocks (what Jinja renders is checked after rendering).
+
+    :raises ImageGenerationValidationError: naming ``s3_key``, the template and the placeholders allowed
+    """
+    if any(opening in s3_key for opening in ("{{", "{%", "{#")):
+        prepare(s3_key)
+    else:
+        parse(s3_key)
+
+
 def split_bucket(s3_bucket: object, template: KeyTemplate) -> tuple[str, KeyTemplate]:
     """The bucket and the key template, from ``s3_bucket`` or a full ``s3://bucket/key`` template."""
     bucket = s3_bucket.strip() if isinstance(s3_bucket, str) else None if s3_bucket is not None else ""
