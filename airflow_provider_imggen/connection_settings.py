@@ -9,7 +9,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_imggen.coercion import coerce_bool, coerce_int, coerce_seconds
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.request import GATEWAY_DIALECTS, GatewayDialect
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -26,6 +25,9 @@ __all__ = [
 ]
 
 ApiStyle = Literal["openai", "dashscope"]
+# Where an OpenAI-compatible gateway reads DashScope's own fields (the extra gateway_dialect).
+GatewayDialect = Literal["openai", "nested"]
+GATEWAY_DIALECTS: tuple[str, ...] = ("openai", "nested")
 # The connection every hook, operator, sensor and trigger of the provider uses unless told otherwise.
 DEFAULT_CONN_ID = "imggen_default"
 API_STYLES: tuple[str, ...] = ("openai", "dashscope")

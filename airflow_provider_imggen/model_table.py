@@ -7,7 +7,6 @@ table, written independently, and tests diff the two. Stdlib only: operators rea
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -272,6 +271,8 @@ def closest_known_model(model: str) -> str | None:
     base = _SNAPSHOT_SUFFIX.sub("", model)
     if base in KNOWN_MODELS:
         return base
+    import difflib  # only for a model the table does not know
+
     matches = difflib.get_close_matches(model, list(KNOWN_MODELS), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

@@ -16,12 +16,6 @@ from typing import Any, Literal
 
 from airflow_provider_imggen.coercion import coerce_bool, coerce_int, parse_size
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.model_table import (
-    ENDPOINTS,
-    GENERIC_MAX_N,
-    KNOWN_MODELS,
-    check_endpoint,
-)
 
 MAX_SEED = 2_147_483_647
 
@@ -34,11 +28,6 @@ ResponseFormat = Literal["url", "b64_json"]
 
 # What a template renders for a missing value (a dag_run.conf key that is not there): never a real prompt.
 RENDERED_MISSING_VALUES = frozenset({"None"})
-
-GatewayDialect = Literal["openai", "nested"]
-
-
-GATEWAY_DIALECTS: tuple[str, ...] = ("openai", "nested")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +136,8 @@ def check_extra_body(
 
 def check_request_for_style(request: GenerationRequest, api_style: str, dialect: str | None = None) -> None:
     """What a request validated without knowing the API must also satisfy for ``api_style``."""
+    from airflow_provider_imggen.model_table import check_endpoint
+
     if api_style != "dashscope":
         if request.endpoint is not None:
             raise ImageGenerationValidationError(
@@ -205,6 +196,10 @@ def validate_generation_request(
 
     :raises ImageGenerationValidationError: naming the parameter, the value and what is allowed
     """
+    # The model table is imported here, not with the module: records.py reads the request's parameter list
+    # from this module on the transfer's DAG-parse path, which needs no table.
+    from airflow_provider_imggen.model_table import ENDPOINTS, GENERIC_MAX_N, KNOWN_MODELS, check_endpoint
+
     unknown = sorted(set(arguments) - set(REQUEST_PARAMETERS))
     if unknown:
         raise ImageGenerationValidationError(

@@ -11,26 +11,17 @@ from airflow.providers.common.compat.sdk import ResumableJobMixin
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
+# What execute needs (events, XCom building, the task record, the deferral) is imported in the methods that
+# use it: every DAG-file parse imports this module.
 from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
-from airflow_provider_imggen.events import (
-    event_generation_task_id,
-    raise_for_event,
-    trigger_could_not_read_connection,
-)
 from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
-from airflow_provider_imggen.metadata import request_fields, task_metadata
-from airflow_provider_imggen.operators import arguments, task_record
+from airflow_provider_imggen.operators import arguments
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
-from airflow_provider_imggen.operators.b64_output import write_images
-from airflow_provider_imggen.operators.deferral import task_deferral, trigger_problem
-from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
 from airflow_provider_imggen.operators.quota_wait import (
     DEFAULT_THROTTLE_TIMEOUT,
     QuotaWait,
     log_unknown_outcome,
 )
-from airflow_provider_imggen.operators.xcom import generation_xcom, submitted_xcom
-from airflow_provider_imggen.polling import TASK_ACTIVE_STATUSES
 from airflow_provider_imggen.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -249,6 +240,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         Also where a quota wait in the triggerer resumes: ``event`` is then the ``DateTimeTrigger``'s
         (unused), and the try's deadline and count of throttled submissions come back (``QuotaWait``).
         """
+        from airflow_provider_imggen.operators.b64_output import write_images
+        from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
+        from airflow_provider_imggen.operators.xcom import generation_xcom
+
         request, output_path = self._prepare_request(context)
         # The storage tasks' keys: an unknown placeholder would fail them after the images were billed.
         check_downstream_keys(self)
@@ -285,6 +280,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
         Not called when the trigger ended the task itself (``end_from_trigger``, on success).
         """
+        from airflow_provider_imggen.events import (
+            event_generation_task_id,
+            raise_for_event,
+            trigger_could_not_read_connection,
+        )
+
         if not isinstance(event, Mapping):
             raise_for_event(event, waited=self.wait_timeout)
         # The request as submitted travels in the deferral's kwargs. `airflow dags test` hands back only
@@ -317,6 +318,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     # -- the native task, through ResumableJobMixin -----------------------------------------------------
 
     def submit_job(self, context: Context) -> JsonValue:
+        from airflow_provider_imggen.operators import task_record
+        from airflow_provider_imggen.operators.deferral import trigger_problem
+
         request = self._submitting_request
         if self.deferrable and self.wait_for_completion:
             # Before anything is billed: a wait the trigger could not do would otherwise start after it.
@@ -336,6 +340,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
         """The remembered task's status, or a pseudo-status saying why it cannot be reused."""
+        from airflow_provider_imggen.operators import task_record
+
         generation_task_id = task_record.remembered_generation_task_id(external_id)
         if generation_task_id is None:
             self.log.warning("Ignoring an unreadable task record from an earlier try: %r", external_id)
@@ -354,6 +360,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def is_job_active(self, status: str) -> bool:
         # SUSPENDED counts as running: an earlier try's suspended task is reconnected to, not paid again.
+        from airflow_provider_imggen.polling import TASK_ACTIVE_STATUSES
+
         return status in TASK_ACTIVE_STATUSES
 
     def is_job_succeeded(self, status: str) -> bool:
@@ -366,6 +374,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         ResumableJobMixin returns this method's value as the task's result when it reconnects to a task
         that is still running, so it returns the metadata (and keeps it for :meth:`get_job_result`).
         """
+        from airflow_provider_imggen.operators import task_record
+        from airflow_provider_imggen.operators.xcom import submitted_xcom
+
         generation_task_id = task_record.remembered_generation_task_id(external_id) or str(external_id)
         self._generation_task_id = generation_task_id
         if not self.wait_for_completion:
@@ -403,6 +414,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return self._task_metadata(self._state)
 
     def _defer(self, generation_task_id: str) -> None:
+        from airflow_provider_imggen.operators.deferral import task_deferral
+
         self.defer(**task_deferral(self, generation_task_id, self._submitting_request))
 
     # -- the one billable request: quota waits and unknown outcomes ---------------------------------------
@@ -443,11 +456,15 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     def _task_metadata(self, state: TaskState) -> dict[str, Any]:
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
+        from airflow_provider_imggen.metadata import request_fields, task_metadata
+
         # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
         return task_metadata(self.hook, state, **request_fields(self._submitting_request))
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
+        from airflow_provider_imggen.operators import task_record
+
         task_record.cancel_pending(
             self.imggen_conn_id, generation_task_id, self.__dict__.get("hook"), self.log
         )

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.wire.native import submission_body
-
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
@@ -65,6 +63,9 @@ def size_as_0_1_sent(model: str) -> str:
 
 def fingerprint(request: GenerationRequest) -> str:
     """Identifies what a task was submitted for, so a retry only reuses a task of the same request."""
+    # The wire module only when a task is recorded: not on the DAG-parse path.
+    from airflow_provider_imggen.wire.native import submission_body
+
     body = json.dumps(submission_body(request), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 

@@ -6,7 +6,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.metadata import generation_metadata
-from airflow_provider_imggen.wire.native import submission_body
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -42,6 +41,7 @@ def submitted_xcom(
 ) -> dict[str, Any]:
     """The XCom of a native task submitted without waiting: its id and the request, no images yet."""
     from airflow_provider_imggen.results import ImageGenerationResult
+    from airflow_provider_imggen.wire.native import submission_body
 
     log.info(
         "Not waiting for task %s (%s): wait for it with ImageGenerationTaskSensor", generation_task_id, status
