@@ -28,8 +28,6 @@ ApiStyle = Literal["openai", "dashscope"]
 # Where an OpenAI-compatible gateway reads DashScope's own fields (the extra gateway_dialect).
 GatewayDialect = Literal["openai", "nested"]
 GATEWAY_DIALECTS: tuple[str, ...] = ("openai", "nested")
-# The connection every hook, operator, sensor and trigger of the provider uses unless told otherwise.
-DEFAULT_CONN_ID = "imggen_default"
 API_STYLES: tuple[str, ...] = ("openai", "dashscope")
 DEFAULT_REQUEST_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3

@@ -35,14 +35,9 @@ if TYPE_CHECKING:
 
 def generation_metadata(
     result: ImageGenerationResult,
+    recorded: Mapping[str, Any],
     *,
-    prompt: str | None,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int | None = None,
-    seed: int | None = None,
     response_format: str = "url",
-    prompt_upsampling: bool | None = None,
     files: Mapping[int, Mapping[str, Any]] | None = None,
     generation_task_id: str | None = None,
     task_status: str | None = None,
@@ -59,13 +54,10 @@ def generation_metadata(
     ``None``.
 
     :param result: the API's answer
-    :param prompt: the prompt as sent
-    :param negative_prompt: the negative prompt as sent
-    :param size: the size as sent (``WxH``)
-    :param n: the number of images asked for
-    :param seed: the seed of image 0; image ``i`` used ``seed + i``
+    :param recorded: the request's recorded parameters (:func:`request_fields`; what a caller does not
+        know is left out): prompt, negative prompt, size as sent (None: the service's default), n, the seed
+        of image 0 (image ``i`` used ``seed + i``), prompt_upsampling
     :param response_format: ``url`` or ``b64_json``
-    :param prompt_upsampling: whether the API was allowed to rewrite the prompt
     :param files: per image index, where its bytes were written: ``{location, bytes, sha256}``
     :param generation_task_id: the native API's task id (``None`` for the OpenAI-compatible API, which
         has no task). Named so it is never mistaken for the Airflow task's ``task_id``
@@ -73,6 +65,8 @@ def generation_metadata(
         ``RUNNING`` when the operator submitted without waiting)
     :raises ResultUrlSealError: a gateway result URL and no Fernet key to seal it with
     """
+    fields = {name: recorded.get(name) for name in REQUEST_FIELDS if name != "model"}
+    seed = fields["seed"]
     images = []
     for image in result.images:
         record = ImageRecord(
@@ -94,13 +88,8 @@ def generation_metadata(
         images.append(record)
     return GenerationRecord(
         model=result.model or None,  # a task status does not name its model
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        size=size,
-        n=n,
-        seed=seed,
+        **fields,
         response_format=response_format,
-        prompt_upsampling=prompt_upsampling,
         created=result.created,
         created_at=result.created_at.isoformat(),
         request_id=result.request_id,
@@ -147,17 +136,11 @@ def request_fields(request: GenerationRequest) -> dict[str, Any]:
 def task_metadata(
     hook: ImageGenerationHook | ImageGenerationAsyncHook,
     state: TaskState,
-    *,
-    model: str | None = None,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int | None = None,
-    seed: int | None = None,
-    prompt_upsampling: bool | None = None,
+    recorded: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
-    The XCom metadata of a finished native task; what the caller knows of the request fills the rest.
+    The XCom metadata of a finished native task; what the caller knows of the request (``recorded``,
+    :func:`request_fields`) fills the rest.
 
     The one builder of a native task's XCom: the worker resuming a deferred task, the polling worker, the
     sensor, and the trigger ending a task in the triggerer (``end_from_trigger``) all call it. It makes no
@@ -171,17 +154,12 @@ def task_metadata(
         raise ImageGenerationAPIError(
             f"Task {state.generation_task_id} is still {state.status}: it has no results yet"
         )
-    result = hook.result_from_task(state, model=model)
-    if n is None and isinstance(state.task_metrics.get("TOTAL"), int):
-        n = state.task_metrics["TOTAL"]
+    known = dict(recorded or {})
+    result = hook.result_from_task(state, model=known.get("model"))
+    if known.get("n") is None and isinstance(state.task_metrics.get("TOTAL"), int):
+        known["n"] = state.task_metrics["TOTAL"]
+    if known.get("prompt") is None:
+        known["prompt"] = state.prompt
     return generation_metadata(
-        result,
-        prompt=prompt if prompt is not None else state.prompt,
-        negative_prompt=negative_prompt,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_upsampling=prompt_upsampling,
-        generation_task_id=state.generation_task_id,
-        task_status=state.status,
+        result, known, generation_task_id=state.generation_task_id, task_status=state.status
     )

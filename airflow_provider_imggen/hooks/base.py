@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.connection_settings import (
-    DEFAULT_CONN_ID,
     DEFAULT_CONNECT_TIMEOUT,
     WORKSPACE_HEADER,
     ConnectionSettings,

@@ -20,7 +20,12 @@ from airflow_provider_imggen.model_table import ENDPOINTS
 from airflow_provider_imggen.operators.quota_wait import parse_throttle_timeout
 from airflow_provider_imggen.operators.task_record import size_as_0_1_sent
 from airflow_provider_imggen.polling import check_poll_settings
-from airflow_provider_imggen.request import MAX_SEED, GenerationRequest, validate_generation_request
+from airflow_provider_imggen.request import (
+    MAX_SEED,
+    REQUEST_PARAMETERS,
+    GenerationRequest,
+    validate_generation_request,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
@@ -28,16 +33,12 @@ if TYPE_CHECKING:
 PROMPT_TEMPLATE_EXTENSIONS = (".txt", ".j2", ".jinja")
 # A seed the operator picks leaves room for seed + i on each of up to 10 images.
 _PICKED_SEED_RANGE = MAX_SEED - 16
-# The request's parameters checked as literals, and the neutral value standing in for a template.
+# The request's parameters checked as literals here, each with the neutral value (its default) standing in
+# for a template; the prompt, extra_body and endpoint have rules of their own below.
 _REQUEST_PLACEHOLDERS: dict[str, object] = {
-    "model": None,
-    "n": 1,
-    "size": None,
-    "response_format": "url",
-    "negative_prompt": None,
-    "prompt_upsampling": None,
-    "seed": None,
-    "watermark": None,
+    item.name: None if item.default is dataclasses.MISSING else item.default
+    for item in dataclasses.fields(GenerationRequest)
+    if item.name in REQUEST_PARAMETERS and item.name not in ("prompt", "extra_body", "endpoint")
 }
 _FLAGS = ("deferrable", "wait_for_completion", "end_from_trigger")
 
@@ -166,20 +167,12 @@ def rendered_request(
     operator: Any, hook: ImageGenerationHook, ti: Any, log: Any
 ) -> tuple[GenerationRequest, str | None]:
     """The operator's rendered request, validated, with its seed; and where ``b64_json`` images go."""
-    extra_body = operator.extra_body
-    request = hook.validate_request(
-        operator.prompt,
-        model=none_if_blank(operator.model),
-        n=operator.n,
-        size=none_if_blank(operator.size),
-        response_format=operator.response_format,
-        negative_prompt=none_if_blank(operator.negative_prompt),
-        prompt_upsampling=none_if_blank(operator.prompt_upsampling),
-        seed=none_if_blank(operator.seed),
-        extra_body=parse_extra_body(extra_body) if isinstance(extra_body, str) else extra_body,
-        watermark=none_if_blank(operator.watermark),
-        endpoint=none_if_blank(operator.endpoint),
-    )
+    # Every parameter of the request, as rendered: a value rendered blank means "not set".
+    rendered = {name: none_if_blank(getattr(operator, name)) for name in REQUEST_PARAMETERS}
+    rendered["prompt"] = operator.prompt
+    if isinstance(operator.extra_body, str):
+        rendered["extra_body"] = parse_extra_body(operator.extra_body)
+    request = hook.validate_request(**rendered)
     output_path = None
     if request.response_format == "b64_json":
         output_path = check_output_path(operator.output_path)

@@ -13,7 +13,7 @@ from airflow.sdk.configuration import conf
 
 # What execute needs (events, XCom building, the task record, the deferral) is imported in the methods that
 # use it: every DAG-file parse imports this module.
-from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
 from airflow_provider_imggen.operators import arguments
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
@@ -22,7 +22,7 @@ from airflow_provider_imggen.operators.quota_wait import (
     QuotaWait,
     log_unknown_outcome,
 )
-from airflow_provider_imggen.request import GenerationRequest
+from airflow_provider_imggen.request import REQUEST_PARAMETERS, GenerationRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,22 +118,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         ``wait_for_completion=False``)
     """
 
+    # Every parameter of the request, then the operator's own.
     template_fields: Sequence[str] = (
-        "prompt",
-        "model",
-        "n",
-        "size",
-        "response_format",
-        "negative_prompt",
-        "prompt_upsampling",
-        "seed",
-        "extra_body",
+        *REQUEST_PARAMETERS,
         "imggen_conn_id",
         "request_timeout",
         "output_path",
         "throttle_timeout",
-        "watermark",
-        "endpoint",
     )
     template_ext: Sequence[str] = PROMPT_TEMPLATE_EXTENSIONS
     template_fields_renderers: ClassVar[dict[str, str]] = {
@@ -459,7 +450,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         from airflow_provider_imggen.metadata import request_fields, task_metadata
 
         # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
-        return task_metadata(self.hook, state, **request_fields(self._submitting_request))
+        return task_metadata(self.hook, state, request_fields(self._submitting_request))
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""

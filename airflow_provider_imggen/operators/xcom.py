@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.metadata import generation_metadata
+from airflow_provider_imggen.metadata import generation_metadata, request_fields
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -23,13 +23,8 @@ def generation_xcom(
     """The XCom of a generation; ``files``: where ``b64_json`` images were written, by index."""
     return generation_metadata(
         result,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        size=request.size,
-        n=request.n,
-        seed=request.seed,
+        request_fields(request),
         response_format=request.response_format,
-        prompt_upsampling=request.prompt_upsampling,
         files=files,
         generation_task_id=generation_task_id,
         task_status=task_status,

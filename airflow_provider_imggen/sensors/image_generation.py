@@ -12,8 +12,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.coercion import check_flag
-from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.events import raise_for_event, trigger_could_not_read_connection
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.metadata import task_metadata
@@ -159,4 +159,4 @@ class ImageGenerationTaskSensor(BaseSensorOperator):
             if isinstance(target, Mapping)
             else {}
         )
-        return task_metadata(self.hook, state, **known)
+        return task_metadata(self.hook, state, known)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import arguments, keys

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from airflow_provider_imggen.connection_settings import parse_connection
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ImageResultUrlRefusedError
 
 # The DashScope result stores: dashscope-result-bj.oss-cn-beijing.aliyuncs.com and, since 2026, buckets named
@@ -117,6 +116,8 @@ class ResultUrlPolicy:
                 "no trusted API origin, only https result hosts of the default list)",
             ) from None
         # The connection's extras are read in one place, for the hooks and this policy alike.
+        from airflow_provider_imggen.connection_settings import parse_connection
+
         settings = parse_connection(conn)
         parts = urlsplit(settings.base_url)
         scheme = parts.scheme.lower()

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.coercion import check_flag
-from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
 from airflow_provider_imggen.events import task_event
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.polling import (
@@ -278,7 +278,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
 
         from airflow_provider_imggen.metadata import task_metadata
 
-        metadata = task_metadata(hook, state, **(self.request_fields or {}))
+        metadata = task_metadata(hook, state, self.request_fields)
         xcoms = task_end_xcoms(
             metadata, do_xcom_push=self.do_xcom_push, multiple_outputs=self.multiple_outputs
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_provider_imggen.connection_settings import DEFAULT_CONN_ID
+from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.ui.tiles import GENERATION, MISSING, TRANSFER, RunImages, TaskOutput, conn_id_of
 
 if TYPE_CHECKING:
