@@ -60,7 +60,6 @@ class ModelSpec:
     :param endpoints: the native endpoints serving it (``async``, ``sync``), the one used by default first
     :param quota: what the account may send to the default endpoint: requests per ``window_seconds`` and
         concurrent tasks
-    :param sync_quota: the synchronous endpoint's quota when the model is served by both (None: ``quota``)
     :param docs: the documentation page its limits come from, by title
     """
 
@@ -77,7 +76,6 @@ class ModelSpec:
     max_aspect_ratio: float | None = None
     endpoints: tuple[str, ...] = ("async",)
     quota: Quota | None = None
-    sync_quota: Quota | None = None
     docs: str = ""
 
     def describe_sizes(self) -> str:
@@ -145,13 +143,9 @@ _QWEN_SIZES = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664
 
 
 # Quotas count per Alibaba Cloud account (every key and workspace together), per model (api-notes §7).
+# ``quota`` is the default endpoint's: qwen-image / -plus have no concurrency quota on the synchronous
+# endpoint (docs/models.md says so; nothing in the provider paces by it).
 _TASK_QUOTA = Quota(requests=2, window_seconds=1, concurrent=2)
-
-
-# qwen-image / -plus on the synchronous endpoint: no concurrency quota.
-_QWEN_SYNC_QUOTA = Quota(requests=2, window_seconds=1, concurrent=None)
-
-
 _TWO_PER_MINUTE = Quota(requests=2, window_seconds=60, concurrent=None)
 
 
@@ -178,29 +172,23 @@ def _wan_v2(name: str) -> ModelSpec:
     return ModelSpec(name=name, **_WAN_V2)
 
 
+def _qwen_image(name: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        max_n=1,
+        default_size="1664x928",
+        fixed_sizes=_QWEN_SIZES,
+        endpoints=("async", "sync"),
+        quota=_TASK_QUOTA,
+        docs=DOC_QWEN_IMAGE,
+    )
+
+
 KNOWN_MODELS: dict[str, ModelSpec] = {
-    # Both endpoints serve qwen-image and qwen-image-plus; the task API stays the default (as before).
-    "qwen-image": ModelSpec(
-        name="qwen-image",
-        max_n=1,
-        default_size="1664x928",
-        fixed_sizes=_QWEN_SIZES,
-        endpoints=("async", "sync"),
-        quota=_TASK_QUOTA,
-        sync_quota=_QWEN_SYNC_QUOTA,
-        docs=DOC_QWEN_IMAGE,
-    ),
-    # qwen-image-plus has qwen-image's limits (issue 15, api-notes §6).
-    "qwen-image-plus": ModelSpec(
-        name="qwen-image-plus",
-        max_n=1,
-        default_size="1664x928",
-        fixed_sizes=_QWEN_SIZES,
-        endpoints=("async", "sync"),
-        quota=_TASK_QUOTA,
-        sync_quota=_QWEN_SYNC_QUOTA,
-        docs=DOC_QWEN_IMAGE,
-    ),
+    # Both endpoints serve qwen-image and qwen-image-plus (which has qwen-image's limits: issue 15,
+    # api-notes §6); the task API stays the default (as before).
+    "qwen-image": _qwen_image("qwen-image"),
+    "qwen-image-plus": _qwen_image("qwen-image-plus"),
     # Synchronous endpoint only, 2 requests per minute (api-notes §7). Sizes: qwen-image's list; the
     # concurrent limit is not documented.
     "qwen-image-max": ModelSpec(

@@ -78,8 +78,15 @@ def test_a_derived_seed_keeps_the_validation(imggen_conn: EmulatorServer) -> Non
 
 
 def test_the_parameter_list_is_the_requests_fields() -> None:
+    """Where the list is used, it is the request's: the operator's templates, the names validation accepts."""
+    from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+    from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+
     fields = [item.name for item in dataclasses.fields(GenerationRequest)]
     assert list(REQUEST_PARAMETERS) == [name for name in fields if name != "validated_for"]
+    assert set(REQUEST_PARAMETERS) <= set(ImageGenerationOperator.template_fields)
+    with pytest.raises(ImageGenerationValidationError, match="not a request parameter"):
+        validate_generation_request(prompt="a", model="wan2.2-t2i-flash", quality="hd")
     assert set(REQUEST_FIELDS) <= set(REQUEST_PARAMETERS)
     assert set(REQUEST_FIELDS) == {
         "model",
