@@ -276,3 +276,25 @@ class ImageGenerationConnectionUnreadableError(ImageGenerationAPIError):
             "it (the metadata DB, an AIRFLOW_CONN_* variable of this process, the secrets backend)",
             code=self.CODE,
         )
+
+
+class BillingJournalUnreadableError(ImageGenerationError, AirflowFailException):
+    """
+    The billing journal an earlier try left in the task state store cannot be read (edited, or written by
+    something else). It may name a request that was paid for: nothing is sent, and Airflow does not retry.
+    Someone who accepts paying again deletes the task state key ``imggen_billing`` (REST API or CLI).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The billing journal in the task state store (key imggen_billing) is unreadable: {reason}. "
+            "An earlier try may have paid for this request: nothing was sent. Delete the key to accept "
+            "paying again"
+        )
+
+
+class ImageGenerationUndeliveredError(ImageGenerationError, AirflowFailException):
+    """
+    Images were generated and billed, but could not be delivered (written below ``output_path``). Not
+    retried: the retry would pay again, and the bytes the service answered with are gone.
+    """

@@ -15,11 +15,21 @@ is :mod:`~airflow_provider_imggen.connection_settings`'s; the billing-safe retry
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from airflow.sdk.exceptions import AirflowTaskTimeout
+
+from airflow_provider_imggen import crash_points
+from airflow_provider_imggen.billing_journal import (
+    Attempt,
+    BillingJournal,
+    billable_fingerprint,
+    unsettled_description,
+)
 from airflow_provider_imggen.coercion import coerce_seconds
 from airflow_provider_imggen.connection_settings import (
     API_STYLES,
@@ -33,8 +43,10 @@ from airflow_provider_imggen.connection_settings import (
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
     ImageGenerationMalformedResponseError,
+    ImageGenerationOutcomeUnknownError,
     ImageGenerationSubmissionUnknownError,
     ImageGenerationValidationError,
+    billed_note,
 )
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
@@ -65,12 +77,13 @@ from airflow_provider_imggen.wire.errors import decode_response
 from airflow_provider_imggen.wire.gateway import gateway_ignored_fields, parse_generation_result
 from airflow_provider_imggen.wire.multimodal import parse_multimodal_result
 from airflow_provider_imggen.wire.native import (
+    flatten_native_request,
     parse_submitted_task,
     parse_task_state,
 )
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Callable
 
 from airflow_provider_imggen.hooks.base import PROMPT_LOG_CHARS
 from airflow_provider_imggen.hooks.image_generation_async import ImageGenerationAsyncHook
@@ -104,6 +117,31 @@ __all__ = [
 ]
 
 
+_Answer = TypeVar("_Answer")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+
+def _identifier(value: str | None) -> str | None:
+    """A request id the journal can keep (the service's text is not trusted to be one)."""
+    return value if value is not None and _IDENTIFIER.fullmatch(value) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BillableSend:
+    """
+    What a billable request sends: the endpoint (``gateway``, ``async``, ``sync``), its path below the
+    connection's base URL and the JSON body its wire module built.
+    """
+
+    endpoint: str
+    path: str
+    body: dict[str, Any]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return billable_fingerprint(self.endpoint, self.body)
+
+
 class ImageGenerationHook(NativeTasksHook):
     """
     Interact with a text-to-image API: an OpenAI-compatible gateway (``POST /v1/images/generations``) or
@@ -133,7 +171,13 @@ class ImageGenerationHook(NativeTasksHook):
 
     # -- generation -----------------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ImageGenerationResult:
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None = None,
+        journal: BillingJournal | None = None,
+    ) -> ImageGenerationResult:
         """
         Generate the images of a validated request (:meth:`validate_request`): one billable request.
 
@@ -145,6 +189,9 @@ class ImageGenerationHook(NativeTasksHook):
 
         :param request: the validated request
         :param timeout: read timeout in seconds for the billable request (default: the hook's)
+        :param journal: where the request's intent and outcome are recorded (the operator's is durable, in
+            the task state store); an earlier attempt of the same request without a known outcome is
+            never sent again blindly (:mod:`~airflow_provider_imggen.billing_journal`)
         :raises ImageGenerationValidationError: the request does not suit the connection (nothing sent)
         :raises ImageGenerationRejectedError: the API refused the request; retrying will not help
         :raises ImageGenerationThrottledError: throttled beyond the in-process budget (nothing billed)
@@ -154,16 +201,17 @@ class ImageGenerationHook(NativeTasksHook):
         :raises ImageGenerationAPIError: nothing could be sent (connection refused...) and retries ran out
         """
         request = self._check_request(request, timeout)
+        journal = journal if journal is not None else BillingJournal()
         if self.endpoint_for(request) == "sync":
-            return self._generate_multimodal(request, read_timeout=timeout)
+            return self._generate_multimodal(request, read_timeout=timeout, journal=journal)
         if self.settings.api_style == "dashscope":
             started = time.monotonic()
-            submitted = self.submit(request, timeout=timeout)
+            submitted = self.submit(request, timeout=timeout, journal=journal)
             state = self.wait_for_task(submitted.generation_task_id)
             return self.result_from_task(
                 state, model=submitted.model, parameters=submitted.parameters, started=started
             )
-        return self._generate_openai(request, read_timeout=timeout)
+        return self._generate_openai(request, read_timeout=timeout, journal=journal)
 
     def generate_images(
         self, prompt: str, *, timeout: float | None = None, **arguments: Any
@@ -180,6 +228,20 @@ class ImageGenerationHook(NativeTasksHook):
         """
         return self.generate(self.validate_request(prompt, **arguments), timeout=timeout)
 
+    def billable_send(self, request: GenerationRequest) -> BillableSend:
+        """
+        What generating ``request`` sends on this connection (endpoint, path, body): its fingerprint is the
+        key of its attempts in a billing journal.
+        """
+        endpoint = self.endpoint_for(request)
+        if endpoint == "sync":
+            return BillableSend("sync", multimodal.PATH, multimodal.request_body(request))
+        if endpoint == "async":
+            return BillableSend("async", native.SUBMIT_PATH, native.submission_body(request))
+        return BillableSend(
+            "gateway", gateway.PATH, gateway.request_body(request, self.settings.gateway_dialect)
+        )
+
     def _check_request(self, request: GenerationRequest, timeout: object) -> GenerationRequest:
         """``request``, checked against this connection's API once (see :func:`ensure_validated_for`)."""
         if not isinstance(request, GenerationRequest):
@@ -191,23 +253,26 @@ class ImageGenerationHook(NativeTasksHook):
         return ensure_validated_for(request, self.settings.api_style, self.settings.gateway_dialect)
 
     def _generate_openai(
-        self, request: GenerationRequest, *, read_timeout: float | None
+        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal
     ) -> ImageGenerationResult:
         started = time.monotonic()
         dialect = self.settings.gateway_dialect
-        body, request_id = self._send_billable(
-            request, gateway.PATH, gateway.request_body(request, dialect), read_timeout=read_timeout
+
+        def read_answer(body: dict[str, Any], request_id: str | None) -> ImageGenerationResult:
+            result, notes = parse_generation_result(body, request, request_id)
+            ignored = gateway_ignored_fields(body, request, result, dialect)
+            if ignored is not None:
+                self.log.warning("Answer to request %s: %s", request_id, ignored)
+                result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
+            self._log_answer(request, result, notes, request_id, started=started, where="")
+            return result
+
+        return self._send_billable(
+            request, self.billable_send(request), read_answer, read_timeout=read_timeout, journal=journal
         )
-        result, notes = parse_generation_result(body, request, request_id)
-        ignored = gateway_ignored_fields(body, request, result, dialect)
-        if ignored is not None:
-            self.log.warning("Answer to request %s: %s", request_id, ignored)
-            result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
-        self._log_answer(request, result, notes, request_id, started=started, where="")
-        return result
 
     def _generate_multimodal(
-        self, request: GenerationRequest, *, read_timeout: float | None
+        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal
     ) -> ImageGenerationResult:
         """
         One POST to DashScope's synchronous ``multimodal-generation/generation``: billable, answered with
@@ -215,14 +280,17 @@ class ImageGenerationHook(NativeTasksHook):
         dropped connection after sending is outcome unknown (no task to look up: never re-sent).
         """
         started = time.monotonic()
-        body, request_id = self._send_billable(
-            request, multimodal.PATH, multimodal.request_body(request), read_timeout=read_timeout
+
+        def read_answer(body: dict[str, Any], request_id: str | None) -> ImageGenerationResult:
+            result, notes = parse_multimodal_result(body, request, request_id)
+            self._log_answer(
+                request, result, notes, request_id, started=started, where=" on the synchronous endpoint"
+            )
+            return result
+
+        return self._send_billable(
+            request, self.billable_send(request), read_answer, read_timeout=read_timeout, journal=journal
         )
-        result, notes = parse_multimodal_result(body, request, request_id)
-        self._log_answer(
-            request, result, notes, request_id, started=started, where=" on the synchronous endpoint"
-        )
-        return result
 
     def _log_answer(
         self,
@@ -260,20 +328,32 @@ class ImageGenerationHook(NativeTasksHook):
 
     # -- DashScope native task API ---------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, *, timeout: float | None = None) -> SubmittedTask:
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None = None,
+        journal: BillingJournal | None = None,
+    ) -> SubmittedTask:
         """
         Submit a validated request as a native generation task (billable) and return at once.
 
         Needs a connection with ``api_style="dashscope"``. ``n`` is always sent (the native default for
         wan2.2-t2i-* is 4). The submission is re-sent only when the service provably created nothing
         (connection never opened, 429). When its outcome is unknown (5xx, read timeout, connection lost
-        after sending), the service's task list is searched (:meth:`find_submitted_task`): exactly one
-        matching task → reconnected to it (a warning says so); otherwise
-        :class:`~airflow_provider_imggen.exceptions.ImageGenerationSubmissionUnknownError`.
+        after sending, an unreadable answer), the service's task list is searched for the task it created
+        (:meth:`recover_submission`): exactly one task proven ours → reconnected to it (a warning says so);
+        otherwise :class:`~airflow_provider_imggen.exceptions.ImageGenerationSubmissionUnknownError`.
+
+        With a ``journal`` holding an earlier attempt of the same request, nothing is sent while that
+        attempt's task may still deliver: its task is reconnected to (unless it ended FAILED, CANCELED or
+        UNKNOWN), and an attempt whose outcome was never recorded (the try died) is recovered from the task
+        list the same way.
 
         :param request: the validated request
         :param timeout: read timeout in seconds for the submission
-        :raises ImageGenerationSubmissionUnknownError: sent, outcome unknown, no single task found
+        :param journal: where the submission's intent and outcome are recorded (see :meth:`generate`)
+        :raises ImageGenerationSubmissionUnknownError: sent, outcome unknown, no single task proven ours
         """
         self._require_dashscope("submit()")
         request = self._check_request(request, timeout)
@@ -285,18 +365,28 @@ class ImageGenerationHook(NativeTasksHook):
                 "answers with the images and creates no task to submit: use generate(), or "
                 "ImageGenerationOperator (nothing was sent)",
             )
-        body_sent = native.submission_body(request)
-        sent_at = datetime.now(tz=UTC)
+        journal = journal if journal is not None else BillingJournal()
+        sending = self.billable_send(request)
+        earlier = journal.last_for(sending.fingerprint)
+        if earlier is not None and earlier.outcome == "task" and earlier.generation_task_id is not None:
+            reused = self._reuse_submitted(request, sending.body, earlier.generation_task_id)
+            if reused is not None:
+                return reused
+        elif earlier is not None and not earlier.settled:
+            return self.recover_submission(request, sending.body, earlier, journal)
+
+        def read_answer(body: dict[str, Any], request_id: str | None) -> SubmittedTask:
+            return parse_submitted_task(body, request_id, sending.body)
+
         try:
-            body, request_id = self._send_billable(
-                request, native.SUBMIT_PATH, body_sent, read_timeout=timeout, task_api=True
+            submitted = self._send_billable(
+                request, sending, read_answer, read_timeout=timeout, journal=journal
             )
-            submitted = parse_submitted_task(body, request_id, body_sent)
-        except ImageGenerationSubmissionUnknownError as unknown:
-            return self._reconnect(request, body_sent, unknown, sent_at)
-        except ImageGenerationMalformedResponseError as unreadable:
-            # Answered, but without a usable task id: a task may exist all the same.
-            return self._reconnect(request, body_sent, unreadable, sent_at)
+        except (ImageGenerationSubmissionUnknownError, ImageGenerationMalformedResponseError) as unknown:
+            # Sent, and maybe created: the task list may show the task (the journal has it as unknown).
+            lost = journal.last_for(sending.fingerprint)
+            assert lost is not None, "_send_billable recorded the intent"
+            return self.recover_submission(request, sending.body, lost, journal, unknown=unknown)
         self.log.info(
             "Submitted task %s: model=%s n=%d size=%s seed=%s request_id=%s prompt=%r",
             submitted.generation_task_id,
@@ -308,6 +398,31 @@ class ImageGenerationHook(NativeTasksHook):
             request.prompt[:PROMPT_LOG_CHARS],
         )
         return submitted
+
+    def _reuse_submitted(
+        self, request: GenerationRequest, body_sent: dict[str, Any], generation_task_id: str
+    ) -> SubmittedTask | None:
+        """The task an earlier attempt created, unless it ended without images (then None: submit anew)."""
+        state = self.get_task(generation_task_id)
+        if state.status in ("FAILED", "CANCELED", "UNKNOWN"):
+            self.log.warning(
+                "Task %s, created by an earlier attempt of this request, is %s: submitting again",
+                generation_task_id,
+                state.status,
+            )
+            return None
+        self.log.info(
+            "Task %s, created by an earlier attempt of this request, is %s: reconnecting, nothing sent",
+            generation_task_id,
+            state.status,
+        )
+        return SubmittedTask(
+            generation_task_id=generation_task_id,
+            task_status=state.status,
+            request_id=state.request_id,
+            model=request.model,
+            parameters=flatten_native_request(body_sent),
+        )
 
     def submit_task(self, prompt: str, *, timeout: float | None = None, **arguments: Any) -> SubmittedTask:
         """
@@ -323,34 +438,129 @@ class ImageGenerationHook(NativeTasksHook):
     def _send_billable(
         self,
         request: GenerationRequest,
-        path: str,
-        body: dict[str, Any],
+        sending: BillableSend,
+        read_answer: Callable[[dict[str, Any], str | None], _Answer],
         *,
         read_timeout: float | None,
-        task_api: bool = False,
-    ) -> tuple[dict[str, Any], str | None]:
+        journal: BillingJournal,
+    ) -> _Answer:
         """
-        The one place a billable request leaves, whatever the endpoint: sent once, and again only when the
-        service provably did nothing with it (never connected, 429, an explicit not-processed answer); any
-        other failure after sending is outcome unknown (:mod:`~airflow_provider_imggen.retry_policy`).
+        The one place a billable request leaves, whatever the endpoint.
 
-        :param request: the validated request ``body`` spells (its model and image count are what may be
-            billed)
-        :param path: the endpoint's path below the connection's base URL
-        :param body: the endpoint's JSON body, from its wire module
+        Its intent is recorded in ``journal`` before it leaves; it is sent once, and again only when the
+        service provably did nothing with it (never connected, 429, an explicit not-processed answer,
+        :mod:`~airflow_provider_imggen.retry_policy`). From then until its outcome is recorded, every
+        failure (a parser bug, ``RecursionError``, ``execution_timeout``) is outcome unknown: on the
+        gateway and the synchronous endpoint an :class:`ImageGenerationOutcomeUnknownError`, which Airflow
+        does not retry; on the task API a :class:`ImageGenerationSubmissionUnknownError`, which
+        :meth:`submit` recovers from the task list (a kill or a timeout leaves the journal to the retry).
+
+        An earlier attempt of the same request in ``journal`` whose outcome is not provably "nothing
+        happened" stops the send (unless the connection's ``retry_unknown_outcome`` opts in): the task
+        API's caller recovers it first (:meth:`submit`).
+
+        :param request: the validated request (its model and image count are what may be billed)
+        :param sending: the endpoint, path and JSON body from the endpoint's wire module
+        :param read_answer: reads the answer's JSON body and request id (inside the boundary)
         :param read_timeout: read timeout in seconds (default: the hook's)
-        :param task_api: a submission to the native task API (asynchronous, recoverable from the task list)
+        :param journal: where the intent and the outcome go
         """
-        self.log.debug("POST %s: model=%s n=%d size=%s", path, request.model, request.n, request.size)
-        return self._request_json(
-            "POST",
-            f"{self.settings.base_url}{path}",
-            json=body,
-            headers=native.ASYNC_HEADER if task_api else None,
-            read_timeout=read_timeout,
-            billable=BillableRequest(
-                model=request.model, images=request.n, submitted_at=datetime.now(tz=UTC), native=task_api
-            ),
+        self._refuse_unsettled(request, sending, journal)
+        attempt = journal.record_intent(
+            fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
+        )
+        crash_points.reach("after_intent")
+        self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
+        task_api = sending.endpoint == "async"
+        try:
+            body, request_id = self._request_json(
+                "POST",
+                f"{self.settings.base_url}{sending.path}",
+                json=sending.body,
+                headers=native.ASYNC_HEADER if task_api else None,
+                read_timeout=read_timeout,
+                billable=BillableRequest(
+                    model=request.model, images=request.n, submitted_at=attempt.sent_at, native=task_api
+                ),
+            )
+            crash_points.reach("after_answer")
+            answer = read_answer(body, request_id)
+        except (ImageGenerationOutcomeUnknownError, ImageGenerationMalformedResponseError) as error:
+            journal.record_outcome(attempt, "unknown", request_id=_identifier(error.request_id))
+            raise
+        except ImageGenerationAPIError as error:
+            # Every other API error is one the service provably did nothing with (retry_policy sorts them).
+            journal.record_outcome(attempt, "not_processed", request_id=_identifier(error.request_id))
+            raise
+        except Exception as error:
+            # A bug, here or in a parser, after the request may have been billed: never an Airflow retry.
+            self._record_unknown(journal, attempt, error)
+            raise self._unknown_after_send(request, sending, attempt, error) from error
+        except BaseException as error:
+            # execution_timeout, SIGTERM: the process is going down; the journal tells the retry.
+            self._record_unknown(journal, attempt, error)
+            if isinstance(error, AirflowTaskTimeout) and not task_api:
+                raise self._unknown_after_send(request, sending, attempt, error) from error
+            raise
+        if isinstance(answer, SubmittedTask):
+            journal.record_outcome(
+                attempt,
+                "task",
+                generation_task_id=answer.generation_task_id,
+                request_id=_identifier(answer.request_id),
+            )
+        else:
+            journal.record_answer(attempt, answer)
+        crash_points.reach("after_record")
+        return answer
+
+    def _refuse_unsettled(
+        self, request: GenerationRequest, sending: BillableSend, journal: BillingJournal
+    ) -> None:
+        """Refuse to send a request an earlier attempt may have paid for (see :meth:`_send_billable`)."""
+        earlier = journal.last_for(sending.fingerprint)
+        if earlier is None or earlier.outcome in ("not_processed", "task"):
+            return
+        what = unsettled_description(earlier)
+        if self.settings.retry_unknown_outcome and earlier.outcome in (None, "unknown"):
+            self.log.warning(
+                "%s; the connection extra retry_unknown_outcome is set: sending it again, which may bill "
+                "twice",
+                what,
+            )
+            return
+        raise ImageGenerationOutcomeUnknownError(
+            f"{what}. {billed_note(earlier.model, earlier.images)} (set the connection extra "
+            "retry_unknown_outcome to accept paying twice)",
+            model=earlier.model,
+            images_at_risk=earlier.images,
+            submitted_at=earlier.sent_at,
+            request_id=earlier.request_id,
+            generation_task_id=earlier.generation_task_id,
+        )
+
+    def _record_unknown(self, journal: BillingJournal, attempt: Attempt, error: BaseException) -> None:
+        """Record an unknown outcome, best effort: an intent without an outcome says as much."""
+        try:
+            journal.record_outcome(attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
+        except Exception as recording:
+            self.log.warning("Could not record the outcome in the billing journal: %s", recording)
+
+    def _unknown_after_send(
+        self, request: GenerationRequest, sending: BillableSend, attempt: Attempt, error: BaseException
+    ) -> ImageGenerationOutcomeUnknownError:
+        """What an unexpected failure after the send becomes (its message never echoes the answer)."""
+        unknown = (
+            ImageGenerationSubmissionUnknownError
+            if sending.endpoint == "async"
+            else ImageGenerationOutcomeUnknownError
+        )
+        return unknown(
+            f"The {sending.endpoint} request sent at {attempt.intent_at} was interrupted after it may have "
+            f"been billed ({type(error).__name__}). {billed_note(request.model, request.n)}",
+            model=request.model,
+            images_at_risk=request.n,
+            submitted_at=attempt.sent_at,
         )
 
     # -- UI ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationRejectedError,
     ImageGenerationSubmissionUnknownError,
     ImageGenerationTaskTimeoutError,
+    billed_note,
 )
 from airflow_provider_imggen.polling import (
     DEFAULT_MAX_POLL_INTERVAL,
@@ -42,7 +43,7 @@ from airflow_provider_imggen.wire.native import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from airflow_provider_imggen.billing_journal import Attempt, BillingJournal
 
 from airflow_provider_imggen.hooks.blocking import BlockingHookBase
 
@@ -118,45 +119,70 @@ class NativeTasksHook(BlockingHookBase):
                 )
             time.sleep(wait.next_delay())
 
-    def _reconnect(
+    def recover_submission(
         self,
         request: GenerationRequest,
         body_sent: dict[str, Any],
-        unknown: ImageGenerationSubmissionUnknownError | ImageGenerationMalformedResponseError,
-        sent_at: datetime,
+        attempt: Attempt,
+        journal: BillingJournal,
+        *,
+        unknown: ImageGenerationSubmissionUnknownError | ImageGenerationMalformedResponseError | None = None,
     ) -> SubmittedTask:
-        """After a submission with an unknown outcome: the one task it created, or the error."""
-        submitted_at = getattr(unknown, "submitted_at", None) or sent_at
+        """
+        The task a submission whose outcome is unknown created, proven from the task list, or the error.
+
+        ``attempt`` is the journal's record of the submission (its intent's time bounds the search); the
+        tasks the journal already holds are never adopted again. ``unknown`` is the error this process saw
+        (None when an earlier try died without recording an outcome).
+
+        :raises ImageGenerationSubmissionUnknownError: no single listed task is provably the submission's
+            (:class:`ImageGenerationMalformedResponseError` when the submission was answered unreadably)
+        """
+        request_id = unknown.request_id if unknown is not None else attempt.request_id
         try:
-            found = self._find_submitted(request, submitted_at=submitted_at, request_id=unknown.request_id)
+            found, candidates = self._find_submitted(
+                request, submitted_at=attempt.sent_at, request_id=request_id, excluding=journal.task_ids()
+            )
         except ImageGenerationAPIError as error:
             self.log.warning("Could not search the task list for the lost submission: %s", error)
             found, note = None, "the task list could not be read"
         else:
-            note = "the task list shows no single task it could be"
+            note = (
+                f"the task list shows no single task it could be; candidates: {', '.join(candidates)}"
+                if candidates
+                else "the task list shows no task it could be"
+            )
         if found is None:
+            journal.record_outcome(attempt, "unknown", reason=note)
+            what = (
+                unknown.message
+                if unknown is not None
+                else f"Attempt {attempt.number} submitted this request at {attempt.intent_at} and its try "
+                "ended before the outcome was recorded"
+            )
             if isinstance(unknown, ImageGenerationMalformedResponseError):
                 raise ImageGenerationMalformedResponseError(
-                    f"{unknown.message} ({note})",
+                    f"{what} ({note})",
                     status=unknown.status,
                     request_id=unknown.request_id,
                     model=unknown.model,
                     images_at_risk=unknown.images_at_risk,
                 ) from None
             raise ImageGenerationSubmissionUnknownError(
-                f"{unknown.message} ({note})",
-                model=unknown.model,
-                images_at_risk=unknown.images_at_risk,
-                submitted_at=unknown.submitted_at,
-                status=unknown.status,
-                code=unknown.code,
-                request_id=unknown.request_id,
+                f"{what} ({note}). {billed_note(request.model, request.n)}",
+                model=request.model,
+                images_at_risk=request.n,
+                submitted_at=attempt.sent_at,
+                status=getattr(unknown, "status", None),
+                code=getattr(unknown, "code", None),
+                request_id=request_id,
             ) from None
+        journal.record_outcome(attempt, "task", generation_task_id=found.generation_task_id)
         self.log.warning(
-            "The submission's outcome was unknown (%s); the task list shows exactly one %s task created "
-            "then: reconnected to task %s (status %s), nothing submitted again",
-            type(unknown).__name__,
-            request.model,
+            "The submission of %s was lost (%s); the task list proves one task its own: reconnected to "
+            "task %s (status %s), nothing submitted again",
+            attempt.intent_at,
+            type(unknown).__name__ if unknown is not None else "the try ended before its outcome",
             found.generation_task_id,
             found.status,
         )
@@ -187,7 +213,9 @@ class NativeTasksHook(BlockingHookBase):
         :param until: the end of the search window (default: now)
         :param request_id: the lost submission's request id, when an answer named one
         """
-        found = self._find_submitted(request, submitted_at=submitted_at, until=until, request_id=request_id)
+        found, _ = self._find_submitted(
+            request, submitted_at=submitted_at, until=until, request_id=request_id
+        )
         return found.generation_task_id if found is not None else None
 
     def _find_submitted(
@@ -197,13 +225,15 @@ class NativeTasksHook(BlockingHookBase):
         submitted_at: datetime,
         until: datetime | None = None,
         request_id: str | None = None,
-    ) -> ListedTask | None:
+        excluding: frozenset[str] = frozenset(),
+    ) -> tuple[ListedTask | None, tuple[str, ...]]:
         """
-        The one listed task proven to be ``request``'s, or None. The task list shows the tasks of every key
-        of the account (api-notes §7): other pipelines, other keys. A task is ours only when its request id
-        is the lost submission's, or, once finished, its status names our prompt and image count; a
-        candidate that does not finish within :data:`RECOVERY_TIMEOUT` cannot be proven, and neither can
-        two that match: None then, and the caller fails closed.
+        The one listed task proven to be ``request``'s, or None; and the ids of the candidates looked at.
+        Tasks in ``excluding`` (created by other attempts) are never candidates. The task list shows the
+        tasks of every key of the account (api-notes §7): other pipelines, other keys. A task is ours only
+        when its request id is the lost submission's, or, once finished, its status names our prompt and
+        image count; a candidate that does not finish within :data:`RECOVERY_TIMEOUT` cannot be proven,
+        and neither can two that match: None then, and the caller fails closed.
         """
         self._require_dashscope("find_submitted_task()")
         if submitted_at.tzinfo is None:
@@ -218,6 +248,7 @@ class NativeTasksHook(BlockingHookBase):
             task
             for task in listed
             if task.model in (None, request.model)
+            and task.generation_task_id not in excluding
             and task.created_at is not None
             and start <= task.created_at <= end
         ]
@@ -228,11 +259,12 @@ class NativeTasksHook(BlockingHookBase):
             end.isoformat(timespec="seconds"),
             len(candidates),
         )
+        names = tuple(task.generation_task_id for task in candidates)
         if request_id:
             by_request = [task for task in candidates if task.request_id == request_id]
             if len(by_request) == 1:
-                return by_request[0]
-        return self._identify(request, candidates)
+                return by_request[0], names
+        return self._identify(request, candidates), names
 
     def _identify(self, request: GenerationRequest, candidates: Sequence[ListedTask]) -> ListedTask | None:
         """Of ``candidates``, the one whose finished status names ``request``'s prompt and image count."""

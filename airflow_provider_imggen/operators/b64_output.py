@@ -11,7 +11,42 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_imggen.billing_journal import Attempt, BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+    from airflow_provider_imggen.request import GenerationRequest
+
+
+def deliver_b64(
+    result: ImageGenerationResult,
+    request: GenerationRequest,
+    output_path: str | None,
+    ti: Any,
+    journal: BillingJournal,
+    attempt: Attempt | None,
+    log: Any,
+) -> dict[str, Any]:
+    """
+    The XCom of a ``b64_json`` answer, its images written below ``output_path`` first. The images are
+    paid for: a failed write is recorded in the journal and fails the task without an Airflow retry (a
+    retry would pay again; the bytes are gone).
+    """
+    from airflow_provider_imggen.exceptions import ImageGenerationUndeliveredError
+    from airflow_provider_imggen.operators.xcom import generation_xcom
+
+    try:
+        files = write_images(result, output_path, ti, log)
+    except Exception as error:
+        reason = f"writing them below output_path failed ({type(error).__name__}: {error})"
+        if attempt is not None:
+            journal.record_outcome(attempt, "undelivered", reason=reason[:2000])
+        raise ImageGenerationUndeliveredError(
+            f"{len(result.images)} image(s) of {result.model} were generated and billed (request id "
+            f"{result.request_id}), but {reason}: not generated again"
+        ) from error
+    xcom = generation_xcom(result, request, files)
+    if attempt is not None:
+        journal.record_outcome(attempt, "answered", delivered=xcom)
+    return xcom
 
 
 def write_images(
@@ -31,6 +66,9 @@ def write_image(data: bytes, index: int, output_path: str, ti: Any, log: Any) ->
     """Write one decoded image below ``output_path``; the path is unique per task instance and image."""
     from airflow.sdk import ObjectStoragePath
 
+    from airflow_provider_imggen import crash_points
+
+    crash_points.reach("during_result_write")
     name = f"{ti.map_index}-{index}.png" if ti.map_index is not None and ti.map_index >= 0 else f"{index}.png"
     if "://" not in output_path:
         output_path = f"file://{output_path}"

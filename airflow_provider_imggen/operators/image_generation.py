@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.mappedoperator import OperatorPartial
     from pydantic import JsonValue
 
+    from airflow_provider_imggen.billing_journal import BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
 
 _T = TypeVar("_T")
@@ -199,6 +200,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # Why the trigger's code could not load the connection in this worker (checked before submitting).
         self._trigger_connection_problem: str | None = None
         self._quota: QuotaWait | None = None
+        # What this task instance's tries sent and what came of it (the task state store's, when durable).
+        self._journal: BillingJournal | None = None
 
     @classmethod
     def partial(cls, **kwargs: Any) -> OperatorPartial:
@@ -231,9 +234,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         Also where a quota wait in the triggerer resumes: ``event`` is then the ``DateTimeTrigger``'s
         (unused), and the try's deadline and count of throttled submissions come back (``QuotaWait``).
         """
-        from airflow_provider_imggen.operators.b64_output import write_images
+        from airflow_provider_imggen.billing_journal import billing_journal
         from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
-        from airflow_provider_imggen.operators.xcom import generation_xcom
 
         request, output_path = self._prepare_request(context)
         # The storage tasks' keys: an unknown placeholder would fail them after the images were billed.
@@ -246,6 +248,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             throttled=throttled_submissions,
         )
         endpoint = self.hook.endpoint_for(request)
+        # Before anything is sent: what earlier tries of this task instance may have paid for.
+        self._journal = billing_journal(context, durable=self.durable)
         if endpoint == "async":
             self._request = request
             # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
@@ -259,9 +263,44 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             conn_id=self.imggen_conn_id,
             log=self.log,
         )
+        return self._generate_answered(request, output_path, context)
+
+    def _generate_answered(
+        self, request: GenerationRequest, output_path: str | None, context: Context
+    ) -> dict[str, Any]:
+        """
+        The gateway and the synchronous endpoint: one billable request answered with the images.
+
+        What it delivers is recorded in the billing journal with its outcome: a retry after a crash returns
+        that XCom again instead of paying again, and refuses to send a request whose outcome is unknown.
+        """
+        from airflow_provider_imggen.operators.b64_output import deliver_b64
+        from airflow_provider_imggen.operators.xcom import generation_xcom
+
+        journal = self._journal
+        assert journal is not None, "execute() opens the journal"
+        fingerprint = self.hook.billable_send(request).fingerprint
+        earlier = journal.last_for(fingerprint)
+        if earlier is not None and earlier.delivered is not None:
+            self.log.info(
+                "Attempt %d (%s) already delivered this request (request id %s): its XCom again, nothing "
+                "sent",
+                earlier.number,
+                earlier.intent_at,
+                earlier.request_id,
+            )
+            return earlier.delivered
+        if request.response_format == "url":
+            # Recorded with the outcome, in one write: nothing is lost between the answer and the XCom.
+            journal.deliverable = lambda result: generation_xcom(result, request, {})
         # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
-        result = self._billable(lambda: self.hook.generate(request), request, deferrable=False)
-        return generation_xcom(result, request, write_images(result, output_path, context["ti"], self.log))
+        result = self._billable(
+            lambda: self.hook.generate(request, journal=journal), request, deferrable=False
+        )
+        answered = journal.last_for(fingerprint)
+        if answered is not None and answered.delivered is not None:
+            return answered.delivered
+        return deliver_b64(result, request, output_path, context["ti"], journal, answered, self.log)
 
     def execute_complete(
         self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None
@@ -316,7 +355,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         if self.deferrable and self.wait_for_completion:
             # Before anything is billed: a wait the trigger could not do would otherwise start after it.
             self._trigger_connection_problem = trigger_problem(self)
-        submitted = self._billable(lambda: self.hook.submit(request), request, deferrable=self.deferrable)
+        journal = self._journal
+        submitted = self._billable(
+            lambda: self.hook.submit(request, journal=journal), request, deferrable=self.deferrable
+        )
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
