@@ -39,6 +39,7 @@ _HELP = {
     "rate_billed_504": "bill, then a proxy's 504",
     "rate_billed_drop": "bill, then close the connection",
     "rate_billed_stall": "bill, then hold the answer --stall-ms, then 504",
+    "hold_ms": "bill every billable request at once, then hold its answer this long",
     "rate_partial": "gateway: some items empty (only real items billed)",
     "rate_malformed": "gateway: a billed 200 body of one of --malformed-kinds",
     "retry_after_seconds": "seconds advertised with injected 429s",

@@ -12,6 +12,7 @@ the request log is written by :meth:`Call.log`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -112,6 +113,12 @@ class FaultRefusal(Exception):
     def __init__(self, fault: str) -> None:
         super().__init__(fault)
         self.fault = fault
+
+
+async def hold_answer(call: Call) -> None:
+    """The ``hold_ms`` fault: the request is done and billed; its answer leaves this much later."""
+    if call.state.faults.hold_ms > 0:
+        await asyncio.sleep(call.state.faults.hold_ms / 1000)
 
 
 def api_call(

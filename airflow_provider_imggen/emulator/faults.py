@@ -103,6 +103,9 @@ class FaultConfig:
     error_200_type: str = "upstream_error"  # or "ali_error", as a relay sends it
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
     stall_ms: float = 30_000
+    # Every billable request is performed and billed at once, then its (normal) answer is held this long: a
+    # slow link or a relay's long poll that ends well. A client cut off meanwhile paid all the same.
+    hold_ms: float = 0
     seed: int = 0
     fail_next: tuple[str, ...] = ()
     quotas: bool = True

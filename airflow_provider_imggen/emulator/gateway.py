@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
-from airflow_provider_imggen.emulator.calls import Call, api_call
+from airflow_provider_imggen.emulator.calls import Call, api_call, hold_answer
 from airflow_provider_imggen.emulator.errors import (
     billed_fault_response,
     billed_fault_status,
@@ -138,6 +138,7 @@ async def generate_images(
     if call.fault == "billed_stall":
         # The relay holds the answer (its long poll) after the upstream task completed and billed.
         await asyncio.sleep(call.state.faults.stall_ms / 1000)
+    await hold_answer(call)
     return response
 
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
 from airflow_provider_imggen.emulator.backend import validate_native
-from airflow_provider_imggen.emulator.calls import Call, api_call
+from airflow_provider_imggen.emulator.calls import Call, api_call, hold_answer
 from airflow_provider_imggen.emulator.errors import billed_fault_response, billed_fault_status, invalid
 from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
 from airflow_provider_imggen.emulator.models import limits_of
@@ -83,6 +83,7 @@ async def generate(
         response = _answer(call, validated)
     if call.fault == "billed_stall":
         await asyncio.sleep(call.state.faults.stall_ms / 1000)
+    await hold_answer(call)
     return response
 
 

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
 from airflow_provider_imggen.emulator.backend import TaskQuery
-from airflow_provider_imggen.emulator.calls import Call, api_call
+from airflow_provider_imggen.emulator.calls import Call, api_call, hold_answer
 from airflow_provider_imggen.emulator.errors import (
     ServiceError,
     billed_fault_response,
@@ -84,6 +84,7 @@ async def submit_task(call: SubmitCall) -> Response:
         if fault == "billed_stall":
             await asyncio.sleep(call.state.faults.stall_ms / 1000)
         return billed_fault_response(fault, call.request_id, "dashscope")
+    await hold_answer(call)
     return JSONResponse(
         {"output": {"task_status": "PENDING", "task_id": task.task_id}, "request_id": call.request_id}
     )

@@ -214,19 +214,25 @@ class ImageGenerationHook(NativeTasksHook):
         return self._generate_openai(request, read_timeout=timeout, journal=journal)
 
     def generate_images(
-        self, prompt: str, *, timeout: float | None = None, **arguments: Any
+        self,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        journal: BillingJournal | None = None,
+        **arguments: Any,
     ) -> ImageGenerationResult:
         """
         Validate the arguments (:meth:`validate_request`, before anything is sent), then :meth:`generate`.
 
         :param prompt: what to draw (at most 800 characters for the known models)
         :param timeout: read timeout in seconds for the billable request
+        :param journal: where the request's intent and outcome are recorded (see :meth:`generate`)
         :param arguments: the request's other parameters, by name: ``model`` (default: the connection's
             ``default_model``), ``n``, ``size``, ``response_format``, ``negative_prompt``,
             ``prompt_upsampling``, ``seed``, ``extra_body``, ``watermark``, ``endpoint``
             (:class:`~airflow_provider_imggen.request.GenerationRequest` documents each)
         """
-        return self.generate(self.validate_request(prompt, **arguments), timeout=timeout)
+        return self.generate(self.validate_request(prompt, **arguments), timeout=timeout, journal=journal)
 
     def billable_send(self, request: GenerationRequest) -> BillableSend:
         """
@@ -469,7 +475,12 @@ class ImageGenerationHook(NativeTasksHook):
         attempt = journal.record_intent(
             fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
         )
-        crash_points.reach("after_intent")
+        try:
+            crash_points.reach("after_intent")
+        except BaseException as error:
+            # Stopped in this process before anything left: provably not processed.
+            journal.record_outcome(attempt, "not_processed", reason=f"stopped by {type(error).__name__}")
+            raise
         self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
         task_api = sending.endpoint == "async"
         try:

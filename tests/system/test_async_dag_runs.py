@@ -296,7 +296,11 @@ def test_a_task_process_killed_after_submitting_reconnects_on_retry_under_an_exe
 
 
 def run_dag_under_local_executor(
-    airflow_env: dict[str, str], dag_id: str, connection: dict[str, str], **extra_env: str
+    airflow_env: dict[str, str],
+    dag_id: str,
+    connection: dict[str, str],
+    dag_file: Path = ASYNC_DAGS,
+    **extra_env: str,
 ) -> str:
     """
     ``airflow dags test --use-executor`` with LocalExecutor; what it printed.
@@ -316,7 +320,7 @@ def run_dag_under_local_executor(
 
     from tests.conftest import AIRFLOW_BIN
 
-    command = [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(ASYNC_DAGS), "--use-executor"]
+    command = [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(dag_file), "--use-executor"]
     timeout = float(os.environ.get("IMGGEN_CRASH_TEST_TIMEOUT", "300"))  # about 35 s here
     with tempfile.TemporaryDirectory() as directory:
         # Its own file (not a shared descriptor): reading it must not move the writer's offset.
