@@ -8,6 +8,7 @@ are delivered, and the signed URLs (credentials) are never echoed.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -19,6 +20,9 @@ from airflow_provider_imggen.results import MALFORMED_ITEM
 from tests.conftest import set_imggen_connection
 from tests.integration.hooks.test_image_generation import fast_hook
 from tests.integration.operators.test_image_generation import make_operator, run
+
+if TYPE_CHECKING:
+    from tests.s3_fixtures import S3Bucket
 
 DEEP = 5000  # past any JSON parser's recursion limit
 
@@ -163,3 +167,21 @@ def test_relay_that_drops_n_reaches_xcom(emulator: EmulatorServer, monkeypatch: 
     assert metadata["n"] == 1 and [image["index"] for image in metadata["images"]] == [0, 1, 2, 3]
     assert all(image["url_sealed"] for image in metadata["images"])
     assert any("returned 4 images for n=1: 4 billed" in warning for warning in metadata["warnings"])
+
+
+def test_images_beyond_n_reach_s3(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, s3: S3Bucket
+) -> None:
+    """The transfer stores every delivered image, those beyond n included, each under its own index."""
+    from tests.integration.transfers.test_image_generation_to_s3 import make_operator as make_transfer
+    from tests.integration.transfers.test_image_generation_to_s3 import run as run_transfer
+
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", default_model="wan2.2-t2i-flash")
+    emulator.set_faults(gateway_dialect="nested")
+    generation = run(make_operator(n=1, extra_body={"parameters": {"seed": 5}}))
+
+    entries = run_transfer(
+        make_transfer(generation=generation, s3_bucket=s3.name, s3_key="run/{index}.{ext}")
+    )
+    assert s3.object_keys() == [f"run/{index}.png" for index in range(4)]
+    assert [entry["index"] for entry in entries] == [0, 1, 2, 3]
