@@ -51,6 +51,8 @@ _HELP = {
     "rate_relay_fetch_fail": "nested relay: a b64_json result it fails to fetch (item dropped)",
     "relay_retries": "nested relay: retries of an upstream 5xx (each attempt billed)",
     "multimodal_text_item": "synchronous answers add a {text} content item",
+    "unparsable_result_urls": "the first K images of every answer get a URL no parser accepts (billed)",
+    "answer_nesting_depth": "wrap every answer's image list in this many more JSON arrays (billed)",
     "invalid_native_params": "fail_task (accept, then the task FAILS) or reject (400)",
     "task_pending_ms": "PENDING time after submission",
     "task_duration_ms": "then RUNNING, then done",
@@ -110,7 +112,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             kwargs["type"] = _list
         elif isinstance(default, str):
             kwargs["type"] = str
-        elif item.name in ("seed", "quota_concurrent_tasks", "relay_retries"):
+        elif item.name in (
+            "seed",
+            "quota_concurrent_tasks",
+            "relay_retries",
+            "unparsable_result_urls",
+            "answer_nesting_depth",
+        ):
             kwargs["type"] = int
         else:
             kwargs["type"] = float

@@ -80,6 +80,15 @@ class FaultConfig:
     script the outcome of the next tasks. ``invalid_native_params``: ``fail_task`` (as the service does:
     a submission with parameters out of the model's limits is accepted, then the task ends FAILED
     InvalidParameter) or ``reject`` (400 at submission).
+
+    Spoiled answers of every surface that hands out images (gateway generations in either dialect,
+    synchronous generations, the status of a SUCCEEDED task), billed as usual: ``unparsable_result_urls``
+    gives the first K images a result URL no URL parser accepts (``https://[host/...``: an unclosed IPv6
+    bracket, as a broken rewriting proxy leaves it; the signature is still in it, a credential), the others
+    intact; ``answer_nesting_depth`` wraps the answer's image list (``data``, ``output.choices``,
+    ``output.results``) in that many more JSON arrays, written out as text (``{"data": [[[...]]]}``): a
+    few thousand levels exceed the recursion limit of a JSON parser, a few hundred may pass it and trip the
+    code walking the result.
     """
 
     latency_ms: float = 0  # added to every generation request
@@ -135,6 +144,10 @@ class FaultConfig:
     relay_retries: int = 0
     # Synchronous answers add a {"text": ...} content item (the rewritten prompt) after the images.
     multimodal_text_item: bool = True
+    # The first K images of every answer carrying result URLs get a URL no parser accepts (still billed).
+    unparsable_result_urls: int = 0
+    # The image list of every answer carrying images, wrapped in this many more JSON arrays (still billed).
+    answer_nesting_depth: int = 0
 
     def validated(self) -> FaultConfig:
         """Return a copy with fields coerced, raising ValueError on nonsense values."""
@@ -189,9 +202,9 @@ def _validated_field(name: str, value: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise ValueError(f"gateway_models must be a list of model names, got {value!r}")
         return tuple(str(entry).strip() for entry in value if str(entry).strip())
-    if name == "relay_retries":
+    if name in ("relay_retries", "unparsable_result_urls", "answer_nesting_depth"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"relay_retries must be a whole number >= 0, got {value!r}")
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
         return value
     if name == "fail_next":
         return _names(name, value, SCRIPTABLE_FAULTS)

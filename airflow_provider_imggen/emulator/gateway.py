@@ -34,7 +34,7 @@ from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
 from airflow_provider_imggen.emulator.models import GATEWAY_MODELS, NAMED_FIELDS, is_known, serves
 from airflow_provider_imggen.emulator.objects import ImageParams, image_params, upsampled_prompt
 from airflow_provider_imggen.emulator.relay import relay_generation
-from airflow_provider_imggen.emulator.results import b64_image, signed_url
+from airflow_provider_imggen.emulator.results import b64_image, image_answer, result_url
 from airflow_provider_imggen.emulator.validation import InvalidRequestError, ValidRequest, validate_request
 
 router = APIRouter()
@@ -51,12 +51,12 @@ _EMPTY_ITEMS: tuple[dict[str, str], ...] = ({"url": "", "b64_json": "", "revised
 _TOO_MANY_IMAGES = 50
 
 
-async def _item(call: Call, validated: ValidRequest, params: ImageParams) -> dict[str, Any]:
+async def _item(call: Call, validated: ValidRequest, params: ImageParams, index: int) -> dict[str, Any]:
     item: dict[str, Any]
     if validated.response_format == "b64_json":
         item = {"b64_json": await b64_image(params)}
     else:
-        item = {"url": signed_url(call.state, call.request, params)}
+        item = {"url": result_url(call.state, call.request, params, index)}
     revised_prompt = upsampled_prompt(validated)
     shape = call.state.faults.gateway_revised_prompt
     if shape == "empty":
@@ -77,29 +77,29 @@ async def _answer(call: Call, validated: ValidRequest, fault: str | None) -> tup
             if index in failed:
                 data.append(dict(_EMPTY_ITEMS[0 if call.state.dice.draw_unit() < 0.5 else 1]))
             else:
-                data.append(await _item(call, validated, image))
+                data.append(await _item(call, validated, image, index))
         body = {"created": created, "data": data, "usage": _USAGE}
-        return JSONResponse(body), validated.n - len(failed), "partial"
+        return image_answer(call.state, body, ("data",)), validated.n - len(failed), "partial"
     kind = fault.partition(":")[2] if fault and fault.startswith("malformed:") else None
     if kind == "bad_base64" and validated.response_format != "b64_json":
         kind = "url_not_string"
     if kind == "url_not_string":
         data = [{"url": 12345} for _ in params]
     elif kind == "data_strings":
-        data = [signed_url(call.state, call.request, image) for image in params]
+        data = [result_url(call.state, call.request, image, index) for index, image in enumerate(params)]
     elif kind == "bad_base64":
         data = [{"b64_json": "iVBORw0KGgo=#not*base64!"} for _ in params]
     elif kind == "too_many_images":
         if validated.response_format == "b64_json":
-            rendered = [await _item(call, validated, image) for image in params]
+            rendered = [await _item(call, validated, image, index) for index, image in enumerate(params)]
             data = [rendered[index % len(rendered)] for index in range(_TOO_MANY_IMAGES)]
         else:
             data = [
-                await _item(call, validated, image)
-                for image in image_params(validated, count=_TOO_MANY_IMAGES)
+                await _item(call, validated, image, index)
+                for index, image in enumerate(image_params(validated, count=_TOO_MANY_IMAGES))
             ]
     else:
-        data = [await _item(call, validated, image) for image in params]
+        data = [await _item(call, validated, image, index) for index, image in enumerate(params)]
         if kind == "created_string":
             created = "yesterday"
     body = {"created": created, "data": data, "usage": _USAGE}
@@ -107,7 +107,7 @@ async def _answer(call: Call, validated: ValidRequest, fault: str | None) -> tup
         text = json.dumps(body)
         return Response(text[: len(text) // 2], media_type="application/json"), validated.n, fault or ""
     outcome = f"malformed:{kind}" if kind else "ok"
-    return JSONResponse(body), validated.n, outcome
+    return image_answer(call.state, body, ("data",)), validated.n, outcome
 
 
 def served_model(call: Call, model: object) -> str:

@@ -26,7 +26,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from airflow_provider_imggen.emulator.backend import validate_native
 from airflow_provider_imggen.emulator.calls import Call, api_call, hold_answer
@@ -34,7 +34,7 @@ from airflow_provider_imggen.emulator.errors import billed_fault_response, bille
 from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
 from airflow_provider_imggen.emulator.models import limits_of
 from airflow_provider_imggen.emulator.objects import image_params, upsampled_prompt
-from airflow_provider_imggen.emulator.results import signed_url
+from airflow_provider_imggen.emulator.results import image_answer, result_url
 from airflow_provider_imggen.emulator.validation import InvalidRequestError, ValidRequest
 
 router = APIRouter()
@@ -96,7 +96,8 @@ def _answer(call: Call, validated: ValidRequest) -> Response:
     if fault is not None:
         return billed_fault_response(fault, call.request_id, "dashscope")
     content: list[dict[str, str]] = [
-        {"image": signed_url(call.state, call.request, params)} for params in image_params(validated)
+        {"image": result_url(call.state, call.request, params, index)}
+        for index, params in enumerate(image_params(validated))
     ]
     rewritten = upsampled_prompt(validated)
     if rewritten and call.state.faults.multimodal_text_item:
@@ -106,10 +107,9 @@ def _answer(call: Call, validated: ValidRequest) -> Response:
     }
     if limits_of(validated.model)["task_metric"]:
         output["task_metric"] = {"TOTAL": validated.n, "SUCCEEDED": validated.n, "FAILED": 0}
-    return JSONResponse(
-        {
-            "output": output,
-            "usage": {"width": validated.width, "height": validated.height, "image_count": validated.n},
-            "request_id": call.request_id,
-        }
-    )
+    body = {
+        "output": output,
+        "usage": {"width": validated.width, "height": validated.height, "image_count": validated.n},
+        "request_id": call.request_id,
+    }
+    return image_answer(call.state, body, ("output", "choices"))

@@ -34,7 +34,7 @@ from airflow_provider_imggen.emulator.errors import (
     invalid,
 )
 from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
-from airflow_provider_imggen.emulator.results import signed_url
+from airflow_provider_imggen.emulator.results import image_answer, result_url
 from airflow_provider_imggen.emulator.tasks import TASK_STATUSES, Task
 from airflow_provider_imggen.emulator.wire import BEIJING, dashscope_time
 
@@ -116,7 +116,7 @@ def task_output(call: Call, task_id: str, task: Task | None, status: str) -> dic
             item = {"orig_prompt": task.orig_prompt}
             if task.actual_prompt:
                 item["actual_prompt"] = task.actual_prompt
-            item["url"] = signed_url(call.state, call.request, params, issued_at=task.ended_at)
+            item["url"] = result_url(call.state, call.request, params, index, issued_at=task.ended_at)
             results.append(item)
         output["results"] = results
         metrics.update(SUCCEEDED=task.succeeded_count, FAILED=task.n - task.succeeded_count)
@@ -131,6 +131,7 @@ async def get_task(task_id: str, call: StatusCall) -> Response:
     body: dict[str, Any] = {"request_id": call.request_id, "output": task_output(call, task_id, task, status)}
     if task is not None and status == "SUCCEEDED":
         body["usage"] = {"image_count": task.succeeded_count}
+        return image_answer(call.state, body, ("output", "results"))
     return JSONResponse(body)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from airflow_provider_imggen.emulator.backend import validate_native
 from airflow_provider_imggen.emulator.calls import Call
@@ -35,7 +35,7 @@ from airflow_provider_imggen.emulator.errors import (
 )
 from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
 from airflow_provider_imggen.emulator.objects import image_params
-from airflow_provider_imggen.emulator.results import b64_image, signed_url
+from airflow_provider_imggen.emulator.results import b64_image, image_answer, result_url
 from airflow_provider_imggen.emulator.validation import InvalidRequestError
 
 _RETRIED_FAULTS = ("billed_500", "billed_502", "billed_504")
@@ -109,6 +109,6 @@ async def relay_generation(call: Call, model: str, body: dict[str, Any]) -> Resp
         elif index in failed:
             data.append({"url": "", "revised_prompt": ""})
         else:
-            data.append({"url": signed_url(call.state, call.request, params), "revised_prompt": ""})
+            data.append({"url": result_url(call.state, call.request, params, index), "revised_prompt": ""})
     call.log(200, outcome=outcome, billed=billed, model=model, n=validated.n, fault=call.fault)
-    return JSONResponse({"created": int(time.time()), "data": data})
+    return image_answer(call.state, {"created": int(time.time()), "data": data}, ("data",))

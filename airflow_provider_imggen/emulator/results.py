@@ -9,15 +9,16 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import math
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape as xml_escape
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imggen.emulator.calls import Call, unauthenticated_call
@@ -47,6 +48,41 @@ def signed_url(
     # The Host header the client used, so the URL works from wherever the client is.
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
     return f"{request.url.scheme}://{host}{path}?{query}"
+
+
+def result_url(
+    state: EmulatorState, request: Request, params: ImageParams, index: int, issued_at: float | None = None
+) -> str:
+    """
+    Image ``index``'s result URL as an answer carries it: :func:`signed_url`, or, for the first
+    ``unparsable_result_urls`` images, the same URL spoiled so that no URL parser accepts it (an unclosed
+    IPv6 bracket: ``https://[host/...``). The image is generated and billed either way.
+    """
+    url = signed_url(state, request, params, issued_at)
+    if index < state.faults.unparsable_result_urls:
+        return url.replace("://", "://[", 1)
+    return url
+
+
+_NESTED = "__emulator_nested_image_list__"
+
+
+def image_answer(state: EmulatorState, body: dict[str, Any], path: tuple[str, ...]) -> Response:
+    """
+    A 200 JSON answer whose image list (at ``path`` in ``body``) is wrapped in ``answer_nesting_depth`` more
+    arrays. Written out as text: the JSON encoder would refuse the depth it is meant to show.
+    """
+    depth = state.faults.answer_nesting_depth
+    if depth == 0:
+        return JSONResponse(body)
+    outer = json.loads(json.dumps(body))
+    holder = outer
+    for key in path[:-1]:
+        holder = holder[key]
+    images = json.dumps(holder[path[-1]])
+    holder[path[-1]] = _NESTED
+    text = json.dumps(outer).replace(json.dumps(_NESTED), "[" * depth + images + "]" * depth, 1)
+    return Response(text, media_type="application/json")
 
 
 def _oss_error(code: str, message: str, request_id: str, status: int) -> Response:

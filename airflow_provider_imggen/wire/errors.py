@@ -38,19 +38,46 @@ def decode_response(
     Raises for an error status, and for an error body behind HTTP 200 (a gateway quirk). The API key is
     redacted from every message: some APIs echo the key they were sent.
 
+    A body nested deeper than the JSON parser goes is "not JSON"; any other failure of the reading itself
+    is an unreadable answer too (``Failure.MALFORMED``), never a ``RecursionError`` or ``KeyError``: for a
+    billable request the hook then raises :class:`ImageGenerationMalformedResponseError` (billed, not
+    retried), for a read the error of an unreadable answer.
+
     :raises ImageGenerationRejectedError: an error no retry can fix
     :raises TransientAPIError: an error another attempt may fix, or (``Failure.MALFORMED``) a 2xx answer
         that is not a JSON object; the retry policy decides what to do with it
     """
+    try:
+        return _decode_response(status, reason, headers, text, api_key)
+    except ImageGenerationAPIError:
+        raise
+    except Exception as error:  # a bug of the reading, or a body deeper than Python recurses
+        request_id = headers.get("x-request-id")
+        raise TransientAPIError(
+            f"The API answered {status} with a body the provider could not read ({type(error).__name__})",
+            failure=Failure.MALFORMED,
+            status=status,
+            request_id=request_id if isinstance(request_id, str) else None,
+        ) from None
+
+
+def _decode_response(
+    status: int, reason: str | None, headers: Mapping[str, str], text: str, api_key: str
+) -> tuple[dict[str, Any], str | None]:
     request_id = headers.get("x-request-id")
+    deep = False
     try:
         body = json.loads(text)
     except ValueError:
         body = None
+    except RecursionError:  # "[" * 100000, or a valid document nested past the parser's recursion limit
+        body, deep = None, True
     if not isinstance(body, dict):
         if status >= 400:
             raise _api_error(status, reason, headers, text, None, None, api_key)
         kind = "is not JSON" if body is None and text.strip() else "is not a JSON object"
+        if deep:
+            kind = "is not JSON the provider can read (nested deeper than its JSON parser goes)"
         raise TransientAPIError(
             f"The API answered {status} with a body that {kind} ({headers.get('content-type')!r})",
             failure=Failure.MALFORMED,

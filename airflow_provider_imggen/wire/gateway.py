@@ -10,7 +10,11 @@ import binascii
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError, billed_note
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationAPIError,
+    ImageGenerationMalformedResponseError,
+    billed_note,
+)
 from airflow_provider_imggen.results import (
     EMPTY_RESULT,
     MALFORMED_ITEM,
@@ -19,7 +23,13 @@ from airflow_provider_imggen.results import (
     GeneratedImage,
     ImageGenerationResult,
 )
-from airflow_provider_imggen.utils import url_expiry
+from airflow_provider_imggen.wire.answers import (
+    expiry_of,
+    extra_images,
+    guarded_failure,
+    unreadable_item,
+    url_problem,
+)
 from airflow_provider_imggen.wire.errors import no_usable_image
 from airflow_provider_imggen.wire.native import native_parameters
 
@@ -70,18 +80,33 @@ def parse_generation_result(
 ) -> tuple[ImageGenerationResult, list[str]]:
     """
     The result of ``POST /v1/images/generations``, trusting nothing in the answer (it may have been
-    billed, so nothing here raises what Airflow would retry).
+    billed, so nothing here raises what Airflow would retry: a failure of the parser itself is an
+    :class:`ImageGenerationMalformedResponseError` too).
 
-    Usable images are delivered; empty items (``EmptyResult``), unreadable ones (``MalformedItem``) and
-    images asked for that the answer does not carry (``MissingFromAnswer``: a relay dropped them, perhaps
-    after they were billed) are listed in ``failed_images``; items beyond the ``n`` asked for are
-    ignored; an unusable
-    ``created`` is replaced by the local time. Returns the result and notes for the log (never API
-    content).
+    Usable images are delivered; empty items (``EmptyResult``), unreadable ones (``MalformedItem``: a
+    result URL no parser accepts among them) and images asked for that the answer does not carry
+    (``MissingFromAnswer``: a relay dropped them, perhaps after they were billed) are listed in
+    ``failed_images``; items beyond the ``n`` asked for are delivered too, with a warning (a relay that
+    drops ``n`` bills the model's default count, see :func:`~airflow_provider_imggen.wire.answers.
+    extra_images`); an unusable ``created`` is replaced by the local time. Returns the result and notes
+    for the log (never API content).
 
-    :raises ImageGenerationMalformedResponseError: no image list, or not a single usable image
+    :raises ImageGenerationMalformedResponseError: no image list, not a single usable image, or an answer
+        the parser failed on
     """
+    try:
+        return _parse_generation_result(body, request, request_id)
+    except ImageGenerationAPIError:
+        raise
+    except Exception as error:  # a parser bug, or an answer deeper than Python recurses: billed all the same
+        raise guarded_failure(error, request, request_id, "an image generation") from None
+
+
+def _parse_generation_result(
+    body: dict[str, Any], request: GenerationRequest, request_id: str | None
+) -> tuple[ImageGenerationResult, list[str]]:
     notes: list[str] = []
+    warnings: list[str] = []
     data = body.get("data")
     if not isinstance(data, list) or not data:
         raise ImageGenerationMalformedResponseError(
@@ -93,13 +118,17 @@ def parse_generation_result(
             model=request.model,
             images_at_risk=request.n,
         )
-    if len(data) > request.n:
-        notes.append(f"the answer had {len(data)} images for n={request.n}: {len(data) - request.n} ignored")
-        data = data[: request.n]
+    data, extra = extra_images(data, request.n)
+    if extra is not None:
+        notes.append(extra)
+        warnings.append(extra)
     images: list[GeneratedImage] = []
     failed: list[FailedImage] = []
     for index, item in enumerate(data):
-        image, failure = _parse_item(index, item)
+        try:
+            image, failure = _parse_item(index, item)
+        except Exception as error:  # one item the parser failed on: the others are delivered
+            image, failure = None, unreadable_item(index, error)
         if image is not None:
             images.append(image)
         if failure is not None:
@@ -132,6 +161,7 @@ def parse_generation_result(
             model=request.model,
             parameters=request_body(request),
             failed_images=tuple(failed),
+            warnings=tuple(warnings),
         ),
         notes,
     )
@@ -157,11 +187,11 @@ def _parse_item(index: int, item: object) -> tuple[GeneratedImage | None, Failed
         if not data:
             return None, FailedImage(index, EMPTY_RESULT, "'b64_json' decodes to nothing")
         return GeneratedImage(index=index, data=data, revised_prompt=revised), None
-    if not isinstance(url, str):
-        return None, FailedImage(index, MALFORMED_ITEM, f"'url' is a {type(url).__name__}, not a string")
-    if not url.startswith(("https://", "http://")):
-        return None, FailedImage(index, MALFORMED_ITEM, "'url' is not an http(s) URL")
-    return GeneratedImage(index=index, url=url, revised_prompt=revised, url_expires_at=url_expiry(url)), None
+    problem = url_problem(url, "url")
+    if problem is not None:
+        return None, FailedImage(index, MALFORMED_ITEM, problem)
+    assert isinstance(url, str)
+    return GeneratedImage(index=index, url=url, revised_prompt=revised, url_expires_at=expiry_of(url)), None
 
 
 def gateway_ignored_fields(
@@ -179,7 +209,21 @@ def gateway_ignored_fields(
       field was dropped, and a relay that drops it drops the seed beside it.
 
     Without either sign (prompt extension left on, no seed echoed) a drop cannot be seen in the answer.
+    It reads a billed answer whose images are already parsed: it never raises (a failure of its own is
+    said in the warning).
     """
+    try:
+        return _gateway_ignored_fields(body, request, result, dialect)
+    except Exception as error:  # never lose the paid images over a check
+        return (
+            f"Could not check whether the gateway forwarded the seed and negative_prompt "
+            f"({type(error).__name__} reading the answer)"
+        )
+
+
+def _gateway_ignored_fields(
+    body: dict[str, Any], request: GenerationRequest, result: ImageGenerationResult, dialect: str
+) -> str | None:
     signs: list[str] = []
     raw_data = body.get("data")
     data: list[Any] = raw_data if isinstance(raw_data, list) else []

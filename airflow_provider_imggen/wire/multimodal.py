@@ -9,7 +9,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError, billed_note
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationAPIError,
+    ImageGenerationMalformedResponseError,
+    billed_note,
+)
 from airflow_provider_imggen.results import (
     EMPTY_RESULT,
     MALFORMED_ITEM,
@@ -17,7 +21,13 @@ from airflow_provider_imggen.results import (
     GeneratedImage,
     ImageGenerationResult,
 )
-from airflow_provider_imggen.utils import url_expiry
+from airflow_provider_imggen.wire.answers import (
+    expiry_of,
+    extra_images,
+    guarded_failure,
+    unreadable_item,
+    url_problem,
+)
 from airflow_provider_imggen.wire.errors import no_usable_image
 from airflow_provider_imggen.wire.native import flatten_native_request, native_parameters
 
@@ -45,11 +55,26 @@ def parse_multimodal_result(
     """
     The result of DashScope's synchronous ``multimodal-generation/generation``: the images are the
     ``{"image": url}`` items of ``output.choices[].message.content``. Trusts nothing: the answer was
-    billed, so nothing here raises what Airflow would retry; usable images are delivered, others listed.
+    billed, so nothing here raises what Airflow would retry (a failure of the parser itself is an
+    :class:`ImageGenerationMalformedResponseError` too); usable images are delivered, others listed (a
+    result URL no parser accepts among them), items beyond ``n`` delivered with a warning.
 
-    :raises ImageGenerationMalformedResponseError: no choices, or not a single usable image
+    :raises ImageGenerationMalformedResponseError: no choices, not a single usable image, or an answer
+        the parser failed on
     """
+    try:
+        return _parse_multimodal_result(body, request, request_id)
+    except ImageGenerationAPIError:
+        raise
+    except Exception as error:  # a parser bug, or an answer deeper than Python recurses: billed all the same
+        raise guarded_failure(error, request, request_id, "a synchronous generation") from None
+
+
+def _parse_multimodal_result(
+    body: dict[str, Any], request: GenerationRequest, request_id: str | None
+) -> tuple[ImageGenerationResult, list[str]]:
     notes: list[str] = []
+    warnings: list[str] = []
     output = body.get("output")
     choices = output.get("choices") if isinstance(output, dict) else None
     items: list[object] = []
@@ -72,25 +97,21 @@ def parse_multimodal_result(
             model=request.model,
             images_at_risk=request.n,
         )
-    if len(items) > request.n:
-        notes.append(
-            f"the answer had {len(items)} images for n={request.n}: {len(items) - request.n} ignored"
-        )
-        items = items[: request.n]
+    items, extra = extra_images(items, request.n)
+    if extra is not None:
+        notes.append(extra)
+        warnings.append(extra)
     images: list[GeneratedImage] = []
     failed: list[FailedImage] = []
     for index, item in enumerate(items):
-        url = item.get("image") if isinstance(item, dict) else None
-        if not isinstance(item, dict):
-            failed.append(
-                FailedImage(index, MALFORMED_ITEM, f"the item is a {type(item).__name__}, not an object")
-            )
-        elif not url:
-            failed.append(FailedImage(index, EMPTY_RESULT, "the item has no 'image'"))
-        elif not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            failed.append(FailedImage(index, MALFORMED_ITEM, "'image' is not an http(s) URL"))
-        else:
-            images.append(GeneratedImage(index=index, url=url, url_expires_at=url_expiry(url)))
+        try:
+            image, failure = _parse_item(index, item)
+        except Exception as error:  # one item the parser failed on: the others are delivered
+            image, failure = None, unreadable_item(index, error)
+        if image is not None:
+            images.append(image)
+        if failure is not None:
+            failed.append(failure)
     if not images:
         raise no_usable_image(request, request_id, failed, "")
     usage = body.get("usage")
@@ -103,6 +124,21 @@ def parse_multimodal_result(
             model=request.model,
             parameters=flatten_native_request(request_body(request)),
             failed_images=tuple(failed),
+            warnings=tuple(warnings),
         ),
         notes,
     )
+
+
+def _parse_item(index: int, item: object) -> tuple[GeneratedImage | None, FailedImage | None]:
+    """One image item of the content: an image, or why it is not one."""
+    if not isinstance(item, dict):
+        return None, FailedImage(index, MALFORMED_ITEM, f"the item is a {type(item).__name__}, not an object")
+    url = item.get("image")
+    if not url:
+        return None, FailedImage(index, EMPTY_RESULT, "the item has no 'image'")
+    problem = url_problem(url, "image")
+    if problem is not None:
+        return None, FailedImage(index, MALFORMED_ITEM, problem)
+    assert isinstance(url, str)
+    return GeneratedImage(index=index, url=url, url_expires_at=expiry_of(url)), None

@@ -11,10 +11,27 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError, billed_note
-from airflow_provider_imggen.results import FailedImage, GeneratedImage, ListedTask, SubmittedTask, TaskState
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationAPIError,
+    ImageGenerationMalformedResponseError,
+    billed_note,
+)
+from airflow_provider_imggen.results import (
+    MALFORMED_ITEM,
+    FailedImage,
+    GeneratedImage,
+    ListedTask,
+    SubmittedTask,
+    TaskState,
+)
 from airflow_provider_imggen.retry_policy import Failure, TransientAPIError
-from airflow_provider_imggen.utils import redact, url_expiry
+from airflow_provider_imggen.utils import redact
+from airflow_provider_imggen.wire.answers import (
+    expiry_of,
+    unreadable_billed_answer,
+    unreadable_item,
+    url_problem,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -91,9 +108,27 @@ def parse_submitted_task(
     """
     The task a native submission created, from the API's answer and the body that was sent.
 
-    :raises ImageGenerationMalformedResponseError: no task id in the answer (a task may exist: not sent
-        again)
+    :raises ImageGenerationMalformedResponseError: no task id in the answer, or an answer the parser failed
+        on (a task may exist: not sent again)
     """
+    try:
+        return _parse_submitted_task(body, request_id, native_request)
+    except ImageGenerationAPIError:
+        raise
+    except Exception as error:  # a parser bug, or an answer deeper than Python recurses: billed all the same
+        n = native_request.get("parameters", {}).get("n")
+        raise unreadable_billed_answer(
+            error,
+            model=str(native_request.get("model")),
+            images=n if isinstance(n, int) and not isinstance(n, bool) else 1,
+            request_id=request_id,
+            what="a task submission",
+        ) from None
+
+
+def _parse_submitted_task(
+    body: dict[str, Any], request_id: str | None, native_request: dict[str, Any]
+) -> SubmittedTask:
     output = body.get("output")
     task_id = output.get("task_id") if isinstance(output, dict) else None
     if not isinstance(task_id, str) or not task_id.strip() or "/" in task_id:
@@ -134,12 +169,29 @@ def parse_task_state(
     """
     A :class:`TaskState` from ``GET /api/v1/tasks/{task_id}``'s answer (either hook's client).
 
-    Each result is an image (``url``) or, in a partly failed task, ``{code, message}``. Messages have the
-    API key redacted.
+    Each result is an image (``url``) or, in a partly failed task, ``{code, message}``; a result whose URL
+    no parser accepts, or that the parser fails on, is a failed image (``MalformedItem``), the others are
+    delivered. Messages have the API key redacted.
 
-    :raises TransientAPIError: (``Failure.MALFORMED``) no ``output.task_status``: a status query is
-        idempotent, the hooks ask again
+    :raises TransientAPIError: (``Failure.MALFORMED``) no ``output.task_status``, or an answer the parser
+        failed on: a status query is idempotent, the hooks ask again
     """
+    try:
+        return _parse_task_state(body, request_id, generation_task_id=generation_task_id, api_key=api_key)
+    except ImageGenerationAPIError:
+        raise
+    except Exception as error:  # a parser bug, or an answer deeper than Python recurses
+        raise TransientAPIError(
+            f"The API answered a task query with a body the provider could not read ({type(error).__name__})",
+            failure=Failure.MALFORMED,
+            status=200,
+            request_id=request_id,
+        ) from None
+
+
+def _parse_task_state(
+    body: dict[str, Any], request_id: str | None, *, generation_task_id: str, api_key: str | None
+) -> TaskState:
     output = body.get("output")
     if not isinstance(output, dict) or not isinstance(output.get("task_status"), str):
         raise TransientAPIError(
@@ -153,30 +205,14 @@ def parse_task_state(
     results = output.get("results")
     results = results if isinstance(results, list) else []
     for index, item in enumerate(results):
-        item = item if isinstance(item, dict) else {}
-        url = item.get("url")
-        if isinstance(url, str) and url.startswith(("https://", "http://")):
-            # actual_prompt is absent when prompt extension is off (api-notes §6): no revised prompt then.
-            actual = item.get("actual_prompt")
-            images.append(
-                GeneratedImage(
-                    index=index,
-                    url=url,
-                    revised_prompt=actual
-                    if isinstance(actual, str) and actual.strip() and actual != item.get("orig_prompt")
-                    else None,
-                    url_expires_at=url_expiry(url),
-                )
-            )
-        else:
-            image_code = item.get("code")
-            failed.append(
-                FailedImage(
-                    index=index,
-                    code=None if image_code is None else str(image_code),
-                    message=redact(str(item.get("message") or "the API returned no URL for it"), api_key),
-                )
-            )
+        try:
+            image, failure = _task_result(index, item, api_key)
+        except Exception as error:  # one result the parser failed on: the others are delivered
+            image, failure = None, unreadable_item(index, error)
+        if image is not None:
+            images.append(image)
+        if failure is not None:
+            failed.append(failure)
     message = output.get("message")
     code = output.get("code")
     usage, metrics = body.get("usage"), output.get("task_metrics")
@@ -202,6 +238,34 @@ def parse_task_state(
             ),
             None,
         ),
+    )
+
+
+def _task_result(
+    index: int, item: object, api_key: str | None
+) -> tuple[GeneratedImage | None, FailedImage | None]:
+    """One entry of a task's ``results``: an image, or the failed image it reports (or is)."""
+    item = item if isinstance(item, dict) else {}
+    url = item.get("url")
+    if isinstance(url, str) and url.startswith(("https://", "http://")):
+        problem = url_problem(url, "url")
+        if problem is not None:
+            return None, FailedImage(index, MALFORMED_ITEM, problem)
+        # actual_prompt is absent when prompt extension is off (api-notes §6): no revised prompt then.
+        actual = item.get("actual_prompt")
+        revised = (
+            actual
+            if isinstance(actual, str) and actual.strip() and actual != item.get("orig_prompt")
+            else None
+        )
+        return GeneratedImage(
+            index=index, url=url, revised_prompt=revised, url_expires_at=expiry_of(url)
+        ), None
+    image_code = item.get("code")
+    return None, FailedImage(
+        index=index,
+        code=None if image_code is None else str(image_code),
+        message=redact(str(item.get("message") or "the API returned no URL for it"), api_key),
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,10 @@ from airflow_provider_imggen.exceptions import (
 from airflow_provider_imggen.request import GenerationRequest, validate_generation_request
 from airflow_provider_imggen.results import EMPTY_RESULT, MALFORMED_ITEM, FailedImage
 from airflow_provider_imggen.retry_policy import Failure, TransientAPIError
+from airflow_provider_imggen.wire.answers import MAX_DELIVERED_IMAGES
 from airflow_provider_imggen.wire.errors import decode_response
-from airflow_provider_imggen.wire.gateway import parse_generation_result
+from airflow_provider_imggen.wire.gateway import gateway_ignored_fields, parse_generation_result
+from airflow_provider_imggen.wire.multimodal import parse_multimodal_result
 from airflow_provider_imggen.wire.native import (
     parse_submitted_task,
     parse_task_list,
@@ -116,12 +120,201 @@ def test_created_yesterday_keeps_the_images_and_uses_the_local_time() -> None:
     assert notes == ["'created' is unusable (str): using the local time"]
 
 
-def test_more_images_than_asked_delivers_n_and_logs_the_count_only() -> None:
+def test_more_images_than_asked_are_delivered_with_a_warning() -> None:
+    """A relay that drops n bills the model's default count: what was paid for is delivered."""
     body = {"created": 1, "data": [{"url": f"https://x/{i}.png?Signature=s{i}"} for i in range(50)]}
     result, notes = parse_generation_result(body, request(n=1), "r1")
-    assert [image.index for image in result.images] == [0]
-    assert notes == ["the answer had 50 images for n=1: 49 ignored"]
-    assert "https://" not in " ".join(notes)
+    assert [image.index for image in result.images] == list(range(50))
+    (warning,) = result.warnings
+    assert notes == [warning] and warning.startswith("the service returned 50 images for n=1: 50 billed")
+    assert "images 1 to 49 beyond n" in warning and "https://" not in warning
+
+
+def test_a_hostile_count_of_images_is_capped() -> None:
+    body = {"created": 1, "data": [{"url": f"https://x/{i}.png"} for i in range(MAX_DELIVERED_IMAGES + 36)]}
+    result, notes = parse_generation_result(body, request(n=2), "r1")
+    assert len(result.images) == MAX_DELIVERED_IMAGES
+    assert f"the first {MAX_DELIVERED_IMAGES} are delivered, 36 are not" in notes[0]
+
+
+def test_more_images_than_asked_on_the_synchronous_endpoint() -> None:
+    content = [{"image": f"https://x/{i}.png"} for i in range(3)] + [{"text": "a cat, detailed"}]
+    body = {"output": {"choices": [{"message": {"content": content}}]}}
+    result, notes = parse_multimodal_result(body, request(n=1), "r1")
+    assert [image.index for image in result.images] == [0, 1, 2]
+    assert result.warnings == tuple(notes) and "returned 3 images for n=1: 3 billed" in notes[0]
+
+
+# Result URLs no parser accepts: a failed image, never a ValueError (billed: Airflow would pay again).
+BAD_URLS = [
+    "https://[bad/img.png?Expires=1900000000&Signature=secret",
+    "https://host:notaport/img.png?Signature=secret",
+    "https://host:99999999/img.png?Signature=secret",
+    "https:///img.png?Signature=secret",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+def test_gateway_unparsable_url_is_a_failed_image(bad: str) -> None:
+    result, _ = parse_generation_result(
+        {"created": 1, "data": [{"url": bad}, {"url": URL}]}, request(n=2), "r1"
+    )
+    assert [image.index for image in result.images] == [1]
+    ((index, code, message),) = [(f.index, f.code, f.message) for f in result.failed_images]
+    assert (index, code) == (0, MALFORMED_ITEM) and "secret" not in message and "[bad" not in message
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+def test_synchronous_unparsable_url_is_a_failed_image(bad: str) -> None:
+    body = {"output": {"choices": [{"message": {"content": [{"image": bad}, {"image": URL}]}}]}}
+    result, _ = parse_multimodal_result(body, request(n=2), "r1")
+    assert [image.index for image in result.images] == [1]
+    assert [(f.index, f.code) for f in result.failed_images] == [(0, MALFORMED_ITEM)]
+    assert "secret" not in result.failed_images[0].message
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+def test_task_unparsable_url_is_a_failed_image(bad: str) -> None:
+    body = {"output": {"task_status": "SUCCEEDED", "results": [{"url": bad}, {"url": URL}]}}
+    state = parse_task_state(body, "r1", generation_task_id="t1")
+    assert [image.index for image in state.images] == [1]
+    assert [(f.index, f.code) for f in state.failed_images] == [(0, MALFORMED_ITEM)]
+    assert "secret" not in state.failed_images[0].message
+
+
+def test_a_single_unparsable_url_is_malformed_not_a_value_error() -> None:
+    with pytest.raises(ImageGenerationMalformedResponseError) as raised:
+        parse_generation_result({"created": 1, "data": [{"url": BAD_URLS[0]}]}, request(), "r1")
+    assert "secret" not in str(raised.value) and raised.value.images_at_risk == 1
+
+
+def test_an_odd_expires_is_no_expiry_not_an_error() -> None:
+    url = "https://x/a.png?Expires=99999999999999999999&Signature=s"
+    result, _ = parse_generation_result({"created": 1, "data": [{"url": url}]}, request(), "r1")
+    assert result.images[0].url_expires_at is None
+
+
+# Answers nested deeper than Python recurses, and parser bugs: the provider's own errors only.
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000, '{"data": ' + "[" * 5000 + "]" * 5000 + "}", '{"a": ' * 5000 + "1" + "}" * 5000]
+)
+def test_a_deeply_nested_body_is_a_malformed_answer(text: str) -> None:
+    with pytest.raises(TransientAPIError) as raised:
+        decode_response(200, "OK", {"x-request-id": "r1"}, text, "sk-k")
+    assert raised.value.failure is Failure.MALFORMED and "nested deeper" in str(raised.value)
+    assert raised.value.request_id == "r1"
+
+
+def test_a_failure_of_the_decoding_itself_is_a_malformed_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise KeyError("code")
+
+    monkeypatch.setattr("airflow_provider_imggen.wire.errors._error_fields", broken)
+    with pytest.raises(TransientAPIError) as raised:
+        decode_response(200, "OK", {"x-request-id": "r1"}, '{"data": []}', "sk-k")
+    assert raised.value.failure is Failure.MALFORMED and "KeyError" in str(raised.value)
+
+
+ANSWER: dict[str, Any] = {"created": 1, "data": [{"url": URL}, {"url": URL}]}
+SYNC_ANSWER: dict[str, Any] = {
+    "output": {"choices": [{"message": {"content": [{"image": URL}, {"image": URL}]}}]}
+}
+TASK_ANSWER: dict[str, Any] = {
+    "output": {"task_status": "SUCCEEDED", "results": [{"url": URL}, {"url": URL}]}
+}
+
+
+def _deep(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("module", "target", "parse"),
+    [
+        ("gateway", "_parse_item", lambda: parse_generation_result(ANSWER, request(n=2), "r1")),
+        ("multimodal", "_parse_item", lambda: parse_multimodal_result(SYNC_ANSWER, request(n=2), "r1")),
+        ("native", "_task_result", lambda: parse_task_state(TASK_ANSWER, "r1", generation_task_id="t1")),
+    ],
+)
+def test_an_item_the_parser_fails_on_is_a_failed_image(
+    monkeypatch: pytest.MonkeyPatch, module: str, target: str, parse: Any
+) -> None:
+    original = getattr(importlib.import_module(f"airflow_provider_imggen.wire.{module}"), target)
+
+    def flaky(index: int, *args: object) -> object:
+        if index == 0:
+            raise RecursionError("maximum recursion depth exceeded")
+        return original(index, *args)
+
+    monkeypatch.setattr(f"airflow_provider_imggen.wire.{module}.{target}", flaky)
+    parsed = parse()
+    outcome = parsed[0] if isinstance(parsed, tuple) else parsed
+    assert [image.index for image in outcome.images] == [1]
+    assert outcome.failed_images == (
+        FailedImage(0, MALFORMED_ITEM, "the item could not be read (RecursionError)"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "parse"),
+    [
+        ("gateway._parse_generation_result", lambda: parse_generation_result(ANSWER, request(n=2), "r1")),
+        (
+            "multimodal._parse_multimodal_result",
+            lambda: parse_multimodal_result(SYNC_ANSWER, request(n=2), "r1"),
+        ),
+        (
+            "native._parse_submitted_task",
+            lambda: parse_submitted_task({"output": {}}, "r1", submission_body(request(n=2))),
+        ),
+    ],
+)
+def test_a_parser_bug_on_a_billed_answer_is_malformed_naming_the_bill(
+    monkeypatch: pytest.MonkeyPatch, target: str, parse: Any
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError(f"cannot read {URL}")
+
+    monkeypatch.setattr(f"airflow_provider_imggen.wire.{target}", broken)
+    with pytest.raises(ImageGenerationMalformedResponseError) as raised:
+        parse()
+    error = raised.value
+    assert (error.request_id, error.model, error.images_at_risk) == ("r1", "wan2.2-t2i-flash", 2)
+    assert "TypeError" in str(error) and "up to 2 image(s) of wan2.2-t2i-flash" in str(error)
+    assert "secret" not in str(error), "the parser's message may quote the answer: left out"
+
+
+def test_a_parser_bug_on_a_task_state_is_the_unreadable_answer_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RecursionError
+
+    monkeypatch.setattr("airflow_provider_imggen.wire.native._parse_task_state", broken)
+    with pytest.raises(TransientAPIError) as raised:
+        parse_task_state(TASK_ANSWER, "r1", generation_task_id="t1")
+    assert raised.value.failure is Failure.MALFORMED and raised.value.request_id == "r1"
+
+
+def test_a_deeply_nested_answer_that_parses_is_malformed_items() -> None:
+    body = {"created": 1, "data": [_deep(300), {"url": URL}]}
+    result, _ = parse_generation_result(body, request(n=2), "r1")
+    assert [image.index for image in result.images] == [1]
+    state = parse_task_state(
+        {"output": {"task_status": "FAILED", "message": _deep(900)}}, "r1", generation_task_id="t1"
+    )
+    assert state.status == "FAILED"
+
+
+def test_the_ignored_fields_check_never_raises() -> None:
+    seeded = validate_generation_request(
+        prompt="a cat", model="wan2.2-t2i-flash", n=1, size="512x512", seed=3
+    )
+    body = {"created": 1, "data": [{"url": URL, "seed": _deep(5000)}]}
+    result, _ = parse_generation_result(body, seeded, "r1")
+    warning = gateway_ignored_fields(body, seeded, result, "openai")
+    assert warning is None or "Could not check" in warning
 
 
 def test_partial_answers_name_each_failed_image() -> None:
