@@ -33,6 +33,7 @@ from airflow_provider_imggen.emulator.faults import REFUSING_FAULTS, ErrorStyle
 from airflow_provider_imggen.emulator.state import EmulatorState
 from airflow_provider_imggen.emulator.wire import (
     FINGERPRINT,
+    PROMPT,
     json_object,
     presented_key,
     request_id_of,
@@ -76,7 +77,7 @@ class Call:
         Log this call. ``outcome``: ok, unauthorized, rejected, denied, throttled, model_not_found, an
         injected fault's name (429, billed_500, partial, malformed:<kind>...), relay_retry, task_failed,
         truncate (downloads), not_found, expired. ``fingerprint``: the digest of the request's JSON body
-        once it was read.
+        once it was read; ``prompt``: the prompt it carried.
         """
         request = self.request
         return self.state.log.record(
@@ -94,6 +95,7 @@ class Call:
                 "fault": fault,
                 "task_id": task_id,
                 "fingerprint": request.scope.get(FINGERPRINT),
+                "prompt": request.scope.get(PROMPT),
                 "workspace": workspace_of(request),
                 "account": self.account or None,
             }

@@ -21,6 +21,7 @@ from airflow_provider_imggen.emulator.state import EmulatorState
 from airflow_provider_imggen.emulator.transport import REQUEST_ID
 
 FINGERPRINT = "imggen.fingerprint"
+PROMPT = "imggen.prompt"
 WORKSPACE_HEADER = "x-dashscope-workspace"
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
@@ -62,7 +63,28 @@ async def json_object(request: Request) -> dict[str, Any] | str:
     if not isinstance(body, dict):
         return "The request body must be a JSON object."
     request.scope[FINGERPRINT] = body_fingerprint(body)
+    request.scope[PROMPT] = prompt_of(body)
     return body
+
+
+def prompt_of(body: dict[str, Any]) -> str | None:
+    """
+    The prompt a request body carries, wherever its API puts it (top level on the gateway, ``input`` on
+    the task API, the first text of ``input.messages`` on the synchronous endpoint): the billing log
+    names what each charge was for, as a console does.
+    """
+    if isinstance(body.get("prompt"), str):
+        return str(body["prompt"])
+    given = body.get("input")
+    if not isinstance(given, dict):
+        return None
+    if isinstance(given.get("prompt"), str):
+        return str(given["prompt"])
+    for message in given.get("messages") or ():
+        for part in message.get("content") or () if isinstance(message, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                return str(part["text"])
+    return None
 
 
 def body_fingerprint(body: dict[str, Any]) -> str:
