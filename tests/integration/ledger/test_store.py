@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import traceback
 
 import pytest
 
@@ -132,7 +133,8 @@ def _refused(ledger: Ledger, fp: str, document: str) -> LedgerEntryUnreadableErr
     with pytest.raises(LedgerEntryUnreadableError) as caught:
         ledger.store.read(fp)
     error = caught.value
-    shown = f"{error} {error!r} {error.args} {error.reason}"
+    # The traceback a task log would show, chained exceptions included.
+    shown = "".join(traceback.format_exception(error)) + f"{error!r} {error.args}"
     assert SECRET not in shown, "the error echoes the stored content"
     assert fp in shown  # where it is, so that someone can repair it
     return error
