@@ -34,6 +34,7 @@ MAX_ENTRY_BYTES = 1024 * 1024
 MAX_IMAGES = 1000
 _MAX_TEXT = 1024
 _MAX_REQUEST_DEPTH = 8
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|\+00:00)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Control characters (including newlines) are refused in every text field: they forge log lines.
@@ -398,8 +399,9 @@ def _check_owner(owner: str) -> None:
 
 
 def _timestamp(value: object, path: str) -> str:
-    rule = "must be an ISO 8601 time in UTC"
-    if not isinstance(value, str) or len(value) > 64:
+    rule = "must be an ISO 8601 time in UTC, YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00 (or Z)"
+    # The extended form only: Python reads more (basic forms, week dates) than PostgreSQL's timestamptz.
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
         raise _Invalid(path, rule)
     try:
         moment = datetime.fromisoformat(value)

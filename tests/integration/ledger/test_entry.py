@@ -39,7 +39,13 @@ IMAGE = StoredImage(index=0, bucket="imggen-content", key="posters/0.png", sha25
             request={"nested": {"list": [1, 2.5, None, True, "x"]}, "seed": -1},
             updated_at=utc_now(),
         ),
-        claim("2" * 64, state="released", owner=make_owner("d", "run/with/slashes", "t", 3, 12)),
+        claim(
+            "2" * 64,
+            state="released",
+            owner=make_owner("d", "run/with/slashes", "t", 3, 12),
+            claimed_at="2026-01-01T00:00:00Z",
+            updated_at="2026-01-01T00:00:00.5+00:00",
+        ),
     ],
 )
 def test_json_round_trip(entry: LedgerEntry) -> None:
@@ -70,6 +76,9 @@ def test_an_entry_is_frozen_and_keeps_no_dict_of_its_caller() -> None:
         ({"owner": "dag/run/task/x/1"}, "owner"),
         ({"claimed_at": "2026-01-01T00:00:00"}, "claimed_at"),  # no zone
         ({"updated_at": "yesterday"}, "updated_at"),
+        ({"updated_at": "20260101T000000Z"}, "updated_at"),  # basic form: Python reads it, PostgreSQL not
+        ({"updated_at": "2026-13-01T00:00:00Z"}, "updated_at"),
+        ({"updated_at": "2026-01-01T00:00:00-00:00"}, "updated_at"),
         ({"request_id": ""}, "request_id"),
         ({"request": {"n": float("inf")}}, "request"),
         ({"request": {1: "x"}}, "request"),
