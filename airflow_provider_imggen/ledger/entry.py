@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imggen.exceptions import ImageGenerationError, ImageGenerationValidationError
 
+_T = TypeVar("_T")
 LedgerState = Literal["claimed", "billed", "stored", "released"]
 # claimed: a run is about to pay; billed: paid (the task or request id may be known); stored: the images
 # landed in S3; released: the claim was given up and nothing was billed.
@@ -267,7 +268,7 @@ def _no_constant(name: str) -> object:
     raise _Invalid("JSON", "NaN and Infinity are not JSON")
 
 
-def _raise_for_caller(check: Any, built: object) -> Any:
+def _raise_for_caller(check: Callable[[], _T], built: object) -> _T:
     """Run ``check``; a broken rule becomes the validation error a caller building an entry gets."""
     try:
         return check()
