@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -40,9 +41,12 @@ OUTCOMES: tuple[str, ...] = ("not_processed", "unknown", "task", "answered", "un
 ENDPOINTS = ("gateway", "async", "sync")
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-# Far more than any task makes (each retry adds one): a journal longer than this was not written by us.
-MAX_ATTEMPTS = 64
+# Model names (``org/model`` on some gateways) and the service's ids: any printable text of sane length.
+# Control characters are refused: they would forge log lines when an error quotes them.
+IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
+# Far more than any task makes: throttled attempts reuse one slot (record_intent), each Airflow try adds
+# at most a few. A journal longer than this was not written by this provider.
+MAX_ATTEMPTS = 256
 
 
 def billable_fingerprint(endpoint: str, body: Mapping[str, Any]) -> str:
@@ -115,7 +119,7 @@ class Attempt:
         for name in ("model", "generation_task_id", "request_id"):
             field_value = value.get(name)
             if field_value is not None and not (
-                isinstance(field_value, str) and _IDENTIFIER.fullmatch(field_value)
+                isinstance(field_value, str) and IDENTIFIER.fullmatch(field_value)
             ):
                 raise BillingJournalUnreadableError(f"an attempt's {name} is not an identifier")
         if not isinstance(value.get("model"), str):
@@ -144,6 +148,8 @@ class BillingJournal:
 
     def __init__(self, attempts: tuple[Attempt, ...] = ()) -> None:
         self._attempts = list(attempts)
+        # A hook may be shared by threads: numbering and persisting happen under one lock.
+        self._lock = threading.Lock()
         # Set by a caller that can turn an answer into what it delivers (the operator's XCom of URL
         # results): recorded with the outcome, so a retry after a crash delivers it without paying again.
         self.deliverable: Callable[[Any], dict[str, Any] | None] | None = None
@@ -164,32 +170,53 @@ class BillingJournal:
         return frozenset(a.generation_task_id for a in self._attempts if a.generation_task_id is not None)
 
     def record_intent(self, *, fingerprint: str, endpoint: str, model: str, images: int) -> Attempt:
-        """Record, durably, that a billable request is about to leave; the new attempt."""
-        attempt = Attempt(
-            number=len(self._attempts) + 1,
-            fingerprint=fingerprint,
-            endpoint=endpoint,
-            model=model,
-            images=images,
-            intent_at=datetime.now(tz=UTC).isoformat(),
-        )
-        self._attempts.append(attempt)
-        self._persist()
-        return attempt
+        """
+        Record, durably, that a billable request is about to leave; the new attempt.
+
+        An attempt the service provably did nothing with (``not_processed``: a throttled send) as the last
+        one gives up its slot: a quota wait sending the same request a hundred times keeps one attempt.
+
+        :raises BillingJournalUnreadableError: the attempt could not be read back (checked before sending)
+        """
+        with self._lock:
+            last = self._attempts[-1] if self._attempts else None
+            number = last.number if last is not None and last.outcome == "not_processed" else None
+            attempt = Attempt(
+                number=number or len(self._attempts) + 1,
+                fingerprint=fingerprint,
+                endpoint=endpoint,
+                model=model,
+                images=images,
+                intent_at=datetime.now(tz=UTC).isoformat(),
+            )
+            if attempt.number > MAX_ATTEMPTS:
+                raise BillingJournalUnreadableError(
+                    f"this task instance already sent {MAX_ATTEMPTS} billable requests that may have been "
+                    "billed; nothing more is sent"
+                )
+            # What is written is what a retry can read: checked here, before anything is sent.
+            Attempt.from_json(attempt.to_json())
+            if number is None:
+                self._attempts.append(attempt)
+            else:
+                self._attempts[number - 1] = attempt
+            self._persist()
+            return attempt
 
     def record_outcome(self, attempt: Attempt, outcome: Outcome, **fields: Any) -> Attempt:
         """Record, durably, what became of ``attempt`` (and what it delivered, if anything)."""
-        updated = dataclasses.replace(attempt, outcome=outcome, **fields)
-        # Attempts are numbered from 1 in order (read_attempts checks it).
-        self._attempts[attempt.number - 1] = updated
-        self._persist()
-        return updated
+        with self._lock:
+            updated = dataclasses.replace(attempt, outcome=outcome, **fields)
+            # Attempts are numbered from 1 in order (read_attempts checks it).
+            self._attempts[attempt.number - 1] = updated
+            self._persist()
+            return updated
 
     def record_answer(self, attempt: Attempt, result: Any) -> Attempt:
         """Record that ``attempt`` was answered with images (and, if it can be, what it delivers)."""
         delivered = self.deliverable(result) if self.deliverable is not None else None
         request_id = getattr(result, "request_id", None)
-        if not (isinstance(request_id, str) and _IDENTIFIER.fullmatch(request_id)):
+        if not (isinstance(request_id, str) and IDENTIFIER.fullmatch(request_id)):
             request_id = None
         return self.record_outcome(attempt, "answered", request_id=request_id, delivered=delivered)
 
@@ -237,10 +264,18 @@ def read_attempts(stored: object) -> tuple[Attempt, ...]:
     return attempts
 
 
-def billing_journal(context: Mapping[str, Any], *, durable: bool) -> BillingJournal:
+def billing_journal(context: Mapping[str, Any], *, durable: bool, log: Any) -> BillingJournal:
     """
     The journal of the running task instance: in its task state store when ``durable`` and the store
     exists (Airflow 3.3+ on a worker), else in memory (this try only).
     """
     store = context.get("task_state_store") if durable else None
-    return TaskStateJournal(store) if store is not None else BillingJournal()
+    if store is not None:
+        return TaskStateJournal(store)
+    if context.get("ti") is not None:
+        log.warning(
+            "The billing journal is kept in memory only (%s): a retry after this try dies mid-request "
+            "cannot tell what it paid for",
+            "durable=False" if not durable else "no task state store: Airflow before 3.3",
+        )
+    return BillingJournal()

@@ -58,6 +58,9 @@ class ConnectionSettings:
     :param allow_private_result_hosts: also accept result hosts resolving to private, loopback and
         link-local addresses
     :param scheme_assumed: Host named no scheme and https was assumed (said when TLS then fails)
+    :param ledger: where the billing ledger lives (``s3://<aws_conn_id>@<bucket>/<prefix>`` or
+        ``postgres://<postgres_conn_id>/<table>``; None: no ledger), see
+        :func:`~airflow_provider_imggen.ledger.open_ledger_store`
     """
 
     base_url: str
@@ -72,6 +75,7 @@ class ConnectionSettings:
     result_hosts: tuple[str, ...] | None = None
     allow_private_result_hosts: bool = False
     scheme_assumed: bool = False
+    ledger: str | None = None
 
 
 def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
@@ -157,7 +161,24 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         if allow_private is None
         else coerce_bool(label("allow_private_result_hosts"), allow_private),
         scheme_assumed="://" not in (conn.host or ""),
+        ledger=_ledger(label("ledger"), extra("ledger")),
     )
+
+
+def _ledger(label: str, setting: object) -> str | None:
+    """The ledger setting, checked now (before anything is billed); None when unset."""
+    if setting is None:
+        return None
+    # Checks the form only: the ledger package imports no provider until a store is used.
+    from airflow_provider_imggen.ledger import open_ledger_store
+
+    if not isinstance(setting, str):
+        raise ImageGenerationValidationError(label, setting, "expected s3://... or postgres://... text")
+    try:
+        open_ledger_store(setting.strip())
+    except ImageGenerationValidationError as error:
+        raise ImageGenerationValidationError(label, setting, error.allowed) from None
+    return setting.strip()
 
 
 def _result_hosts(label: str, hosts: object) -> tuple[str, ...] | None:

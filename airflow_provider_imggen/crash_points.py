@@ -41,13 +41,31 @@ def reach(point: str) -> None:
     where, _, how = spec.partition(":")
     if point == "after_intent" and where == "after_send":
         # The request is about to leave: crash while it is in flight, whatever the client is doing then.
+        # Airflow's execution_timeout uses the same alarm: it is given back once the answer is read.
         del os.environ[ENV]
-        signal.signal(signal.SIGALRM, lambda *_: crash(how, "after_send"))
-        signal.setitimer(signal.ITIMER_REAL, float(os.environ.get(DELAY_ENV, "0.5")))
+        _armed["previous"] = signal.signal(signal.SIGALRM, lambda *_: _fire(how))
+        _armed["timer"] = signal.setitimer(signal.ITIMER_REAL, float(os.environ.get(DELAY_ENV, "0.5")))
+        return
+    if point == "after_answer" and "previous" in _armed:
+        # The answer came before the alarm: this run did not crash where it was asked to.
+        signal.setitimer(signal.ITIMER_REAL, *_armed.pop("timer"))
+        signal.signal(signal.SIGALRM, _armed.pop("previous"))
+        print("imggen crash switch: the answer came before after_send fired (hold it back longer)")  # noqa: T201
         return
     if where == point:
         del os.environ[ENV]
         crash(how, point)
+
+
+# The alarm handler and timer the after_send switch displaced.
+_armed: dict[str, Any] = {}
+
+
+def _fire(how: str) -> None:
+    """The after_send alarm: give the alarm back to its owner, then crash."""
+    signal.signal(signal.SIGALRM, _armed.pop("previous", signal.SIG_DFL))
+    _armed.pop("timer", None)
+    crash(how, "after_send")
 
 
 def crash(how: str, point: str, *_: Any) -> None:

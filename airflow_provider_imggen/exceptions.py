@@ -63,6 +63,8 @@ class ImageGenerationAPIError(ImageGenerationError):
         self.code = code
         self.request_id = request_id
         self.param = param
+        # Set when the connection never opened: nothing was sent, nothing billed.
+        self.nothing_sent = False
         details = [
             f"{name}={value}"
             for name, value in (

@@ -157,6 +157,14 @@ def get_provider_info() -> dict[str, Any]:
                         "like any transient failure, and you may pay twice for the same images.",
                         "schema": {"type": ["boolean", "null"], "default": False},
                     },
+                    "ledger": {
+                        "label": "Billing ledger (pay once across runs)",
+                        "description": "Off when empty. s3://<aws_conn_id>@<bucket>/<prefix> or "
+                        "postgres://<postgres_conn_id>/<table>: before paying, a generation looks its "
+                        "request up there; images already stored in S3 (verified by sha256) are reused and "
+                        "nothing is billed, and two runs asking for the same request at once pay once.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "result_hosts": {
                         "label": "Result hosts (ImageGenerationToS3Operator)",
                         "description": "Hosts the S3 transfer may download result images from besides the "

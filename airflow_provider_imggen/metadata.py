@@ -65,7 +65,7 @@ def generation_metadata(
         ``RUNNING`` when the operator submitted without waiting)
     :raises ResultUrlSealError: a gateway result URL and no Fernet key to seal it with
     """
-    fields = {name: recorded.get(name) for name in REQUEST_FIELDS if name != "model"}
+    fields: dict[str, Any] = {name: recorded.get(name) for name in REQUEST_FIELDS if name != "model"}
     seed = fields["seed"]
     images = []
     for image in result.images:

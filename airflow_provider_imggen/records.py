@@ -152,6 +152,10 @@ class GenerationRecord:
     generation_task_id: str | None = None
     task_status: str | None = None
     warnings: tuple[str, ...] = ()
+    # The billing ledger's key of the request (connection extra ``ledger``): the transfer records there
+    # what it stored. ``reused``: the images came from the ledger, nothing was billed.
+    ledger_fingerprint: str | None = None
+    reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -209,6 +213,10 @@ class GenerationRecord:
             generation_task_id=_optional_str(f"{where}['generation_task_id']", generation_task_id),
             task_status=_optional_str(f"{where}['task_status']", value.get("task_status")),
             warnings=tuple(warnings),
+            ledger_fingerprint=_fingerprint(
+                f"{where}['ledger_fingerprint']", value.get("ledger_fingerprint")
+            ),
+            reused=bool(_optional_bool(f"{where}['reused']", value.get("reused"))),
         )
 
 
@@ -265,3 +273,14 @@ class StoredImageRecord:
             request_id=_optional_str(f"{where}['request_id']", value.get("request_id")),
             skipped=bool(value.get("skipped", False)),
         )
+
+
+def _fingerprint(where: str, value: object) -> str | None:
+    """A ledger fingerprint from XCom (editable): 64 lowercase hex digits, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise ImageGenerationValidationError(
+            where, "(not shown)", "expected a sha256 (64 lowercase hex digits)"
+        )
+    return value

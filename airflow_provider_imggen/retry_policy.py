@@ -359,9 +359,11 @@ def give_up(
     if billable is not None and error.failure not in SAFE_TO_RESEND:
         return outcome_unknown(error, attempts=attempts, where=where, billable=billable, policy=policy)
     if error.failure is Failure.NOT_SENT:
-        return ImageGenerationAPIError(
+        never_sent = ImageGenerationAPIError(
             f"{where} failed {tried}: {error.message} (the connection never opened: nothing was sent)"
         )
+        never_sent.nothing_sent = True
+        return never_sent
     if error.failure in (Failure.READ_TIMEOUT, Failure.DROPPED, Failure.MALFORMED):
         return ImageGenerationAPIError(f"{where} failed {tried}: {error.message}")
     return ImageGenerationAPIError(
@@ -418,3 +420,23 @@ def outcome_unknown(
         code=error.code,
         request_id=error.request_id,
     )
+
+
+def provably_not_processed(error: ImageGenerationAPIError) -> bool:
+    """
+    Whether a billable request that failed with ``error`` was provably not processed (nothing billed): it
+    was throttled, never sent, or refused with a client error (4xx but 408 and 409) or a relayed failure
+    behind HTTP 200. A 5xx never is, whatever its ``x-should-retry`` or error code say.
+    """
+    from airflow_provider_imggen.exceptions import (
+        ImageGenerationMalformedResponseError,
+        ImageGenerationOutcomeUnknownError,
+    )
+
+    if isinstance(error, ImageGenerationOutcomeUnknownError | ImageGenerationMalformedResponseError):
+        return False
+    if isinstance(error, ImageGenerationThrottledError):
+        return True
+    if error.status is None:
+        return getattr(error, "nothing_sent", False)
+    return error.status == 200 or (400 <= error.status < 500 and error.status not in (408, 409))

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_imggen.http_client import new_session, requests_verify
 from airflow_provider_imggen.retry_policy import (
+    SAFE_TO_RESEND,
     BillableRequest,
     TransientAPIError,
     give_up,
@@ -81,26 +82,35 @@ class BlockingHookBase(ImageGenerationHookBase):
         timeout = read_timeout or self.effective_request_timeout
         attempts = 0
         sent_at = datetime.now(tz=UTC)
+        # The worst failure of a billable request's attempts: a 500 then 429s may still have billed.
+        worst: TransientAPIError | None = None
         try:
             for attempt in Retrying(**policy.tenacity_kwargs(self._log_retry(method, url, policy))):
                 with attempt:
                     attempts += 1
                     sent_at = datetime.now(tz=UTC)
                     try:
-                        response = self.get_conn().request(
-                            method,
-                            url,
-                            headers=headers,
-                            timeout=(self.connect_timeout, timeout),
-                            **self._environment_settings(url),
-                            **kwargs,
+                        try:
+                            response = self.get_conn().request(
+                                method,
+                                url,
+                                headers=headers,
+                                timeout=(self.connect_timeout, timeout),
+                                **self._environment_settings(url),
+                                **kwargs,
+                            )
+                        except requests.RequestException as error:
+                            raise self._transport_error(error, requests_failure(error), timeout) from None
+                        return self._decode(
+                            response.status_code, response.reason, response.headers, response.text
                         )
-                    except requests.RequestException as error:
-                        raise self._transport_error(error, requests_failure(error), timeout) from None
-                    return self._decode(
-                        response.status_code, response.reason, response.headers, response.text
-                    )
+                    except TransientAPIError as error:
+                        if billable is not None and error.failure not in SAFE_TO_RESEND:
+                            worst = error
+                        raise
         except TransientAPIError as error:
+            if worst is not None and error.failure in SAFE_TO_RESEND:
+                error = worst
             raise give_up(
                 error,
                 attempts=attempts,

@@ -15,7 +15,6 @@ is :mod:`~airflow_provider_imggen.connection_settings`'s; the billing-safe retry
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -25,8 +24,10 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 
 from airflow_provider_imggen import crash_points
 from airflow_provider_imggen.billing_journal import (
+    IDENTIFIER,
     Attempt,
     BillingJournal,
+    Outcome,
     billable_fingerprint,
     unsettled_description,
 )
@@ -70,6 +71,7 @@ from airflow_provider_imggen.results import (
 )
 from airflow_provider_imggen.retry_policy import (
     BillableRequest,
+    provably_not_processed,
 )
 from airflow_provider_imggen.utils import redact
 from airflow_provider_imggen.wire import gateway, multimodal, native
@@ -118,12 +120,11 @@ __all__ = [
 
 
 _Answer = TypeVar("_Answer")
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
 def _identifier(value: str | None) -> str | None:
     """A request id the journal can keep (the service's text is not trusted to be one)."""
-    return value if value is not None and _IDENTIFIER.fullmatch(value) else None
+    return value if value is not None and IDENTIFIER.fullmatch(value) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,7 @@ class ImageGenerationHook(NativeTasksHook):
         *,
         timeout: float | None = None,
         journal: BillingJournal | None = None,
+        reuse: bool = True,
     ) -> ImageGenerationResult:
         """
         Generate the images of a validated request (:meth:`validate_request`): one billable request.
@@ -192,6 +194,8 @@ class ImageGenerationHook(NativeTasksHook):
         :param journal: where the request's intent and outcome are recorded (the operator's is durable, in
             the task state store); an earlier attempt of the same request without a known outcome is
             never sent again blindly (:mod:`~airflow_provider_imggen.billing_journal`)
+        :param reuse: an earlier attempt of the same request that was answered (paid for) or whose task
+            succeeded stops this one (False: generate, and pay for, new images)
         :raises ImageGenerationValidationError: the request does not suit the connection (nothing sent)
         :raises ImageGenerationRejectedError: the API refused the request; retrying will not help
         :raises ImageGenerationThrottledError: throttled beyond the in-process budget (nothing billed)
@@ -203,15 +207,15 @@ class ImageGenerationHook(NativeTasksHook):
         request = self._check_request(request, timeout)
         journal = journal if journal is not None else BillingJournal()
         if self.endpoint_for(request) == "sync":
-            return self._generate_multimodal(request, read_timeout=timeout, journal=journal)
+            return self._generate_multimodal(request, read_timeout=timeout, journal=journal, reuse=reuse)
         if self.settings.api_style == "dashscope":
             started = time.monotonic()
-            submitted = self.submit(request, timeout=timeout, journal=journal)
+            submitted = self.submit(request, timeout=timeout, journal=journal, reuse=reuse)
             state = self.wait_for_task(submitted.generation_task_id)
             return self.result_from_task(
                 state, model=submitted.model, parameters=submitted.parameters, started=started
             )
-        return self._generate_openai(request, read_timeout=timeout, journal=journal)
+        return self._generate_openai(request, read_timeout=timeout, journal=journal, reuse=reuse)
 
     def generate_images(
         self,
@@ -219,6 +223,7 @@ class ImageGenerationHook(NativeTasksHook):
         *,
         timeout: float | None = None,
         journal: BillingJournal | None = None,
+        reuse: bool = True,
         **arguments: Any,
     ) -> ImageGenerationResult:
         """
@@ -227,12 +232,14 @@ class ImageGenerationHook(NativeTasksHook):
         :param prompt: what to draw (at most 800 characters for the known models)
         :param timeout: read timeout in seconds for the billable request
         :param journal: where the request's intent and outcome are recorded (see :meth:`generate`)
+        :param reuse: see :meth:`generate`
         :param arguments: the request's other parameters, by name: ``model`` (default: the connection's
             ``default_model``), ``n``, ``size``, ``response_format``, ``negative_prompt``,
             ``prompt_upsampling``, ``seed``, ``extra_body``, ``watermark``, ``endpoint``
             (:class:`~airflow_provider_imggen.request.GenerationRequest` documents each)
         """
-        return self.generate(self.validate_request(prompt, **arguments), timeout=timeout, journal=journal)
+        request = self.validate_request(prompt, **arguments)
+        return self.generate(request, timeout=timeout, journal=journal, reuse=reuse)
 
     def billable_send(self, request: GenerationRequest) -> BillableSend:
         """
@@ -259,7 +266,7 @@ class ImageGenerationHook(NativeTasksHook):
         return ensure_validated_for(request, self.settings.api_style, self.settings.gateway_dialect)
 
     def _generate_openai(
-        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal
+        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal, reuse: bool
     ) -> ImageGenerationResult:
         started = time.monotonic()
         dialect = self.settings.gateway_dialect
@@ -274,11 +281,16 @@ class ImageGenerationHook(NativeTasksHook):
             return result
 
         return self._send_billable(
-            request, self.billable_send(request), read_answer, read_timeout=read_timeout, journal=journal
+            request,
+            self.billable_send(request),
+            read_answer,
+            read_timeout=read_timeout,
+            journal=journal,
+            reuse=reuse,
         )
 
     def _generate_multimodal(
-        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal
+        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal, reuse: bool
     ) -> ImageGenerationResult:
         """
         One POST to DashScope's synchronous ``multimodal-generation/generation``: billable, answered with
@@ -295,7 +307,12 @@ class ImageGenerationHook(NativeTasksHook):
             return result
 
         return self._send_billable(
-            request, self.billable_send(request), read_answer, read_timeout=read_timeout, journal=journal
+            request,
+            self.billable_send(request),
+            read_answer,
+            read_timeout=read_timeout,
+            journal=journal,
+            reuse=reuse,
         )
 
     def _log_answer(
@@ -340,6 +357,7 @@ class ImageGenerationHook(NativeTasksHook):
         *,
         timeout: float | None = None,
         journal: BillingJournal | None = None,
+        reuse: bool = True,
     ) -> SubmittedTask:
         """
         Submit a validated request as a native generation task (billable) and return at once.
@@ -359,6 +377,7 @@ class ImageGenerationHook(NativeTasksHook):
         :param request: the validated request
         :param timeout: read timeout in seconds for the submission
         :param journal: where the submission's intent and outcome are recorded (see :meth:`generate`)
+        :param reuse: reconnect to an earlier attempt's task that already succeeded (False: submit anew)
         :raises ImageGenerationSubmissionUnknownError: sent, outcome unknown, no single task proven ours
         """
         self._require_dashscope("submit()")
@@ -375,7 +394,7 @@ class ImageGenerationHook(NativeTasksHook):
         sending = self.billable_send(request)
         earlier = journal.last_for(sending.fingerprint)
         if earlier is not None and earlier.outcome == "task" and earlier.generation_task_id is not None:
-            reused = self._reuse_submitted(request, sending.body, earlier.generation_task_id)
+            reused = self._reuse_submitted(request, sending.body, earlier.generation_task_id, reuse=reuse)
             if reused is not None:
                 return reused
         elif earlier is not None and not earlier.settled:
@@ -386,7 +405,7 @@ class ImageGenerationHook(NativeTasksHook):
 
         try:
             submitted = self._send_billable(
-                request, sending, read_answer, read_timeout=timeout, journal=journal
+                request, sending, read_answer, read_timeout=timeout, journal=journal, reuse=reuse
             )
         except (ImageGenerationSubmissionUnknownError, ImageGenerationMalformedResponseError) as unknown:
             # Sent, and maybe created: the task list may show the task (the journal has it as unknown).
@@ -406,17 +425,34 @@ class ImageGenerationHook(NativeTasksHook):
         return submitted
 
     def _reuse_submitted(
-        self, request: GenerationRequest, body_sent: dict[str, Any], generation_task_id: str
+        self, request: GenerationRequest, body_sent: dict[str, Any], generation_task_id: str, *, reuse: bool
     ) -> SubmittedTask | None:
-        """The task an earlier attempt created, unless it ended without images (then None: submit anew)."""
+        """
+        The task an earlier attempt created, unless it ended without images, or succeeded and ``reuse`` is
+        False (then None: submit anew).
+        """
         state = self.get_task(generation_task_id)
-        if state.status in ("FAILED", "CANCELED", "UNKNOWN"):
+        if state.status == "SUCCEEDED" and not reuse:
+            self.log.info("Task %s already succeeded; reuse=False: submitting again", generation_task_id)
+            return None
+        if state.status in ("FAILED", "CANCELED") or (state.status == "UNKNOWN" and not reuse):
+            # FAILED and CANCELED tasks are not billed; an UNKNOWN (expired) one may have been.
             self.log.warning(
                 "Task %s, created by an earlier attempt of this request, is %s: submitting again",
                 generation_task_id,
                 state.status,
             )
             return None
+        if state.status == "UNKNOWN":
+            raise ImageGenerationOutcomeUnknownError(
+                f"Task {generation_task_id}, created by an earlier attempt of this request, is unknown to "
+                "the API (task ids live 24 h): it may have succeeded and been billed, and its results cannot "
+                f"be read any more. {billed_note(request.model, request.n)} (reuse=False submits, and pays "
+                "for, a new task)",
+                model=request.model,
+                images_at_risk=request.n,
+                generation_task_id=generation_task_id,
+            )
         self.log.info(
             "Task %s, created by an earlier attempt of this request, is %s: reconnecting, nothing sent",
             generation_task_id,
@@ -449,6 +485,7 @@ class ImageGenerationHook(NativeTasksHook):
         *,
         read_timeout: float | None,
         journal: BillingJournal,
+        reuse: bool = True,
     ) -> _Answer:
         """
         The one place a billable request leaves, whatever the endpoint.
@@ -470,8 +507,9 @@ class ImageGenerationHook(NativeTasksHook):
         :param read_answer: reads the answer's JSON body and request id (inside the boundary)
         :param read_timeout: read timeout in seconds (default: the hook's)
         :param journal: where the intent and the outcome go
+        :param reuse: False: an earlier attempt that was answered (paid) does not stop this one
         """
-        self._refuse_unsettled(request, sending, journal)
+        self._refuse_unsettled(request, sending, journal, reuse=reuse)
         attempt = journal.record_intent(
             fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
         )
@@ -496,44 +534,62 @@ class ImageGenerationHook(NativeTasksHook):
             )
             crash_points.reach("after_answer")
             answer = read_answer(body, request_id)
-        except (ImageGenerationOutcomeUnknownError, ImageGenerationMalformedResponseError) as error:
-            journal.record_outcome(attempt, "unknown", request_id=_identifier(error.request_id))
-            raise
         except ImageGenerationAPIError as error:
-            # Every other API error is one the service provably did nothing with (retry_policy sorts them).
-            journal.record_outcome(attempt, "not_processed", request_id=_identifier(error.request_id))
+            # Nothing happened only when the service said so (retry_policy sorts the failures): anything
+            # else after the send, a 5xx whatever its headers included, may have been billed.
+            outcome: Outcome = "not_processed" if provably_not_processed(error) else "unknown"
+            self._record(journal, attempt, outcome, request_id=_identifier(error.request_id))
             raise
         except Exception as error:
             # A bug, here or in a parser, after the request may have been billed: never an Airflow retry.
-            self._record_unknown(journal, attempt, error)
+            self._record(journal, attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
             raise self._unknown_after_send(request, sending, attempt, error) from error
         except BaseException as error:
             # execution_timeout, SIGTERM: the process is going down; the journal tells the retry.
-            self._record_unknown(journal, attempt, error)
+            self._record(journal, attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
             if isinstance(error, AirflowTaskTimeout) and not task_api:
                 raise self._unknown_after_send(request, sending, attempt, error) from error
             raise
+        # Best effort from here: the answer is paid for and in hand, and is delivered even when the journal
+        # cannot be written (a retry then reads an unknown outcome and fails closed).
         if isinstance(answer, SubmittedTask):
-            journal.record_outcome(
+            self._record(
+                journal,
                 attempt,
                 "task",
                 generation_task_id=answer.generation_task_id,
                 request_id=_identifier(answer.request_id),
             )
         else:
-            journal.record_answer(attempt, answer)
+            try:
+                journal.record_answer(attempt, answer)
+            except Exception as recording:
+                self.log.error("The answer could not be recorded in the billing journal: %s", recording)
         crash_points.reach("after_record")
         return answer
 
     def _refuse_unsettled(
-        self, request: GenerationRequest, sending: BillableSend, journal: BillingJournal
+        self, request: GenerationRequest, sending: BillableSend, journal: BillingJournal, *, reuse: bool
     ) -> None:
         """Refuse to send a request an earlier attempt may have paid for (see :meth:`_send_billable`)."""
         earlier = journal.last_for(sending.fingerprint)
         if earlier is None or earlier.outcome in ("not_processed", "task"):
             return
         what = unsettled_description(earlier)
-        if self.settings.retry_unknown_outcome and earlier.outcome in (None, "unknown"):
+        if earlier.outcome in ("answered", "undelivered"):
+            if not reuse:
+                # Paid for: the caller asks for new images on purpose (the operator's reuse=False).
+                self.log.info("%s; reuse=False: generating (and paying for) new images", what)
+                return
+            raise ImageGenerationOutcomeUnknownError(
+                f"{what}. Billed for up to {earlier.images} image(s) of {earlier.model}: not sent again "
+                "(reuse=False generates, and pays for, new images)",
+                model=earlier.model,
+                images_at_risk=earlier.images,
+                submitted_at=earlier.sent_at,
+                request_id=earlier.request_id,
+            )
+        if self.settings.retry_unknown_outcome:
             self.log.warning(
                 "%s; the connection extra retry_unknown_outcome is set: sending it again, which may bill "
                 "twice",
@@ -550,12 +606,12 @@ class ImageGenerationHook(NativeTasksHook):
             generation_task_id=earlier.generation_task_id,
         )
 
-    def _record_unknown(self, journal: BillingJournal, attempt: Attempt, error: BaseException) -> None:
-        """Record an unknown outcome, best effort: an intent without an outcome says as much."""
+    def _record(self, journal: BillingJournal, attempt: Attempt, outcome: Outcome, **fields: Any) -> None:
+        """Record an outcome, best effort: an intent without an outcome says "unknown" all the same."""
         try:
-            journal.record_outcome(attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
+            journal.record_outcome(attempt, outcome, **fields)
         except Exception as recording:
-            self.log.warning("Could not record the outcome in the billing journal: %s", recording)
+            self.log.error("Could not record the outcome in the billing journal: %s", recording)
 
     def _unknown_after_send(
         self, request: GenerationRequest, sending: BillableSend, attempt: Attempt, error: BaseException

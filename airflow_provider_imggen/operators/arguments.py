@@ -40,7 +40,7 @@ _REQUEST_PLACEHOLDERS: dict[str, object] = {
     for item in dataclasses.fields(GenerationRequest)
     if item.name in REQUEST_PARAMETERS and item.name not in ("prompt", "extra_body", "endpoint")
 }
-_FLAGS = ("deferrable", "wait_for_completion", "end_from_trigger")
+_FLAGS = ("deferrable", "wait_for_completion", "end_from_trigger", "reuse")
 
 
 def check_literal_arguments(arguments: Mapping[str, Any]) -> None:

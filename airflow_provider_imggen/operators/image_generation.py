@@ -85,6 +85,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     :param endpoint: DashScope's endpoint (connection ``api_style`` ``dashscope``): ``async`` (the task
         API) or ``sync`` (multimodal generation); None uses the model's (README, "Models"). A model asked
         for on an endpoint that does not serve it fails before anything is sent (templated)
+    :param reuse: with a billing ledger on the connection (extra ``ledger``), reuse the images of the same
+        request (model, every parameter, seed, account) already stored in S3, verified by their sha256:
+        nothing is billed and the XCom says ``reused``. ``False`` pays for new images
+    :param aws_conn_id: the aws connection that reads stored images back to verify them before reuse
     :param imggen_conn_id: the ``imggen`` connection (templated)
     :param request_timeout: read timeout of the request in seconds; defaults to the connection's
         (templated)
@@ -165,6 +169,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         end_from_trigger: bool = False,
         watermark: bool | str | None = None,
         endpoint: str | None = None,
+        reuse: bool = True,
+        aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,6 +195,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.end_from_trigger = end_from_trigger
         self.watermark = watermark
         self.endpoint = endpoint
+        self.reuse = reuse
+        self.aws_conn_id = aws_conn_id
         arguments.check_literal_arguments(
             {name: getattr(self, name) for name in (*self.template_fields, *_UNTEMPLATED_CHECKED)}
         )
@@ -236,6 +244,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         from airflow_provider_imggen.billing_journal import billing_journal
         from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
+        from airflow_provider_imggen.operators.ledger_reuse import LedgerGate
 
         request, output_path = self._prepare_request(context)
         # The storage tasks' keys: an unknown placeholder would fail them after the images were billed.
@@ -248,8 +257,33 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             throttled=throttled_submissions,
         )
         endpoint = self.hook.endpoint_for(request)
-        # Before anything is sent: what earlier tries of this task instance may have paid for.
-        self._journal = billing_journal(context, durable=self.durable)
+        # Before anything is sent: what earlier tries of this task instance may have paid for, and what the
+        # ledger (across runs) holds of this request.
+        self._journal = billing_journal(context, durable=self.durable, log=self.log)
+        gate = LedgerGate.open(
+            hook=self.hook,
+            request=request,
+            ti=context["ti"],
+            reuse=self.reuse,
+            aws_conn_id=self.aws_conn_id,
+            log=self.log,
+        )
+        reused = gate.enter() if gate is not None else None
+        if reused is not None:
+            return reused
+        try:
+            xcom = self._generate(endpoint, request, output_path, context)
+        except BaseException:
+            # A deferral too: the journal says whether anything was billed before it.
+            if gate is not None:
+                gate.failed(self._journal, self.hook.billable_send(request).fingerprint)
+            raise
+        return gate.billed(xcom) if gate is not None else xcom
+
+    def _generate(
+        self, endpoint: str, request: GenerationRequest, output_path: str | None, context: Context
+    ) -> dict[str, Any]:
+        """Generate on ``endpoint``: the XCom."""
         if endpoint == "async":
             self._request = request
             # Reconnects to the task an earlier try submitted, or submits one, then waits (see the class).
@@ -275,13 +309,18 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         that XCom again instead of paying again, and refuses to send a request whose outcome is unknown.
         """
         from airflow_provider_imggen.operators.b64_output import deliver_b64
-        from airflow_provider_imggen.operators.xcom import generation_xcom
+        from airflow_provider_imggen.operators.xcom import delivered_again, generation_xcom
 
         journal = self._journal
         assert journal is not None, "execute() opens the journal"
         fingerprint = self.hook.billable_send(request).fingerprint
         earlier = journal.last_for(fingerprint)
-        if earlier is not None and earlier.delivered is not None:
+        delivered = (
+            delivered_again(earlier.delivered, output_path)
+            if self.reuse and earlier is not None and earlier.outcome == "answered" and earlier.delivered
+            else None
+        )
+        if earlier is not None and delivered is not None:
             self.log.info(
                 "Attempt %d (%s) already delivered this request (request id %s): its XCom again, nothing "
                 "sent",
@@ -289,13 +328,13 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
                 earlier.intent_at,
                 earlier.request_id,
             )
-            return earlier.delivered
+            return delivered
         if request.response_format == "url":
             # Recorded with the outcome, in one write: nothing is lost between the answer and the XCom.
             journal.deliverable = lambda result: generation_xcom(result, request, {})
         # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
         result = self._billable(
-            lambda: self.hook.generate(request, journal=journal), request, deferrable=False
+            lambda: self.hook.generate(request, journal=journal, reuse=self.reuse), request, deferrable=False
         )
         answered = journal.last_for(fingerprint)
         if answered is not None and answered.delivered is not None:
@@ -357,7 +396,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             self._trigger_connection_problem = trigger_problem(self)
         journal = self._journal
         submitted = self._billable(
-            lambda: self.hook.submit(request, journal=journal), request, deferrable=self.deferrable
+            lambda: self.hook.submit(request, journal=journal, reuse=self.reuse),
+            request,
+            deferrable=self.deferrable,
         )
         self._generation_task_id = submitted.generation_task_id
         self.log.info(
@@ -387,6 +428,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             )
             return "SUPERSEDED"
         state = self.hook.get_task(generation_task_id)
+        if state.status == "SUCCEEDED" and not self.reuse:
+            self.log.info("Task %s already succeeded; reuse=False: submitting again", generation_task_id)
+            return "REUSE_DISABLED"
         self._generation_task_id, self._state = generation_task_id, state
         task_record.log_remembered(self.log, external_id, generation_task_id, state)
         return state.status
@@ -492,7 +536,14 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         from airflow_provider_imggen.metadata import request_fields, task_metadata
 
         # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
-        return task_metadata(self.hook, state, request_fields(self._submitting_request))
+        metadata = task_metadata(self.hook, state, request_fields(self._submitting_request))
+        if self.hook.settings.ledger:
+            from airflow_provider_imggen.ledger.claims import ledger_fingerprint
+
+            # Resumed in a new process after a deferral: the transfer records the images under this key.
+            sent = self.hook.billable_send(self._submitting_request)
+            metadata["ledger_fingerprint"] = ledger_fingerprint(sent.fingerprint, self.hook.settings)
+        return metadata
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
@@ -505,6 +556,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
 # Checked as literals in __init__ besides the templated fields.
 _UNTEMPLATED_CHECKED = (
+    "reuse",
     "deferrable",
     "wait_for_completion",
     "end_from_trigger",

@@ -51,3 +51,26 @@ def submitted_xcom(
         parameters=submission_body(request),
     )
     return generation_xcom(result, request, {}, generation_task_id=generation_task_id, task_status=status)
+
+
+def delivered_again(delivered: dict[str, Any], output_path: str | None) -> dict[str, Any] | None:
+    """
+    An XCom an earlier try recorded in the billing journal, if it still reads as one this operator would
+    push: the task state store can be edited, so it is checked like any XCom. Its images must carry a
+    sealed URL or sit below ``output_path``; None otherwise (the caller then refuses to pay again).
+    """
+    from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+    from airflow_provider_imggen.records import GenerationRecord
+
+    try:
+        record = GenerationRecord.from_dict(delivered, where="the billing journal's delivery")
+    except ImageGenerationValidationError:
+        return None
+    below = output_path if output_path is None or "://" in output_path else f"file://{output_path}"
+    for image in record.images:
+        if image.location is not None:
+            if below is None or not image.location.startswith(below.rstrip("/") + "/"):
+                return None
+        elif not image.url_sealed:
+            return None
+    return record.to_dict() if record.images else None

@@ -17,6 +17,7 @@ from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import arguments, keys
 from airflow_provider_imggen.transfers.concurrency import run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
+from airflow_provider_imggen.transfers.ledger_record import record_stored_images
 from airflow_provider_imggen.transfers.links import ImagesViewLink, S3ImageLink
 from airflow_provider_imggen.transfers.sources import (
     Source,
@@ -269,6 +270,8 @@ class ImageGenerationToS3Operator(BaseOperator):
             results[plan.image.source.position] = _entry(plan, skipped=not uploaded.get(id(plan), False))
 
         entries = [results[source.position] for source in sources]
+        # A later run asking for the same request reuses these objects instead of paying again.
+        record_stored_images(self.generation, entries, self.imggen_conn_id, self.log)
         self._stored = [(entry.bucket, entry.key) for entry in entries]
         stored = [entry for entry in entries if not entry.skipped]
         self.log.info(

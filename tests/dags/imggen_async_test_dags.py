@@ -169,6 +169,8 @@ with DAG(
         task_id="expired",
         crash_in="poll_until_complete",
         expire_first=True,
+        # The expired task may have been billed: a retry fails closed unless asked to pay again.
+        reuse=False,
         prompt="a red fox in the snow",
         model="qwen-image",
         **FAST,

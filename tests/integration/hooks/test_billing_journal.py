@@ -271,3 +271,45 @@ def test_a_worker_killed_at_each_step_of_a_submission_pays_once(
     assert len(result.images) == 2 and dashscope_conn.billed_images() == 2
     [attempt] = FileStore(store_path).get(JOURNAL_KEY)
     assert (attempt["outcome"], attempt["generation_task_id"]) == ("task", task["task_id"])
+
+
+def test_an_expired_task_of_an_earlier_attempt_fails_closed_unless_reuse_is_off(
+    dashscope_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    # Try 1's task succeeded (billed) and the try died before delivering; the retry comes after 24 h.
+    store = FileStore(tmp_path / "store.json")
+    arguments = endpoint_arguments("async")
+    first = fast_hook().generate_images("a lighthouse", journal=TaskStateJournal(store), **arguments)
+    dashscope_conn.expire_task(str(first.request_id and dashscope_conn.tasks()[0]["task_id"]))
+    with pytest.raises(ImageGenerationOutcomeUnknownError, match="unknown to the API") as raised:
+        fast_hook().generate_images("a lighthouse", journal=TaskStateJournal(store), **arguments)
+    assert isinstance(raised.value, AirflowFailException)
+    assert len(task_submissions(dashscope_conn)) == 1 and dashscope_conn.billed_images() == 2
+    # reuse=False: the user asks for (and pays for) a new task.
+    fast_hook().generate_images("a lighthouse", journal=TaskStateJournal(store), reuse=False, **arguments)
+    assert len(task_submissions(dashscope_conn)) == 2 and dashscope_conn.billed_images() == 4
+
+
+class FailingOutcomeStore(FileStore):
+    """A store that takes the intent, then fails (the API server hiccups)."""
+
+    def set(self, key: str, value: Any) -> None:
+        if any(attempt.get("outcome") for attempt in value):
+            raise ConnectionError("execution API unavailable")
+        super().set(key, value)
+
+
+def test_an_answer_is_delivered_even_when_its_outcome_cannot_be_recorded(
+    imggen_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    store = FailingOutcomeStore(tmp_path / "store.json")
+    result = fast_hook().generate_images("a lighthouse", size="512x512", n=2, journal=TaskStateJournal(store))
+    assert len(result.images) == 2
+    # The journal still says "sent, outcome unknown": a retry would fail closed, not pay again.
+    [attempt] = store.get(JOURNAL_KEY)
+    assert attempt.get("outcome") is None
+    with pytest.raises(ImageGenerationOutcomeUnknownError):
+        fast_hook().generate_images(
+            "a lighthouse", size="512x512", n=2, journal=TaskStateJournal(FileStore(store.path))
+        )
+    assert imggen_conn.billed_images() == 2

@@ -24,6 +24,8 @@ from airflow_provider_imggen.utils import mask_url
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 XCOM_KEYS = {
     "warnings",
+    "ledger_fingerprint",
+    "reused",
     "model",
     "prompt",
     "negative_prompt",
