@@ -237,3 +237,67 @@ def assert_no_signed_url(
     task_logs = finished.stdout + finished.stderr + log_text(airflow_env, dag_id)
     assert "Signature=***" in task_logs, "the task logs show result URLs, masked"
     assert len({(entry["generation"], entry["index"]) for entry in stored}) == len(images)
+
+
+def test_rerunning_a_generated_date_of_the_content_pipeline_pays_nothing_with_the_ledger(
+    airflow_env: dict[str, str], emulator: EmulatorServer, s3: S3Bucket
+) -> None:
+    """
+    The same run again, as clearing it or a backfill over its date does (Airflow's backfill clears an
+    existing run and runs it again under its run id): the ledger (connection extra ``ledger``) hands back
+    the stored images, nothing is billed, and the objects stay as they were. DAG.test deletes the run
+    first, its task state store with it: the ledger alone remembers.
+    """
+    from tests.s3_fixtures import aws_connection
+
+    dag_id = "example_content_pipeline"
+    subjects = ["a teapot on a windowsill", "a bicycle against a brick wall"]
+    connection = emulator_connection_env(emulator, ledger=f"s3://aws_default@{s3.name}/imggen-ledger")
+    # The run of 2026-03-01 under one run id, twice: DAG.test with a fixed run_after (the CLI's uses now).
+    import sys
+
+    driver = (
+        "import json, runpy, sys, pendulum; when = pendulum.datetime(2026, 3, 1, tz='UTC'); "
+        "runpy.run_path(sys.argv[1])['dag'].test(run_after=when, logical_date=when, "
+        "run_conf=json.loads(sys.argv[2]))"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        driver,
+        str(EXAMPLE_DAGS / f"{dag_id}.py"),
+        json.dumps({"bucket": s3.name, "subjects": subjects}),
+    ]
+    env = {
+        **airflow_env,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
+        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(s3.endpoint_url),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        **connection,
+    }
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    billed = emulator.billed_images()
+    assert billed == 2 * len(subjects)
+
+    def campaign_objects() -> dict[str, tuple[str, object]]:
+        listing = s3.client.list_objects_v2(Bucket=s3.name, Prefix="campaigns/").get("Contents", [])
+        return {item["Key"]: (item["ETag"], item["LastModified"]) for item in listing}
+
+    before = campaign_objects()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert emulator.billed_images() == billed, (
+        "the rerun paid nothing\n"
+        + "\n".join(
+            line for line in (again.stdout + again.stderr).splitlines() if "edger" in line or "run_id" in line
+        )[-4000:]
+    )
+    assert campaign_objects() == before, "objects unchanged"
+    results = xcoms(airflow_env, dag_id)
+    for map_index in range(len(subjects)):
+        generation = results[("generate", map_index)]
+        assert isinstance(generation, dict) and generation["reused"] is True
+    stored = results[("store_in_s3", -1)]
+    assert isinstance(stored, list) and all(entry["skipped"] for entry in stored)
