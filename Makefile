@@ -65,8 +65,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline_faults.py
 	# About 3 min: the Images view of a 50-image run in chromium, against Airflow's own pages of the run.
 	$(BIN)/python benchmarks/bench_ui_gallery.py
-	# About 4 min: 100 gateway generations through the openai client, then 100 gateway and 100 native
-	# generations through the provider's mapped DAG, against the hostile emulator; fails on a double charge.
+	# About 6 min: 100 gateway generations through the openai client, then 100 gateway and 100 native
+	# generations through the provider's mapped DAG, against the hostile emulator; then every crash point x
+	# endpoint x way of dying (39 cases) under LocalExecutor, each retried, and the same cases uncrashed;
+	# fails on a double charge, a paid image neither stored nor reported, or a wrong-task adoption.
 	$(BIN)/python benchmarks/bench_billing_safety.py
 	# About 10 min: 40 generations of 20 s, sync then deferrable, under a real airflow standalone.
 	$(BIN)/python benchmarks/bench_deferrable.py

@@ -9,7 +9,22 @@ bodies; seeded, so a run repeats. Parts:
 - ``anchor``: N gateway generations (n images each) through the official ``openai`` client with its default
   retries, ``--workers`` at a time (a mapped DAG's parallelism);
 - ``gateway`` / ``native``: the provider, a mapped DAG of N prompts (``ImageGenerationOperator``, task
-  retries on) under ``airflow dags test``, once per API style (benchmarks/bench_billing_safety_dag.py).
+  retries on) under ``airflow dags test``, once per API style (benchmarks/bench_billing_safety_dag.py);
+- ``crash``: every crash point of a billable request (airflow_provider_imggen/crash_points.py) x endpoint
+  (gateway, native task API, native synchronous) x way of dying (SIGKILL, ``execution_timeout``, an
+  exception), 39 cases in one run of tests/dags/imggen_crash_points_dags.py under LocalExecutor (an
+  ``airflow api-server`` serves the Execution API, so SIGKILL kills a real task process); try 1 of each
+  case crashes, Airflow's retry runs clean. Its own emulator: no random faults, answers held 1.5 s (the
+  ``after_send`` alarm, 1 s after the intent on a machine this loaded, lands while the request is in
+  flight), native tasks 0.3 s pending + 0.3 s running, 8 task processes at a time, quotas off. With
+  ``--crash-quotas`` (2 concurrent tasks per model, 2 submissions a second) an ``after_send`` alarm can
+  fire during the hook's back-off between two 429 answers, when nothing is in flight: nothing is billed,
+  but the retry finds no task and fails closed (``reported`` where ``delivered`` is expected), so the case
+  no longer tests a crash in flight. Each case is judged as tests/system/test_crash_points.py
+  does (tests/crash_cases.py): its outcome (``delivered``; ``reported``: failed naming what may have been
+  billed; ``unreported``), billed requests and images from the emulator's billing log (by prompt), images
+  delivered, and whether it adopted a native task submitted for another case. Anchor: the same cases with
+  the switch disarmed, run right after: "crash run / clean run" wall time (``--no-crash-anchor`` skips it).
 
 Every part turns what its client saw into :class:`Generation` records and :func:`count_billing` joins them
 with the emulator's request log (each log entry carries the fingerprint of its request body, equal for a
@@ -26,9 +41,11 @@ delivery or failure message points to is unaccounted, whatever the totals.
 
 Exit status 1 when a provider part billed an image twice, billed an image it neither delivered nor named in
 a failure, failed a task by throttling, or did not run every generation (the anchor is only measured: it is
-the baseline).
+the baseline); or when a crash case billed an image twice, left paid images neither stored nor reported,
+adopted another case's task, or ended other than ``expected_outcome`` says.
 
-    python benchmarks/bench_billing_safety.py [--part anchor|gateway|native|all] [--generations 100] [--n 2]
+    python benchmarks/bench_billing_safety.py [--part anchor|gateway|native|crash|all] [--generations 100]
+        [--n 2] [--no-crash-quotas] [--no-crash-anchor]
         [--keep DIR]   # keep the Airflow home, the dags test output and the emulator's request logs
 """
 
@@ -54,10 +71,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
-from airflow_provider_imggen.emulator.wire import body_fingerprint
-
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR.parent) not in sys.path:  # `python benchmarks/bench_billing_safety.py`: the crash harness
+    sys.path.insert(0, str(BENCH_DIR.parent))
+
+from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig  # noqa: E402
+from airflow_provider_imggen.emulator.wire import body_fingerprint  # noqa: E402
+from tests import local_executor  # noqa: E402
+from tests.crash_cases import CRASH_DAGS, CaseReport, all_cases, crash_connections, judge_cases  # noqa: E402
+
 DAG_FILE = BENCH_DIR / "bench_billing_safety_dag.py"
 API_KEY = "sk-bench-billing-safety"
 MODEL = "wan2.2-t2i-flash"
@@ -297,6 +319,9 @@ def airflow_env(home: Path) -> dict[str, str]:
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_FOLDER=str(BENCH_DIR),
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        # Airflow's processes (dags test, api-server, the task processes) import the provider of this tree,
+        # not whichever checkout the virtualenv's editable install points at.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(BENCH_DIR.parent), os.environ.get("PYTHONPATH")])),
     )
     return env
 
@@ -452,6 +477,149 @@ def collect_provider_generations(
     return generations
 
 
+# Crash points: every point x endpoint x way of dying, each followed by Airflow's retry ---------------------
+# Answers held back long enough for the after_send alarm (0.5 s) to land while the request is in flight.
+CRASH_FAULTS: dict[str, Any] = {"hold_ms": 1500, "task_pending_ms": 300, "task_duration_ms": 300}
+
+
+@dataclass
+class CrashRun:
+    reports: list[CaseReport]
+    seconds: float  # the DAG run's own wall time (start to end in the metadata database)
+    process_seconds: float  # `airflow dags test --use-executor`, start to exit
+    clean_seconds: float | None = None
+    clean_process_seconds: float | None = None
+    clean_reports: list[CaseReport] = field(default_factory=list)
+    # Per case whose outcome differs from the expected one: its last task log and that log's end.
+    logs: dict[tuple[str, str, str], tuple[Path | None, str]] = field(default_factory=dict)
+
+
+def run_seconds(env: dict[str, str], dag_id: str) -> float:
+    """How long the latest run of a DAG took, from its start to its end as the metadata database says."""
+    ((start, end),) = local_executor.dag_run_rows(env, dag_id, "dag_run", "start_date, end_date")
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def run_crash(home: Path, env: dict[str, str], quotas: bool, seed: int, anchor: bool) -> CrashRun:
+    """
+    Every case in one run of the crash-points DAG under LocalExecutor (an ``airflow api-server`` serves
+    the Execution API), judged against the emulator's billing log; then, unless ``anchor`` is off, the
+    same cases with the switch disarmed (no crash), for the wall-time ratio.
+    """
+    from tests.crash_cases import DAG_ID, task_log
+
+    cases = all_cases()
+    env = {
+        **env,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(CRASH_DAGS.parent),
+        # LocalExecutor's default (32) starts most of the 39 task processes at once: on 2 cores their
+        # start-up starves the emulator (this process) for over a second, so an after_send crash fires
+        # before the request reaches it and the case tests nothing in flight. 8 at a time, as the test's 8.
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "8"),
+    }
+    # judge_cases imports the DAG file, so Airflow, in this process: into this Airflow home, not ~/airflow.
+    os.environ.update({key: env[key] for key in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")})
+    run_env = {
+        "IMGGEN_CRASH_CASES": json.dumps(cases),
+        "IMGGEN_CRASH_OUTPUT": str(home / "crash-images"),
+        # The after_send alarm, from the intent: late enough for a loaded machine to have the request at the
+        # emulator, early enough to land within its 1.5 s hold.
+        "IMGGEN_TEST_CRASH_DELAY": os.environ.get("IMGGEN_TEST_CRASH_DELAY", "1.0"),
+    }
+    timeout = 1800.0
+    with local_executor.api_server(env) as server_env:
+        with emulator({"quotas": quotas, **CRASH_FAULTS}, seed) as server:
+            started = time.monotonic()
+            printed = local_executor.run_dag_under_local_executor(
+                server_env, DAG_ID, crash_connections(server, API_KEY), CRASH_DAGS, timeout, **run_env
+            )
+            process_seconds = time.monotonic() - started
+            (home / f"{DAG_ID}-crash.log").write_text(printed)
+            (home / "crash-requests.json").write_text(json.dumps(server.requests_log(), indent=1))
+            # Before any other run of the DAG here: the judge reads the task logs by map index.
+            result = CrashRun(judge_cases(env, server, cases), run_seconds(env, DAG_ID), process_seconds)
+        for report in result.reports:
+            if report.outcome != report.expected:
+                found = task_log(env, cases.index(list(report.case)))
+                tail = "\n".join(found.read_text(errors="replace").splitlines()[-15:]) if found else ""
+                result.logs[report.case] = (found, tail)
+        if anchor:
+            with emulator({"quotas": quotas, **CRASH_FAULTS}, seed) as server:
+                started = time.monotonic()
+                printed = local_executor.run_dag_under_local_executor(
+                    server_env,
+                    DAG_ID,
+                    crash_connections(server, API_KEY),
+                    CRASH_DAGS,
+                    timeout,
+                    IMGGEN_CRASH_DISARMED="1",
+                    **run_env,
+                )
+                result.clean_process_seconds = time.monotonic() - started
+                (home / f"{DAG_ID}-clean.log").write_text(printed)
+                result.clean_seconds = run_seconds(env, DAG_ID)
+                result.clean_reports = judge_cases(env, server, cases)
+    return result
+
+
+def print_crash(run: CrashRun) -> list[str]:
+    """The per-case table and the totals; what failed, with the task log's end for each case that did."""
+    print(
+        f"{'endpoint':<8} {'how':<9} {'point':<19} {'outcome':<10} {'expected':<9} {'state':<8} "
+        f"{'billed req':>10} {'billed img':>10} {'delivered':>9} {'wrong adopt':>11}"
+    )
+    for report in sorted(run.reports, key=lambda report: report.case):
+        endpoint, point, how = report.case
+        mark = "" if report.outcome == report.expected else "  <- expected " + report.expected
+        print(
+            f"{endpoint:<8} {how:<9} {point:<19} {report.outcome:<10} {report.expected:<9} "
+            f"{report.state:<8} {report.billed_requests:>10} {report.billed_images:>10} "
+            f"{report.delivered_images:>9} {'yes' if report.adopted_wrong_task else 'no':>11}{mark}"
+        )
+    twice = sum(report.images_billed_again for report in run.reports)
+    unaccounted = sum(report.unaccounted_images for report in run.reports)
+    wrong = sum(1 for report in run.reports if report.adopted_wrong_task)
+    differ = [report for report in run.reports if report.outcome != report.expected]
+    outcomes = collections.Counter(report.outcome for report in run.reports)
+    print(
+        f"crash totals over {len(run.reports)} cases ({dict(outcomes)}): images billed twice {twice}; "
+        f"paid images neither stored nor reported (unaccounted) {unaccounted}; wrong-task adoptions {wrong}; "
+        f"outcome differs from expected {len(differ)}"
+    )
+    print(
+        f"  billed {sum(report.billed_images for report in run.reports)} images in "
+        f"{sum(report.billed_requests for report in run.reports)} requests, delivered "
+        f"{sum(report.delivered_images for report in run.reports)}"
+    )
+    if run.clean_seconds is not None:
+        clean_delivered = sum(1 for report in run.clean_reports if report.outcome == "delivered")
+        clean_billed = sum(report.billed_requests for report in run.clean_reports)
+        ratio = run.seconds / run.clean_seconds
+        print(
+            f"  wall time, DAG run start to end: crash run {run.seconds:.1f} s, clean run (same cases, "
+            f"switch disarmed) {run.clean_seconds:.1f} s: crash run / clean run {ratio:.2f}x"
+        )
+        print(
+            f"  (dags test processes {run.process_seconds:.1f} s / {run.clean_process_seconds:.1f} s); "
+            f"clean run: {clean_delivered}/{len(run.clean_reports)} delivered, {clean_billed} billed requests"
+        )
+    else:
+        print(f"  wall time, DAG run start to end: crash run {run.seconds:.1f} s (no clean anchor run)")
+    failures = []
+    if twice:
+        failures.append(f"crash: {twice} image(s) billed twice")
+    if unaccounted:
+        failures.append(f"crash: {unaccounted} paid image(s) neither stored nor reported")
+    if wrong:
+        failures.append(f"crash: {wrong} task(s) adopted another case's generation")
+    for report in differ:
+        failures.append(f"crash: {' '.join(report.case)} ended {report.outcome}, expected {report.expected}")
+    for case, (found, tail) in run.logs.items():
+        print(f"--- {' '.join(case)}: the end of {found or 'no task log'}")
+        print(tail)
+    return failures
+
+
 # Output -----------------------------------------------------------------------------------------------------
 def print_reports(reports: list[Report], anchor: Report | None) -> None:
     header = (
@@ -497,7 +665,7 @@ def print_reports(reports: list[Report], anchor: Report | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
-    parser.add_argument("--part", choices=("anchor", "gateway", "native", "all"), default="all")
+    parser.add_argument("--part", choices=("anchor", "gateway", "native", "crash", "all"), default="all")
     parser.add_argument("--generations", type=int, default=100)
     parser.add_argument("--n", type=int, default=2, help="images per generation (wan2.2-t2i-flash: 1-4)")
     parser.add_argument(
@@ -509,15 +677,35 @@ def main() -> int:
     parser.add_argument("--task-retries", type=int, default=2, help="provider DAGs: Airflow task retries")
     parser.add_argument("--fault-seed", type=int, default=11)
     parser.add_argument(
+        "--crash-quotas",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="crash: the emulator's real quota on (off by default: see the module's docstring)",
+    )
+    parser.add_argument(
+        "--crash-anchor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="crash: also run the same cases with no crash, for the wall-time ratio",
+    )
+    parser.add_argument(
         "--keep", metavar="DIR", help="keep the Airflow home (database, task logs, dags test output) in DIR"
     )
     args = parser.parse_args()
-    parts = ("anchor", "gateway", "native") if args.part == "all" else (args.part,)
+    parts = ("anchor", "gateway", "native", "crash") if args.part == "all" else (args.part,)
 
-    print(
-        f"billing safety: {args.generations} generations x n={args.n} ({MODEL} {SIZE}), quota on, "
-        f"faults {FAULTS}, seed {args.fault_seed}"
-    )
+    if parts != ("crash",):
+        print(
+            f"billing safety: {args.generations} generations x n={args.n} ({MODEL} {SIZE}), quota on, "
+            f"faults {FAULTS}, seed {args.fault_seed}"
+        )
+    if "crash" in parts:
+        print(
+            f"crash points: {len(all_cases())} cases (endpoint x point x how), n=2 each, under "
+            f"LocalExecutor, 1 retry; emulator faults {CRASH_FAULTS}, "
+            f"quotas {'on' if args.crash_quotas else 'off'}"
+        )
+    crash: CrashRun | None = None
     reports: list[Report] = []
     anchor: Report | None = None
     with tempfile.TemporaryDirectory(prefix="bench-billing-safety-") as work:
@@ -533,6 +721,9 @@ def main() -> int:
                 timeout=600,
             )
         for part in parts:
+            if part == "crash":
+                crash = run_crash(home, env, args.crash_quotas, args.fault_seed, args.crash_anchor)
+                continue
             with emulator(FAULTS, args.fault_seed) as server:
                 started = time.monotonic()
                 if part == "anchor":
@@ -551,8 +742,11 @@ def main() -> int:
                 anchor = report
             reports.append(report)
 
-    print_reports(reports, anchor)
     failures = []
+    if reports:
+        print_reports(reports, anchor)
+    if crash is not None:
+        failures += print_crash(crash)
     for report in reports:
         if report.name == "anchor":
             continue

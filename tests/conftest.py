@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", "x1Sn0hD8nL4p1ZkN0r3Jb2m9bQ8K6wEo2o3cY4f5T7E=")
 
 from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig  # noqa: E402
+from tests.local_executor import AIRFLOW_BIN, dag_run_rows  # noqa: E402, F401 - imported from here too
 
 API_KEY = "sk-test-4f9c2b7e1d"
 # moto_server and the aws connection to it (tests/s3_fixtures.py), for every test module that needs S3.
@@ -86,7 +85,6 @@ def task_queries(emulator: EmulatorServer) -> list[dict[str, object]]:
     return [entry for entry in emulator.requests_log() if entry["kind"] == "task"]
 
 
-AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 TESTS_DIR = Path(__file__).parent
 
 
@@ -142,18 +140,6 @@ def cli_json(stdout: str) -> object:
         except json.JSONDecodeError:
             continue  # a bracket inside a log line: the document starts later
     raise AssertionError(f"no JSON in the command's output: {stdout[-2000:]}")
-
-
-def dag_run_rows(airflow_env: dict[str, str], dag_id: str, table: str, columns: str) -> list[tuple]:
-    """Rows of one metadata table for the latest run of a DAG (XComs, rendered fields...)."""
-    database = airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
-    with sqlite3.connect(database) as db:
-        (run_id,) = db.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-        ).fetchone()
-        return db.execute(
-            f"SELECT {columns} FROM {table} WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
-        ).fetchall()
 
 
 def emulator_connection_env(emulator: EmulatorServer, **extra: object) -> dict[str, str]:

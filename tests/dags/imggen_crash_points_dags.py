@@ -6,8 +6,9 @@ One mapped task per case: try 1 arms the provider's test-only crash switch
 (:mod:`airflow_provider_imggen.crash_points`) at the case's point, the way the case says (SIGKILL,
 ``AirflowTaskTimeout``, an exception); try 2 runs clean. The cases come from ``IMGGEN_CRASH_CASES`` (a
 JSON list of ``[endpoint, point, how]``); each has a prompt of its own, so the emulator's billing log tells
-them apart. Connections: ``imggen_crash_gateway`` (OpenAI-compatible) and ``imggen_crash_native``
-(DashScope: the task API for ``async``, the synchronous endpoint for ``sync``).
+them apart. ``IMGGEN_CRASH_DISARMED=1`` leaves the switch off in every try: the same cases with no crash,
+the benchmark's clean anchor run. Connections: ``imggen_crash_gateway`` (OpenAI-compatible) and
+``imggen_crash_native`` (DashScope: the task API for ``async``, the synchronous endpoint for ``sync``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class CrashingOnce(ImageGenerationOperator):
         self.crash = crash
 
     def execute(self, context: Any, *args: Any, **kwargs: Any) -> Any:
-        if context["ti"].try_number == 1 and not args and not kwargs:
+        armed = os.environ.get("IMGGEN_CRASH_DISARMED") != "1"
+        if armed and context["ti"].try_number == 1 and not args and not kwargs:
             os.environ[CRASH_ENV] = self.crash
         else:
             os.environ.pop(CRASH_ENV, None)

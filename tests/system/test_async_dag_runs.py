@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
+from tests import local_executor
 from tests.conftest import TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag, task_submissions
 from tests.integration.operators.test_image_generation import XCOM_KEYS
-from tests.system.test_dag_runs import assert_key_nowhere, assert_no_signed_url, run_example_pipeline, xcoms
+from tests.local_executor import task_instances, xcoms
+from tests.system.test_dag_runs import assert_key_nowhere, assert_no_signed_url, run_example_pipeline
 
 if TYPE_CHECKING:
     from tests.s3_fixtures import S3Bucket
@@ -31,12 +32,6 @@ END_FROM_TRIGGER_DAGS = TESTS_DIR / "dags" / "imggen_end_from_trigger_dags.py"
 
 def native_connection(emulator: EmulatorServer) -> dict[str, str]:
     return emulator_connection_env(emulator, api_style="dashscope", default_model="wan2.2-t2i-flash")
-
-
-def task_instances(airflow_env: dict[str, str], dag_id: str) -> dict[str, tuple[str, int]]:
-    """task_id -> (state, try_number) of the latest run."""
-    rows = dag_run_rows(airflow_env, dag_id, "task_instance", "task_id, state, try_number")
-    return {task_id: (state, try_number) for task_id, state, try_number in rows}
 
 
 def remembered_tasks(airflow_env: dict[str, str], dag_id: str) -> dict[str, dict[str, Any]]:
@@ -219,57 +214,9 @@ def test_example_async_pipeline_submits_waits_deferred_and_lands_images_in_s3(
 
 @pytest.fixture(scope="module")
 def api_server(airflow_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """
-    `airflow api-server` on a free loopback port, serving the Execution API that task processes run by an
-    executor talk to; yields the environment pointing executors at it.
-    """
-    import secrets
-    import signal
-    import subprocess
-    import time
-
-    import requests
-
-    from tests.conftest import AIRFLOW_BIN
-    from tests.s3_fixtures import free_port
-
-    port = free_port()
-    env = {
-        **airflow_env,
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-    }
-    process = subprocess.Popen(
-        [str(AIRFLOW_BIN), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"airflow api-server exited with {process.returncode}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/api/v2/version", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("airflow api-server did not answer within 180 s")
-            time.sleep(0.5)
+    """`airflow api-server` for executor-run task processes; the environment pointing executors at it."""
+    with local_executor.api_server(airflow_env) as env:
         yield env
-    finally:
-        # Its uvicorn workers share the process group: signal them all.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def test_a_task_process_killed_after_submitting_reconnects_on_retry_under_an_executor(
@@ -302,64 +249,8 @@ def run_dag_under_local_executor(
     dag_file: Path = ASYNC_DAGS,
     **extra_env: str,
 ) -> str:
-    """
-    ``airflow dags test --use-executor`` with LocalExecutor; what it printed.
-
-    Once the run has finished, ``dags test`` stops LocalExecutor, which joins its worker processes with no
-    bound: in about one run in six here (Airflow 3.3.2) that join never returns although the run was marked
-    successful ("DagRun Finished", then "Shutting down LocalExecutor" as the last line). That hang is
-    Airflow's test harness, not the run under test, so it is bounded here: after the run has finished the
-    process gets ``_SHUTDOWN_GRACE`` seconds, then its process group is killed, and the caller checks the
-    run's outcome in the metadata database. A hang before the run finished fails the test.
-    """
-    import signal
-    import subprocess
-    import tempfile
-    import time
-    import warnings
-
-    from tests.conftest import AIRFLOW_BIN
-
-    command = [str(AIRFLOW_BIN), "dags", "test", dag_id, "--dagfile-path", str(dag_file), "--use-executor"]
-    timeout = float(os.environ.get("IMGGEN_CRASH_TEST_TIMEOUT", "300"))  # about 35 s here
-    with tempfile.TemporaryDirectory() as directory:
-        # Its own file (not a shared descriptor): reading it must not move the writer's offset.
-        log_path = Path(directory, "dags-test.log")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                command,
-                env={**airflow_env, **connection, **extra_env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started = time.monotonic()
-        finished_at: float | None = None
-        try:
-            while process.poll() is None:
-                time.sleep(0.5)
-                if finished_at is None and "DagRun Finished" in log_path.read_text(errors="replace"):
-                    finished_at = time.monotonic()
-                if finished_at is not None and time.monotonic() - finished_at > _SHUTDOWN_GRACE:
-                    # The executor's shutdown hang described above: say so in the test report.
-                    warnings.warn(f"dags test of {dag_id} killed in LocalExecutor.end()", stacklevel=2)
-                    break
-                if time.monotonic() - started > timeout:
-                    pytest.fail(
-                        f"`airflow dags test --use-executor` did not finish the run within {timeout:.0f} s; "
-                        f"task instances {task_instances(airflow_env, dag_id)}; the end of its output:\n"
-                        f"{log_path.read_text(errors='replace')[-6000:]}"
-                    )
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-        printed = log_path.read_text(errors="replace")
-    assert finished_at is not None or process.returncode == 0, printed[-6000:]
-    return printed
-
-
-_SHUTDOWN_GRACE = 30.0
+    """:func:`tests.local_executor.run_dag_under_local_executor`, of this module's DAG file by default."""
+    return local_executor.run_dag_under_local_executor(airflow_env, dag_id, connection, dag_file, **extra_env)
 
 
 def test_end_from_trigger_under_dags_test_resumes_on_the_worker_with_the_same_xcom(

@@ -15,6 +15,7 @@ from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.sealed_urls import unseal
 from airflow_provider_imggen.utils import mask_url, url_secrets
 from tests.conftest import API_KEY, TESTS_DIR, dag_run_rows, emulator_connection_env, run_dag
+from tests.local_executor import xcoms
 
 if TYPE_CHECKING:
     from tests.s3_fixtures import S3Bucket
@@ -44,21 +45,6 @@ def run_example_pipeline(
         AWS_SECRET_ACCESS_KEY="testing",
         **imggen_connection_env,
     )
-
-
-def xcoms(airflow_env: dict[str, str], dag_id: str) -> dict[tuple[str, int], object]:
-    rows = [
-        (task_id, map_index, value)
-        for task_id, map_index, key, value in dag_run_rows(
-            airflow_env, dag_id, "xcom", "task_id, map_index, key, value"
-        )
-        if key == "return_value"
-    ]
-    # SQLite's JSON column hands back plain numbers as numbers.
-    return {
-        (task_id, map_index): json.loads(value) if isinstance(value, str | bytes) else value
-        for task_id, map_index, value in rows
-    }
 
 
 def assert_key_nowhere(airflow_env: dict[str, str], dag_id: str, *outputs: str) -> None:
