@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.http_client import new_session, requests_verify
@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     import requests
 
 from airflow_provider_imggen.hooks.base import ImageGenerationHookBase
+
+
+class JournalSteps(Protocol):
+    """What a billable request's billing journal records between its sends (see ``_request_json``)."""
+
+    def nothing_happened(self) -> None: ...
+
+    def before_resend(self) -> None: ...
 
 
 class BlockingHookBase(ImageGenerationHookBase):
@@ -69,11 +77,15 @@ class BlockingHookBase(ImageGenerationHookBase):
         headers: dict[str, str] | None = None,
         read_timeout: float | None = None,
         billable: BillableRequest | None = None,
+        journal_steps: JournalSteps | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], str | None]:
         """
         Send one request and return its JSON body and request id, retried per :class:`RetryPolicy`: a
         ``billable`` request only when the service provably did nothing with it.
+
+        :param journal_steps: for a billable request, what to record in its billing journal between its
+            sends: a throttled send settles as not processed before the wait, a re-send is a new intent
         """
         import requests
         from tenacity import Retrying
@@ -88,6 +100,8 @@ class BlockingHookBase(ImageGenerationHookBase):
             for attempt in Retrying(**policy.tenacity_kwargs(self._log_retry(method, url, policy))):
                 with attempt:
                     attempts += 1
+                    if attempts > 1 and journal_steps is not None:
+                        journal_steps.before_resend()
                     sent_at = datetime.now(tz=UTC)
                     try:
                         try:
@@ -107,6 +121,9 @@ class BlockingHookBase(ImageGenerationHookBase):
                     except TransientAPIError as error:
                         if billable is not None and error.failure not in SAFE_TO_RESEND:
                             worst = error
+                        elif journal_steps is not None and worst is None:
+                            # Before the wait: a try killed while it waits has paid for nothing.
+                            journal_steps.nothing_happened()
                         raise
         except TransientAPIError as error:
             if worst is not None and error.failure in SAFE_TO_RESEND:

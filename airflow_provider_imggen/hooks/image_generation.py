@@ -143,6 +143,38 @@ class BillableSend:
         return billable_fingerprint(self.endpoint, self.body)
 
 
+class _AttemptSteps:
+    """The journal's records between the sends of one billable request (see ``_request_json``)."""
+
+    def __init__(
+        self,
+        hook: ImageGenerationHook,
+        journal: BillingJournal,
+        attempt: Attempt,
+        request: GenerationRequest,
+        sending: BillableSend,
+    ) -> None:
+        self.hook, self.journal, self.attempt = hook, journal, attempt
+        self.request, self.sending = request, sending
+
+    def nothing_happened(self) -> None:
+        self.attempt = self.hook._record(self.journal, self.attempt, "not_processed", reason="throttled")
+
+    @property
+    def waiting(self) -> bool:
+        """Between a throttled send and the next one: nothing of this request is in flight."""
+        return self.attempt.outcome == "not_processed"
+
+    def before_resend(self) -> None:
+        # Durable before the re-send leaves, like the first intent (it takes the throttled one's slot).
+        self.attempt = self.journal.record_intent(
+            fingerprint=self.sending.fingerprint,
+            endpoint=self.sending.endpoint,
+            model=self.request.model,
+            images=self.request.n,
+        )
+
+
 class ImageGenerationHook(NativeTasksHook):
     """
     Interact with a text-to-image API: an OpenAI-compatible gateway (``POST /v1/images/generations``) or
@@ -521,6 +553,7 @@ class ImageGenerationHook(NativeTasksHook):
             raise
         self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
         task_api = sending.endpoint == "async"
+        steps = _AttemptSteps(self, journal, attempt, request, sending)
         try:
             body, request_id = self._request_json(
                 "POST",
@@ -531,24 +564,30 @@ class ImageGenerationHook(NativeTasksHook):
                 billable=BillableRequest(
                     model=request.model, images=request.n, submitted_at=attempt.sent_at, native=task_api
                 ),
+                journal_steps=steps,
             )
+            attempt = steps.attempt
             crash_points.reach("after_answer")
             answer = read_answer(body, request_id)
         except ImageGenerationAPIError as error:
             # Nothing happened only when the service said so (retry_policy sorts the failures): anything
             # else after the send, a 5xx whatever its headers included, may have been billed.
             outcome: Outcome = "not_processed" if provably_not_processed(error) else "unknown"
-            self._record(journal, attempt, outcome, request_id=_identifier(error.request_id))
+            self._record(journal, steps.attempt, outcome, request_id=_identifier(error.request_id))
             raise
         except Exception as error:
+            if steps.waiting:
+                raise  # interrupted while waiting out a throttled send: nothing in flight, nothing billed
             # A bug, here or in a parser, after the request may have been billed: never an Airflow retry.
-            self._record(journal, attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
-            raise self._unknown_after_send(request, sending, attempt, error) from error
+            self._record(journal, steps.attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
+            raise self._unknown_after_send(request, sending, steps.attempt, error) from error
         except BaseException as error:
+            if steps.waiting:
+                raise  # interrupted while waiting out a throttled send: nothing in flight, nothing billed
             # execution_timeout, SIGTERM: the process is going down; the journal tells the retry.
-            self._record(journal, attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
+            self._record(journal, steps.attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
             if isinstance(error, AirflowTaskTimeout) and not task_api:
-                raise self._unknown_after_send(request, sending, attempt, error) from error
+                raise self._unknown_after_send(request, sending, steps.attempt, error) from error
             raise
         # Best effort from here: the answer is paid for and in hand, and is delivered even when the journal
         # cannot be written (a retry then reads an unknown outcome and fails closed).
@@ -562,7 +601,7 @@ class ImageGenerationHook(NativeTasksHook):
             )
         else:
             try:
-                journal.record_answer(attempt, answer)
+                journal.record_answer(steps.attempt, answer)
             except Exception as recording:
                 self.log.error("The answer could not be recorded in the billing journal: %s", recording)
         crash_points.reach("after_record")
@@ -606,12 +645,13 @@ class ImageGenerationHook(NativeTasksHook):
             generation_task_id=earlier.generation_task_id,
         )
 
-    def _record(self, journal: BillingJournal, attempt: Attempt, outcome: Outcome, **fields: Any) -> None:
+    def _record(self, journal: BillingJournal, attempt: Attempt, outcome: Outcome, **fields: Any) -> Attempt:
         """Record an outcome, best effort: an intent without an outcome says "unknown" all the same."""
         try:
-            journal.record_outcome(attempt, outcome, **fields)
+            return journal.record_outcome(attempt, outcome, **fields)
         except Exception as recording:
             self.log.error("Could not record the outcome in the billing journal: %s", recording)
+            return attempt
 
     def _unknown_after_send(
         self, request: GenerationRequest, sending: BillableSend, attempt: Attempt, error: BaseException

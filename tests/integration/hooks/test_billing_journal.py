@@ -313,3 +313,26 @@ def test_an_answer_is_delivered_even_when_its_outcome_cannot_be_recorded(
             "a lighthouse", size="512x512", n=2, journal=TaskStateJournal(FileStore(store.path))
         )
     assert imggen_conn.billed_images() == 2
+
+
+@pytest.mark.parametrize("endpoint", ["gateway", "async"])
+def test_a_try_stopped_while_waiting_out_throttling_has_paid_nothing(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, crash_at: Any, tmp_path: Path, endpoint: str
+) -> None:
+    from tests.conftest import set_imggen_connection
+
+    base = f"{emulator.base_url}/v1" if endpoint == "gateway" else emulator.base_url
+    extra = {} if endpoint == "gateway" else {"api_style": "dashscope"}
+    set_imggen_connection(monkeypatch, base, max_retries=3, **extra)
+    # Two 429s asking for 2 s each: the execution_timeout lands in the wait, nothing is in flight.
+    emulator.set_faults(fail_next=["429", "429"], retry_after_seconds=2)
+    crash_at("after_send:timeout")
+    store = FileStore(tmp_path / "store.json")
+    arguments = endpoint_arguments(endpoint)
+    with pytest.raises(AirflowTaskTimeout):
+        fast_hook().generate_images("a lighthouse", journal=TaskStateJournal(store), **arguments)
+    [attempt] = store.get(JOURNAL_KEY)
+    assert attempt["outcome"] == "not_processed"
+    # The retry sends: nothing was billed, nothing is lost.
+    result = fast_hook().generate_images("a lighthouse", journal=TaskStateJournal(store), **arguments)
+    assert len(result.images) == 2 and emulator.billed_images() == 2
