@@ -7,7 +7,12 @@ so about 3x its anchor is all protocol and server; more is the store's own work 
 entry's size on the wire). Anchor and store alternate in rounds, so machine noise hits both alike; medians
 of the rounds are printed. Starts moto_server and a throw-away PostgreSQL (as the tests do) and stops them.
 
-    python benchmarks/bench_ledger_cost.py [--cycles 200] [--rounds 5]
+Then the cost per generation: ``--generations`` gateway generations through ``ImageGenerationOperator``
+against the emulator (in-process, loopback), without a ledger (the anchor), with the S3 ledger and with the
+PostgreSQL ledger (claim, generation, billed: three store calls), alternating in rounds; each generation a
+prompt of its own, so nothing is reused. Printed: ms per generation and the ledger's added ms.
+
+    python benchmarks/bench_ledger_cost.py [--cycles 200] [--rounds 5] [--generations 60]
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/bench_ledger_cost.py` imports the tests' servers
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-ledger-"))
+# Gateway result URLs are sealed with the Fernet key before they reach XCom (the generation part).
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", "0" * 43 + "=")
 
 from tests.integration.ledger.pg_server import PostgresServer  # noqa: E402
 from tests.s3_fixtures import MotoServer, aws_connection  # noqa: E402
@@ -44,6 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--cycles", type=int, default=200, help="cycles per store (split over rounds)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--generations", type=int, default=60, help="per ledger setting (0: skip)")
     args = parser.parse_args()
     per_round = max(1, args.cycles // args.rounds)
 
@@ -158,11 +166,87 @@ def main() -> int:
         for store, _, _ in pairs.values():
             store.close()
         pg.close()
+        if args.generations:
+            generation_costs(args.generations, args.rounds)
     finally:
         moto.stop()
         if postgres is not None:
             postgres.stop()
     return 0
+
+
+def generation_costs(generations: int, rounds: int) -> None:
+    """Milliseconds per operator generation without a ledger and with each store (servers already up)."""
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    import pendulum
+    from airflow.sdk import DAG
+
+    from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer, FaultConfig
+    from airflow_provider_imggen.operators.image_generation import ImageGenerationOperator
+
+    logging.getLogger("airflow").setLevel(logging.WARNING)
+    settings = {
+        "none": None,
+        "S3 ledger": "s3://aws_default@imggen-ledger/generations",
+        "PostgreSQL ledger": f"postgres://{PG_CONN_ID}/imggen_generations",
+    }
+    counter = iter(range(10**9))
+    with EmulatorServer(EmulatorConfig(api_key="sk-bench", faults=FaultConfig(quotas=False))) as emulator:
+
+        def one(conn_id: str) -> None:
+            number = next(counter)
+            with DAG(dag_id="bench", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+                operator = ImageGenerationOperator(
+                    task_id="generate",
+                    prompt=f"bench generation {number}",
+                    size="512x512",
+                    seed=number,
+                    imggen_conn_id=conn_id,
+                    durable=False,
+                )
+            ti = SimpleNamespace(
+                dag_id="bench",
+                run_id=f"run_{number}",
+                task_id="generate",
+                map_index=-1,
+                try_number=1,
+                stats_tags={},
+                start_date=None,
+            )
+            context = {"ti": ti, "task_instance": ti, "params": {}, "ds": "2026-01-01"}
+            operator.render_template_fields(context)  # type: ignore[arg-type]
+            operator.execute(context)  # type: ignore[arg-type]
+
+        for name, setting in settings.items():
+            extra: dict[str, object] = {"default_model": "wan2.2-t2i-flash"}
+            if setting:
+                extra["ledger"] = setting
+            os.environ[f"AIRFLOW_CONN_BENCH_{abs(hash(name))}"] = json.dumps(
+                {
+                    "conn_type": "imggen",
+                    "host": f"{emulator.base_url}/v1",
+                    "password": "sk-bench",
+                    "extra": extra,
+                }
+            )
+        conn_ids = {name: f"bench_{abs(hash(name))}" for name in settings}
+        for conn_id in conn_ids.values():  # warm up: imports, clients, tables
+            for _ in range(3):
+                one(conn_id)
+        per_round = max(1, generations // rounds)
+        timings: dict[str, list[float]] = {name: [] for name in settings}
+        for _ in range(rounds):
+            for name, conn_id in conn_ids.items():
+                timings[name].append(per_call_ms(lambda conn_id=conn_id: one(conn_id), per_round))
+    anchor = statistics.median(timings["none"])
+    print(f"\nper generation ({per_round} x {rounds} rounds each, gateway, n=1, medians of the rounds)")
+    print(f"{'ledger':<18} {'ms':>8} {'added ms':>9} {'ratio':>7}")
+    for name, values in timings.items():
+        ms = statistics.median(values)
+        print(f"{name:<18} {ms:>8.2f} {ms - anchor:>9.2f} {ms / anchor:>6.2f}x")
 
 
 if __name__ == "__main__":
