@@ -150,6 +150,9 @@ class BillingJournal:
         self._attempts = list(attempts)
         # A hook may be shared by threads: numbering and persisting happen under one lock.
         self._lock = threading.Lock()
+        # Set by a caller that knows which native tasks belong to other generations (the ledger's task
+        # records): a recovery never adopts them, even when their prompt is this request's.
+        self.foreign_task: Callable[[str], bool] | None = None
         # Set by a caller that can turn an answer into what it delivers (the operator's XCom of URL
         # results): recorded with the outcome, so a retry after a crash delivers it without paying again.
         self.deliverable: Callable[[Any], dict[str, Any] | None] | None = None
@@ -164,6 +167,15 @@ class BillingJournal:
             if attempt.fingerprint == fingerprint:
                 return attempt
         return None
+
+    def is_foreign(self, generation_task_id: str) -> bool:
+        """Whether another generation is known to own this native task (never adopted by a recovery)."""
+        if self.foreign_task is None:
+            return False
+        try:
+            return self.foreign_task(generation_task_id)
+        except Exception:
+            return False  # unknown: the identity checks still decide, and fail closed on a tie
 
     def task_ids(self) -> frozenset[str]:
         """The native tasks the attempts created or adopted: never adopted again by a recovery."""

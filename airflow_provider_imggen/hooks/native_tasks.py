@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +141,11 @@ class NativeTasksHook(BlockingHookBase):
         request_id = unknown.request_id if unknown is not None else attempt.request_id
         try:
             found, candidates = self._find_submitted(
-                request, submitted_at=attempt.sent_at, request_id=request_id, excluding=journal.task_ids()
+                request,
+                submitted_at=attempt.sent_at,
+                request_id=request_id,
+                excluding=journal.task_ids(),
+                foreign=journal.is_foreign,
             )
         except ImageGenerationAPIError as error:
             self.log.warning("Could not search the task list for the lost submission: %s", error)
@@ -226,14 +230,17 @@ class NativeTasksHook(BlockingHookBase):
         until: datetime | None = None,
         request_id: str | None = None,
         excluding: frozenset[str] = frozenset(),
+        foreign: Callable[[str], bool] | None = None,
     ) -> tuple[ListedTask | None, tuple[str, ...]]:
         """
         The one listed task proven to be ``request``'s, or None; and the ids of the candidates looked at.
-        Tasks in ``excluding`` (created by other attempts) are never candidates. The task list shows the
-        tasks of every key of the account (api-notes §7): other pipelines, other keys. A task is ours only
-        when its request id is the lost submission's, or, once finished, its status names our prompt and
-        image count; a candidate that does not finish within :data:`RECOVERY_TIMEOUT` cannot be proven,
-        and neither can two that match: None then, and the caller fails closed.
+        Tasks in ``excluding`` (created by other attempts) are never candidates, nor those ``foreign``
+        says another generation owns (asked once they finished, when their owner has recorded them). The
+        task list shows the tasks of every key of the account (api-notes §7): other pipelines, other keys.
+        A task is ours only when its request id is the lost submission's, or, once finished, its status
+        names our prompt and image count; a candidate that does not finish within
+        :data:`RECOVERY_TIMEOUT` cannot be proven, and neither can two that match: None then, and the
+        caller fails closed.
         """
         self._require_dashscope("find_submitted_task()")
         if submitted_at.tzinfo is None:
@@ -264,9 +271,14 @@ class NativeTasksHook(BlockingHookBase):
             by_request = [task for task in candidates if task.request_id == request_id]
             if len(by_request) == 1:
                 return by_request[0], names
-        return self._identify(request, candidates), names
+        return self._identify(request, candidates, foreign), names
 
-    def _identify(self, request: GenerationRequest, candidates: Sequence[ListedTask]) -> ListedTask | None:
+    def _identify(
+        self,
+        request: GenerationRequest,
+        candidates: Sequence[ListedTask],
+        foreign: Callable[[str], bool] | None = None,
+    ) -> ListedTask | None:
         """Of ``candidates``, the one whose finished status names ``request``'s prompt and image count."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         ours: list[ListedTask] = []
@@ -283,8 +295,14 @@ class NativeTasksHook(BlockingHookBase):
                 )
                 return None
             total = state.task_metrics.get("TOTAL")
-            if state.prompt == request.prompt and total in (None, request.n):
-                ours.append(dataclasses.replace(candidate, status=state.status))
+            if state.prompt != request.prompt or total != request.n:
+                continue
+            if foreign is not None and foreign(candidate.generation_task_id):
+                self.log.info(
+                    "Task %s carries this prompt but another generation owns it", candidate.generation_task_id
+                )
+                continue
+            ours.append(dataclasses.replace(candidate, status=state.status))
         if len(ours) != 1:
             self.log.warning(
                 "%d listed task(s) carry this request's prompt and image count: %s",

@@ -58,6 +58,12 @@ def ledger_fingerprint(send_fingerprint: str, settings: ConnectionSettings) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def task_key(settings: ConnectionSettings, generation_task_id: str) -> str:
+    """The ledger's key of a native task's record (which request created it)."""
+    canonical = json.dumps({"task": generation_task_id, "base_url": settings.base_url}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Claim:
     """This run's claim on a fingerprint: the entry it wrote and the store's version of it."""
@@ -161,6 +167,31 @@ class LedgerClaims:
             version = self.store.create(entry) if found is None else self.store.replace(entry, found[1])
             if version is not None:
                 return Claim(entry, version)
+
+    def record_task(self, task_key: str, generation_task_id: str, fingerprint: str) -> None:
+        """
+        Record that this run's request (``fingerprint``) created a native task: another run's recovery of
+        a lost submission with the same prompt never adopts it (:meth:`owns_elsewhere`).
+        """
+        now = utc_now()
+        entry = LedgerEntry(
+            fingerprint=task_key,
+            state="billed",
+            owner=self.owner,
+            claimed_at=now,
+            updated_at=now,
+            generation_task_id=generation_task_id,
+            request={"for": fingerprint},
+        )
+        if self.store.create(entry) is None:
+            found = self.store.read(task_key)
+            if found is not None and found[0].request.get("for") != fingerprint:
+                self.log.warning("The ledger already records task %s for another request", generation_task_id)
+
+    def owns_elsewhere(self, task_key: str, fingerprint: str) -> bool:
+        """Whether the ledger records the task behind ``task_key`` for a request other than ours."""
+        found = self.store.read(task_key)
+        return found is not None and found[0].request.get("for") != fingerprint
 
     def billed(self, claim: Claim, *, generation_task_id: str | None, request_id: str | None) -> Claim:
         """Record that the claim's request was paid for (best effort: the journal is the safety net)."""

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_imggen.billing_journal import BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook, TaskState
+    from airflow_provider_imggen.operators.ledger_reuse import LedgerGate
 
 _T = TypeVar("_T")
 
@@ -210,6 +211,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._quota: QuotaWait | None = None
         # What this task instance's tries sent and what came of it (the task state store's, when durable).
         self._journal: BillingJournal | None = None
+        self._ledger_gate: LedgerGate | None = None
 
     @classmethod
     def partial(cls, **kwargs: Any) -> OperatorPartial:
@@ -271,6 +273,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         reused = gate.enter() if gate is not None else None
         if reused is not None:
             return reused
+        if gate is not None:
+            gate.attach(self._journal)
+        self._ledger_gate = gate
         try:
             xcom = self._generate(endpoint, request, output_path, context)
         except BaseException:
@@ -401,6 +406,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             deferrable=self.deferrable,
         )
         self._generation_task_id = submitted.generation_task_id
+        if self._ledger_gate is not None:
+            self._ledger_gate.record_task(submitted.generation_task_id)
         self.log.info(
             "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
             submitted.generation_task_id,

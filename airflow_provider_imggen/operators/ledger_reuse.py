@@ -52,6 +52,7 @@ class LedgerGate:
         setting = hook.settings.ledger
         assert setting is not None, "LedgerGate.open() checks the connection first"
         self.request = request
+        self.settings = hook.settings
         self.reuse = reuse
         self.aws_conn_id = aws_conn_id
         self.log = log
@@ -84,6 +85,25 @@ class LedgerGate:
             return None
         self.claim = outcome
         return None
+
+    def attach(self, journal: BillingJournal) -> None:
+        """Let the journal's recoveries skip native tasks the ledger records for other requests."""
+        from airflow_provider_imggen.ledger.claims import task_key
+
+        journal.foreign_task = lambda generation_task_id: self.claims.owns_elsewhere(
+            task_key(self.settings, generation_task_id), self.fingerprint
+        )
+
+    def record_task(self, generation_task_id: str) -> None:
+        """Record the native task this request created (best effort: recoveries fail closed without)."""
+        from airflow_provider_imggen.ledger.claims import task_key
+
+        try:
+            self.claims.record_task(
+                task_key(self.settings, generation_task_id), generation_task_id, self.fingerprint
+            )
+        except Exception as error:
+            self.log.warning("Could not record task %s in the ledger: %s", generation_task_id, error)
 
     def billed(self, xcom: dict[str, Any]) -> dict[str, Any]:
         """Record that the request was paid for; the XCom, naming the ledger entry for the transfer."""

@@ -120,3 +120,40 @@ def test_two_runs_asking_for_one_request_at_once_pay_once(
     threads[1].join(60)
     assert results["second"]["reused"] is True
     assert emulator.billed_images() == 2, "billed once"
+
+
+@pytest.mark.parametrize("with_ledger", [True, False])
+def test_identical_prompts_of_two_mapped_tasks_are_recovered_without_a_mix_up(
+    emulator: EmulatorServer, s3: S3Bucket, monkeypatch: pytest.MonkeyPatch, with_ledger: bool
+) -> None:
+    extra = {"ledger": f"s3://aws_default@{s3.name}/imggen-ledger"} if with_ledger else {}
+    set_imggen_connection(
+        monkeypatch, emulator.base_url, default_model="wan2.2-t2i-flash", api_style="dashscope", **extra
+    )
+    emulator.set_faults(task_pending_ms=200, task_duration_ms=200)
+
+    def mapped(map_index: int) -> dict[str, Any]:
+        # The same prompt; the derived seeds differ by map index, so the requests do too.
+        operator = make_operator(prompt="the same poster", size="512x512", n=2, poll_interval=0.1)
+        context = make_context(operator, map_index=map_index)
+        operator.render_template_fields(context)  # type: ignore[arg-type]
+        return operator.execute(context)  # type: ignore[arg-type]
+
+    other = mapped(1)
+    # Map index 0's submission creates its task (billed), but the connection drops before any answer: no
+    # request id to go by, recovery from the list by what the statuses show.
+    emulator.set_faults(fail_next=["billed_drop"])
+    if not with_ledger:
+        # Two listed tasks carry the prompt and image count: nothing proves which is ours. Fails closed.
+        from airflow_provider_imggen.exceptions import ImageGenerationSubmissionUnknownError
+
+        with pytest.raises(ImageGenerationSubmissionUnknownError, match=other["generation_task_id"]):
+            mapped(0)
+        assert emulator.billed_images() == 4
+        return
+    mine = mapped(0)
+    submitted = {entry["task_id"] for entry in emulator.requests_log() if entry["kind"] == "submit"}
+    assert (
+        mine["generation_task_id"] in submitted and mine["generation_task_id"] != other["generation_task_id"]
+    )
+    assert emulator.billed_images() == 4, "two tasks, each paid once, each delivered to its own"
