@@ -239,7 +239,7 @@ class ImageGenerationHook(NativeTasksHook):
         request = self._check_request(request, timeout)
         journal = journal if journal is not None else BillingJournal()
         if self.endpoint_for(request) == "sync":
-            return self._generate_multimodal(request, read_timeout=timeout, journal=journal, reuse=reuse)
+            return self._generate_answered(request, read_timeout=timeout, journal=journal, reuse=reuse)
         if self.settings.api_style == "dashscope":
             started = time.monotonic()
             submitted = self.submit(request, timeout=timeout, journal=journal, reuse=reuse)
@@ -247,7 +247,7 @@ class ImageGenerationHook(NativeTasksHook):
             return self.result_from_task(
                 state, model=submitted.model, parameters=submitted.parameters, started=started
             )
-        return self._generate_openai(request, read_timeout=timeout, journal=journal, reuse=reuse)
+        return self._generate_answered(request, read_timeout=timeout, journal=journal, reuse=reuse)
 
     def generate_images(
         self,
@@ -297,54 +297,34 @@ class ImageGenerationHook(NativeTasksHook):
             coerce_seconds("timeout", timeout)
         return ensure_validated_for(request, self.settings.api_style, self.settings.gateway_dialect)
 
-    def _generate_openai(
+    def _generate_answered(
         self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal, reuse: bool
     ) -> ImageGenerationResult:
+        """
+        One POST answered with the images: the OpenAI-compatible gateway, or DashScope's synchronous
+        ``multimodal-generation/generation``. Re-sent only when provably not processed (never opened, 429);
+        a 5xx, a timeout or a dropped connection after sending is outcome unknown (no task to look up).
+        """
         started = time.monotonic()
+        sending = self.billable_send(request)
         dialect = self.settings.gateway_dialect
 
         def read_answer(body: dict[str, Any], request_id: str | None) -> ImageGenerationResult:
-            result, notes = parse_generation_result(body, request, request_id)
-            ignored = gateway_ignored_fields(body, request, result, dialect)
-            if ignored is not None:
-                self.log.warning("Answer to request %s: %s", request_id, ignored)
-                result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
-            self._log_answer(request, result, notes, request_id, started=started, where="")
+            if sending.endpoint == "sync":
+                result, notes = parse_multimodal_result(body, request, request_id)
+                where = " on the synchronous endpoint"
+            else:
+                result, notes = parse_generation_result(body, request, request_id)
+                where = ""
+                ignored = gateway_ignored_fields(body, request, result, dialect)
+                if ignored is not None:
+                    self.log.warning("Answer to request %s: %s", request_id, ignored)
+                    result = dataclasses.replace(result, warnings=(*result.warnings, ignored))
+            self._log_answer(request, result, notes, request_id, started=started, where=where)
             return result
 
         return self._send_billable(
-            request,
-            self.billable_send(request),
-            read_answer,
-            read_timeout=read_timeout,
-            journal=journal,
-            reuse=reuse,
-        )
-
-    def _generate_multimodal(
-        self, request: GenerationRequest, *, read_timeout: float | None, journal: BillingJournal, reuse: bool
-    ) -> ImageGenerationResult:
-        """
-        One POST to DashScope's synchronous ``multimodal-generation/generation``: billable, answered with
-        the images. Re-sent only when provably not processed (never opened, 429); a 5xx, a timeout or a
-        dropped connection after sending is outcome unknown (no task to look up: never re-sent).
-        """
-        started = time.monotonic()
-
-        def read_answer(body: dict[str, Any], request_id: str | None) -> ImageGenerationResult:
-            result, notes = parse_multimodal_result(body, request, request_id)
-            self._log_answer(
-                request, result, notes, request_id, started=started, where=" on the synchronous endpoint"
-            )
-            return result
-
-        return self._send_billable(
-            request,
-            self.billable_send(request),
-            read_answer,
-            read_timeout=read_timeout,
-            journal=journal,
-            reuse=reuse,
+            request, sending, read_answer, read_timeout=read_timeout, journal=journal, reuse=reuse
         )
 
     def _log_answer(

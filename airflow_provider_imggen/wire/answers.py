@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationMalformedResponseError, billed_note
-from airflow_provider_imggen.results import MALFORMED_ITEM, FailedImage
+from airflow_provider_imggen.results import MALFORMED_ITEM, FailedImage, GeneratedImage
 from airflow_provider_imggen.utils import url_expiry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow_provider_imggen.request import GenerationRequest
 
 # The most images delivered from one answer: the largest documented count is 12 (wan2.7-image's sequential
@@ -104,3 +106,22 @@ def extra_images(items: list[object], n: int) -> tuple[list[object], str | None]
         f"the service returned {count} images for n={n}: {count} billed, most likely (a relay that drops n "
         f"bills the model's default count); {delivered}"
     )
+
+
+def parse_items(
+    items: list[object],
+    parse_item: Callable[[int, object], tuple[GeneratedImage | None, FailedImage | None]],
+) -> tuple[list[GeneratedImage], list[FailedImage]]:
+    """Each item of a billed answer read on its own: the images, and the items that are not one."""
+    images: list[GeneratedImage] = []
+    failed: list[FailedImage] = []
+    for index, item in enumerate(items):
+        try:
+            image, failure = parse_item(index, item)
+        except Exception as error:  # one item the parser failed on: the others are delivered
+            image, failure = None, unreadable_item(index, error)
+        if image is not None:
+            images.append(image)
+        if failure is not None:
+            failed.append(failure)
+    return images, failed

@@ -25,7 +25,7 @@ from airflow_provider_imggen.wire.answers import (
     expiry_of,
     extra_images,
     guarded_failure,
-    unreadable_item,
+    parse_items,
     url_problem,
 )
 from airflow_provider_imggen.wire.errors import no_usable_image
@@ -101,17 +101,7 @@ def _parse_multimodal_result(
     if extra is not None:
         notes.append(extra)
         warnings.append(extra)
-    images: list[GeneratedImage] = []
-    failed: list[FailedImage] = []
-    for index, item in enumerate(items):
-        try:
-            image, failure = _parse_item(index, item)
-        except Exception as error:  # one item the parser failed on: the others are delivered
-            image, failure = None, unreadable_item(index, error)
-        if image is not None:
-            images.append(image)
-        if failure is not None:
-            failed.append(failure)
+    images, failed = parse_items(items, _parse_item)
     if not images:
         raise no_usable_image(request, request_id, failed, "")
     usage = body.get("usage")
