@@ -251,7 +251,12 @@ def record_stored(
         entry, version = found
         if entry.state == "stored" and entry.images == images:
             return True
-        same_answer = (entry.request_id, entry.generation_task_id) == (request_id, generation_task_id)
+        # A native task is its id (a deferred generation's XCom carries the status query's request id, not
+        # the submission's); a gateway answer is its request id. Neither known: nothing proves it.
+        if generation_task_id is not None:
+            same_answer = entry.generation_task_id == generation_task_id
+        else:
+            same_answer = request_id is not None and entry.request_id == request_id
         if entry.state not in ("billed", "stored") or not same_answer:
             log.warning(
                 "The ledger entry of this request is %s by %s for another answer: the stored images are "

@@ -157,3 +157,40 @@ def test_identical_prompts_of_two_mapped_tasks_are_recovered_without_a_mix_up(
         mine["generation_task_id"] in submitted and mine["generation_task_id"] != other["generation_task_id"]
     )
     assert emulator.billed_images() == 4, "two tasks, each paid once, each delivered to its own"
+
+
+def test_a_deferred_native_generation_is_recorded_and_reused(
+    emulator: EmulatorServer, s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.operators.test_deferrable import defer_and_resume
+
+    set_imggen_connection(
+        monkeypatch,
+        emulator.base_url,
+        default_model="wan2.2-t2i-flash",
+        api_style="dashscope",
+        ledger=f"s3://aws_default@{s3.name}/imggen-ledger",
+    )
+    emulator.set_faults(task_pending_ms=200, task_duration_ms=200)
+
+    def deferred_run(run_id: str) -> dict[str, Any]:
+        operator = make_operator(
+            size="512x512", n=2, seed=SEED, deferrable=True, poll_interval=0.1, max_poll_interval=0.2
+        )
+        context = make_context(operator)
+        context["ti"].run_id = run_id
+        operator.render_template_fields(context)  # type: ignore[arg-type]
+        return defer_and_resume(operator, context)
+
+    # The XCom is built after the deferral, in another process as far as the operator knows: it still
+    # names the ledger entry, and the transfer completes the entry billed for that very task.
+    first = deferred_run("scheduled__2026-01-01")
+    assert first["ledger_fingerprint"] and first["generation_task_id"]
+    store(first, s3)
+    entry, _ = open_ledger_store(f"s3://aws_default@{s3.name}/imggen-ledger").read(
+        first["ledger_fingerprint"]
+    )
+    assert entry.state == "stored" and entry.generation_task_id == first["generation_task_id"]
+    # Another run of the same request: reused before anything is submitted (no deferral at all).
+    again = generate(run_id="scheduled__2026-01-02", deferrable=True)
+    assert again["reused"] is True and emulator.billed_images() == 2
