@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 
 # How long a run waits for another run's claim on the same request to be stored before giving up.
 DEFAULT_CLAIM_WAIT = 900.0
-# A claim older than this whose owner never billed is taken over: its task died before paying.
-STALE_CLAIM_SECONDS = 3600.0
+# A claim older than this whose owner never sent anything is taken over: its task died before paying. Longer
+# than the operator's default quota wait (an hour) with its request timeout: its owner may still send.
+STALE_CLAIM_SECONDS = 7200.0
+# A billed entry not stored after this long never will be (no transfer stores it): there is nothing to
+# reuse, and a run asking for the request pays for it (an S3 transfer takes seconds to minutes).
+BILLED_UNSTORED_SECONDS = 900.0
 _POLL_SECONDS = 2.0
 
 
@@ -74,14 +78,20 @@ class Claim:
 
 @dataclass(frozen=True)
 class Stored:
-    """The request's images are stored already (verify them before reuse)."""
+    """The request's images are stored already (verify them before reuse), at the store's version."""
 
     entry: LedgerEntry
+    version: Version
 
 
 def _same_task_instance(owner: str, other: str) -> bool:
     """Whether two owners are tries of one task instance (``dag/run/task/map/try``: all but the try)."""
     return owner.rsplit("/", 1)[0] == other.rsplit("/", 1)[0]
+
+
+def _same_run(owner: str, other: str) -> bool:
+    """Whether two owners are tasks of one DAG run (``dag/run/...``)."""
+    return owner.split("/", 2)[:2] == other.split("/", 2)[:2]
 
 
 def _age_seconds(timestamp: str) -> float:
@@ -106,10 +116,19 @@ class LedgerClaims:
         self.log = log
         self.wait = wait
 
-    def claim(self, fingerprint: str, request: dict[str, Any]) -> Claim | Stored:
+    def claim(self, fingerprint: str, request: dict[str, Any]) -> Claim | Stored | None:
         """
-        Claim ``fingerprint`` for this run (then pay), or the stored entry (then reuse). Waits while another
-        run holds an unexpired claim; an earlier try of this task instance's claim is this run's own.
+        Claim ``fingerprint`` for this run (then pay), the stored entry (then reuse), or None (pay without
+        the ledger: another task of this very run asks for the same request, and waiting for it could
+        deadlock a transfer that needs both). Waits while another run holds a live claim.
+
+        - ``claimed`` by another run: waited for; taken over once ``STALE_CLAIM_SECONDS`` old (its owner
+          died before paying: a send marks the claim ``billed`` first).
+        - ``billed`` by another run: waited for (its images are on their way to S3), up to ``wait``; once
+          ``BILLED_UNSTORED_SECONDS`` old it is taken over: that run paid and delivered its images without
+          storing them (no transfer, the sensor, end_from_trigger), so there is nothing to reuse.
+        - this task instance's own earlier try: ``claimed`` or ``released`` is taken; ``billed`` is kept as
+          it is (the try's billing journal says what it paid for; the caller checks it is durable).
 
         :raises LedgerClaimHeldError: another run held the claim for longer than ``wait``
         """
@@ -124,17 +143,26 @@ class LedgerClaims:
                 continue  # another run created it first: read what it wrote
             entry, version = found
             if entry.state == "stored":
-                return Stored(entry)
+                return Stored(entry, version)
             mine = _same_task_instance(entry.owner, self.owner)
-            stale = entry.state == "claimed" and _age_seconds(entry.updated_at) > STALE_CLAIM_SECONDS
-            if entry.state == "released" or mine or stale:
-                # Ours to take: nothing was billed under it, or it is this task instance's own (its earlier
-                # try's billing journal says what that try paid), or its owner died before paying.
-                taken = replace(
-                    entry if mine else self._entry(fingerprint, "claimed", request),
-                    owner=self.owner,
-                    updated_at=utc_now(),
+            if mine and entry.state == "billed":
+                return Claim(entry, version)
+            if not mine and _same_run(entry.owner, self.owner):
+                self.log.warning(
+                    "Another task of this run (%s) asks for the very same request: paid for again, without "
+                    "the ledger (waiting for it could deadlock a transfer that needs both)",
+                    entry.owner,
                 )
+                return None
+            age = _age_seconds(entry.updated_at)
+            takeable = (
+                entry.state == "released"
+                or mine
+                or (entry.state == "claimed" and age > STALE_CLAIM_SECONDS)
+                or (entry.state == "billed" and age > BILLED_UNSTORED_SECONDS)
+            )
+            if takeable:
+                taken = self._entry(fingerprint, "claimed", request)
                 new_version = self.store.replace(taken, version)
                 if new_version is not None:
                     return Claim(taken, new_version)
@@ -156,11 +184,17 @@ class LedgerClaims:
                 said = True
             time.sleep(_POLL_SECONDS)
 
+    def take_over(self, stored: Stored, request: dict[str, Any]) -> Claim | None:
+        """
+        Claim a stored entry whose images no longer verify, at the version read: None when another run
+        changed it meanwhile (the caller claims again, and waits for that run).
+        """
+        taken = self._entry(stored.entry.fingerprint, "claimed", request)
+        version = self.store.replace(taken, stored.version)
+        return Claim(taken, version) if version is not None else None
+
     def take(self, fingerprint: str, request: dict[str, Any]) -> Claim:
-        """
-        Claim ``fingerprint`` whatever the ledger holds (``reuse=False``, or stored images that no longer
-        verify): this run pays, and what it stores replaces the entry.
-        """
+        """Claim ``fingerprint`` whatever the ledger holds (``reuse=False``: this run pays again)."""
         while True:
             entry = self._entry(fingerprint, "claimed", request)
             found = self.store.read(fingerprint)

@@ -244,7 +244,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         Also where a quota wait in the triggerer resumes: ``event`` is then the ``DateTimeTrigger``'s
         (unused), and the try's deadline and count of throttled submissions come back (``QuotaWait``).
         """
-        from airflow_provider_imggen.billing_journal import billing_journal
+        from airflow_provider_imggen.billing_journal import TaskStateJournal, billing_journal
         from airflow_provider_imggen.operators.downstream_keys import check_downstream_keys
         from airflow_provider_imggen.operators.ledger_reuse import LedgerGate
 
@@ -269,21 +269,26 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             reuse=self.reuse,
             aws_conn_id=self.aws_conn_id,
             log=self.log,
+            waits=self.wait_for_completion,
+            durable_journal=isinstance(self._journal, TaskStateJournal),
         )
-        reused = gate.enter() if gate is not None else None
-        if reused is not None:
-            return reused
-        if gate is not None:
-            gate.attach(self._journal)
-        self._ledger_gate = gate
+        if gate is None:
+            return self._generate(endpoint, request, output_path, context)
         try:
-            xcom = self._generate(endpoint, request, output_path, context)
-        except BaseException:
-            # A deferral too: the journal says whether anything was billed before it.
-            if gate is not None:
+            reused = gate.enter()
+            if reused is not None:
+                return reused
+            gate.attach(self._journal)
+            self._ledger_gate = gate
+            try:
+                xcom = self._generate(endpoint, request, output_path, context)
+            except BaseException:
+                # A deferral too: the journal says whether anything was billed before it.
                 gate.failed(self._journal, self.hook.billable_send(request).fingerprint)
-            raise
-        return gate.billed(xcom) if gate is not None else xcom
+                raise
+            return gate.billed(xcom)
+        finally:
+            gate.close()
 
     def _generate(
         self, endpoint: str, request: GenerationRequest, output_path: str | None, context: Context

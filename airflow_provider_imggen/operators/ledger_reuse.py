@@ -61,12 +61,23 @@ class LedgerGate:
         self.claims: LedgerClaims = LedgerClaims(store=open_ledger_store(setting), owner=owner, log=log)
         self._request_fields = request_fields(request)
         self.claim: Claim | None = None
+        # Whether this try's billing journal survives it (the task state store): see enter().
+        self.durable_journal = True
 
     @classmethod
-    def open(cls, **kwargs: Any) -> LedgerGate | None:
-        """The gate of a request, or None when the connection keeps no ledger."""
+    def open(cls, *, durable_journal: bool, **kwargs: Any) -> LedgerGate | None:
+        """
+        The gate of a request, or None when there is nothing for the ledger to do: the connection keeps
+        none, or the operator delivers what reuse cannot (``b64_json`` files below ``output_path``, a task
+        id for the sensor with ``wait_for_completion=False``).
+        """
         hook: ImageGenerationHook = kwargs["hook"]
-        return cls(**kwargs) if hook.settings.ledger else None
+        request: GenerationRequest = kwargs["request"]
+        if not hook.settings.ledger or request.response_format != "url" or not kwargs.pop("waits", True):
+            return None
+        gate = cls(**kwargs)
+        gate.durable_journal = durable_journal
+        return gate
 
     def enter(self) -> dict[str, Any] | None:
         """The XCom of the request's stored images (nothing to send), or None once claimed for this run."""
@@ -76,15 +87,39 @@ class LedgerGate:
             self.claim = self.claims.take(self.fingerprint, self._request_fields)
             self.log.info("reuse=False: paying for this request again, whatever the ledger holds")
             return None
-        outcome = self.claims.claim(self.fingerprint, self._request_fields)
-        if isinstance(outcome, Stored):
+        while True:
+            outcome = self.claims.claim(self.fingerprint, self._request_fields)
+            if not isinstance(outcome, Stored):
+                break
             reused = self._verified_xcom(outcome.entry)
             if reused is not None:
                 return reused
-            self.claim = self.claims.take(self.fingerprint, self._request_fields)
-            return None
+            # At the version read: of several runs finding the same objects gone, one pays, the rest wait.
+            taken = self.claims.take_over(outcome, self._request_fields)
+            if taken is not None:
+                outcome = taken
+                break
+        if outcome is not None and outcome.entry.state == "billed" and not self.durable_journal:
+            from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
+
+            raise ImageGenerationOutcomeUnknownError(
+                "The ledger shows this request billed by an earlier try of this task "
+                f"({outcome.entry.owner}), and without a task state store (durable=False, or Airflow before "
+                "3.3) nothing shows what came of it: not sent again (reuse=False pays again)",
+                model=self.request.model,
+                images_at_risk=self.request.n,
+                request_id=outcome.entry.request_id,
+                generation_task_id=outcome.entry.generation_task_id,
+            )
         self.claim = outcome
         return None
+
+    def close(self) -> None:
+        """Let the store's connection go (a task may wait hours for its generation after claiming)."""
+        try:
+            self.claims.store.close()
+        except Exception as error:
+            self.log.debug("Closing the ledger store: %s", error)
 
     def attach(self, journal: BillingJournal) -> None:
         """Let the journal's recoveries skip native tasks the ledger records for other requests."""
@@ -99,6 +134,11 @@ class LedgerGate:
         from airflow_provider_imggen.ledger.claims import task_key
 
         try:
+            if self.claim is not None and self.claim.entry.state != "billed":
+                # Paid from now on: the claim is no longer one a stale-claim rule may take over.
+                self.claim = self.claims.billed(
+                    self.claim, generation_task_id=generation_task_id, request_id=None
+                )
             self.claims.record_task(
                 task_key(self.settings, generation_task_id), generation_task_id, self.fingerprint
             )
@@ -108,11 +148,14 @@ class LedgerGate:
     def billed(self, xcom: dict[str, Any]) -> dict[str, Any]:
         """Record that the request was paid for; the XCom, naming the ledger entry for the transfer."""
         if self.claim is not None:
-            self.claim = self.claims.billed(
-                self.claim,
-                generation_task_id=_text(xcom.get("generation_task_id")),
-                request_id=_text(xcom.get("request_id")),
-            )
+            try:
+                self.claim = self.claims.billed(
+                    self.claim,
+                    generation_task_id=_text(xcom.get("generation_task_id")),
+                    request_id=_text(xcom.get("request_id")),
+                )
+            except Exception as error:  # the images are paid for and in hand: deliver them
+                self.log.error("Could not record the billed generation in the ledger: %s", error)
         return {**xcom, "ledger_fingerprint": self.fingerprint}
 
     def failed(self, journal: BillingJournal, fingerprint: str) -> None:
@@ -137,31 +180,32 @@ class LedgerGate:
         """The XCom of ``entry``'s images when every one reads back from S3 with its sha256, else None."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        s3 = S3Hook(aws_conn_id=self.aws_conn_id)
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
         for image in entry.images:
+            where = f"s3://{image.bucket}/{image.key}"
             try:
-                body = s3.get_conn().get_object(Bucket=image.bucket, Key=image.key)["Body"]
-                digest, size = hashlib.sha256(), 0
-                while chunk := body.read(1 << 20):
+                answer = s3.get_object(Bucket=image.bucket, Key=image.key)
+                if int(answer.get("ContentLength") or -1) != image.bytes:
+                    answer["Body"].close()
+                    self._not_reusable(image.index, where, "its size is not the recorded one")
+                    return None
+                digest = hashlib.sha256()
+                while chunk := answer["Body"].read(1 << 20):
                     digest.update(chunk)
-                    size += len(chunk)
             except Exception as error:
-                self.log.warning(
-                    "Stored image %d (s3://%s/%s) of this request cannot be read back (%s): paying again",
-                    image.index,
-                    image.bucket,
-                    image.key,
-                    type(error).__name__,
-                )
-                return None
-            if digest.hexdigest() != image.sha256 or size != image.bytes:
-                self.log.warning(
-                    "Stored image %d (s3://%s/%s) of this request no longer has the recorded sha256: "
-                    "paying again",
-                    image.index,
-                    image.bucket,
-                    image.key,
-                )
+                if _missing(error):
+                    self._not_reusable(image.index, where, "it is gone")
+                    return None
+                from airflow_provider_imggen.ledger.store import LedgerStoreError
+
+                # Throttled, unreachable, forbidden: nothing is billed, and a retry may read it.
+                raise LedgerStoreError(
+                    f"Stored image {image.index} ({where}) of this request could not be read back to verify "
+                    f"it ({type(error).__name__}): nothing was billed. Check aws_conn_id "
+                    f"({self.aws_conn_id}); a retry tries again"
+                ) from None
+            if digest.hexdigest() != image.sha256:
+                self._not_reusable(image.index, where, "it no longer has the recorded sha256")
                 return None
         self.log.info(
             "The ledger holds this request's %d image(s), stored by %s and verified by sha256: reused, "
@@ -170,6 +214,18 @@ class LedgerGate:
             entry.owner,
         )
         return reused_xcom(entry, self.request, self.aws_conn_id, self.fingerprint)
+
+    def _not_reusable(self, index: int, where: str, why: str) -> None:
+        self.log.warning(
+            "Stored image %d (%s) of this request is not reused: %s. Paying again", index, where, why
+        )
+
+
+def _missing(error: BaseException) -> bool:
+    """Whether S3 said the object (or its bucket) does not exist."""
+    response = getattr(error, "response", None)
+    code = str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound")
 
 
 def reused_xcom(

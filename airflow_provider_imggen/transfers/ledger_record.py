@@ -39,11 +39,14 @@ def record_stored_images(
     for entry in entries:
         by_generation[entry.generation].append(entry)
     recorded = 0
-    for position, item in named:
-        try:
-            recorded += _record(store, position, item, by_generation[position], log)
-        except Exception as error:
-            log.warning("Generation %d's stored images not recorded in the ledger: %s", position, error)
+    try:
+        for position, item in named:
+            try:
+                recorded += _record(store, position, item, by_generation[position], log)
+            except Exception as error:
+                log.warning("Generation %d's stored images not recorded in the ledger: %s", position, error)
+    finally:
+        store.close()
     return recorded
 
 

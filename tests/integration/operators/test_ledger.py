@@ -87,13 +87,14 @@ def test_reuse_false_pays_again_and_a_tampered_object_is_not_reused(
     emulator: EmulatorServer, s3: S3Bucket, ledger_conn: str
 ) -> None:
     first = generate()
-    stored = store(first, s3)
+    store(first, s3)
     again = generate(reuse=False)
     assert not again["reused"] and emulator.billed_images() == 4
-    # The new images are the ones the ledger now points at once stored; replace one behind its back.
+    # The new images are the ones the ledger points at once stored; replace one behind its back.
+    stored = store(again, s3)
     s3.client.put_object(Bucket=s3.name, Key=stored[0]["key"], Body=b"not the image")
     store_key = stored[0]["key"]
-    third = generate()
+    third = generate(run_id="backfill__2026-01-01")
     assert not third["reused"], f"{store_key} no longer has the recorded sha256: paid again"
     assert emulator.billed_images() == 6
 
@@ -194,3 +195,15 @@ def test_a_deferred_native_generation_is_recorded_and_reused(
     # Another run of the same request: reused before anything is submitted (no deferral at all).
     again = generate(run_id="scheduled__2026-01-02", deferrable=True)
     assert again["reused"] is True and emulator.billed_images() == 2
+
+
+def test_stored_images_that_cannot_be_read_back_are_not_paid_for_again(
+    emulator: EmulatorServer, s3: S3Bucket, ledger_conn: str
+) -> None:
+    from airflow_provider_imggen.ledger.store import LedgerStoreError
+
+    store(generate(), s3)
+    # A connection that cannot read the bucket (or S3 throttling): not proof the images are gone.
+    with pytest.raises(LedgerStoreError, match="nothing was billed"):
+        generate(run_id="backfill__2026-01-01", aws_conn_id="no_such_connection")
+    assert emulator.billed_images() == 2
