@@ -99,3 +99,22 @@ def register_secrets(url: str) -> None:
 
     # One call for them all: in a task or a trigger each call is a round trip to the supervisor.
     mask_secret(secrets)
+
+
+def seal_text(text: str) -> str | None:
+    """Any text encrypted and authenticated with Airflow's Fernet key, or None without a key."""
+    fernet = _fernet()
+    return fernet.encrypt(text.encode()).decode("ascii") if fernet is not None else None
+
+
+def opens_to(token: object, text: str) -> bool:
+    """Whether ``token`` is a :func:`seal_text` of exactly ``text`` under one of this deployment's keys."""
+    fernet = _fernet()
+    if fernet is None or not isinstance(token, str):
+        return False
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return bool(fernet.decrypt(token.encode("ascii")).decode() == text)
+    except (InvalidToken, ValueError, UnicodeError):
+        return False

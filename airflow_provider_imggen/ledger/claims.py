@@ -261,6 +261,15 @@ class LedgerClaims:
         )
 
 
+def images_statement(fingerprint: str, images: tuple[StoredImage, ...]) -> str:
+    """What the deployment vouches for with its Fernet key: these objects hold this request's images."""
+    return json.dumps(
+        {"fingerprint": fingerprint, "images": [image.to_dict() for image in images]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
 def record_stored(
     store: LedgerStore,
     fingerprint: str,
@@ -283,7 +292,7 @@ def record_stored(
             log.warning("The ledger has no entry for this generation: its stored images are not recorded")
             return False
         entry, version = found
-        if entry.state == "stored" and entry.images == images:
+        if entry.state == "stored" and entry.images == images and entry.request.get("images_sealed"):
             return True
         # A native task is its id (a deferred generation's XCom carries the status query's request id, not
         # the submission's); a gateway answer is its request id. Neither known: nothing proves it.
@@ -299,7 +308,13 @@ def record_stored(
                 entry.owner,
             )
             return False
-        stored = replace(entry, state="stored", images=images, updated_at=utc_now())
+        from airflow_provider_imggen.sealed_urls import seal_text
+
+        # Sealed with the deployment's Fernet key: someone who can edit the ledger, but is not the
+        # deployment, cannot point a request at other objects (a reuse checks the seal).
+        sealed = seal_text(images_statement(fingerprint, images))
+        request = {**entry.request, "images_sealed": sealed} if sealed else entry.request
+        stored = replace(entry, state="stored", images=images, updated_at=utc_now(), request=request)
         if store.replace(stored, version) is not None:
             return True
     log.warning("The ledger entry of this generation kept changing: its stored images are not recorded")

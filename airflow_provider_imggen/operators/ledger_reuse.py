@@ -180,6 +180,18 @@ class LedgerGate:
         """The XCom of ``entry``'s images when every one reads back from S3 with its sha256, else None."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from airflow_provider_imggen.ledger.claims import images_statement
+        from airflow_provider_imggen.sealed_urls import opens_to
+
+        if not opens_to(
+            entry.request.get("images_sealed"), images_statement(entry.fingerprint, entry.images)
+        ):
+            # Written by someone without this deployment's Fernet key (or by a worker without one).
+            self.log.warning(
+                "The ledger's stored images of this request are not sealed with this deployment's Fernet "
+                "key: not reused. Paying again"
+            )
+            return None
         s3 = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
         for image in entry.images:
             where = f"s3://{image.bucket}/{image.key}"

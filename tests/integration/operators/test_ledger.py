@@ -207,3 +207,25 @@ def test_stored_images_that_cannot_be_read_back_are_not_paid_for_again(
     with pytest.raises(LedgerStoreError, match="nothing was billed"):
         generate(run_id="backfill__2026-01-01", aws_conn_id="no_such_connection")
     assert emulator.billed_images() == 2
+
+
+def test_an_entry_pointed_at_other_objects_by_an_editor_is_not_reused(
+    emulator: EmulatorServer, s3: S3Bucket, ledger_conn: str
+) -> None:
+    from dataclasses import replace
+
+    first = generate()
+    stored = store(first, s3)
+    ledger = open_ledger_store(ledger_conn)
+    entry, version = ledger.read(first["ledger_fingerprint"])
+    # An editor of the ledger (not the deployment) points the request at an object of its choosing, with
+    # the right sha256 and size: the seal, made with the deployment's Fernet key, no longer matches.
+    s3.client.copy_object(
+        Bucket=s3.name, Key="elsewhere.png", CopySource={"Bucket": s3.name, "Key": stored[0]["key"]}
+    )
+    moved = tuple(
+        replace(image, key="elsewhere.png") if image.index == 0 else image for image in entry.images
+    )
+    assert ledger.replace(replace(entry, images=moved), version) is not None
+    again = generate(run_id="backfill__2026-01-01")
+    assert not again["reused"] and emulator.billed_images() == 4
