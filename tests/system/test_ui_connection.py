@@ -210,6 +210,7 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "Workspace ID",
         "Gateway dialect (api_style openai)",
         "Retry requests whose outcome is unknown (may bill twice)",
+        "Billing ledger (pay once across runs)",
         "Result hosts (ImageGenerationToS3Operator)",
         "Allow private result hosts (ImageGenerationToS3Operator)",
     ]
@@ -283,6 +284,7 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     # The transfer's fields, left untouched, mean its defaults (however the form stores an empty list).
     assert extra.pop("result_hosts", None) in (None, [], "")
     assert extra.pop("allow_private_result_hosts", None) in (None, False)
+    assert extra.pop("ledger", None) in (None, ""), "no ledger unless asked for"
     assert extra == {
         "default_model": DEFAULT_MODEL,
         "request_timeout": REQUEST_TIMEOUT,
