@@ -11,7 +11,8 @@ them:
   seconds, default 0.5, after the intent: hold the answer back longer, e.g. the emulator's ``hold_ms``);
 - ``after_answer``: the answer is read, its outcome not recorded;
 - ``after_record``: the outcome is recorded, nothing delivered yet;
-- ``during_result_write``: writing a ``b64_json`` image below ``output_path``.
+- ``during_result_write``: writing a ``b64_json`` image below ``output_path``;
+- ``trigger_event`` (in the triggerer): the native task ended, the trigger's event not sent yet.
 
 How: ``sigkill`` (the process dies at once, as on an OOM kill), ``timeout`` (``AirflowTaskTimeout``, as
 ``execution_timeout`` raises it) or ``exception`` (:class:`SimulatedCrash`, a bug anywhere).
@@ -25,7 +26,14 @@ from typing import Any
 
 ENV = "IMGGEN_TEST_CRASH_AT"
 DELAY_ENV = "IMGGEN_TEST_CRASH_DELAY"
-POINTS = ("after_intent", "after_send", "after_answer", "after_record", "during_result_write")
+POINTS = (
+    "after_intent",
+    "after_send",
+    "after_answer",
+    "after_record",
+    "during_result_write",
+    "trigger_event",
+)
 HOWS = ("sigkill", "timeout", "exception")
 
 

@@ -150,6 +150,7 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_imggen import crash_points
         from airflow_provider_imggen.exceptions import ImageGenerationError
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook
 
@@ -162,6 +163,8 @@ class ImageGenerationTaskTrigger(BaseTrigger):
                 event: TriggerEvent = TriggerEvent(payload)
             else:
                 payload, state = await self._wait(hook)
+                # Test-only: the generation ended, the event is not sent yet (a triggerer dying here).
+                crash_points.reach("trigger_event")
                 event = await self._event(hook, payload, state)
         yield event
 

@@ -82,3 +82,38 @@ def test_an_edited_delivery_is_not_returned(imggen_conn: EmulatorServer) -> None
     with pytest.raises(ImageGenerationOutcomeUnknownError, match="was answered"):
         run_try(store, 2)
     assert imggen_conn.billed_images() == 2
+
+
+@pytest.mark.parametrize("how", ["exception", "timeout"])
+def test_a_trigger_stopped_after_its_task_ended_is_retried_without_paying_again(
+    dashscope_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The triggerer's crash point: the trigger dies once the task ended; the retry reconnects to it."""
+    import asyncio
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_imggen.crash_points import ENV as CRASH_ENV
+
+    dashscope_conn.set_faults(task_pending_ms=100, task_duration_ms=100)
+    store = MemoryStore()
+    operator = make_operator(size="512x512", n=2, seed=7, deferrable=True, poll_interval=0.1)
+    context = make_context(operator, task_state_store=store)
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)  # type: ignore[arg-type]
+    # What Airflow stores of the submission before the deferral, as ResumableJobMixin does.
+    assert store.get("imggen_task")["generation_task_id"]
+
+    monkeypatch.setenv(CRASH_ENV, f"trigger_event:{how}")
+
+    async def first_event() -> Any:
+        return [event async for event in deferred.value.trigger.run()]
+
+    with pytest.raises(BaseException, match="trigger_event"):
+        asyncio.run(first_event())
+    # Airflow fails the try (a trigger error) and retries the task: try 2 finds the task it paid for.
+    retried = run_try(store, 2, deferrable=False, poll_interval=0.1)
+    (submission,) = [entry for entry in dashscope_conn.requests_log() if entry["kind"] == "submit"]
+    assert retried["generation_task_id"] == submission["task_id"] and len(retried["images"]) == 2
+    assert dashscope_conn.billed_images() == 2, "paid once"
