@@ -17,19 +17,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowTaskTimeout
-
-from airflow_provider_imggen import crash_points
 from airflow_provider_imggen.billing_journal import (
-    IDENTIFIER,
-    Attempt,
     BillingJournal,
-    Outcome,
-    billable_fingerprint,
-    unsettled_description,
 )
 from airflow_provider_imggen.coercion import coerce_seconds
 from airflow_provider_imggen.connection_settings import (
@@ -69,12 +60,8 @@ from airflow_provider_imggen.results import (
     SubmittedTask,
     TaskState,
 )
-from airflow_provider_imggen.retry_policy import (
-    BillableRequest,
-    provably_not_processed,
-)
 from airflow_provider_imggen.utils import redact
-from airflow_provider_imggen.wire import gateway, multimodal, native
+from airflow_provider_imggen.wire import native
 from airflow_provider_imggen.wire.errors import decode_response
 from airflow_provider_imggen.wire.gateway import gateway_ignored_fields, parse_generation_result
 from airflow_provider_imggen.wire.multimodal import parse_multimodal_result
@@ -85,11 +72,11 @@ from airflow_provider_imggen.wire.native import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 from airflow_provider_imggen.hooks.base import PROMPT_LOG_CHARS
+from airflow_provider_imggen.hooks.billable import BillableSendHook
 from airflow_provider_imggen.hooks.image_generation_async import ImageGenerationAsyncHook
-from airflow_provider_imggen.hooks.native_tasks import NativeTasksHook
 
 __all__ = [
     "API_STYLES",
@@ -119,63 +106,7 @@ __all__ = [
 ]
 
 
-_Answer = TypeVar("_Answer")
-
-
-def _identifier(value: str | None) -> str | None:
-    """A request id the journal can keep (the service's text is not trusted to be one)."""
-    return value if value is not None and IDENTIFIER.fullmatch(value) else None
-
-
-@dataclasses.dataclass(frozen=True)
-class BillableSend:
-    """
-    What a billable request sends: the endpoint (``gateway``, ``async``, ``sync``), its path below the
-    connection's base URL and the JSON body its wire module built.
-    """
-
-    endpoint: str
-    path: str
-    body: dict[str, Any]
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return billable_fingerprint(self.endpoint, self.body)
-
-
-class _AttemptSteps:
-    """The journal's records between the sends of one billable request (see ``_request_json``)."""
-
-    def __init__(
-        self,
-        hook: ImageGenerationHook,
-        journal: BillingJournal,
-        attempt: Attempt,
-        request: GenerationRequest,
-        sending: BillableSend,
-    ) -> None:
-        self.hook, self.journal, self.attempt = hook, journal, attempt
-        self.request, self.sending = request, sending
-
-    def nothing_happened(self) -> None:
-        self.attempt = self.hook._record(self.journal, self.attempt, "not_processed", reason="throttled")
-
-    @property
-    def waiting(self) -> bool:
-        """Between a throttled send and the next one: nothing of this request is in flight."""
-        return self.attempt.outcome == "not_processed"
-
-    def before_resend(self) -> None:
-        # Durable before the re-send leaves, like the first intent (it takes the throttled one's slot).
-        self.attempt = self.journal.record_intent(
-            fingerprint=self.sending.fingerprint,
-            endpoint=self.sending.endpoint,
-            model=self.request.model,
-            images=self.request.n,
-        )
-
-
-class ImageGenerationHook(NativeTasksHook):
+class ImageGenerationHook(BillableSendHook):
     """
     Interact with a text-to-image API: an OpenAI-compatible gateway (``POST /v1/images/generations``) or
     DashScope's native asynchronous task API (submit, then poll ``GET /api/v1/tasks/{task_id}``).
@@ -272,20 +203,6 @@ class ImageGenerationHook(NativeTasksHook):
         """
         request = self.validate_request(prompt, **arguments)
         return self.generate(request, timeout=timeout, journal=journal, reuse=reuse)
-
-    def billable_send(self, request: GenerationRequest) -> BillableSend:
-        """
-        What generating ``request`` sends on this connection (endpoint, path, body): its fingerprint is the
-        key of its attempts in a billing journal.
-        """
-        endpoint = self.endpoint_for(request)
-        if endpoint == "sync":
-            return BillableSend("sync", multimodal.PATH, multimodal.request_body(request))
-        if endpoint == "async":
-            return BillableSend("async", native.SUBMIT_PATH, native.submission_body(request))
-        return BillableSend(
-            "gateway", gateway.PATH, gateway.request_body(request, self.settings.gateway_dialect)
-        )
 
     def _check_request(self, request: GenerationRequest, timeout: object) -> GenerationRequest:
         """``request``, checked against this connection's API once (see :func:`ensure_validated_for`)."""
@@ -486,169 +403,6 @@ class ImageGenerationHook(NativeTasksHook):
         request = self.validate_request(prompt, **arguments)
         self._require_dashscope("submit_task()")
         return self.submit(request, timeout=timeout)
-
-    # -- transport ----------------------------------------------------------------------------------
-
-    def _send_billable(
-        self,
-        request: GenerationRequest,
-        sending: BillableSend,
-        read_answer: Callable[[dict[str, Any], str | None], _Answer],
-        *,
-        read_timeout: float | None,
-        journal: BillingJournal,
-        reuse: bool = True,
-    ) -> _Answer:
-        """
-        The one place a billable request leaves, whatever the endpoint.
-
-        Its intent is recorded in ``journal`` before it leaves; it is sent once, and again only when the
-        service provably did nothing with it (never connected, 429, an explicit not-processed answer,
-        :mod:`~airflow_provider_imggen.retry_policy`). From then until its outcome is recorded, every
-        failure (a parser bug, ``RecursionError``, ``execution_timeout``) is outcome unknown: on the
-        gateway and the synchronous endpoint an :class:`ImageGenerationOutcomeUnknownError`, which Airflow
-        does not retry; on the task API a :class:`ImageGenerationSubmissionUnknownError`, which
-        :meth:`submit` recovers from the task list (a kill or a timeout leaves the journal to the retry).
-
-        An earlier attempt of the same request in ``journal`` whose outcome is not provably "nothing
-        happened" stops the send (unless the connection's ``retry_unknown_outcome`` opts in): the task
-        API's caller recovers it first (:meth:`submit`).
-
-        :param request: the validated request (its model and image count are what may be billed)
-        :param sending: the endpoint, path and JSON body from the endpoint's wire module
-        :param read_answer: reads the answer's JSON body and request id (inside the boundary)
-        :param read_timeout: read timeout in seconds (default: the hook's)
-        :param journal: where the intent and the outcome go
-        :param reuse: False: an earlier attempt that was answered (paid) does not stop this one
-        """
-        self._refuse_unsettled(request, sending, journal, reuse=reuse)
-        attempt = journal.record_intent(
-            fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
-        )
-        try:
-            crash_points.reach("after_intent")
-        except BaseException as error:
-            # Stopped in this process before anything left: provably not processed.
-            journal.record_outcome(attempt, "not_processed", reason=f"stopped by {type(error).__name__}")
-            raise
-        self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
-        task_api = sending.endpoint == "async"
-        steps = _AttemptSteps(self, journal, attempt, request, sending)
-        try:
-            body, request_id = self._request_json(
-                "POST",
-                f"{self.settings.base_url}{sending.path}",
-                json=sending.body,
-                headers=native.ASYNC_HEADER if task_api else None,
-                read_timeout=read_timeout,
-                billable=BillableRequest(
-                    model=request.model, images=request.n, submitted_at=attempt.sent_at, native=task_api
-                ),
-                journal_steps=steps,
-            )
-            attempt = steps.attempt
-            crash_points.reach("after_answer")
-            answer = read_answer(body, request_id)
-        except ImageGenerationAPIError as error:
-            # Nothing happened only when the service said so (retry_policy sorts the failures): anything
-            # else after the send, a 5xx whatever its headers included, may have been billed.
-            outcome: Outcome = "not_processed" if provably_not_processed(error) else "unknown"
-            self._record(journal, steps.attempt, outcome, request_id=_identifier(error.request_id))
-            raise
-        except Exception as error:
-            if steps.waiting:
-                raise  # interrupted while waiting out a throttled send: nothing in flight, nothing billed
-            # A bug, here or in a parser, after the request may have been billed: never an Airflow retry.
-            self._record(journal, steps.attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
-            raise self._unknown_after_send(request, sending, steps.attempt, error) from error
-        except BaseException as error:
-            if steps.waiting:
-                raise  # interrupted while waiting out a throttled send: nothing in flight, nothing billed
-            # execution_timeout, SIGTERM: the process is going down; the journal tells the retry.
-            self._record(journal, steps.attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
-            if isinstance(error, AirflowTaskTimeout) and not task_api:
-                raise self._unknown_after_send(request, sending, steps.attempt, error) from error
-            raise
-        # Best effort from here: the answer is paid for and in hand, and is delivered even when the journal
-        # cannot be written (a retry then reads an unknown outcome and fails closed).
-        if isinstance(answer, SubmittedTask):
-            self._record(
-                journal,
-                attempt,
-                "task",
-                generation_task_id=answer.generation_task_id,
-                request_id=_identifier(answer.request_id),
-            )
-        else:
-            try:
-                journal.record_answer(steps.attempt, answer)
-            except Exception as recording:
-                self.log.error("The answer could not be recorded in the billing journal: %s", recording)
-        crash_points.reach("after_record")
-        return answer
-
-    def _refuse_unsettled(
-        self, request: GenerationRequest, sending: BillableSend, journal: BillingJournal, *, reuse: bool
-    ) -> None:
-        """Refuse to send a request an earlier attempt may have paid for (see :meth:`_send_billable`)."""
-        earlier = journal.last_for(sending.fingerprint)
-        if earlier is None or earlier.outcome in ("not_processed", "task"):
-            return
-        what = unsettled_description(earlier)
-        if earlier.outcome in ("answered", "undelivered"):
-            if not reuse:
-                # Paid for: the caller asks for new images on purpose (the operator's reuse=False).
-                self.log.info("%s; reuse=False: generating (and paying for) new images", what)
-                return
-            raise ImageGenerationOutcomeUnknownError(
-                f"{what}. Billed for up to {earlier.images} image(s) of {earlier.model}: not sent again "
-                "(reuse=False generates, and pays for, new images)",
-                model=earlier.model,
-                images_at_risk=earlier.images,
-                submitted_at=earlier.sent_at,
-                request_id=earlier.request_id,
-            )
-        if self.settings.retry_unknown_outcome:
-            self.log.warning(
-                "%s; the connection extra retry_unknown_outcome is set: sending it again, which may bill "
-                "twice",
-                what,
-            )
-            return
-        raise ImageGenerationOutcomeUnknownError(
-            f"{what}. {billed_note(earlier.model, earlier.images)} (set the connection extra "
-            "retry_unknown_outcome to accept paying twice)",
-            model=earlier.model,
-            images_at_risk=earlier.images,
-            submitted_at=earlier.sent_at,
-            request_id=earlier.request_id,
-            generation_task_id=earlier.generation_task_id,
-        )
-
-    def _record(self, journal: BillingJournal, attempt: Attempt, outcome: Outcome, **fields: Any) -> Attempt:
-        """Record an outcome, best effort: an intent without an outcome says "unknown" all the same."""
-        try:
-            return journal.record_outcome(attempt, outcome, **fields)
-        except Exception as recording:
-            self.log.error("Could not record the outcome in the billing journal: %s", recording)
-            return attempt
-
-    def _unknown_after_send(
-        self, request: GenerationRequest, sending: BillableSend, attempt: Attempt, error: BaseException
-    ) -> ImageGenerationOutcomeUnknownError:
-        """What an unexpected failure after the send becomes (its message never echoes the answer)."""
-        unknown = (
-            ImageGenerationSubmissionUnknownError
-            if sending.endpoint == "async"
-            else ImageGenerationOutcomeUnknownError
-        )
-        return unknown(
-            f"The {sending.endpoint} request sent at {attempt.intent_at} was interrupted after it may have "
-            f"been billed ({type(error).__name__}). {billed_note(request.model, request.n)}",
-            model=request.model,
-            images_at_risk=request.n,
-            submitted_at=attempt.sent_at,
-        )
 
     # -- UI ---------------------------------------------------------------------------------------
 

@@ -40,6 +40,16 @@ _REQUEST_PLACEHOLDERS: dict[str, object] = {
     for item in dataclasses.fields(GenerationRequest)
     if item.name in REQUEST_PARAMETERS and item.name not in ("prompt", "extra_body", "endpoint")
 }
+# Checked as literals in the operator's __init__ besides its templated fields.
+UNTEMPLATED_CHECKED = (
+    "reuse",
+    "deferrable",
+    "wait_for_completion",
+    "end_from_trigger",
+    "poll_interval",
+    "max_poll_interval",
+    "wait_timeout",
+)
 _FLAGS = ("deferrable", "wait_for_completion", "end_from_trigger", "reuse")
 
 

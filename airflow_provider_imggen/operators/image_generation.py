@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -49,23 +50,16 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     ``ImageGenerationToS3Operator`` tasks storing this task's XCom are checked before anything is billed
     too.
 
-    The XCom ``return_value`` is a JSON-serialisable dict: ``model``, ``prompt``, ``negative_prompt``,
-    ``size``, ``n``, ``seed``, ``response_format``, ``prompt_upsampling``, ``created`` (epoch),
-    ``created_at`` (ISO 8601), ``request_id``, ``usage``, ``images``: a list of ``{index, seed, url,
-    url_sealed, url_expires_at, revised_prompt, location, bytes, sha256}``, ``failed_images``: a list of
-    ``{index, code, message}`` (images of a native task that failed while the others succeeded),
-    ``generation_task_id`` and ``task_status`` (the native task, ``None`` with the OpenAI-compatible API;
-    ``generation_task_id`` is the API's task, never the Airflow task's ``task_id``); see
-    :class:`~airflow_provider_imggen.records.GenerationRecord`. A signed result URL is a credential: ``url``
-    shows it masked, ``url_sealed`` holds it encrypted with Airflow's Fernet key.
+    The XCom ``return_value`` is a :class:`~airflow_provider_imggen.records.GenerationRecord` as a dict:
+    the request's parameters, ``images`` (signed URLs masked in ``url`` and sealed with Airflow's Fernet key
+    in ``url_sealed``, or ``location``/``bytes``/``sha256``), ``failed_images``, the native task's
+    ``generation_task_id``/``task_status``, ``warnings``, and the ledger's ``ledger_fingerprint``/``reused``.
 
-    On the native task API (connection ``api_style`` ``dashscope``) the task is submitted once and waited
-    for (in the triggerer with ``deferrable=True``); its id is kept in the task state store under
-    ``imggen_task`` so that a retry reconnects to the task it paid for instead of submitting again. The
-    OpenAI-compatible API and DashScope's synchronous endpoint answer with the images in one request.
-    Throttled submissions (nothing billed) are sent again until ``throttle_timeout``; a submission whose
-    outcome is unknown fails without Airflow retries. The manual: docs/generating.md,
-    docs/asynchronous.md and docs/quotas-and-scale.md.
+    Every billable request's intent and outcome go to the task state store first (``imggen_billing``), and
+    a native task's id too (``imggen_task``): a retry reconnects to what an earlier try paid for, returns
+    what it delivered, or fails without an Airflow retry when nothing proves what happened (docs/money.md).
+    Throttled submissions (nothing billed) are sent again until ``throttle_timeout``. The manual:
+    docs/generating.md, docs/asynchronous.md and docs/quotas-and-scale.md.
 
     :param prompt: what to draw, or a template file ending in .txt, .j2 or .jinja (templated)
     :param model: model name; defaults to the connection's ``default_model`` (templated)
@@ -199,7 +193,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.reuse = reuse
         self.aws_conn_id = aws_conn_id
         arguments.check_literal_arguments(
-            {name: getattr(self, name) for name in (*self.template_fields, *_UNTEMPLATED_CHECKED)}
+            {name: getattr(self, name) for name in (*self.template_fields, *arguments.UNTEMPLATED_CHECKED)}
         )
         # Set while this try knows a native task (on_kill cancels it) and what it submitted.
         self._generation_task_id: str | None = None
@@ -274,21 +268,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         )
         if gate is None:
             return self._generate(endpoint, request, output_path, context)
-        try:
-            reused = gate.enter()
-            if reused is not None:
-                return reused
-            gate.attach(self._journal)
-            self._ledger_gate = gate
-            try:
-                xcom = self._generate(endpoint, request, output_path, context)
-            except BaseException:
-                # A deferral too: the journal says whether anything was billed before it.
-                gate.failed(self._journal, self.hook.billable_send(request).fingerprint)
-                raise
-            return gate.billed(xcom)
-        finally:
-            gate.close()
+        self._ledger_gate = gate
+        return gate.generate_through(
+            self._journal, lambda: self._generate(endpoint, request, output_path, context)
+        )
 
     def _generate(
         self, endpoint: str, request: GenerationRequest, output_path: str | None, context: Context
@@ -307,49 +290,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             conn_id=self.imggen_conn_id,
             log=self.log,
         )
-        return self._generate_answered(request, output_path, context)
+        from airflow_provider_imggen.operators.answered import generate_answered
 
-    def _generate_answered(
-        self, request: GenerationRequest, output_path: str | None, context: Context
-    ) -> dict[str, Any]:
-        """
-        The gateway and the synchronous endpoint: one billable request answered with the images.
-
-        What it delivers is recorded in the billing journal with its outcome: a retry after a crash returns
-        that XCom again instead of paying again, and refuses to send a request whose outcome is unknown.
-        """
-        from airflow_provider_imggen.operators.b64_output import deliver_b64
-        from airflow_provider_imggen.operators.xcom import delivered_again, generation_xcom
-
-        journal = self._journal
-        assert journal is not None, "execute() opens the journal"
-        fingerprint = self.hook.billable_send(request).fingerprint
-        earlier = journal.last_for(fingerprint)
-        delivered = (
-            delivered_again(earlier.delivered, output_path)
-            if self.reuse and earlier is not None and earlier.outcome == "answered" and earlier.delivered
-            else None
-        )
-        if earlier is not None and delivered is not None:
-            self.log.info(
-                "Attempt %d (%s) already delivered this request (request id %s): its XCom again, nothing "
-                "sent",
-                earlier.number,
-                earlier.intent_at,
-                earlier.request_id,
-            )
-            return delivered
-        if request.response_format == "url":
-            # Recorded with the outcome, in one write: nothing is lost between the answer and the XCom.
-            journal.deliverable = lambda result: generation_xcom(result, request, {})
-        # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
-        result = self._billable(
-            lambda: self.hook.generate(request, journal=journal, reuse=self.reuse), request, deferrable=False
-        )
-        answered = journal.last_for(fingerprint)
-        if answered is not None and answered.delivered is not None:
-            return answered.delivered
-        return deliver_b64(result, request, output_path, context["ti"], journal, answered, self.log)
+        return generate_answered(self, request, output_path, context["ti"])
 
     def execute_complete(
         self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None
@@ -518,22 +461,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         assert self._quota is not None, "execute() starts the quota wait's clock"
         try:
-            defer = self._defer_quota_wait if deferrable else None
+            defer = functools.partial(self._quota.defer_in_triggerer, self) if deferrable else None
             return self._quota.send(send, defer=defer, min_deferral=self.min_throttle_deferral)
         except ImageGenerationOutcomeUnknownError as error:
             log_unknown_outcome(self.log, error, request)
             raise
-
-    def _defer_quota_wait(self, wait: float) -> None:
-        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
-
-        assert self._quota is not None
-        self.log.info("Waiting out the quota in the triggerer (the worker slot is free meanwhile)")
-        self.defer(
-            trigger=DateTimeTrigger(moment=datetime.now(tz=UTC) + timedelta(seconds=wait)),
-            method_name="execute",
-            kwargs=self._quota.resume_kwargs(),
-        )
 
     # -- XCom --------------------------------------------------------------------------------------------
 
@@ -546,16 +478,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     def _task_metadata(self, state: TaskState) -> dict[str, Any]:
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
         from airflow_provider_imggen.metadata import request_fields, task_metadata
+        from airflow_provider_imggen.operators.ledger_reuse import with_ledger_fingerprint
 
         # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
         metadata = task_metadata(self.hook, state, request_fields(self._submitting_request))
-        if self.hook.settings.ledger:
-            from airflow_provider_imggen.ledger.claims import ledger_fingerprint
-
-            # Resumed in a new process after a deferral: the transfer records the images under this key.
-            sent = self.hook.billable_send(self._submitting_request)
-            metadata["ledger_fingerprint"] = ledger_fingerprint(sent.fingerprint, self.hook.settings)
-        return metadata
+        # Resumed in a new process after a deferral: the transfer records the images under this key.
+        return with_ledger_fingerprint(metadata, self.hook, self._submitting_request)
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""
@@ -564,15 +492,3 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         task_record.cancel_pending(
             self.imggen_conn_id, generation_task_id, self.__dict__.get("hook"), self.log
         )
-
-
-# Checked as literals in __init__ besides the templated fields.
-_UNTEMPLATED_CHECKED = (
-    "reuse",
-    "deferrable",
-    "wait_for_completion",
-    "end_from_trigger",
-    "poll_interval",
-    "max_poll_interval",
-    "wait_timeout",
-)

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow_provider_imggen.billing_journal import BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
     from airflow_provider_imggen.ledger.claims import Claim, LedgerClaims
@@ -56,7 +58,9 @@ class LedgerGate:
         self.reuse = reuse
         self.aws_conn_id = aws_conn_id
         self.log = log
-        self.fingerprint = ledger_fingerprint(hook.billable_send(request).fingerprint, hook.settings)
+        # The journal's key of the request (what is sent) and the ledger's (what is sent, and to whom).
+        self.send_fingerprint = hook.billable_send(request).fingerprint
+        self.fingerprint = ledger_fingerprint(self.send_fingerprint, hook.settings)
         owner = make_owner(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti), int(ti.try_number or 1))
         self.claims: LedgerClaims = LedgerClaims(store=open_ledger_store(setting), owner=owner, log=log)
         self._request_fields = request_fields(request)
@@ -158,14 +162,36 @@ class LedgerGate:
                 self.log.error("Could not record the billed generation in the ledger: %s", error)
         return {**xcom, "ledger_fingerprint": self.fingerprint}
 
-    def failed(self, journal: BillingJournal, fingerprint: str) -> None:
+    def generate_through(
+        self, journal: BillingJournal, generate: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """
+        ``generate()``'s XCom, unless the ledger holds the request's images (their XCom then, nothing
+        sent); the claim is settled whatever ``generate`` does, a deferral included.
+        """
+        try:
+            reused = self.enter()
+            if reused is not None:
+                return reused
+            self.attach(journal)
+            try:
+                xcom = generate()
+            except BaseException:
+                # A deferral too: the journal says whether anything was billed before it.
+                self.failed(journal)
+                raise
+            return self.billed(xcom)
+        finally:
+            self.close()
+
+    def failed(self, journal: BillingJournal) -> None:
         """
         After a failed generation: release the claim when the journal proves nothing was billed, else
         mark it billed (outcome unknown counts as paid: no other run may take it over and pay again).
         """
         if self.claim is None:
             return
-        attempt = journal.last_for(fingerprint)
+        attempt = journal.last_for(self.send_fingerprint)
         try:
             if attempt is None or attempt.outcome == "not_processed":
                 self.claims.release(self.claim)
@@ -238,6 +264,20 @@ def _missing(error: BaseException) -> bool:
     response = getattr(error, "response", None)
     code = str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
     return code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound")
+
+
+def with_ledger_fingerprint(
+    metadata: dict[str, Any], hook: ImageGenerationHook, request: GenerationRequest
+) -> dict[str, Any]:
+    """``metadata`` naming its ledger entry when the connection keeps a ledger (for the transfer)."""
+    if not hook.settings.ledger:
+        return metadata
+    from airflow_provider_imggen.ledger.claims import ledger_fingerprint
+
+    return {
+        **metadata,
+        "ledger_fingerprint": ledger_fingerprint(hook.billable_send(request).fingerprint, hook.settings),
+    }
 
 
 def reused_xcom(

@@ -179,6 +179,19 @@ class QuotaWait:
         """What ``execute`` takes back after a deferred wait to carry this try's deadline and count on."""
         return {"throttle_deadline": self.deadline, "throttled_submissions": self.throttled}
 
+    def defer_in_triggerer(self, operator: Any, wait: float) -> None:
+        """Defer ``operator`` to a ``DateTimeTrigger`` for ``wait`` seconds; it resumes in ``execute``."""
+        from datetime import UTC, datetime, timedelta
+
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        operator.log.info("Waiting out the quota in the triggerer (the worker slot is free meanwhile)")
+        operator.defer(
+            trigger=DateTimeTrigger(moment=datetime.now(tz=UTC) + timedelta(seconds=wait)),
+            method_name="execute",
+            kwargs=self.resume_kwargs(),
+        )
+
 
 def log_unknown_outcome(
     log: Any, error: ImageGenerationOutcomeUnknownError, request: GenerationRequest
