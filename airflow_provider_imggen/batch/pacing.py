@@ -21,8 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 OVER_QUOTA_MODES = ("probe", "queue", "refuse")
-# After the expected end, a task is read this often (then less often, up to the batch's poll interval).
-FAST_POLL_SECONDS = 0.1
+# After the expected end, a task is read this soon (then twice as late each time, up to the batch's poll
+# interval); before any duration is known, this often.
+FAST_POLL_SECONDS = 0.025
+LEARNING_POLL_SECONDS = 0.25
 # Durations kept to predict the next one.
 _OBSERVED = 20
 
@@ -171,8 +173,9 @@ class Pacer:
     def next_poll(self, now: float, expected_end: float | None, polls_since_end: int) -> float:
         """When to read a task next: at its expected end, then often, then at the batch's poll interval."""
         if expected_end is None:
-            return now + self.poll_interval
+            learning = self.expected_duration() is None
+            return now + (min(self.poll_interval, LEARNING_POLL_SECONDS) if learning else self.poll_interval)
         if now < expected_end:
-            return expected_end
+            return expected_end + FAST_POLL_SECONDS
         late = FAST_POLL_SECONDS * (2 ** min(polls_since_end, 10))
         return now + min(late, self.poll_interval)

@@ -138,7 +138,8 @@ class BatchRun:
                 await self._submit_what_may_go(now)
                 await self._poll_what_is_due(time.monotonic())
                 await self._check_elsewhere(time.monotonic())
-                await asyncio.sleep(self._sleep(time.monotonic()))
+                if not all(slot.phase == "done" for slot in self.slots):
+                    await asyncio.sleep(self._sleep(time.monotonic()))
         finally:
             for task in self._recoveries:
                 task.cancel()
@@ -412,6 +413,10 @@ class BatchRun:
             return
         now = time.monotonic()
         if not state.is_terminal:
+            expected = self.pacer.expected_duration()
+            if slot.expected_end is None and expected is not None and slot.starts_now and slot.sent_at:
+                # Sent before any duration was known: its end can be predicted now.
+                slot.expected_end = slot.sent_at + expected
             if slot.expected_end is not None and now >= slot.expected_end:
                 slot.polls_since_end += 1
             slot.next_poll = self.pacer.next_poll(now, slot.expected_end, slot.polls_since_end)

@@ -48,6 +48,8 @@ class ImageGenerationBatchTrigger(BaseTrigger):
     :param max_task_failures: tasks of one request that may fail without billing before it is reported
     :param end_time: epoch seconds by which to give up on what is not done (None: never)
     :param end_from_trigger: end the task from here when every request is delivered
+    :param stale_after: seconds after which another copy's claim with no outcome is taken over, for
+        recovery only (default: the connection's request timeout plus 30 s: longer than any send lasts)
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         max_task_failures: int = 3,
         end_time: float | None = None,
         end_from_trigger: bool = True,
+        stale_after: float | None = None,
     ) -> None:
         super().__init__()
         self.requests = requests
@@ -77,6 +80,7 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         self.max_task_failures = max_task_failures
         self.end_time = end_time
         self.end_from_trigger = end_from_trigger
+        self.stale_after = stale_after
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -94,6 +98,7 @@ class ImageGenerationBatchTrigger(BaseTrigger):
                 "max_task_failures": self.max_task_failures,
                 "end_time": self.end_time,
                 "end_from_trigger": self.end_from_trigger,
+                "stale_after": self.stale_after,
             },
         )
 
@@ -158,7 +163,11 @@ class ImageGenerationBatchTrigger(BaseTrigger):
             slots=SendSlots(store=store, owner=self.owner, copy=copy),
             requests=self.requests,
             pacer=pacer,
-            stale_after=hook.effective_request_timeout + STALE_MARGIN_SECONDS,
+            stale_after=(
+                self.stale_after
+                if self.stale_after is not None
+                else hook.effective_request_timeout + STALE_MARGIN_SECONDS
+            ),
             max_task_failures=self.max_task_failures,
             deadline=self.end_time,
             log=self.log,

@@ -11,7 +11,6 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_imggen.emulator import EmulatorServer
@@ -19,29 +18,9 @@ from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 from airflow_provider_imggen.ledger import open_ledger_store
 from airflow_provider_imggen.operators.image_generation_batch import ImageGenerationBatchOperator
 from airflow_provider_imggen.triggers.image_generation_batch import ImageGenerationBatchTrigger
-from tests.conftest import set_imggen_connection, task_submissions
-from tests.integration.ledger.conftest import PG_CONN_ID, pg_conn, postgres_server  # noqa: F401 - fixtures
+from tests.conftest import task_submissions
 
 MODEL = "wan2.2-t2i-flash"
-
-
-@pytest.fixture
-def batch_conn(
-    emulator: EmulatorServer, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    """``imggen_default`` on the emulator's task API with a PostgreSQL ledger of its own (a fresh table)."""
-    request.getfixturevalue("pg_conn")
-    setting = f"postgres://{PG_CONN_ID}/batch_{uuid.uuid4().hex[:10]}"
-    set_imggen_connection(
-        monkeypatch,
-        emulator.base_url,
-        default_model=MODEL,
-        api_style="dashscope",
-        max_retries=0,
-        request_timeout=5,
-        ledger=setting,
-    )
-    return setting
 
 
 def make_trigger(
@@ -150,16 +129,10 @@ def test_a_claim_left_by_a_dead_copy_is_recovered_from_the_task_list_never_sent_
         held = dead.claim(request["key"], None, index=index, model=MODEL, images=1)
         assert held is not None
     sent = hook.submit_task(prompts[0], model=MODEL, size="512*512", seed=11)
-    trigger_params = {**trigger.serialize()[1]}
-    # Claims count as stale at once in this test (the request timeout is 5 s, plus the margin).
-    import airflow_provider_imggen.triggers.image_generation_batch as module
-
-    old = module.STALE_MARGIN_SECONDS
-    module.STALE_MARGIN_SECONDS = -10.0
     try:
-        payload = run_trigger(ImageGenerationBatchTrigger(**trigger_params))
+        # The claims count as stale at once (a test does not wait out the request timeout).
+        payload = run_trigger(ImageGenerationBatchTrigger(**{**trigger.serialize()[1], "stale_after": 0.0}))
     finally:
-        module.STALE_MARGIN_SECONDS = old
         store.close()
     assert payload["tasks"][0] == sent.generation_task_id
     assert payload["recovered"] == 1 and payload["sent"] == 0
