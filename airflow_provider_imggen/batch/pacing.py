@@ -105,6 +105,14 @@ class Pacer:
         self._submissions.take(now)
         self.probing = self.would_probe(in_flight)
 
+    def spend(self, now: float) -> None:
+        """Another copy of the batch sent one (its claim was won first): it counts against the rate."""
+        self._submissions.take(now)
+
+    def hold_off(self, now: float, seconds: float) -> None:
+        """No submission for ``seconds`` (the service could not be reached)."""
+        self._submissions.hold_off(now, seconds)
+
     def accepted(self) -> str | None:
         """The submission was accepted; the over-quota mode learned from it, if it was the probe."""
         if self.probing:
