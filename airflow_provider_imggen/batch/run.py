@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 
-from airflow_provider_imggen.batch.outcomes import after_task_end, safe_code, said
+from airflow_provider_imggen.batch.outcomes import after_task_end, said
 from airflow_provider_imggen.batch.recovery import Recovering
 from airflow_provider_imggen.batch.sending import Sending
 from airflow_provider_imggen.batch.state import MAX_POLL_ERRORS, RECHECK_SECONDS, Slot, Tally
@@ -91,8 +91,8 @@ class BatchRun(Sending, Recovering):
                 self._report(
                     slot,
                     "unknown",
-                    safe_code(error.code) or "unreadable",
-                    f"task {slot.task_id} cannot be read ({said(error)})",
+                    "unreadable",
+                    f"task {slot.task_id} cannot be read ({said(error)}): it may have been billed",
                 )
                 return
             self.log.warning("Request %d: reading task %s failed (%s)", slot.index, slot.task_id, said(error))
@@ -126,8 +126,8 @@ class BatchRun(Sending, Recovering):
             self.log.warning("Request %d: %s: sending it again", slot.index, decision.reason)
             await self._settle(slot, "released", reason=decision.reason)
         else:
-            # Billed, or not worth sending again: reported; the ledger keeps the task (a retry reads it).
-            self._report(
+            # Billed, or not worth sending again: final in the ledger too (a retry reports it unread).
+            await self._final(
                 slot, "failed", decision.code or state.status, decision.reason, billed=decision.billed
             )
 

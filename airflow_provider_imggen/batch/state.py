@@ -180,6 +180,7 @@ class BatchState:
                 slot.seen_version, slot.seen_since = held.version, now
             slot.phase, slot.next_check = "elsewhere", now
         elif held.state in ("unknown", "failed"):
+            slot.task_id = held.entry.generation_task_id
             note = held.entry.request
             self._report(
                 slot,
@@ -210,7 +211,8 @@ class BatchState:
                 and found is not None
                 and found.state == state
                 and found.copy == self.ledger.copy
-                and found.entry.generation_task_id == (task_id if state == "billed" else None)
+                and found.entry.generation_task_id
+                == (task_id if state in ("billed", "failed", "unknown") else None)
             ):
                 written = found  # this very write, applied before its answer was lost
             else:
@@ -224,7 +226,9 @@ class BatchState:
 
     async def _final(self, slot: Slot, state: str, code: str, reason: str, *, billed: bool | None) -> None:
         """Write a final outcome, then report it (not reported when another copy changed the slot first)."""
-        if await self._settle(slot, state, code=code, reason=reason, billed=billed):
+        if await self._settle(
+            slot, state, generation_task_id=slot.task_id, code=code, reason=reason, billed=billed
+        ):
             self._report(slot, state, code, reason, billed=billed)
 
     # -- ends -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationError, ImageGenerationValidationError
@@ -29,10 +30,21 @@ _PER_PROMPT = ("prompt", "seed", "negative_prompt")
 
 class ImageGenerationBatchIncompleteError(ImageGenerationError):
     """
-    Some requests of a batch were not delivered. The XCom carries those that were; ``problems`` names the
-    others (failed, refused, or outcome unknown: never sent again). Airflow may retry: a retry resumes from
-    the ledger and sends only what was never sent.
+    Some requests of a batch were not delivered, and a retry may deliver them (never sent, still running at
+    the timeout, unreadable for now). The XCom carries those that were; ``problems`` names the others. A
+    retry resumes from the ledger and sends only what was never sent.
     """
+
+
+class ImageGenerationBatchFailedError(ImageGenerationBatchIncompleteError, AirflowFailException):
+    """
+    Some requests of a batch were not delivered, each for good (refused, billed and failed, outcome
+    unknown): a retry could only report them again, so Airflow does not retry.
+    """
+
+
+# Problems an Airflow retry may clear: everything else a batch reports is final.
+RETRYABLE_PROBLEMS = frozenset({"not_sent", "timeout", "unreadable", "recovery_failed"})
 
 
 class ImageGenerationBatchOperator(BaseOperator):
@@ -269,9 +281,12 @@ class ImageGenerationBatchOperator(BaseOperator):
                 problem.get("code"),
                 problem.get("reason"),
             )
-        raise ImageGenerationBatchIncompleteError(
+        retryable = any(problem.get("code") in RETRYABLE_PROBLEMS for problem in problems)
+        failure = ImageGenerationBatchIncompleteError if retryable else ImageGenerationBatchFailedError
+        raise failure(
             f"{len(problems)} of {len(tasks)} request(s) not delivered ({len(records)} delivered, in the "
             "XCom; the others in the 'problems' XCom)"
+            + ("" if retryable else ": each for good, so Airflow does not retry")
         )
 
     # -- requests -----------------------------------------------------------------------------------------
