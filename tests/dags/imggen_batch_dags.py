@@ -60,4 +60,5 @@ def batch_dag(dag_id: str, retries: int, retry_delay: float = 0) -> DAG:
 
 
 delivered = batch_dag("imggen_batch", retries=0)
+# Retries left, which a batch whose problems are all final does not use.
 refused = batch_dag("imggen_batch_refused", retries=1, retry_delay=5)

@@ -10,16 +10,13 @@ LocalExecutor, SQLite) runs tests/dags/imggen_batch_dags.py against the emulator
 - six prompts: one worker run validates them and defers once; the triggerer sends each request once under
   its ledger claim and ends the task with the XCom list; the transfer stores the six images in S3;
 - six prompts of which the emulator refuses two for their content (one at submission, one as a FAILED
-  task): the task fails on the worker with the four others in its XCom and the two in ``problems``; its
-  retry resumes from the ledger and sends nothing again.
+  task): the task fails on the worker with the four others in its XCom and the two in ``problems``, and
+  is not retried although it has retries left: both refusals are final, a retry could only report them
+  again (and its trigger, firing a second after the deferral, would meet the Airflow race of
+  apache/airflow#67287; see test_quota_pool.py).
 
-A first try runs about 10 s in the triggerer (three waves of two 3 s tasks, and the probe of the
-over-quota behaviour), clear of the Airflow race of a trigger firing within seconds of its deferral
-(apache/airflow#67287; see test_quota_pool.py). The retry is not: with every outcome in the ledger, its
-trigger fires a second or two after the deferral, and the scheduler may then fail the resumed task on the
-stale executor event of the defer exit, before or after ``execute_complete`` pushed its XComs. So the
-first try's XComs are read while the task waits for its retry, and the retry's only when it got to push
-them.
+A try runs about 10 s in the triggerer (three waves of two 3 s tasks, and the probe of the over-quota
+behaviour), clear of that race.
 
 The first XCom a triggerer process pushes (here the delivered batch's list) waits for its supervisor to
 build the in-process Execution API: 7 to 28 s between "Batch done" and "Trigger fired event" on 2 busy
@@ -35,8 +32,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -159,15 +155,9 @@ def wait_idle(airflow: Airflow, timeout: float = 300) -> None:
 
 
 def run_once(
-    airflow: Airflow,
-    dag_id: str,
-    conf: dict[str, Any],
-    on_retry: Callable[[str], None] | None = None,
+    airflow: Airflow, dag_id: str, conf: dict[str, Any]
 ) -> tuple[str, str, dict[str, dict[str, Any]]]:
-    """
-    Trigger a run of the DAG and wait for it to end (calling ``on_retry`` with the run id once, while
-    ``generate`` waits for its retry): its run id, state and task instances by task id.
-    """
+    """Trigger a run of the DAG and wait for it to end: its run id, state and task instances by task id."""
     run_id = f"batch-{uuid.uuid4().hex[:8]}"
     airflow.api(
         f"dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}, method="POST"
@@ -179,11 +169,6 @@ def run_once(
     ):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{dag_id} did not finish within 300 s; see {airflow.home / 'standalone.log'}")
-        if on_retry is not None:
-            ti = api_retrying(airflow, f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/generate", deadline)
-            if ti["state"] == "up_for_retry":
-                on_retry(run_id)
-                on_retry = None
         time.sleep(0.5)
     instances = {ti["task_id"]: ti for ti in api_task_instances(airflow, dag_id, run_id)}
     return run_id, state, instances
@@ -212,17 +197,6 @@ def trigger_timeline(logs: dict[str, str]) -> dict[str, list[str]]:
                 if any(mark in event["event"] for mark in marks)
             ]
     return timeline
-
-
-def stale_event_failures(airflow: Airflow, dag_id: str, run_id: str) -> int:
-    """How often the scheduler failed a task of the run on the executor's stale event (the Airflow race)."""
-    return len(
-        re.findall(
-            rf"reported that the task instance <TaskInstance: {dag_id}\.\S+ {run_id} .*?finished with "
-            r"state success, but the task instance's state attribute is",
-            (airflow.home / "standalone.log").read_text(errors="replace"),
-        )
-    )
 
 
 def metadata_env(airflow: Airflow) -> dict[str, str]:
@@ -349,33 +323,18 @@ def test_prompts_refused_for_their_content_fail_the_task_with_the_others_deliver
     emulator.set_faults(
         **TIMINGS, fail_next=["moderation"], fail_next_tasks=["none", "none", "DataInspectionFailed"]
     )
-    first: dict[str, Any] = {}
-
-    def between_tries(run_id: str) -> None:
-        """The first try's XComs and submissions, before the retry starts (it clears the XComs)."""
-        first["xcoms"] = stored_xcoms(airflow, REFUSED)
-        first["submissions"] = task_submissions(emulator)
-        first["slots"] = ledger.slots(run_id)
-
     started = time.monotonic()
-    run_id, state, instances = run_once(airflow, REFUSED, {"bucket": s3.name}, on_retry=between_tries)
+    run_id, state, instances = run_once(airflow, REFUSED, {"bucket": s3.name})
     took = time.monotonic() - started
-    tries = airflow.api(f"dags/{REFUSED}/dagRuns/{run_id}/taskInstances/generate/tries")
-    tries = {entry["try_number"]: entry for entry in tries["task_instances"]}
     logs = task_logs(airflow, REFUSED, "generate")
     submissions = task_submissions(emulator)
     slots = ledger.slots(run_id)
-    raced = stale_event_failures(airflow, REFUSED, run_id)
     final = stored_xcoms(airflow, REFUSED)
     print(
         f"\n{REFUSED}: run {state} in {took:.1f} s; tasks "
-        f"{ {task_id: (ti['state'], ti['try_number']) for task_id, ti in instances.items()} }; tries "
-        f"{ {n: (t['state'], t['start_date'], t['end_date']) for n, t in tries.items()} }; submissions "
+        f"{ {task_id: (ti['state'], ti['try_number']) for task_id, ti in instances.items()} }; submissions "
         f"{[(entry['status'], entry.get('outcome')) for entry in submissions]}; "
-        f"billed {emulator.billed_images()}; ledger slots after try 1 "
-        f"{[slot['state'] for slot in first.get('slots', [])]}, "
-        f"after try 2 {[slot['state'] for slot in slots]}; "
-        f"failed on the stale executor event (apache/airflow#67287): {raced}; the retry's XComs "
+        f"billed {emulator.billed_images()}; ledger slots {[slot['state'] for slot in slots]}; XComs "
         f"{sorted(key for task_id, _, key in final if task_id == 'generate')}; "
         f"triggerer {trigger_timeline(logs)}"
     )
@@ -383,10 +342,9 @@ def test_prompts_refused_for_their_content_fail_the_task_with_the_others_deliver
     assert state == "failed"
     assert {task_id: (ti["state"], ti["try_number"]) for task_id, ti in instances.items()} == {
         "prompts": ("success", 1),
-        "generate": ("failed", 2),
+        "generate": ("failed", 1),
         "store_in_s3": ("upstream_failed", 0),
     }, f"see {airflow.home / 'standalone.log'}"
-    assert first, "the test saw the task waiting for its retry"
 
     # Prompt 0 refused at submission; prompts 1-5 each sent once (prompt 3's task FAILED, unbilled).
     tasks = accepted(submissions)
@@ -395,36 +353,23 @@ def test_prompts_refused_for_their_content_fail_the_task_with_the_others_deliver
     assert len(refused) == 1 and len(tasks) == 5 and len(task_ids) == 5, submissions
     assert all(entry["status"] in (200, 400, 429) for entry in submissions), submissions
     assert emulator.billed_images() == 4
-    # The retry read the ledger and sent nothing at all.
-    assert submissions == first["submissions"]
-    retried_at = datetime.fromisoformat(tries[2]["start_date"]).timestamp()
-    assert [entry for entry in submissions if entry["time"] >= retried_at] == []
     text = "\n".join(logs.values())
-    assert text.count("Batch done: 4 delivered, 2 problem(s)") == 2, "each try's trigger found the same"
-    assert "Batch done: 4 delivered, 2 problem(s); 0 sent, 0 throttled, 0 recovered" in text
-    assert "ImageGenerationBatchIncompleteError" in text
-    # Every slot has its outcome: none left claimed (or released, to be sent again).
-    assert slots[0]["state"] == "failed"
+    assert text.count("Batch done: 4 delivered, 2 problem(s)") == 1
+    assert "ImageGenerationBatchFailedError" in text and "Airflow does not retry" in text
+    # Every slot has its outcome, the refused ones final: none left claimed (or released, to send again).
+    assert [slot["state"] for slot in slots].count("failed") == 2 and slots[0]["state"] == "failed"
     assert all(slot["state"] in ("billed", "failed") for slot in slots) and len(slots) == 6, slots
 
     delivered = [PROMPTS[index] for index in (1, 2, 4, 5)]
-    records = first["xcoms"][("generate", -1, "return_value")]
+    records = final[("generate", -1, "return_value")]
     secrets = check_records(records, delivered, task_ids)
-    problems = first["xcoms"][("generate", -1, "problems")]
+    problems = final[("generate", -1, "problems")]
     assert [(problem["index"], problem["status"], problem["code"]) for problem in problems] == [
         (0, "failed", "DataInspectionFailed"),
         (3, "failed", "DataInspectionFailed"),
     ], problems
     assert [problem["billed"] for problem in problems] == [False, False]
     assert problems[0]["generation_task_id"] is None and problems[1]["generation_task_id"] in task_ids
-    # The retry pushed the same, unless the Airflow race failed it before execute_complete ran.
-    if ("generate", -1, "problems") in final:
-        assert final[("generate", -1, "problems")] == problems
-        again = final[("generate", -1, "return_value")]
-        check_records(again, delivered, task_ids)
-        assert [r["generation_task_id"] for r in again] == [r["generation_task_id"] for r in records]
-    else:
-        assert raced, f"the retry pushed no XCom, and not for the Airflow race: see {airflow.home}"
     assert s3.object_keys() == []
     env = metadata_env(airflow)
     assert_key_nowhere(env, REFUSED)
