@@ -25,6 +25,10 @@ from airflow_provider_imggen.exceptions import ImageGenerationAPIError, ImageGen
 __all__ = ["BatchRun", "Slot", "Tally", "new_copy_id"]
 
 
+# Slots read at once when a run starts.
+LOAD_AT_ONCE = 8
+
+
 class BatchRun(Sending, Recovering):
     """
     One run of a batch (see the module): the parts' state is :class:`~airflow_provider_imggen.batch.state.
@@ -36,8 +40,14 @@ class BatchRun(Sending, Recovering):
     async def run(self) -> list[Slot]:
         """Until every slot is done (delivered or reported): the slots, in request order."""
         try:
-            for slot in self.slots:
-                self._adopt(slot, await self._read(slot), time.monotonic())
+            # Read at once, a few at a time: a retry of a batch of hundreds reads hundreds of slots.
+            reading = asyncio.Semaphore(LOAD_AT_ONCE)
+
+            async def load(slot: Slot) -> None:
+                async with reading:
+                    self._adopt(slot, await self._read(slot), time.monotonic())
+
+            await asyncio.gather(*(load(slot) for slot in self.slots))
             while not self._finished():
                 if self.deadline is not None and time.time() > self.deadline:
                     self._give_up("the batch's timeout passed")
@@ -81,6 +91,24 @@ class BatchRun(Sending, Recovering):
             self.pacer.querying(time.monotonic())
             await self._poll(slot)
 
+    def _predict_unpredicted(self, now: float) -> None:
+        """
+        Tasks sent before any duration was known get their predicted end as soon as one is: read at the
+        end they are due, in the order they were sent, rather than in turn at the status-query pace.
+        """
+        expected = self.pacer.expected_duration()
+        if expected is None:
+            return
+        for other in self.slots:
+            if (
+                other.phase == "in_flight"
+                and other.expected_end is None
+                and other.starts_now
+                and other.sent_at
+            ):
+                other.expected_end = other.sent_at + expected
+                other.next_poll = self.pacer.next_poll(now, other.expected_end, 0)
+
     async def _poll(self, slot: Slot) -> None:
         assert slot.task_id is not None
         try:
@@ -115,6 +143,7 @@ class BatchRun(Sending, Recovering):
             self.pacer.observe(ran)
         elif slot.starts_now and slot.sent_at:
             self.pacer.observe(now - slot.sent_at)
+        self._predict_unpredicted(now)
         self._progress = now
         decision = after_task_end(
             state, failures_so_far=slot.task_failures, max_failures=self.max_task_failures

@@ -245,8 +245,12 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         from airflow.sdk.execution_time.xcom import XCom
 
         from airflow_provider_imggen.metadata import task_metadata
+        from airflow_provider_imggen.sealed_urls import not_registering
 
-        records = [task_metadata(hook, slot.state, slot.recorded) for slot in slots if slot.state is not None]
+        with not_registering():
+            records = [
+                task_metadata(hook, slot.state, slot.recorded) for slot in slots if slot.state is not None
+            ]
         XCom.set(
             key="return_value",
             value=records,
