@@ -207,25 +207,12 @@ class LedgerClaims:
         Record that this run's request (``fingerprint``) created a native task: another run's recovery of
         a lost submission with the same prompt never adopts it (:meth:`owns_elsewhere`).
         """
-        now = utc_now()
-        entry = LedgerEntry(
-            fingerprint=task_key,
-            state="billed",
-            owner=self.owner,
-            claimed_at=now,
-            updated_at=now,
-            generation_task_id=generation_task_id,
-            request={"for": fingerprint},
-        )
-        if self.store.create(entry) is None:
-            found = self.store.read(task_key)
-            if found is not None and found[0].request.get("for") != fingerprint:
-                self.log.warning("The ledger already records task %s for another request", generation_task_id)
+        if not record_task(self.store, self.owner, task_key, generation_task_id, fingerprint):
+            self.log.warning("The ledger already records task %s for another request", generation_task_id)
 
     def owns_elsewhere(self, task_key: str, fingerprint: str) -> bool:
         """Whether the ledger records the task behind ``task_key`` for a request other than ours."""
-        found = self.store.read(task_key)
-        return found is not None and found[0].request.get("for") != fingerprint
+        return owns_elsewhere(self.store, task_key, fingerprint)
 
     def billed(self, claim: Claim, *, generation_task_id: str | None, request_id: str | None) -> Claim:
         """Record that the claim's request was paid for (best effort: the journal is the safety net)."""
@@ -259,6 +246,34 @@ class LedgerClaims:
             updated_at=now,
             request=request,
         )
+
+
+def record_task(
+    store: LedgerStore, owner: str, task_key: str, generation_task_id: str, fingerprint: str
+) -> bool:
+    """
+    Record in the ledger that the request ``fingerprint`` (or a batch's slot) created a native task; False
+    when the ledger already records it for another request.
+    """
+    now = utc_now()
+    entry = LedgerEntry(
+        fingerprint=task_key,
+        state="billed",
+        owner=owner,
+        claimed_at=now,
+        updated_at=now,
+        generation_task_id=generation_task_id,
+        request={"for": fingerprint},
+    )
+    if store.create(entry) is not None:
+        return True
+    return not owns_elsewhere(store, task_key, fingerprint)
+
+
+def owns_elsewhere(store: LedgerStore, task_key: str, fingerprint: str) -> bool:
+    """Whether the ledger records the task behind ``task_key`` for a request other than ``fingerprint``."""
+    found = store.read(task_key)
+    return found is not None and found[0].request.get("for") != fingerprint
 
 
 def images_statement(fingerprint: str, images: tuple[StoredImage, ...]) -> str:

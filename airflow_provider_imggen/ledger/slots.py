@@ -30,6 +30,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imggen.ledger.claims import owns_elsewhere, record_task
 from airflow_provider_imggen.ledger.entry import LedgerEntry, utc_now
 
 if TYPE_CHECKING:
@@ -172,19 +173,8 @@ class SendSlots:
 
     def record_task(self, task_ledger_key: str, generation_task_id: str, key: str) -> None:
         """Record which slot created a task, so that no other run's recovery adopts it."""
-        now = utc_now()
-        entry = LedgerEntry(
-            fingerprint=task_ledger_key,
-            state="billed",
-            owner=self.owner,
-            claimed_at=now,
-            updated_at=now,
-            generation_task_id=generation_task_id,
-            request={"for": key},
-        )
-        self.store.create(entry)
+        record_task(self.store, self.owner, task_ledger_key, generation_task_id, key)
 
     def owns_elsewhere(self, task_ledger_key: str, key: str) -> bool:
         """Whether the ledger records the task behind ``task_ledger_key`` for another request than ``key``."""
-        found = self.store.read(task_ledger_key)
-        return found is not None and found[0].request.get("for") != key
+        return owns_elsewhere(self.store, task_ledger_key, key)
