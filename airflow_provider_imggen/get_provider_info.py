@@ -65,13 +65,19 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": INTEGRATION,
-                "python-modules": ["airflow_provider_imggen.operators.image_generation"],
+                "python-modules": [
+                    "airflow_provider_imggen.operators.image_generation",
+                    "airflow_provider_imggen.operators.image_generation_batch",
+                ],
             }
         ],
         "triggers": [
             {
                 "integration-name": INTEGRATION,
-                "python-modules": ["airflow_provider_imggen.triggers.image_generation"],
+                "python-modules": [
+                    "airflow_provider_imggen.triggers.image_generation",
+                    "airflow_provider_imggen.triggers.image_generation_batch",
+                ],
             }
         ],
         "transfers": [

@@ -159,6 +159,7 @@ class TaskState:
     :param message: the API's message of a FAILED task (key redacted)
     :param task_metrics: ``{TOTAL, SUCCEEDED, FAILED}``
     :param submit_time: the API's submission time, verbatim (its time zone is not stated)
+    :param scheduled_time: when the service started running it, verbatim (same zone as ``submit_time``)
     :param end_time: the API's end time, verbatim
     :param model: the model, when the answer names it (DashScope's does not)
     :param prompt: the prompt as submitted (the results' ``orig_prompt``), when the answer has results
@@ -174,9 +175,25 @@ class TaskState:
     message: str | None = None
     task_metrics: dict[str, Any] = field(default_factory=dict)
     submit_time: str | None = None
+    scheduled_time: str | None = None
     end_time: str | None = None
     model: str | None = None
     prompt: str | None = None
+
+    @property
+    def run_seconds(self) -> float | None:
+        """How long the service ran it (``end_time`` - ``scheduled_time``, or ``submit_time``), if told."""
+        from datetime import datetime
+
+        start = self.scheduled_time or self.submit_time
+        if start is None or self.end_time is None:
+            return None
+        try:
+            seconds = (datetime.fromisoformat(self.end_time) - datetime.fromisoformat(start)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+        # Both times are the service's own clock and zone; a negative or absurd span is not a duration.
+        return seconds if 0 <= seconds < 86400 else None
 
     @property
     def is_terminal(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.connection_settings import (
@@ -17,13 +18,16 @@ from airflow_provider_imggen.exceptions import (
 )
 from airflow_provider_imggen.http_client import ssl_context
 from airflow_provider_imggen.results import (
+    SubmittedTask,
     TaskState,
 )
 from airflow_provider_imggen.retry_policy import (
+    BillableRequest,
     TransientAPIError,
     give_up,
     httpx_failure,
 )
+from airflow_provider_imggen.wire import native
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -37,8 +41,9 @@ class ImageGenerationAsyncHook(ImageGenerationHookBase):
     """
     The asyncio hook for triggers: status queries and cancels on DashScope's native task API.
 
-    It never submits, nor calls the synchronous multimodal generation (a trigger may run more than once; both
-    bill: the blocking hook sends them from the worker), and it never blocks the event
+    It submits only through :meth:`submit_once`, which a batch's trigger calls under a claim it won in the
+    billing ledger (a trigger may run more than once, and a submission bills: nothing else may send one from
+    the triggerer). It never calls the synchronous multimodal generation, and it never blocks the event
     loop: the connection comes from ``aget_connection``, the HTTP client (httpx) is built in a thread (it
     loads CA certificates from disk), retries sleep with ``asyncio.sleep`` (tenacity's ``AsyncRetrying``).
     Connection parsing, the retry policy, response and task parsing, errors and masking are the same as
@@ -144,6 +149,43 @@ class ImageGenerationAsyncHook(ImageGenerationHookBase):
             raise
         self.log.info("Canceled task %s", generation_task_id)
         return True
+
+    async def submit_once(self, body: dict[str, Any], *, model: str, images: int) -> SubmittedTask:
+        """
+        Send one native task submission, once: never retried here, whatever happens (the caller holds the
+        ledger's claim for exactly one send, and decides what a failure means for it).
+
+        :param body: the submission body, from :func:`~airflow_provider_imggen.wire.native.submission_body`
+        :param model: the model (what may be billed)
+        :param images: the image count (what may be billed)
+        :raises ImageGenerationThrottledError: a 429 (nothing billed)
+        :raises ImageGenerationSubmissionUnknownError: sent, outcome unknown (a 5xx, a timeout, a dropped
+            connection); :class:`ImageGenerationMalformedResponseError`: answered unreadably
+        :raises ImageGenerationAPIError: never connected (``nothing_sent``), or refused (4xx: nothing billed)
+        """
+        import httpx
+
+        await self.aget_settings()
+        self._require_dashscope("submit_once()")
+        url = f"{self.settings.base_url}{native.SUBMIT_PATH}"
+        billable = BillableRequest(model=model, images=images, submitted_at=datetime.now(tz=UTC), native=True)
+        try:
+            try:
+                async with self._client_in_use() as client:
+                    response = await client.post(url, json=body, headers=native.ASYNC_HEADER)
+            except httpx.HTTPError as error:
+                raise self._transport_error(
+                    error, httpx_failure(error), self.effective_request_timeout
+                ) from None
+            answer, request_id = self._decode(
+                response.status_code, response.reason_phrase, response.headers, response.text
+            )
+        except TransientAPIError as error:
+            policy = self._policy(billable=True)
+            raise give_up(
+                error, attempts=1, method="POST", url=url, policy=policy, billable=billable
+            ) from None
+        return native.parse_submitted_task(answer, request_id, body)
 
     async def _request_json(self, method: str, url: str) -> tuple[dict[str, Any], str | None]:
         """Send one idempotent request, retried on every transient failure; its JSON body and request id."""

@@ -24,10 +24,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_imggen.exceptions import ImageGenerationError, ImageGenerationValidationError
 
 _T = TypeVar("_T")
-LedgerState = Literal["claimed", "billed", "stored", "released"]
+LedgerState = Literal["claimed", "billed", "stored", "released", "unknown", "failed"]
 # claimed: a run is about to pay; billed: paid (the task or request id may be known); stored: the images
-# landed in S3; released: the claim was given up and nothing was billed.
-STATES: tuple[LedgerState, ...] = ("claimed", "billed", "stored", "released")
+# landed in S3; released: the claim was given up and nothing was billed. A batch's send slots
+# (ledger/slots.py) end in two more: unknown (sent, and no task can be proven its own: never sent again) and
+# failed (the service refused or failed it for good: not sent again).
+STATES: tuple[LedgerState, ...] = ("claimed", "billed", "stored", "released", "unknown", "failed")
 # The format written by to_dict(): a reader refuses others rather than guess at them.
 FORMAT = 1
 # An entry is a few kB; anything far larger was not written by this provider, and parsing it costs memory.

@@ -228,6 +228,7 @@ def _parse_task_state(
         message=None if message is None else redact(str(message), api_key),
         task_metrics=metrics if isinstance(metrics, dict) else {},
         submit_time=_optional_str(output.get("submit_time")),
+        scheduled_time=_optional_str(output.get("scheduled_time")),
         end_time=_optional_str(output.get("end_time")),
         model=_optional_str(output.get("model") or body.get("model")),
         prompt=next(

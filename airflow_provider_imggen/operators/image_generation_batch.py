@@ -1,0 +1,317 @@
+"""Operator generating one image request per prompt, sent from the triggerer at the account's pace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_imggen import DEFAULT_CONN_ID
+from airflow_provider_imggen.exceptions import ImageGenerationError, ImageGenerationValidationError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+    from airflow_provider_imggen.request import GenerationRequest
+    from airflow_provider_imggen.triggers.image_generation_batch import ImageGenerationBatchTrigger
+
+# Requests of one batch: their bodies travel in the trigger's kwargs (the metadata DB) and their records
+# in one XCom.
+MAX_PROMPTS = 1000
+_PER_PROMPT = ("prompt", "seed", "negative_prompt")
+
+
+class ImageGenerationBatchIncompleteError(ImageGenerationError):
+    """
+    Some requests of a batch were not delivered. The XCom carries those that were; ``problems`` names the
+    others (failed, refused, or outcome unknown: never sent again). Airflow may retry: a retry resumes from
+    the ledger and sends only what was never sent.
+    """
+
+
+class ImageGenerationBatchOperator(BaseOperator):
+    """
+    Generate one request per prompt on DashScope's native task API, sending them from the triggerer.
+
+    One worker run validates and renders every request, then defers once: the trigger
+    (:class:`~airflow_provider_imggen.triggers.image_generation_batch.ImageGenerationBatchTrigger`) sends
+    them at the account's pace (submissions per second and tasks at once, from the model table unless
+    given), each only after winning its claim in the connection's billing ledger, reads every task from the
+    moment it is expected to end, and ends the task from the triggerer with the XCom: no worker slot is
+    held while the images are drawn, and no request is sent twice, however many copies of the trigger run.
+
+    The XCom ``return_value`` is a list with one generation record per delivered request, in prompt order
+    (the shape of :class:`~airflow_provider_imggen.operators.image_generation.ImageGenerationOperator`'s
+    XCom), which :class:`~airflow_provider_imggen.transfers.image_generation_to_s3.
+    ImageGenerationToS3Operator` takes as ``generation``. A request whose task failed without billing is
+    sent again (up to ``max_task_failures``); one billed and failed, refused (its content, a bad
+    parameter) or whose outcome is unknown is reported, never sent again: the task then fails with
+    :class:`ImageGenerationBatchIncompleteError` after pushing what was delivered, and its ``problems``
+    XCom names the others.
+
+    Needs the connection's ``api_style`` ``dashscope`` and its ``ledger`` (docs/quotas-and-scale.md).
+
+    :param prompts: the prompts (templated): a list of texts, or of dicts with ``prompt`` and optionally
+        ``seed`` and ``negative_prompt`` for that request
+    :param model: model name; defaults to the connection's ``default_model`` (templated)
+    :param n: images per request (templated)
+    :param size: ``WxH`` or ``W*H``; the model's default when omitted (templated)
+    :param negative_prompt: what to avoid, for every request without its own (templated)
+    :param seed: the seed of every request without its own; omitted, each request gets one derived from
+        the task instance and its prompt, so a retry sends the very same requests (templated)
+    :param imggen_conn_id: the ``imggen`` connection
+    :param submissions_per_second: the account's submission rate for the model (default: the model table's)
+    :param concurrent_tasks: the account's concurrent tasks for the model (default: the model table's)
+    :param over_quota: what the service does with a task beyond the concurrency quota: ``probe`` (find out
+        with one submission), ``queue`` or ``refuse``
+    :param status_queries_per_second: this batch's share of the account's 20 status queries per second
+    :param poll_interval: the slowest status read before a task's end can be predicted, in seconds
+    :param max_task_failures: tasks of one request that may fail without billing before it is reported
+    :param batch_timeout: seconds after which what is not done is reported (None: no limit)
+    :param end_from_trigger: end the task from the triggerer when every request is delivered
+    """
+
+    template_fields: Sequence[str] = ("prompts", "model", "n", "size", "negative_prompt", "seed")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"prompts": "json"}
+    ui_color = "#c9e4ff"
+
+    def __init__(
+        self,
+        *,
+        prompts: Any,
+        model: str | None = None,
+        n: Any = 1,
+        size: str | None = None,
+        negative_prompt: str | None = None,
+        seed: Any = None,
+        imggen_conn_id: str = DEFAULT_CONN_ID,
+        submissions_per_second: float | None = None,
+        concurrent_tasks: int | None = None,
+        over_quota: str = "probe",
+        status_queries_per_second: float = 10.0,
+        poll_interval: float = 1.0,
+        max_task_failures: int = 3,
+        batch_timeout: float | None = None,
+        end_from_trigger: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from airflow_provider_imggen.batch.pacing import OVER_QUOTA_MODES
+
+        if over_quota not in OVER_QUOTA_MODES:
+            raise ImageGenerationValidationError(
+                "over_quota", over_quota, f"one of {', '.join(OVER_QUOTA_MODES)}"
+            )
+        for name, value in (
+            ("submissions_per_second", submissions_per_second),
+            ("status_queries_per_second", status_queries_per_second),
+            ("poll_interval", poll_interval),
+            ("batch_timeout", batch_timeout),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise ImageGenerationValidationError(name, value, "a number of seconds (or per second) > 0")
+        for name, value in (("concurrent_tasks", concurrent_tasks), ("max_task_failures", max_task_failures)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ImageGenerationValidationError(name, value, "a whole number >= 1")
+        self.prompts = prompts
+        self.model = model
+        self.n = n
+        self.size = size
+        self.negative_prompt = negative_prompt
+        self.seed = seed
+        self.imggen_conn_id = imggen_conn_id
+        self.submissions_per_second = submissions_per_second
+        self.concurrent_tasks = concurrent_tasks
+        self.over_quota = over_quota
+        self.status_queries_per_second = status_queries_per_second
+        self.poll_interval = poll_interval
+        self.max_task_failures = max_task_failures
+        self.batch_timeout = batch_timeout
+        self.end_from_trigger = end_from_trigger
+
+    def execute(self, context: Context) -> None:
+        from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+
+        trigger = self.batch_trigger(ImageGenerationHook(self.imggen_conn_id), context["ti"])
+        self.log.info(
+            "Deferring %d request(s) to the triggerer: %g submissions/s, %s at once",
+            len(trigger.requests),
+            trigger.submissions_per_second,
+            trigger.concurrent_tasks,
+        )
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def batch_trigger(self, hook: ImageGenerationHook, ti: Any) -> ImageGenerationBatchTrigger:
+        """The trigger that sends this task instance's requests: each validated, with its ledger slot."""
+        import time
+
+        from airflow_provider_imggen.ledger import make_owner
+        from airflow_provider_imggen.triggers.image_generation_batch import ImageGenerationBatchTrigger
+
+        settings = hook.settings
+        if settings.api_style != "dashscope":
+            raise ImageGenerationValidationError(
+                "api_style",
+                settings.api_style,
+                f"'dashscope' on connection {self.imggen_conn_id!r} for a batch",
+            )
+        if settings.ledger is None:
+            raise ImageGenerationValidationError(
+                "ledger",
+                None,
+                f"a ledger on connection {self.imggen_conn_id!r} (its claims keep the triggerer from sending "
+                "a request twice): s3://<aws_conn_id>@<bucket>/<prefix> or postgres://<conn_id>/<table>",
+            )
+        requests = self._all_requests(hook, ti)
+        rate, concurrent = self._quota(requests[0].model)
+        batch = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
+        return ImageGenerationBatchTrigger(
+            requests=[self._slot(hook, batch, index, request) for index, request in enumerate(requests)],
+            owner=make_owner(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number),
+            imggen_conn_id=self.imggen_conn_id,
+            submissions_per_second=rate,
+            concurrent_tasks=concurrent,
+            status_queries_per_second=self.status_queries_per_second,
+            over_quota=self.over_quota,
+            poll_interval=self.poll_interval,
+            max_task_failures=self.max_task_failures,
+            end_time=time.time() + self.batch_timeout if self.batch_timeout else None,
+            end_from_trigger=self.end_from_trigger,
+        )
+
+    def execute_complete(self, context: Context, event: Any) -> list[dict[str, Any]]:
+        """Resume after the trigger's event (not called when the trigger ended the task itself)."""
+        from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+        from airflow_provider_imggen.metadata import task_metadata
+
+        if not isinstance(event, Mapping) or event.get("status") not in ("done", "error"):
+            raise ImageGenerationError("The batch's trigger sent an event this operator does not know")
+        if event["status"] == "error":
+            raise ImageGenerationError(f"The batch could not run in the triggerer: {event.get('message')}")
+        hook = ImageGenerationHook(self.imggen_conn_id)
+        ti = context["ti"]
+        recorded = [self._recorded(request) for request in self._all_requests(hook, ti)]
+        records = []
+        for index, task_id in enumerate(event.get("tasks") or []):
+            if task_id is not None:
+                records.append(task_metadata(hook, hook.get_task(str(task_id)), recorded[index]))
+        problems = list(event.get("problems") or [])
+        self.log.info(
+            "Batch: %d delivered, %d problem(s); %s sent, %s throttled, %s recovered; the service %s beyond "
+            "the concurrency quota",
+            len(records),
+            len(problems),
+            event.get("sent"),
+            event.get("throttled"),
+            event.get("recovered"),
+            {"queue": "queues", "refuse": "refuses"}.get(str(event.get("over_quota")), "was not asked"),
+        )
+        if problems:
+            ti.xcom_push(key="return_value", value=records)
+            ti.xcom_push(key="problems", value=problems)
+            for problem in problems:
+                self.log.error(
+                    "Request %s: %s (%s): %s",
+                    problem.get("index"),
+                    problem.get("status"),
+                    problem.get("code"),
+                    problem.get("reason"),
+                )
+            raise ImageGenerationBatchIncompleteError(
+                f"{len(problems)} of {len(event.get('tasks') or [])} request(s) not delivered "
+                f"({len(records)} delivered, in the XCom; the others in the 'problems' XCom)"
+            )
+        return records
+
+    # -- requests -----------------------------------------------------------------------------------------
+
+    def _prompt_list(self) -> list[Any]:
+        prompts = self.prompts
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
+            raise ImageGenerationValidationError(
+                "prompts",
+                type(prompts).__name__,
+                "a non-empty list of prompts (texts, or dicts with 'prompt')",
+            )
+        if len(prompts) > MAX_PROMPTS:
+            raise ImageGenerationValidationError(
+                "prompts", f"{len(prompts)} prompts", f"at most {MAX_PROMPTS}"
+            )
+        return list(prompts)
+
+    def _request_fields(self) -> list[dict[str, Any]]:
+        fields = []
+        for index, item in enumerate(self._prompt_list()):
+            if isinstance(item, Mapping):
+                unknown = set(item) - set(_PER_PROMPT)
+                if unknown or "prompt" not in item:
+                    raise ImageGenerationValidationError(
+                        f"prompts[{index}]",
+                        sorted(item),
+                        f"a dict with 'prompt' and optionally {', '.join(_PER_PROMPT[1:])}",
+                    )
+                own = dict(item)
+            else:
+                own = {"prompt": item}
+            own.setdefault("seed", self.seed)
+            own.setdefault("negative_prompt", self.negative_prompt)
+            fields.append({"model": self.model, "n": self.n, "size": self.size, **own})
+        return fields
+
+    def _all_requests(self, hook: ImageGenerationHook, ti: Any) -> list[GenerationRequest]:
+        if "_requests" not in self.__dict__:
+            import dataclasses
+
+            from airflow_provider_imggen.model_table import check_endpoint
+            from airflow_provider_imggen.operators.arguments import derived_seed
+
+            requests = []
+            for index, fields in enumerate(self._request_fields()):
+                try:
+                    request = hook.validate_request(**fields)
+                except ImageGenerationValidationError as error:
+                    raise ImageGenerationValidationError(
+                        f"prompts[{index}].{error.parameter}", error.value, error.allowed
+                    ) from None
+                if check_endpoint(request.model, None) != "async":
+                    raise ImageGenerationValidationError(
+                        "model", request.model, "a model of the native task API (a batch submits tasks)"
+                    )
+                if request.seed is None:
+                    request = dataclasses.replace(request, seed=derived_seed(ti, request))
+                requests.append(request)
+            if len({request.model for request in requests}) != 1:
+                raise ImageGenerationValidationError("model", self.model, "one model for the whole batch")
+            self.__dict__["_requests"] = requests
+        return self.__dict__["_requests"]
+
+    def _quota(self, model: str) -> tuple[float, int | None]:
+        from airflow_provider_imggen.model_table import KNOWN_MODELS
+
+        spec = KNOWN_MODELS.get(model)
+        quota = spec.quota if spec is not None else None
+        rate = self.submissions_per_second or (quota.requests / quota.window_seconds if quota else 1.0)
+        concurrent = self.concurrent_tasks or (quota.concurrent if quota else 1)
+        return rate, concurrent
+
+    def _slot(
+        self, hook: ImageGenerationHook, batch: str, index: int, request: GenerationRequest
+    ) -> dict[str, Any]:
+        from airflow_provider_imggen.billing_journal import billable_fingerprint
+        from airflow_provider_imggen.ledger.claims import ledger_fingerprint
+        from airflow_provider_imggen.ledger.slots import slot_key
+        from airflow_provider_imggen.wire import native
+
+        body = native.submission_body(request)
+        fingerprint = ledger_fingerprint(billable_fingerprint("async", body), hook.settings)
+        return {"key": slot_key(batch, index, fingerprint), "body": body, "recorded": self._recorded(request)}
+
+    @staticmethod
+    def _recorded(request: GenerationRequest) -> dict[str, Any]:
+        from airflow_provider_imggen.records import REQUEST_FIELDS
+
+        return {name: getattr(request, name) for name in REQUEST_FIELDS}
