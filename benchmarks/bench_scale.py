@@ -32,12 +32,15 @@ task, or any run did not succeed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ if str(BENCH_DIR.parent) not in sys.path:
 
 from benchmarks.cluster import (  # noqa: E402
     BUCKET,
+    LEDGER_DATABASE,
     NATIVE_SUBMIT_PATH,
     TRIGGERER_HEALTH_SECONDS,
     Cluster,
@@ -161,7 +165,8 @@ def task_names(c: Cluster, dag_id: str, run_id: str, ti_ids: set[str]) -> list[s
 
 def kill_a_worker(c: Cluster, dag_id: str, run_id: str) -> str:
     """SIGKILL a worker running a task of the run, or the first worker if none does; restart it."""
-    run_ids = {i["id"] for i in c.task_instances(dag_id, run_id)}
+    # A Celery pool process keeps its last task's title: only task instances still running count.
+    run_ids = {i["id"] for i in c.task_instances(dag_id, run_id) if i["state"] == "running"}
     victim = next((w for w in c.workers if c.running_on(w) & run_ids), c.workers[0])
     running = task_names(c, dag_id, run_id, c.running_on(victim) & run_ids)
     c.kill_worker(victim)
@@ -223,6 +228,7 @@ def pause_until_taken_over(c: Cluster, dag_id: str, run_id: str, result: RunResu
     """
     held = batch_triggerer(c, dag_id, run_id)
     other = next(t for t in c.triggerers if t.name != held)
+    snapshot_trigger_logs(c, dag_id, run_id)
     offsets = {t.name: t.log_path.stat().st_size for t in c.triggerers}
     paused_at = time.monotonic()
     c.pause(held)
@@ -243,6 +249,7 @@ def pause_until_taken_over(c: Cluster, dag_id: str, run_id: str, result: RunResu
         took = time.monotonic() - paused_at
         log(f"{other.name} did not take the batch trigger in {took:.0f} s")
     finally:
+        snapshot_trigger_logs(c, dag_id, run_id)
         c.resume(held)
     resumed_at = time.monotonic()
     # Both copies run until the resumed triggerer loads its triggers again and cancels the one it lost.
@@ -271,6 +278,7 @@ def batch_faults(c: Cluster, dag_id: str, run_id: str, result: RunResult, timeou
         pause_until_taken_over(c, dag_id, run_id, result)
     if wait_submitted(c, dag_id, run_id, max(2, 2 * prompts // 3), "two thirds submitted", timeout):
         victim = batch_triggerer(c, dag_id, run_id)
+        snapshot_trigger_logs(c, dag_id, run_id)
         c.restart_triggerer(victim)
         result.faults.append(f"killed and restarted {victim} (it ran the trigger)")
 
@@ -301,14 +309,29 @@ def measure(c: Cluster, dag_id: str, result: RunResult) -> None:
     ti_ids = {instance["id"] for instance in instances}
     generate_ids = {instance["id"] for instance in instances if instance["task_id"] == GENERATE}
     result.failed = sum(1 for instance in instances if instance["state"] != "success")
-    workloads: list[tuple[str, float]] = []
-    for worker in c.workers:
-        text = worker.log_path.read_text(errors="replace")
-        workloads += [
-            (match["ti_id"], float(match["duration"]))
-            for match in WORKLOAD_LINE.finditer(text)
-            if match["ti_id"] in ti_ids
-        ]
+
+    def worker_runs() -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        for worker in c.workers:
+            text = worker.log_path.read_text(errors="replace")
+            found += [
+                (match["ti_id"], float(match["duration"]))
+                for match in WORKLOAD_LINE.finditer(text)
+                if match["ti_id"] in ti_ids
+            ]
+        return found
+
+    # A worker logs "Workload finished" once its task process exits, which may be after the run ended.
+    ended_on_worker = {i["id"] for i in instances if i["task_id"] != GENERATE and i["state"] == "success"}
+    with contextlib.suppress(TimeoutError):
+        wait_until(
+            "the workers' last Workload lines",
+            lambda: ended_on_worker <= {ti_id for ti_id, _ in worker_runs()},
+            30,
+            c.workers,
+            1,
+        )
+    workloads = worker_runs()
     result.worker_runs = len(workloads)
     result.slot_generate = sum(duration for ti_id, duration in workloads if ti_id in generate_ids)
     result.slot_all = sum(duration for _, duration in workloads)
@@ -358,9 +381,122 @@ def measure(c: Cluster, dag_id: str, result: RunResult) -> None:
         result.notes.append(f"not successful: {', '.join(not_ok[:8])}")
 
 
+# What a batch trigger's copies said: starts, ends, and everything about claims, recoveries and problems.
+TRIGGER_EVENT = re.compile(
+    r"(?i)starting|Batch|Request \d+|claim|recover|unknown|changed|could not|throttl|quota|error|cancel|"
+    r"fired|completed|Traceback|exception"
+)
+
+
+# Trigger log lines seen so far, per run and file: a triggerer job that runs a trigger again rewrites its
+# file (one per try and triggerer job), so an earlier copy's lines are read before each fault.
+TRIGGER_LOG_LINES: dict[str, dict[str, set[str]]] = {}
+
+
+def snapshot_trigger_logs(c: Cluster, dag_id: str, run_id: str) -> None:
+    folder = (
+        Path(c.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / "task_id=generate"
+    )
+    seen = TRIGGER_LOG_LINES.setdefault(run_id, {})
+    for path in folder.glob("*.trigger.*.log"):
+        seen.setdefault(path.name, set()).update(path.read_text(errors="replace").splitlines())
+
+
+def watch_trigger_logs(c: Cluster, dag_id: str, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        with contextlib.suppress(OSError):
+            snapshot_trigger_logs(c, dag_id, run_id)
+
+
+def trigger_log_excerpts(c: Cluster, dag_id: str, run_id: str, limit: int = 40) -> list[str]:
+    """The lines of every trigger log of the run's generate task (one file per try and triggerer job)."""
+    import json
+
+    snapshot_trigger_logs(c, dag_id, run_id)
+    jobs = {
+        str(job_id): str(hostname)
+        for job_id, hostname in c.sql("SELECT id, hostname FROM job WHERE job_type = 'TriggererJob'")
+    }
+    lines: list[tuple[str, str]] = []
+    for name, raws in sorted(TRIGGER_LOG_LINES.get(run_id, {}).items()):
+        job = name.rsplit(".trigger.", 1)[1].removesuffix(".log")
+        source = f"{name.split('.log', 1)[0]} job {job} ({jobs.get(job, '?')})"
+        for raw in raws:
+            try:
+                record = json.loads(raw)
+                moment, level = record.get("timestamp", "")[11:23], record.get("level", "")[:4]
+                text = f"{moment} {level} {record.get('event')}"
+            except (ValueError, AttributeError):
+                text = raw
+            if TRIGGER_EVENT.search(text):
+                lines.append((text, f"{source}: {text[:260]}"))
+    lines.sort()
+    picked = [line for _, line in lines]
+    if len(picked) > limit:
+        picked = [*picked[: limit // 2], f"... {len(picked) - limit} more ...", *picked[-limit // 2 :]]
+    return picked
+
+
+def ledger_summary(c: Cluster, dag_id: str, run_id: str) -> str:
+    """The batch's slots in the ledger: their states, and which trigger copy wrote each last."""
+    try:
+        rows = c.sql(
+            "SELECT entry->>'state', entry->'request'->>'copy', entry->'request'->>'attempt', "
+            "entry->'request' ? 'earlier_tasks' FROM imggen_ledger "
+            "WHERE entry->>'owner' LIKE %s AND entry->'request' ? 'index'",
+            f"{dag_id}/{run_id}/%",
+            database=LEDGER_DATABASE,
+        )
+    except Exception as error:  # the table appears with the first claim
+        return f"ledger not readable ({type(error).__name__}: {error})"
+    states = Counter(str(state) for state, _, _, _ in rows)
+    copies = Counter(str(copy)[:8] for _, copy, _, _ in rows)
+    again = sum(1 for _, _, attempt, _ in rows if attempt and int(attempt) > 1)
+    return (
+        f"{len(rows)} slots: {dict(states)}; last written by copy {dict(copies)}; "
+        f"{again} claimed more than once (released after a 429 or an unbilled failure)"
+    )
+
+
+def batch_timeline(c: Cluster, dag_id: str, run_id: str) -> str:
+    """Where a batch run's wall time went, in seconds after it was queued."""
+    import json
+
+    run = c.api(f"dags/{dag_id}/dagRuns/{run_id}")
+    queued = datetime.fromisoformat(run["queued_at"])
+
+    def at(moment: str | None) -> str:
+        return f"{(datetime.fromisoformat(moment) - queued).total_seconds():.1f}" if moment else "?"
+
+    tasks = {i["task_id"]: i for i in c.task_instances(dag_id, run_id)}
+    marks: dict[str, list[str]] = {"starting": [], "Batch done": [], "Trigger fired event": []}
+    for raws in TRIGGER_LOG_LINES.get(run_id, {}).values():
+        for raw in raws:
+            with contextlib.suppress(ValueError, AttributeError):
+                record = json.loads(raw)
+                for mark, found in marks.items():
+                    if str(record.get("event", "")).startswith(mark) or (
+                        mark == "starting" and str(record.get("event", "")).endswith("starting")
+                    ):
+                        found.append(str(record["timestamp"]).replace("Z", "+00:00"))
+    parts = []
+    for task_id in ("prompts", GENERATE, "store_in_s3"):
+        instance = tasks.get(task_id)
+        if instance is not None:
+            parts.append(f"{task_id} {at(instance['start_date'])}-{at(instance['end_date'])}")
+    parts.append(
+        f"trigger copies started at {', '.join(at(m) for m in sorted(marks['starting'])) or '?'}; "
+        f"batch done {at(max(marks['Batch done'], default=None))}, "
+        f"event {at(max(marks['Trigger fired event'], default=None))}"
+    )
+    parts.append(f"run end {at(run['end_date'])}")
+    return "timeline (s after queued): " + "; ".join(parts)
+
+
 def run_one(c: Cluster, pipeline: str, overflow: str, prompts: int, args: argparse.Namespace) -> RunResult:
     dag_id = PIPELINES[pipeline][1]
     result = RunResult(pipeline, overflow, prompts, args.generation_seconds)
+    load_before = os.getloadavg()[0]
     c.emulator(
         "faults",
         {
@@ -379,11 +515,28 @@ def run_one(c: Cluster, pipeline: str, overflow: str, prompts: int, args: argpar
         f"[{result.name}] triggered {dag_id} {result.run_id}: {prompts} prompts x "
         f"{args.generation_seconds:g} s; limit {result.limit:.0f} s"
     )
-    if args.faults:
-        faults = batch_faults if pipeline == "batch" else mapped_faults
-        faults(c, dag_id, result.run_id, result, timeout)
-    result.state = c.wait_run(dag_id, result.run_id, timeout)
+    watching = threading.Event()
+    if pipeline == "batch":  # every copy's trigger log, before a later copy on the same job rewrites it
+        threading.Thread(
+            target=watch_trigger_logs, args=(c, dag_id, result.run_id, watching), daemon=True
+        ).start()
+    try:
+        if args.faults:
+            faults = batch_faults if pipeline == "batch" else mapped_faults
+            faults(c, dag_id, result.run_id, result, timeout)
+        result.state = c.wait_run(dag_id, result.run_id, timeout)
+    finally:
+        watching.set()
+    # The machine is shared: a load far above its 2 cores slows every process of the cluster.
+    result.notes.append(f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     measure(c, dag_id, result)
+    if pipeline == "batch":
+        snapshot_trigger_logs(c, dag_id, result.run_id)
+        result.notes.append(batch_timeline(c, dag_id, result.run_id))
+        result.notes.append(f"ledger: {ledger_summary(c, dag_id, result.run_id)}")
+        print(f"    [{result.name}] the batch trigger's logs (every copy), in time order:")
+        for line in trigger_log_excerpts(c, dag_id, result.run_id):
+            print(f"      {line}")
     # A triggerer silent past the health threshold loses its triggers to the other one: say when it happened.
     for triggerer in c.triggerers:
         for line in log_tail(triggerer, offsets[triggerer.name], HEARTBEAT_GAP, 20):

@@ -362,13 +362,14 @@ class Cluster:
             raise RuntimeError(f"airflow {' '.join(args)}: exit {result.returncode}\n{result.stderr[-2000:]}")
         return result.stdout
 
-    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        """One query against the metadata DB (autocommit, a connection of its own); its rows."""
+    def sql(self, query: str, *params: Any, database: str = "airflow") -> list[tuple[Any, ...]]:
+        """One query against the metadata DB, or ``database`` (autocommit, a connection of its own)."""
         import psycopg2
 
         url = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
             "postgresql+psycopg2://", "postgresql://"
         )
+        url = url.rsplit("/", 1)[0] + f"/{database}"
         connection = psycopg2.connect(url, connect_timeout=10)
         try:
             connection.autocommit = True
