@@ -458,7 +458,7 @@ def ledger_summary(c: Cluster, dag_id: str, run_id: str) -> str:
     )
 
 
-def batch_timeline(c: Cluster, dag_id: str, run_id: str) -> str:
+def batch_timeline(c: Cluster, dag_id: str, run_id: str, limit: float) -> str:
     """Where a batch run's wall time went, in seconds after it was queued."""
     import json
 
@@ -490,6 +490,11 @@ def batch_timeline(c: Cluster, dag_id: str, run_id: str) -> str:
         f"event {at(max(marks['Trigger fired event'], default=None))}"
     )
     parts.append(f"run end {at(run['end_date'])}")
+    done = max(marks["Batch done"], default=None)
+    if done is not None:
+        # The trigger's own pace, apart from what follows it (the XCom push, the event, the store task).
+        delivered = (datetime.fromisoformat(done) - queued).total_seconds()
+        parts.append(f"queued -> batch done {delivered:.1f} s = {delivered / limit:.2f}x the quota limit")
     return "timeline (s after queued): " + "; ".join(parts)
 
 
@@ -532,7 +537,7 @@ def run_one(c: Cluster, pipeline: str, overflow: str, prompts: int, args: argpar
     measure(c, dag_id, result)
     if pipeline == "batch":
         snapshot_trigger_logs(c, dag_id, result.run_id)
-        result.notes.append(batch_timeline(c, dag_id, result.run_id))
+        result.notes.append(batch_timeline(c, dag_id, result.run_id, result.limit))
         result.notes.append(f"ledger: {ledger_summary(c, dag_id, result.run_id)}")
         print(f"    [{result.name}] the batch trigger's logs (every copy), in time order:")
         for line in trigger_log_excerpts(c, dag_id, result.run_id):
