@@ -17,12 +17,16 @@ Stdlib only at import time: DAG files import the modules that import this one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import TYPE_CHECKING
 
 from airflow_provider_imggen.exceptions import ResultUrlSealError
 from airflow_provider_imggen.utils import url_secrets
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow.sdk.crypto import FernetProtocol
     from pydantic import JsonValue
 
@@ -89,8 +93,31 @@ def unseal(token: str, *, label: str) -> str:
     return url
 
 
+# Off in the triggerer (see :func:`not_registering`).
+_REGISTERING: contextvars.ContextVar[bool] = contextvars.ContextVar("imggen_url_secrets", default=True)
+
+
+@contextlib.contextmanager
+def not_registering() -> Iterator[None]:
+    """
+    Build records without registering their URLs' secrets with the process's secrets masker.
+
+    For the triggerer: it is one process for every trigger of the deployment, for days, and its masker
+    keeps every secret ever added and recompiles one pattern of them all on each addition, so registering
+    each image's URL there grows without end and costs more with every image (a 40-image batch spent 15 s
+    in it). What the triggerer builds is masked and sealed, and it logs no URL.
+    """
+    token = _REGISTERING.set(False)
+    try:
+        yield
+    finally:
+        _REGISTERING.reset(token)
+
+
 def register_secrets(url: str) -> None:
     """Tell Airflow's secrets masker every query value and credential of ``url``: later logs redact them."""
+    if not _REGISTERING.get():
+        return
     # Airflow's masker skips (with a warning) values under 5 characters; signatures are far longer.
     secrets: list[JsonValue] = [secret for secret in url_secrets(url) if len(secret) >= _MIN_SECRET_CHARS]
     if not secrets:

@@ -1,10 +1,11 @@
 """
 Deferrable against sync: N generations of L seconds emulated latency each, run by a real Airflow.
 
-One DAG run per mode, each a single ImageGenerationOperator mapped over N prompts
-(benchmarks/bench_deferrable_dag.py), executed by ``airflow standalone`` (scheduler, dag-processor,
-triggerer and api-server; LocalExecutor, ``[core] parallelism`` P, SQLite metadata DB in a temp
-AIRFLOW_HOME) against the API emulator on a free loopback port. Modes:
+One DAG run per mode, each a single ImageGenerationOperator mapped over N prompts, or for ``batch`` one
+ImageGenerationBatchOperator with the N prompts (benchmarks/bench_deferrable_dag.py), executed by
+``airflow standalone`` (scheduler, dag-processor, triggerer and api-server; LocalExecutor,
+``[core] parallelism`` P, SQLite metadata DB in a temp AIRFLOW_HOME) against the API emulator (no account
+quotas) on a free loopback port. Modes:
 
 - ``sync``: the native task API (``api_style`` dashscope); the worker submits, then polls the task
   (``task_duration_ms`` = L) while holding its slot. The anchor: it needs at least N x L / P seconds.
@@ -13,17 +14,23 @@ AIRFLOW_HOME) against the API emulator on a free loopback port. Modes:
 - ``deferrable-trigger``: deferrable with ``end_from_trigger=True``: the triggerer pushes the XCom and
   ends the task, so a generation is one worker run (the submission) instead of two.
 - ``sync-openai``: the OpenAI-compatible route, each request answered after L seconds (``latency_ms``).
+- ``batch``: one task instance; its single worker run validates the N prompts and defers once, and the
+  trigger sends every prompt from the triggerer, each under a claim in the connection's billing ledger
+  (an S3 ledger on a moto_server started next to the emulator), at ``--batch-rate`` submissions per
+  second and N tasks at once (the emulator has no quota: the mapped modes are bounded only by the P
+  slots), then ends the task from the triggerer with a list XCom of N generation records.
 
 Prints per mode the DAG run's wall time (created to finished, Airflow's own timestamps), its ratio to
 the anchor and to one generation's latency L (goal for the best mode: 1.5x), the worker runs per
-generation, the mapped tasks' durations, the submissions in the emulator's request log, the most task
-instances seen running (and deferred) at once, and checks (the run fails when one does not hold): every
-task succeeded, exactly N submissions and N billed images per mode (nothing paid twice), never more
-than P tasks running, and the sync modes no faster than their lower bound N x L / P.
+generation, the worker-slot seconds per image, the tasks' durations, the submissions in the emulator's
+request log, the most task instances seen running (and deferred) at once, and checks (exit status 1 when
+one does not hold): every task succeeded, exactly N submissions and N billed images per mode (nothing
+paid twice), never more than P tasks running, and the sync modes no faster than their lower bound
+N x L / P; for ``batch`` also: one task instance, one worker run for the whole batch, and its XCom a list
+of N records whose task ids are the N tasks the emulator created.
 
-    python benchmarks/bench_deferrable.py [--modes sync,deferrable,deferrable-trigger] [--tasks 40]
-                                          [--latency 20]
-                                          [--parallelism 4]
+    python benchmarks/bench_deferrable.py [--modes sync,deferrable,deferrable-trigger,sync-openai,batch]
+                                          [--tasks 40] [--latency 20] [--parallelism 4] [--batch-rate 20]
     python benchmarks/bench_deferrable.py --tasks 8 --latency 10     # a smoke run, a few minutes
 
 All processes it starts run in new sessions and are stopped (the whole session: LocalExecutor's task
@@ -79,18 +86,43 @@ class Mode:
     operator_kwargs: dict[str, Any]
     submit_path: str
     native: bool
+    # ``mapped``: ImageGenerationOperator mapped over the prompts; ``batch``: one
+    # ImageGenerationBatchOperator sending them all from the triggerer.
+    kind: str = "mapped"
+
+    @property
+    def batch(self) -> bool:
+        return self.kind == "batch"
 
     @property
     def deferrable(self) -> bool:
         """Whether its generations wait in the triggerer (so no N x L / P lower bound holds)."""
-        return bool(self.operator_kwargs.get("deferrable"))
+        return self.batch or bool(self.operator_kwargs.get("deferrable"))
 
     @property
     def last_worker_run(self) -> tuple[str, ...]:
         """How a task's last worker run ends: ``deferred`` when the triggerer ends the task."""
-        if self.operator_kwargs.get("end_from_trigger"):
+        if self.batch or self.operator_kwargs.get("end_from_trigger"):
             return ("success", "deferred")
         return ("success",)
+
+    def task_instances(self, generations: int) -> int:
+        """Task instances of a run of ``generations``: one per prompt, or one for a whole batch."""
+        return 1 if self.batch else generations
+
+    def dag_kwargs(self, generations: int, args: argparse.Namespace) -> dict[str, Any]:
+        """The operator's arguments in a DAG of ``generations`` prompts."""
+        if not self.batch:
+            return dict(self.operator_kwargs)
+        # The emulator runs without the account's quota: as many tasks at once as there are prompts (the
+        # mapped modes are bounded only by the slots), at a submission rate the emulator takes; the
+        # benchmark is alone on its account, so the batch reads at the account's whole 20 queries/s.
+        return {
+            **self.operator_kwargs,
+            "concurrent_tasks": generations,
+            "submissions_per_second": args.batch_rate,
+            "status_queries_per_second": 20,
+        }
 
     def faults(self, latency_ms: float) -> dict[str, float]:
         if self.native:
@@ -109,6 +141,10 @@ MODES = {
         native=True,
     ),
     "sync-openai": Mode("imggen_bench_openai", {}, OPENAI_SUBMIT_PATH, native=False),
+    # The trigger sends every prompt from the triggerer under ledger claims and ends the task there.
+    "batch": Mode(
+        "imggen_bench_batch", {"poll_interval": 1.0}, NATIVE_SUBMIT_PATH, native=True, kind="batch"
+    ),
 }
 
 
@@ -120,6 +156,14 @@ MODES = {
 WARMUP = MODES["deferrable-trigger"]
 WARMUP_LATENCY = 2.0
 WARMUP_DAG_ID = "bench_deferrable_warmup"
+# With the batch mode, a batch of one prompt per slot too: the triggerer's first batch pays its one-time
+# imports (boto3 and the amazon provider for the S3 ledger, the ledger's client) there.
+WARMUP_BATCH = MODES["batch"]
+WARMUP_BATCH_DAG_ID = "bench_deferrable_warmup_batch"
+# The ledger of the batch connection: an S3 bucket on the moto_server started next to the emulator.
+LEDGER_AWS_CONN_ID = "bench_ledger_s3"
+LEDGER_BUCKET = "imggen-bench-ledger"
+LEDGER_SETTING = f"s3://{LEDGER_AWS_CONN_ID}@{LEDGER_BUCKET}/ledger"
 
 
 def dag_id_of(mode: str) -> str:
@@ -274,6 +318,8 @@ def airflow_standalone(env: dict[str, str], home: Path) -> Iterator[Airflow]:
 @dataclass
 class RunResult:
     mode: str
+    spec: Mode
+    generations: int
     state: str
     wall_seconds: float
     durations: list[float]
@@ -288,6 +334,18 @@ class RunResult:
     killed_by_stale_event: int
     # From the LocalExecutor's "Workload finished" lines: each time a task held a worker slot.
     workloads: list[Workload] = field(default_factory=list)
+    # The generation task ids of the accepted submissions in the emulator's request log, and the times
+    # (epoch seconds) of every submission there.
+    submitted_task_ids: list[str] = field(default_factory=list)
+    submit_times: list[float] = field(default_factory=list)
+    # The DAG run's queued_at and end_date, epoch seconds.
+    queued_at: float = 0.0
+    ended_at: float = 0.0
+    # A batch's trigger, from its log: when it started, when every request was done, when it fired.
+    trigger_marks: dict[str, float] = field(default_factory=dict)
+    # A batch's return_value XCom (None: not a batch), or why it could not be read.
+    xcom: Any = None
+    xcom_error: str = ""
 
     @property
     def slot_seconds(self) -> float:
@@ -359,11 +417,13 @@ def run_mode(
     dag_id: str | None = None,
     spec: Mode | None = None,
     latency: float | None = None,
+    generations: int | None = None,
 ) -> RunResult:
     """Trigger one DAG run of ``mode``, sample its task states until it ends, and collect the figures."""
     spec = spec or MODES[mode]
     dag_id = dag_id or dag_id_of(mode)
     latency = args.latency if latency is None else latency
+    generations = args.tasks if generations is None else generations
     http_json(f"{emulator_url}/_emulator/faults", spec.faults(latency * 1000), method="PUT")
     http_json(f"{emulator_url}/_emulator/requests", method="DELETE")
     run_id = f"bench-{mode}-{int(time.time())}"
@@ -396,8 +456,16 @@ def run_mode(
     task_states: dict[str, int] = {}
     for instance in instances:
         task_states[instance["state"]] = task_states.get(instance["state"], 0) + 1
+    xcom, xcom_error = None, ""
+    if spec.batch:
+        try:
+            xcom = return_value(airflow, dag_id, run_id, "generate")
+        except (OSError, RuntimeError, ValueError) as error:
+            xcom_error = str(error)[:300]
     return RunResult(
         mode=mode,
+        spec=spec,
+        generations=generations,
         state=run["state"],
         wall_seconds=seconds_between(run["queued_at"], run["end_date"]),
         durations=[float(instance["duration"] or 0.0) for instance in instances],
@@ -411,6 +479,21 @@ def run_mode(
         api_stalls=stalls,
         polls=sum(1 for entry in entries if entry["path"].startswith(NATIVE_TASK_PATH)),
         requests=len(entries),
+        submitted_task_ids=[
+            str(entry["task_id"])
+            for entry in entries
+            if entry["method"] == "POST" and entry["path"] == spec.submit_path and entry.get("task_id")
+        ],
+        submit_times=sorted(
+            float(entry["time"])
+            for entry in entries
+            if entry["method"] == "POST" and entry["path"] == spec.submit_path
+        ),
+        queued_at=epoch(run["queued_at"]),
+        ended_at=epoch(run["end_date"]),
+        trigger_marks=trigger_marks(airflow.home, dag_id, run_id) if spec.batch else {},
+        xcom=xcom,
+        xcom_error=xcom_error,
         workloads=worker_workloads(
             airflow.home / "standalone.log",
             {instance["id"] for instance in instances},
@@ -426,6 +509,13 @@ def run_mode(
     )
 
 
+def return_value(airflow: Airflow, dag_id: str, run_id: str, task_id: str) -> Any:
+    """A task's ``return_value`` XCom as stored (the API's native form; a JSON text is decoded)."""
+    entry = airflow.api(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+    value = entry["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def task_instances(airflow: Airflow, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     """Every (mapped) task instance of the run, sorted by map index; pages through the API's limit."""
     found: list[dict[str, Any]] = []
@@ -438,15 +528,65 @@ def task_instances(airflow: Airflow, dag_id: str, run_id: str) -> list[dict[str,
             return found
 
 
+# Lines of the batch trigger's log that mark its phases.
+TRIGGER_MARKS = {"started": "Batch of ", "done": "Batch done:", "fired": "Trigger fired event"}
+
+
+def trigger_marks(home: Path, dag_id: str, run_id: str) -> dict[str, float]:
+    """The epoch times of the first line of each of TRIGGER_MARKS in the run's trigger logs (JSON lines)."""
+    marks: dict[str, float] = {}
+    for path in sorted((home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").glob("*/*.log.trigger.*")):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                record = json.loads(line)
+                for mark, start in TRIGGER_MARKS.items():
+                    if mark not in marks and str(record["event"]).startswith(start):
+                        marks[mark] = epoch(record["timestamp"])
+    return marks
+
+
+def epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
 def seconds_between(start: str, end: str) -> float:
     from datetime import datetime
 
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
+def dag_spec(dag_id: str, spec: Mode, generations: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One DAG of bench_deferrable_dag.py, as IMGGEN_BENCH describes it."""
+    return {
+        "dag_id": dag_id,
+        "kind": spec.kind,
+        "tasks": generations,
+        "conn_id": spec.conn_id,
+        "operator_kwargs": spec.dag_kwargs(generations, args),
+    }
+
+
+def warmups(modes: list[str]) -> list[tuple[str, Mode]]:
+    """The warm-up runs before the measured ones: mapped tasks, and a batch when a batch is measured."""
+    found = [(WARMUP_DAG_ID, WARMUP)]
+    if any(MODES[mode].batch for mode in modes):
+        found.append((WARMUP_BATCH_DAG_ID, WARMUP_BATCH))
+    return found
+
+
 def standalone_env(
-    work: Path, args: argparse.Namespace, emulator_url: str, modes: list[str]
+    work: Path,
+    args: argparse.Namespace,
+    emulator_url: str,
+    modes: list[str],
+    s3_endpoint: str | None = None,
 ) -> dict[str, str]:
+    """
+    The environment of ``airflow standalone``; ``s3_endpoint``: the moto_server holding the batch
+    connection's ledger (needed by the batch mode).
+    """
     dags_folder = work / "dags"
     dags_folder.mkdir()
     shutil.copy(DAG_FILE, dags_folder / DAG_FILE.name)
@@ -458,23 +598,23 @@ def standalone_env(
             "host": emulator_url,
             "extra": {"default_model": MODEL, "api_style": "dashscope"},
         },
+        # The batch's own connection: the others keep no ledger (a ledger has a cost of its own per send).
+        "imggen_bench_batch": {
+            "host": emulator_url,
+            "extra": {"default_model": MODEL, "api_style": "dashscope", "ledger": LEDGER_SETTING},
+        },
     }
-    dags = [
-        {
-            "dag_id": dag_id_of(mode),
-            "tasks": args.tasks,
-            "conn_id": MODES[mode].conn_id,
-            "operator_kwargs": MODES[mode].operator_kwargs,
-        }
-        for mode in modes
-    ]
+    dags = [dag_spec(dag_id_of(mode), MODES[mode], args.tasks, args) for mode in modes]
     if args.warmup:
-        dags.append(
+        dags += [dag_spec(dag_id, spec, args.parallelism, args) for dag_id, spec in warmups(modes)]
+    other_connections = {}
+    if s3_endpoint is not None:
+        other_connections[f"AIRFLOW_CONN_{LEDGER_AWS_CONN_ID.upper()}"] = json.dumps(
             {
-                "dag_id": WARMUP_DAG_ID,
-                "tasks": args.parallelism,
-                "conn_id": WARMUP.conn_id,
-                "operator_kwargs": WARMUP.operator_kwargs,
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
             }
         )
     return {
@@ -498,13 +638,44 @@ def standalone_env(
         "IMGGEN_BENCH": json.dumps(dags),
         # Component output reaches standalone.log line by line (the harness reads the workloads there).
         "PYTHONUNBUFFERED": "1",
+        # The components import the provider of this checkout (a worktree's), not the venv's editable one.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "AWS_EC2_METADATA_DISABLED": "true",
         **{
             f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
                 {"conn_type": "imggen", "password": API_KEY, **connection}
             )
             for conn_id, connection in connections.items()
         },
+        **other_connections,
     }
+
+
+@contextlib.contextmanager
+def ledger_s3(work: Path) -> Iterator[str]:
+    """moto_server on a free loopback port, in a session of its own, with the ledger's bucket: its URL."""
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with background(
+        [
+            str(Path(sys.executable).with_name("moto_server")),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            endpoint.rsplit(":", 1)[1],
+        ],
+        f"{endpoint}/moto-api/data.json",
+        work / "moto.log",
+    ):
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=LEDGER_BUCKET)
+        yield endpoint
 
 
 def check_operator_supports(modes: list[str]) -> None:
@@ -513,6 +684,16 @@ def check_operator_supports(modes: list[str]) -> None:
 
     accepted = inspect.signature(ImageGenerationOperator.__init__).parameters
     for mode in modes:
+        if MODES[mode].batch:
+            try:
+                from airflow_provider_imggen.operators.image_generation_batch import (  # noqa: F401
+                    ImageGenerationBatchOperator,
+                )
+            except ImportError:
+                raise SystemExit(
+                    f"mode {mode!r} needs ImageGenerationBatchOperator, which this checkout does not have"
+                ) from None
+            continue
         missing = sorted(set(MODES[mode].operator_kwargs) - set(accepted))
         if missing:
             raise SystemExit(
@@ -534,19 +715,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
     parser.add_argument(
         "--modes",
-        default="sync,deferrable,deferrable-trigger",
+        default=",".join(MODES),
         help=f"comma-separated, the first is the anchor; of {', '.join(MODES)} (default: %(default)s)",
     )
-    parser.add_argument("--tasks", type=int, default=40, help="mapped generations per DAG run")
+    parser.add_argument("--tasks", type=int, default=40, help="generations (prompts) per DAG run")
     parser.add_argument("--latency", type=float, default=20.0, help="seconds per generation")
     parser.add_argument("--parallelism", type=int, default=4, help="[core] parallelism: worker slots")
     parser.add_argument("--timeout", type=float, default=0.0, help="per DAG run; default 3 x bound + 300 s")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="task-state sampling, seconds")
     parser.add_argument(
+        "--batch-rate",
+        type=float,
+        default=20.0,
+        help="the batch's submissions per second (the emulator runs without quota; default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-warmup",
         dest="warmup",
         action="store_false",
-        help="skip the warm-up run (one task per slot, no latency) before the measured runs",
+        help="skip the warm-up runs (one generation per slot, 2 s latency) before the measured runs",
     )
     parser.add_argument(
         "--keep-home", action="store_true", help="keep the temp dir (logs, DB) also after a successful run"
@@ -557,8 +744,8 @@ def main() -> int:
     unknown = sorted(set(modes) - set(MODES))
     if unknown or not modes or len(set(modes)) != len(modes):
         parser.error(f"--modes: {args.modes!r}; expected distinct names among {', '.join(MODES)}")
-    if args.tasks < 1 or args.latency <= 0 or args.parallelism < 1:
-        parser.error("--tasks and --parallelism must be >= 1, --latency > 0")
+    if args.tasks < 1 or args.latency <= 0 or args.parallelism < 1 or args.batch_rate <= 0:
+        parser.error("--tasks and --parallelism must be >= 1, --latency and --batch-rate > 0")
     check_operator_supports(modes)
     lower_bound = args.tasks * args.latency / args.parallelism
     if not args.timeout:
@@ -578,34 +765,41 @@ def main() -> int:
     try:
         emulator_port = free_port()
         emulator_url = f"http://127.0.0.1:{emulator_port}"
-        env = standalone_env(work, args, emulator_url, modes)
-        with (
-            background(
-                emulator_command(emulator_port, API_KEY),
-                f"{emulator_url}/_emulator/faults",
-                work / "emulator.log",
-            ),
-            airflow_standalone(env, Path(env["AIRFLOW_HOME"])) as airflow,
-        ):
+        with contextlib.ExitStack() as servers:
+            servers.enter_context(
+                background(
+                    emulator_command(emulator_port, API_KEY),
+                    f"{emulator_url}/_emulator/faults",
+                    work / "emulator.log",
+                )
+            )
+            # The batch connection's ledger: an S3 bucket on moto_server (started only for a batch).
+            s3_endpoint = (
+                servers.enter_context(ledger_s3(work)) if any(MODES[mode].batch for mode in modes) else None
+            )
+            env = standalone_env(work, args, emulator_url, modes, s3_endpoint)
+            airflow = servers.enter_context(airflow_standalone(env, Path(env["AIRFLOW_HOME"])))
             started = time.monotonic()
             airflow.wait_ready([dag_id_of(mode) for mode in modes])
             print(
                 f"airflow standalone ready at {airflow.base_url} in {time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            if args.warmup:
+            for dag_id, spec in warmups(modes) if args.warmup else []:
+                name = "warm-up" if spec.kind == "mapped" else f"warm-up-{spec.kind}"
                 warmup = run_mode(
                     airflow,
                     emulator_url,
-                    "warm-up",
+                    name,
                     args,
-                    dag_id=WARMUP_DAG_ID,
-                    spec=WARMUP,
+                    dag_id=dag_id,
+                    spec=spec,
                     latency=WARMUP_LATENCY,
+                    generations=args.parallelism,
                 )
-                print(f"[warm-up] {warmup.state} in {warmup.wall_seconds:.1f} s", flush=True)
+                print(f"[{name}] {warmup.state} in {warmup.wall_seconds:.1f} s", flush=True)
                 if warmup.state != "success":
-                    raise RuntimeError(f"the warm-up run failed: see the task logs under {airflow.home}/logs")
+                    raise RuntimeError(f"the {name} run failed: see the task logs under {airflow.home}/logs")
             for mode in modes:
                 results.append(run_mode(airflow, emulator_url, mode, args))
                 print(f"[{mode}] {results[-1].state} in {results[-1].wall_seconds:.1f} s", flush=True)
@@ -631,8 +825,10 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
     anchor = results[0]
     print()
     print(
-        f"{args.tasks} generations x {args.latency:g} s emulated latency, mapped ImageGenerationOperator, "
-        f"airflow standalone, LocalExecutor, [core] parallelism {args.parallelism}"
+        f"{args.tasks} generations x {args.latency:g} s emulated latency, airflow standalone, LocalExecutor, "
+        f"[core] parallelism {args.parallelism}; mapped ImageGenerationOperator, or one "
+        f"ImageGenerationBatchOperator (batch: {args.batch_rate:g} submissions/s, {args.tasks} at once, "
+        "S3 ledger on moto_server)"
     )
     print(f"load average at the end (1, 5, 15 min): {' '.join(f'{load:.1f}' for load in os.getloadavg())}")
     print(
@@ -641,18 +837,19 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
     )
     print(
         f"{'mode':<18} {'wall s':>7} {'ratio':>6} {'x gen':>6} {'submits':>7} {'billed':>6} {'polls':>5} "
-        f"{'max run':>7} {'max def':>7} {'slots':>5} {'slot s':>7} {'runs':>4} {'runs/gen':>8}  "
-        "task durations s"
+        f"{'TIs':>3} {'max run':>7} {'max def':>7} {'slots':>5} {'slot s':>7} {'s/img':>5} {'runs':>4} "
+        f"{'runs/gen':>8}  task durations s"
     )
     failures = []
     for result in results:
         ratio, per_generation = result.wall_seconds / anchor.wall_seconds, result.wall_seconds / args.latency
         print(
             f"{result.mode:<18} {result.wall_seconds:>7.1f} {ratio:>5.2f}x {per_generation:>5.2f}x "
-            f"{result.submissions:>7} {result.billed_images:>6} {result.polls:>5} {result.max_running:>7} "
+            f"{result.submissions:>7} {result.billed_images:>6} {result.polls:>5} "
+            f"{sum(result.task_states.values()):>3} {result.max_running:>7} "
             f"{result.max_deferred:>7} {result.max_busy_slots:>5} {result.slot_seconds:>7.1f} "
-            f"{len(result.workloads):>4} {len(result.workloads) / args.tasks:>8.2f}  "
-            f"{fmt_durations(result.durations)}"
+            f"{result.slot_seconds / args.tasks:>5.2f} {len(result.workloads):>4} "
+            f"{len(result.workloads) / args.tasks:>8.3f}  {fmt_durations(result.durations)}"
         )
         if result.api_stalls:
             print(
@@ -663,10 +860,11 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
         failures += check(result, args, lower_bound)
     print(
         "(wall: DAG run queued to finished; ratio: to the anchor; x gen: to one generation's latency; "
-        "submits: generation POSTs in the emulator's log; polls: task status GETs; max run / max def: most "
-        "task instances seen running / deferred; slots: most worker runs at once and slot s their summed "
-        "time, from the executor's 'Workload finished' lines; runs: worker runs, and per generation; task "
-        "durations: Airflow's start-to-end per task, a deferred task's spanning its wait)"
+        "submits: generation POSTs in the emulator's log; polls: task status and task list GETs; TIs: task "
+        "instances; max run / max def: most task instances seen running / deferred; slots: most worker runs "
+        "at once, slot s their summed time and s/img that per image, from the executor's 'Workload finished' "
+        "lines; runs: worker runs, and per generation; task durations: Airflow's start-to-end per task, a "
+        "deferred task's spanning its wait)"
     )
     summarise_deferrable(results, args, anchor)
     for failure in failures:
@@ -675,9 +873,13 @@ def report(results: list[RunResult], args: argparse.Namespace, lower_bound: floa
 
 
 def check(result: RunResult, args: argparse.Namespace, lower_bound: float) -> list[str]:
-    """What one mode's run got wrong: failed tasks, paying twice, too many slots, an impossible speed."""
+    """
+    What one mode's run got wrong: failed tasks, paying twice, too many slots, an impossible speed; for a
+    batch also more than its one worker run, or an XCom that is not the N generations the emulator made.
+    """
     failures = []
-    if result.state != "success" or result.task_states != {"success": args.tasks}:
+    instances = result.spec.task_instances(args.tasks)
+    if result.state != "success" or result.task_states != {"success": instances}:
         failures.append(f"{result.mode}: run {result.state}, task states {result.task_states}")
         if result.killed_by_stale_event:
             failures.append(
@@ -696,31 +898,91 @@ def check(result: RunResult, args: argparse.Namespace, lower_bound: float) -> li
             f"{result.mode}: {max(result.max_running, result.max_busy_slots)} tasks running at once "
             f"> parallelism {args.parallelism}"
         )
-    if len({workload.ti_id for workload in result.workloads}) != args.tasks:
-        failures.append(f"{result.mode}: worker runs of {args.tasks} tasks not found in standalone.log")
+    if len({workload.ti_id for workload in result.workloads}) != instances:
+        failures.append(
+            f"{result.mode}: worker runs of {instances} task instance(s) not found in standalone.log"
+        )
     # A sync mode holds a slot for every generation's whole latency: it cannot beat N x L / P.
-    if not MODES[result.mode].deferrable and result.wall_seconds < lower_bound:
+    if not result.spec.deferrable and result.wall_seconds < lower_bound:
         failures.append(f"{result.mode} took {result.wall_seconds:.1f} s < its bound {lower_bound:.0f} s")
+    if result.spec.batch:
+        failures += check_batch(result, args)
+    return failures
+
+
+def check_batch(result: RunResult, args: argparse.Namespace) -> list[str]:
+    """A batch: one worker run (validate and defer; the triggerer ends it) and an XCom of N records."""
+    failures = []
+    if len(result.workloads) != 1:
+        states = ", ".join(workload.final_state for workload in result.workloads) or "none"
+        failures.append(
+            f"{result.mode}: {len(result.workloads)} worker runs ({states}) for the whole batch, not 1 "
+            "(a second one is the worker resuming: the trigger did not end the task itself)"
+        )
+    if result.xcom_error or not isinstance(result.xcom, list):
+        failures.append(
+            f"{result.mode}: no list in the return_value XCom "
+            f"({result.xcom_error or type(result.xcom).__name__})"
+        )
+        return failures
+    records = [record for record in result.xcom if isinstance(record, dict)]
+    xcom_ids = [record.get("generation_task_id") for record in records]
+    if len(result.xcom) != args.tasks or len(records) != args.tasks:
+        failures.append(f"{result.mode}: the XCom has {len(result.xcom)} records for {args.tasks} prompts")
+    elif len(set(xcom_ids)) != args.tasks or set(xcom_ids) != set(result.submitted_task_ids):
+        failures.append(
+            f"{result.mode}: the XCom's {len(set(xcom_ids))} distinct generation task ids are not the "
+            f"{len(set(result.submitted_task_ids))} tasks the emulator created"
+        )
+    else:
+        expected = [f"benchmark poster number {number}" for number in range(args.tasks)]
+        if [record.get("prompt") for record in records] != expected:
+            failures.append(f"{result.mode}: the XCom's records are not in prompt order")
     return failures
 
 
 def summarise_deferrable(results: list[RunResult], args: argparse.Namespace, anchor: RunResult) -> None:
-    """Per deferrable mode: where its wall time goes; then the best mode against the goal."""
-    deferred = [result for result in results if MODES[result.mode].deferrable and result.workloads]
+    """Per deferrable mode (and the batch): where its wall time goes; then the best mode against the goal."""
+    deferred = [result for result in results if result.spec.deferrable and result.workloads]
     for result in deferred:
         mean_run = result.slot_seconds / len(result.workloads)
         print(
             f"{result.mode}: {result.wall_seconds:.1f} s = {result.wall_seconds / args.latency:.2f}x one "
             f"generation, {anchor.mode} ratio {result.wall_seconds / anchor.wall_seconds:.2f}; its "
-            f"{len(result.workloads)} worker runs ({len(result.workloads) / args.tasks:.2f} per generation) "
-            f"of {mean_run:.1f} s mean need {result.slot_seconds / args.parallelism:.0f} s of "
-            f"{args.parallelism} slots by themselves"
+            f"{len(result.workloads)} worker runs ({len(result.workloads) / args.tasks:.3f} per generation) "
+            f"of {mean_run:.1f} s mean, {result.slot_seconds / args.tasks:.2f} worker-slot s per image, "
+            f"need {result.slot_seconds / args.parallelism:.0f} s of {args.parallelism} slots by themselves"
         )
-    if deferred:
-        best = min(deferred, key=lambda result: result.wall_seconds)
+    for result in results:
+        if result.spec.batch and result.submit_times:
+            summarise_batch(result, args)
+    if results:
+        best = min(results, key=lambda result: result.wall_seconds)
         ratio = best.wall_seconds / args.latency
         verdict = "met" if ratio <= LATENCY_GOAL else "missed"
         print(f"best mode {best.mode}: {ratio:.2f}x one generation (goal {LATENCY_GOAL}x: {verdict})")
+
+
+def summarise_batch(result: RunResult, args: argparse.Namespace) -> None:
+    """Where a batch's wall time goes, from the run's times, the emulator's log and the trigger's log."""
+    first, last = result.submit_times[0], result.submit_times[-1]
+    last_end = last + args.latency  # the emulator runs a task exactly the latency (no pending time)
+    marks = result.trigger_marks
+    if {"started", "done", "fired"} <= set(marks):
+        print(
+            f"{result.mode} phases: queued -> trigger running {marks['started'] - result.queued_at:.1f} s "
+            f"(scheduler, the one worker run, the triggerer taking the trigger); -> first submission "
+            f"{first - marks['started']:.1f} s (ledger reads); submissions spread over {last - first:.1f} s; "
+            f"last task's end -> batch done {marks['done'] - last_end:.1f} s (ends noticed by status reads); "
+            f"-> trigger fired {marks['fired'] - marks['done']:.1f} s ({args.tasks} XCom records built and "
+            f"pushed); -> run finished {result.ended_at - marks['fired']:.1f} s (the scheduler)"
+        )
+    else:  # no trigger log (or another format): the emulator's times only
+        print(
+            f"{result.mode} phases: queued -> first submission {first - result.queued_at:.1f} s; "
+            f"submissions spread over {last - first:.1f} s; last task's end -> run finished "
+            f"{result.ended_at - last_end:.1f} s (trigger log marks found: {sorted(marks) or 'none'})"
+        )
 
 
 if __name__ == "__main__":

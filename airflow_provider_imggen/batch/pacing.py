@@ -16,9 +16,8 @@ tasks ahead of it when the service queues.
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 OVER_QUOTA_MODES = ("probe", "queue", "refuse")
 # After the expected end, a task is read this soon (then twice as late each time, up to the batch's poll
@@ -31,29 +30,29 @@ _OBSERVED = 20
 
 @dataclass
 class _Bucket:
-    """A token bucket: ``rate`` per second, at most ``capacity`` saved up."""
+    """A token bucket: ``rate`` per second, at most ``capacity`` saved up (full until first used)."""
 
     rate: float
     capacity: float
     tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
+    updated: float | None = None
 
-    def __post_init__(self) -> None:
-        self.tokens = self.capacity
+    def _tokens(self, now: float) -> float:
+        if self.updated is None:
+            return self.capacity
+        return min(self.capacity, self.tokens + (now - self.updated) * self.rate)
 
     def wait(self, now: float) -> float:
         """Seconds until a token is there (0: now)."""
-        tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        tokens = self._tokens(now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self, now: float) -> None:
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate) - 1.0
-        self.updated = now
+        self.tokens, self.updated = self._tokens(now) - 1.0, now
 
     def hold_off(self, now: float, seconds: float) -> None:
         """No token for ``seconds`` (a 429's Retry-After, or a back-off)."""
-        self.tokens = min(self.tokens, -seconds * self.rate)
-        self.updated = now
+        self.tokens, self.updated = min(self._tokens(now), -seconds * self.rate), now
 
 
 class Pacer:
@@ -105,6 +104,14 @@ class Pacer:
         """A submission leaves now, with ``in_flight`` tasks already at the service."""
         self._submissions.take(now)
         self.probing = self.would_probe(in_flight)
+
+    def spend(self, now: float) -> None:
+        """Another copy of the batch sent one (its claim was won first): it counts against the rate."""
+        self._submissions.take(now)
+
+    def hold_off(self, now: float, seconds: float) -> None:
+        """No submission for ``seconds`` (the service could not be reached)."""
+        self._submissions.hold_off(now, seconds)
 
     def accepted(self) -> str | None:
         """The submission was accepted; the over-quota mode learned from it, if it was the probe."""

@@ -162,7 +162,8 @@ class SendSlots:
             state=state,  # type: ignore[arg-type]
             owner=self.owner,
             updated_at=utc_now(),
-            generation_task_id=generation_task_id if state == "billed" else None,
+            # A final state keeps the task it is about (a task that failed for good, or ended unknown).
+            generation_task_id=generation_task_id if state in ("billed", "failed", "unknown") else None,
             request_id=request_id,
             request=request,
         )

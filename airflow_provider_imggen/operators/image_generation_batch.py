@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationError, ImageGenerationValidationError
@@ -20,15 +21,30 @@ if TYPE_CHECKING:
 # Requests of one batch: their bodies travel in the trigger's kwargs (the metadata DB) and their records
 # in one XCom.
 MAX_PROMPTS = 1000
+# Task ids live 24 hours: a batch still waiting then cannot read its tasks any more.
+DEFAULT_BATCH_TIMEOUT = 86400.0
+MIN_POLL_INTERVAL = 0.05
+DERIVED_SEED_SPAN = 2_000_000_000
 _PER_PROMPT = ("prompt", "seed", "negative_prompt")
 
 
 class ImageGenerationBatchIncompleteError(ImageGenerationError):
     """
-    Some requests of a batch were not delivered. The XCom carries those that were; ``problems`` names the
-    others (failed, refused, or outcome unknown: never sent again). Airflow may retry: a retry resumes from
-    the ledger and sends only what was never sent.
+    Some requests of a batch were not delivered, and a retry may deliver them (never sent, still running at
+    the timeout, unreadable for now). The XCom carries those that were; ``problems`` names the others. A
+    retry resumes from the ledger and sends only what was never sent.
     """
+
+
+class ImageGenerationBatchFailedError(ImageGenerationBatchIncompleteError, AirflowFailException):
+    """
+    Some requests of a batch were not delivered, each for good (refused, billed and failed, outcome
+    unknown): a retry could only report them again, so Airflow does not retry.
+    """
+
+
+# Problems an Airflow retry may clear: everything else a batch reports is final.
+RETRYABLE_PROBLEMS = frozenset({"not_sent", "timeout", "unreadable", "recovery_failed"})
 
 
 class ImageGenerationBatchOperator(BaseOperator):
@@ -40,7 +56,8 @@ class ImageGenerationBatchOperator(BaseOperator):
     them at the account's pace (submissions per second and tasks at once, from the model table unless
     given), each only after winning its claim in the connection's billing ledger, reads every task from the
     moment it is expected to end, and ends the task from the triggerer with the XCom: no worker slot is
-    held while the images are drawn, and no request is sent twice, however many copies of the trigger run.
+    held while the images are drawn, and nothing is sent twice under one claim, however many copies of the
+    trigger run.
 
     The XCom ``return_value`` is a list with one generation record per delivered request, in prompt order
     (the shape of :class:`~airflow_provider_imggen.operators.image_generation.ImageGenerationOperator`'s
@@ -73,7 +90,15 @@ class ImageGenerationBatchOperator(BaseOperator):
     :param end_from_trigger: end the task from the triggerer when every request is delivered
     """
 
-    template_fields: Sequence[str] = ("prompts", "model", "n", "size", "negative_prompt", "seed")
+    template_fields: Sequence[str] = (
+        "prompts",
+        "model",
+        "n",
+        "size",
+        "negative_prompt",
+        "seed",
+        "imggen_conn_id",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"prompts": "json"}
     ui_color = "#c9e4ff"
 
@@ -93,7 +118,8 @@ class ImageGenerationBatchOperator(BaseOperator):
         status_queries_per_second: float = 10.0,
         poll_interval: float = 1.0,
         max_task_failures: int = 3,
-        batch_timeout: float | None = None,
+        throttle_timeout: float = 3600.0,
+        batch_timeout: float | None = DEFAULT_BATCH_TIMEOUT,
         end_from_trigger: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -108,6 +134,7 @@ class ImageGenerationBatchOperator(BaseOperator):
             ("submissions_per_second", submissions_per_second),
             ("status_queries_per_second", status_queries_per_second),
             ("poll_interval", poll_interval),
+            ("throttle_timeout", throttle_timeout),
             ("batch_timeout", batch_timeout),
         ):
             if value is not None and (
@@ -129,11 +156,22 @@ class ImageGenerationBatchOperator(BaseOperator):
         self.over_quota = over_quota
         self.status_queries_per_second = status_queries_per_second
         self.poll_interval = poll_interval
+        if poll_interval < MIN_POLL_INTERVAL:
+            raise ImageGenerationValidationError(
+                "poll_interval", poll_interval, f"seconds >= {MIN_POLL_INTERVAL}"
+            )
+        if status_queries_per_second > 20:
+            raise ImageGenerationValidationError(
+                "status_queries_per_second", status_queries_per_second, "at most the account's 20 per second"
+            )
         self.max_task_failures = max_task_failures
+        self.throttle_timeout = throttle_timeout
         self.batch_timeout = batch_timeout
         self.end_from_trigger = end_from_trigger
 
     def execute(self, context: Context) -> None:
+        from datetime import timedelta
+
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
         trigger = self.batch_trigger(ImageGenerationHook(self.imggen_conn_id), context["ti"])
@@ -143,7 +181,9 @@ class ImageGenerationBatchOperator(BaseOperator):
             trigger.submissions_per_second,
             trigger.concurrent_tasks,
         )
-        self.defer(trigger=trigger, method_name="execute_complete")
+        # The trigger gives up at batch_timeout itself; the deferral's timeout only backs it up.
+        timeout = None if self.batch_timeout is None else timedelta(seconds=self.batch_timeout + 600)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
 
     def batch_trigger(self, hook: ImageGenerationHook, ti: Any) -> ImageGenerationBatchTrigger:
         """The trigger that sends this task instance's requests: each validated, with its ledger slot."""
@@ -168,9 +208,8 @@ class ImageGenerationBatchOperator(BaseOperator):
             )
         requests = self._all_requests(hook, ti)
         rate, concurrent = self._quota(requests[0].model)
-        batch = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
         return ImageGenerationBatchTrigger(
-            requests=[self._slot(hook, batch, index, request) for index, request in enumerate(requests)],
+            requests=self._slots(hook, ti),
             owner=make_owner(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number),
             imggen_conn_id=self.imggen_conn_id,
             submissions_per_second=rate,
@@ -181,25 +220,44 @@ class ImageGenerationBatchOperator(BaseOperator):
             max_task_failures=self.max_task_failures,
             end_time=time.time() + self.batch_timeout if self.batch_timeout else None,
             end_from_trigger=self.end_from_trigger,
+            do_xcom_push=self.do_xcom_push,
+            throttle_timeout=self.throttle_timeout,
         )
 
-    def execute_complete(self, context: Context, event: Any) -> list[dict[str, Any]]:
-        """Resume after the trigger's event (not called when the trigger ended the task itself)."""
+    def execute_complete(self, context: Context, event: Any) -> list[dict[str, Any]] | None:
+        """
+        Resume after the trigger's event (not called when the trigger ended the task itself): read each
+        delivered task's results once (URLs never travel in events), push them, and fail naming what was
+        not delivered.
+        """
+        import time
+
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
         from airflow_provider_imggen.metadata import task_metadata
 
-        if not isinstance(event, Mapping) or event.get("status") not in ("done", "error"):
-            raise ImageGenerationError("The batch's trigger sent an event this operator does not know")
-        if event["status"] == "error":
-            raise ImageGenerationError(f"The batch could not run in the triggerer: {event.get('message')}")
+        tasks, keys, problems = _read_event(event)
         hook = ImageGenerationHook(self.imggen_conn_id)
         ti = context["ti"]
-        recorded = [self._recorded(request) for request in self._all_requests(hook, ti)]
+        # Paired by slot, not position: what this worker renders again is matched to what was sent.
+        recorded = {slot["key"]: slot["recorded"] for slot in self._slots(hook, ti)}
         records = []
-        for index, task_id in enumerate(event.get("tasks") or []):
-            if task_id is not None:
-                records.append(task_metadata(hook, hook.get_task(str(task_id)), recorded[index]))
-        problems = list(event.get("problems") or [])
+        for index, (task_id, key) in enumerate(zip(tasks, keys, strict=True)):
+            if task_id is None:
+                continue
+            time.sleep(1 / self.status_queries_per_second)  # within the account's status-query limit
+            try:
+                records.append(task_metadata(hook, hook.get_task(task_id), recorded.get(key)))
+            except ImageGenerationError as error:
+                problems.append(
+                    {
+                        "index": index,
+                        "status": "unknown",
+                        "code": "unreadable",
+                        "reason": type(error).__name__,
+                        "billed": True,
+                        "generation_task_id": task_id,
+                    }
+                )
         self.log.info(
             "Batch: %d delivered, %d problem(s); %s sent, %s throttled, %s recovered; the service %s beyond "
             "the concurrency quota",
@@ -210,22 +268,26 @@ class ImageGenerationBatchOperator(BaseOperator):
             event.get("recovered"),
             {"queue": "queues", "refuse": "refuses"}.get(str(event.get("over_quota")), "was not asked"),
         )
-        if problems:
+        if not problems:
+            return records if self.do_xcom_push else None
+        if self.do_xcom_push:
             ti.xcom_push(key="return_value", value=records)
             ti.xcom_push(key="problems", value=problems)
-            for problem in problems:
-                self.log.error(
-                    "Request %s: %s (%s): %s",
-                    problem.get("index"),
-                    problem.get("status"),
-                    problem.get("code"),
-                    problem.get("reason"),
-                )
-            raise ImageGenerationBatchIncompleteError(
-                f"{len(problems)} of {len(event.get('tasks') or [])} request(s) not delivered "
-                f"({len(records)} delivered, in the XCom; the others in the 'problems' XCom)"
+        for problem in problems:
+            self.log.error(
+                "Request %s: %s (%s): %s",
+                problem.get("index"),
+                problem.get("status"),
+                problem.get("code"),
+                problem.get("reason"),
             )
-        return records
+        retryable = any(problem.get("code") in RETRYABLE_PROBLEMS for problem in problems)
+        failure = ImageGenerationBatchIncompleteError if retryable else ImageGenerationBatchFailedError
+        raise failure(
+            f"{len(problems)} of {len(tasks)} request(s) not delivered ({len(records)} delivered, in the "
+            "XCom; the others in the 'problems' XCom)"
+            + ("" if retryable else ": each for good, so Airflow does not retry")
+        )
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -269,7 +331,7 @@ class ImageGenerationBatchOperator(BaseOperator):
             from airflow_provider_imggen.model_table import check_endpoint
             from airflow_provider_imggen.operators.arguments import derived_seed
 
-            requests = []
+            requests: list[GenerationRequest] = []
             for index, fields in enumerate(self._request_fields()):
                 try:
                     request = hook.validate_request(**fields)
@@ -282,7 +344,13 @@ class ImageGenerationBatchOperator(BaseOperator):
                         "model", request.model, "a model of the native task API (a batch submits tasks)"
                     )
                 if request.seed is None:
-                    request = dataclasses.replace(request, seed=derived_seed(ti, request))
+                    # Equal prompts get distinct seeds (derived_seed leaves room for seed + image index).
+                    twin = sum(
+                        1 for earlier in requests if dataclasses.replace(earlier, seed=None) == request
+                    )
+                    request = dataclasses.replace(
+                        request, seed=(derived_seed(ti, request) + 10 * twin) % DERIVED_SEED_SPAN
+                    )
                 requests.append(request)
             if len({request.model for request in requests}) != 1:
                 raise ImageGenerationValidationError("model", self.model, "one model for the whole batch")
@@ -298,20 +366,71 @@ class ImageGenerationBatchOperator(BaseOperator):
         concurrent = self.concurrent_tasks or (quota.concurrent if quota else 1)
         return rate, concurrent
 
-    def _slot(
-        self, hook: ImageGenerationHook, batch: str, index: int, request: GenerationRequest
-    ) -> dict[str, Any]:
+    def _slots(self, hook: ImageGenerationHook, ti: Any) -> list[dict[str, Any]]:
+        """
+        Each request's submission body, recorded fields and ledger slot. A slot is named by the request
+        (what is sent, to which account) and its occurrence among equal ones, not by its position: a
+        retry that renders the prompts in another order finds the same slots.
+        """
         from airflow_provider_imggen.billing_journal import billable_fingerprint
         from airflow_provider_imggen.ledger.claims import ledger_fingerprint
         from airflow_provider_imggen.ledger.slots import slot_key
         from airflow_provider_imggen.wire import native
 
-        body = native.submission_body(request)
-        fingerprint = ledger_fingerprint(billable_fingerprint("async", body), hook.settings)
-        return {"key": slot_key(batch, index, fingerprint), "body": body, "recorded": self._recorded(request)}
+        batch = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
+        seen: dict[str, int] = {}
+        slots = []
+        for request in self._all_requests(hook, ti):
+            body = native.submission_body(request)
+            fingerprint = ledger_fingerprint(billable_fingerprint("async", body), hook.settings)
+            occurrence = seen[fingerprint] = seen.get(fingerprint, -1) + 1
+            slots.append(
+                {
+                    "key": slot_key(batch, occurrence, fingerprint),
+                    "body": body,
+                    "recorded": self._recorded(request),
+                }
+            )
+        return slots
 
     @staticmethod
     def _recorded(request: GenerationRequest) -> dict[str, Any]:
         from airflow_provider_imggen.records import REQUEST_FIELDS
 
         return {name: getattr(request, name) for name in REQUEST_FIELDS}
+
+
+def _read_event(event: object) -> tuple[list[str | None], list[str], list[dict[str, Any]]]:
+    """
+    The event's task ids, slot keys and problems, checked (events live in the metadata DB): a task id must
+    be one the provider accepts before it becomes part of a URL.
+    """
+    from airflow_provider_imggen.billing_journal import IDENTIFIER
+    from airflow_provider_imggen.ledger.entry import is_fingerprint
+
+    if not isinstance(event, Mapping) or event.get("status") not in ("done", "error"):
+        raise ImageGenerationError("The batch's trigger sent an event this operator does not know")
+    if event["status"] == "error":
+        raise ImageGenerationError(f"The batch could not run in the triggerer: {event.get('message')}")
+    tasks, keys = event.get("tasks"), event.get("keys")
+    if (
+        not isinstance(tasks, list)
+        or not isinstance(keys, list)
+        or len(tasks) != len(keys)
+        or not all(task is None or (isinstance(task, str) and IDENTIFIER.fullmatch(task)) for task in tasks)
+        or not all(is_fingerprint(key) for key in keys)
+    ):
+        raise ImageGenerationError("The batch's event is not one its trigger sends")
+    problems = [dict(problem) for problem in event.get("problems") or [] if isinstance(problem, Mapping)]
+    for task_id in event.get("late_tasks") or []:
+        problems.append(
+            {
+                "index": None,
+                "status": "failed",
+                "code": "late_answer",
+                "billed": True,
+                "reason": "a task answered after its request was taken over: billed, not delivered",
+                "generation_task_id": str(task_id)[:256],
+            }
+        )
+    return list(tasks), list(keys), problems

@@ -280,8 +280,10 @@ class ImageGenerationTaskTrigger(BaseTrigger):
         from airflow.sdk.execution_time.xcom import XCom
 
         from airflow_provider_imggen.metadata import task_metadata
+        from airflow_provider_imggen.sealed_urls import not_registering
 
-        metadata = task_metadata(hook, state, self.request_fields)
+        with not_registering():  # the triggerer's masker would keep every URL's secrets for good
+            metadata = task_metadata(hook, state, self.request_fields)
         xcoms = task_end_xcoms(
             metadata, do_xcom_push=self.do_xcom_push, multiple_outputs=self.multiple_outputs
         )

@@ -48,8 +48,12 @@ class ImageGenerationBatchTrigger(BaseTrigger):
     :param max_task_failures: tasks of one request that may fail without billing before it is reported
     :param end_time: epoch seconds by which to give up on what is not done (None: never)
     :param end_from_trigger: end the task from here when every request is delivered
-    :param stale_after: seconds after which another copy's claim with no outcome is taken over, for
-        recovery only (default: the connection's request timeout plus 30 s: longer than any send lasts)
+    :param do_xcom_push: the task's ``do_xcom_push``: without it the task ends with no XCom
+    :param throttle_timeout: seconds without an accepted submission, while some wait, before the unsent
+        requests are reported (throttled: nothing billed)
+    :param stale_after: seconds another copy's claim may stay unchanged with no outcome, as seen from here,
+        before it is taken over, for recovery only (default: the connection's request timeout plus 30 s,
+        longer than any send lasts; tests set 0)
     """
 
     def __init__(
@@ -66,9 +70,22 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         max_task_failures: int = 3,
         end_time: float | None = None,
         end_from_trigger: bool = True,
+        do_xcom_push: bool = True,
+        throttle_timeout: float = 3600.0,
         stale_after: float | None = None,
     ) -> None:
         super().__init__()
+        _check_settings(
+            requests=requests,
+            submissions_per_second=submissions_per_second,
+            concurrent_tasks=concurrent_tasks,
+            status_queries_per_second=status_queries_per_second,
+            over_quota=over_quota,
+            poll_interval=poll_interval,
+            max_task_failures=max_task_failures,
+            throttle_timeout=throttle_timeout,
+            stale_after=stale_after,
+        )
         self.requests = requests
         self.owner = owner
         self.imggen_conn_id = imggen_conn_id
@@ -80,6 +97,8 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         self.max_task_failures = max_task_failures
         self.end_time = end_time
         self.end_from_trigger = end_from_trigger
+        self.do_xcom_push = do_xcom_push
+        self.throttle_timeout = throttle_timeout
         self.stale_after = stale_after
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -98,6 +117,8 @@ class ImageGenerationBatchTrigger(BaseTrigger):
                 "max_task_failures": self.max_task_failures,
                 "end_time": self.end_time,
                 "end_from_trigger": self.end_from_trigger,
+                "do_xcom_push": self.do_xcom_push,
+                "throttle_timeout": self.throttle_timeout,
                 "stale_after": self.stale_after,
             },
         )
@@ -107,28 +128,35 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         from airflow_provider_imggen.exceptions import ImageGenerationError
         from airflow_provider_imggen.hooks.image_generation_async import ImageGenerationAsyncHook
 
-        store = None
+        store = search = None
         try:
             async with ImageGenerationAsyncHook(self.imggen_conn_id) as hook:
                 batch, store = await self._batch(hook)
+                search = batch.search
                 slots = await batch.run()
                 crash_points.reach("trigger_event")
                 event = await self._event(hook, batch, slots)
         except ImageGenerationError as error:
             # Nothing of the batch could start (the connection, the ledger): the worker says why.
             self.log.error("The batch could not run: %s", error)
-            event = TriggerEvent({"status": "error", "message": str(error), "tasks": [], "problems": []})
+            event = TriggerEvent(
+                {"status": "error", "message": str(error), "tasks": [], "keys": [], "problems": []}
+            )
         finally:
+            if search is not None:
+                search.close()
             if store is not None:
                 await asyncio.to_thread(store.close)
         yield event
 
     async def _batch(self, hook: ImageGenerationAsyncHook) -> tuple[BatchRun, Any]:
         from airflow_provider_imggen.batch.pacing import Pacer
+        from airflow_provider_imggen.batch.recovery import TaskListSearch
         from airflow_provider_imggen.batch.run import BatchRun, new_copy_id
         from airflow_provider_imggen.exceptions import ImageGenerationValidationError
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
         from airflow_provider_imggen.ledger import open_ledger_store
+        from airflow_provider_imggen.ledger.claims import task_key
         from airflow_provider_imggen.ledger.slots import SendSlots
 
         settings = await hook.aget_settings()
@@ -157,19 +185,22 @@ class ImageGenerationBatchTrigger(BaseTrigger):
             over_quota=self.over_quota,
             poll_interval=self.poll_interval,
         )
+        stale_after = (
+            self.stale_after
+            if self.stale_after is not None
+            else hook.effective_request_timeout + STALE_MARGIN_SECONDS
+        )
         batch = BatchRun(
             hook=hook,
-            recovery_hook=recovery_hook,
+            search=TaskListSearch(recovery_hook, renew_every=stale_after / 3),
             slots=SendSlots(store=store, owner=self.owner, copy=copy),
             requests=self.requests,
             pacer=pacer,
-            stale_after=(
-                self.stale_after
-                if self.stale_after is not None
-                else hook.effective_request_timeout + STALE_MARGIN_SECONDS
-            ),
+            stale_after=stale_after,
             max_task_failures=self.max_task_failures,
+            throttle_timeout=self.throttle_timeout,
             deadline=self.end_time,
+            task_ledger_key=lambda task_id: task_key(settings, task_id),
             log=self.log,
         )
         return batch, store
@@ -190,15 +221,19 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         payload = {
             "status": "done",
             "tasks": [slot.task_id if slot.state is not None else None for slot in slots],
+            "keys": [slot.key for slot in slots],
             "problems": problems,
             "sent": tally.sent,
             "throttled": tally.throttled,
             "recovered": tally.recovered,
             "over_quota": batch.pacer.over_quota,
+            "late_tasks": tally.late_tasks,
         }
         ti = self.task_instance
-        if problems or not self.end_from_trigger or ti is None:
+        if problems or tally.late_tasks or not self.end_from_trigger or ti is None:
             return TriggerEvent(payload)
+        if not self.do_xcom_push:
+            return TaskSuccessEvent()
         try:
             await asyncio.to_thread(self._push_xcom, hook, slots, ti)
         except Exception as error:  # the worker reads the results again and pushes them
@@ -210,8 +245,12 @@ class ImageGenerationBatchTrigger(BaseTrigger):
         from airflow.sdk.execution_time.xcom import XCom
 
         from airflow_provider_imggen.metadata import task_metadata
+        from airflow_provider_imggen.sealed_urls import not_registering
 
-        records = [task_metadata(hook, slot.state, slot.recorded) for slot in slots if slot.state is not None]
+        with not_registering():
+            records = [
+                task_metadata(hook, slot.state, slot.recorded) for slot in slots if slot.state is not None
+            ]
         XCom.set(
             key="return_value",
             value=records,
@@ -220,3 +259,36 @@ class ImageGenerationBatchTrigger(BaseTrigger):
             run_id=ti.run_id,
             map_index=ti.map_index,
         )
+
+
+def _check_settings(**settings: Any) -> None:
+    """Refuse settings that would never send, spin or divide by zero, naming the parameter."""
+    from airflow_provider_imggen.batch.pacing import OVER_QUOTA_MODES
+    from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+
+    requests = settings["requests"]
+    if not isinstance(requests, list) or not requests:
+        raise ImageGenerationValidationError("requests", type(requests).__name__, "a non-empty list")
+    if settings["over_quota"] not in OVER_QUOTA_MODES:
+        raise ImageGenerationValidationError(
+            "over_quota", settings["over_quota"], f"one of {', '.join(OVER_QUOTA_MODES)}"
+        )
+    for name in ("submissions_per_second", "status_queries_per_second", "poll_interval", "throttle_timeout"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ImageGenerationValidationError(name, value, "a finite number > 0")
+    if settings["status_queries_per_second"] > 20:
+        raise ImageGenerationValidationError(
+            "status_queries_per_second", settings["status_queries_per_second"], "at most the account's 20"
+        )
+    for name in ("concurrent_tasks", "max_task_failures"):
+        value = settings[name]
+        if (value is not None or name == "max_task_failures") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ImageGenerationValidationError(name, value, "a whole number >= 1")
+    stale = settings["stale_after"]
+    if stale is not None and (
+        isinstance(stale, bool) or not isinstance(stale, int | float) or not stale >= 0
+    ):
+        raise ImageGenerationValidationError("stale_after", stale, "seconds >= 0, or None")

@@ -62,6 +62,24 @@ def pg_conn(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) ->
     return postgres_server
 
 
+# PostgreSQL races: this many threads, each with a store (a connection) of its own.
+RACERS = 8
+
+
+@pytest.fixture
+def racers(pg_conn: PostgresServer) -> Iterator[list[Any]]:
+    """RACERS stores on one fresh table, each connected, for races released together (test_postgres.py)."""
+    from airflow_provider_imggen.ledger.postgres import PostgresLedgerStore
+
+    table = f"ledger_{uuid.uuid4().hex[:12]}"
+    stores = [PostgresLedgerStore(postgres_conn_id=PG_CONN_ID, table=table) for _ in range(RACERS)]
+    for store in stores:
+        store.read(fingerprint())  # each connects (and finds the table) before the races
+    yield stores
+    for store in stores:
+        store.close()
+
+
 @dataclass
 class Ledger:
     """A store under test, the setting that opened it, and a way to edit it behind its back."""

@@ -18,10 +18,9 @@ import pytest
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.ledger import LedgerStoreError, Version, open_ledger_store
 from airflow_provider_imggen.ledger.postgres import PostgresLedgerStore
-from tests.integration.ledger.conftest import PG_CONN_ID, claim, fingerprint
+from tests.integration.ledger.conftest import PG_CONN_ID, RACERS, claim, fingerprint
 from tests.integration.ledger.pg_server import PostgresServer
 
-RACERS = 8
 ROUNDS = 50
 
 
@@ -53,17 +52,6 @@ def race(stores: list[PostgresLedgerStore], call: Callable[[int, PostgresLedgerS
 
 def owner(i: int) -> str:
     return f"content/run_{i}/generate/-1/1"
-
-
-@pytest.fixture
-def racers(pg_conn: PostgresServer) -> Any:
-    table = new_table()
-    stores = [PostgresLedgerStore(postgres_conn_id=PG_CONN_ID, table=table) for _ in range(RACERS)]
-    for store in stores:
-        store.read(fingerprint())  # each connects (and finds the table) before the races
-    yield stores
-    for store in stores:
-        store.close()
 
 
 def test_concurrent_creates_of_one_fingerprint_have_exactly_one_winner(

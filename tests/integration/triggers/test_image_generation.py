@@ -139,7 +139,8 @@ def test_bad_arguments(kwargs: dict[str, Any], parameter: str) -> None:
 
 def test_registered_with_airflow(airflow_env: dict[str, str]) -> None:
     [entry] = get_provider_info()["triggers"]
-    assert entry["python-modules"] == [CLASSPATH.rsplit(".", 1)[0]]
+    batch = "airflow_provider_imggen.triggers.image_generation_batch"
+    assert entry["python-modules"] == [CLASSPATH.rsplit(".", 1)[0], batch]
     listed = subprocess.run(
         [str(AIRFLOW_BIN), "providers", "triggers", "--output", "json"],
         env=airflow_env,
@@ -148,7 +149,7 @@ def test_registered_with_airflow(airflow_env: dict[str, str]) -> None:
         timeout=300,
         check=True,
     )
-    assert CLASSPATH.rsplit(".", 1)[0] in listed.stdout
+    assert CLASSPATH.rsplit(".", 1)[0] in listed.stdout and batch in listed.stdout
 
 
 # run(): outcomes -------------------------------------------------------------------------------------------
