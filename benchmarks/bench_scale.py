@@ -383,9 +383,11 @@ def measure(c: Cluster, dag_id: str, result: RunResult) -> None:
 
 # What a batch trigger's copies said: starts, ends, and everything about claims, recoveries and problems.
 TRIGGER_EVENT = re.compile(
-    r"(?i)starting|Batch|Request \d+|claim|recover|unknown|changed|could not|throttl|quota|error|cancel|"
-    r"fired|completed|Traceback|exception"
+    r"(?i)starting|Batch|Request \d+|claim|ledger|recover|unknown|changed|could not|throttl|quota|error|"
+    r"cancel|fired|completed|Traceback|exception"
 )
+# A request sent and a task read as planned: one line each per request, left out of the excerpts.
+ROUTINE = re.compile(r"Request \d+: sent, task |^Task \S+ SUCCEEDED with ")
 
 
 # Trigger log lines seen so far, per run and file: a triggerer job that runs a trigger again rewrites its
@@ -428,7 +430,8 @@ def trigger_log_excerpts(c: Cluster, dag_id: str, run_id: str, limit: int = 40) 
                 text = f"{moment} {level} {record.get('event')}"
             except (ValueError, AttributeError):
                 text = raw
-            if TRIGGER_EVENT.search(text):
+            event = text.split(" ", 2)[-1]
+            if TRIGGER_EVENT.search(text) and not ROUTINE.search(event):
                 lines.append((text, f"{source}: {text[:260]}"))
     lines.sort()
     picked = [line for _, line in lines]
