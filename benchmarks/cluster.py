@@ -3,16 +3,20 @@ A real multi-process Airflow deployment on this machine, started by one command,
 
 PostgreSQL (Debian's package; a throw-away cluster in a temp dir) is the metadata DB, Redis (Debian's
 package) the Celery broker; Airflow runs with CeleryExecutor as separate processes: scheduler, api-server,
-dag-processor, triggerer and two Celery workers (distinct hostnames, small concurrency). Next to them run
+dag-processor, one or more triggerers (``triggerer``, ``triggerer-2``, ...; each job row carries its
+service name as hostname) and two Celery workers (distinct hostnames, small concurrency). Next to them run
 the API emulator with the account's real quota (2 submissions per second, 2 concurrent tasks per model)
-and moto_server as S3. The connections ``imggen_default`` (native task API) and ``aws_default`` reach
-every component through the environment: no shared filesystem is needed beyond the DAG files.
+and moto_server as S3. The connections ``imggen_default`` (native task API, its billing ledger in the
+database ``imggen_ledger`` of the same PostgreSQL through the postgres connection ``imggen_ledger``) and
+``aws_default`` reach every component through the environment: no shared filesystem is needed beyond the
+DAG files. A stopped triggerer's triggers move to another one within about 7 s (see ``airflow_env``).
 
     python benchmarks/cluster.py            # `make cluster`: up until Ctrl-C, prints URLs and logs
     python benchmarks/cluster.py --smoke    # the content pipeline with a Celery worker killed mid-run
 
 Missing pieces are installed first: ``postgresql`` and ``redis-server`` with apt-get (``apt-get update``
-only when one is missing), ``apache-airflow-providers-celery`` and the PostgreSQL drivers with pip.
+only when one is missing), ``apache-airflow-providers-celery``, ``apache-airflow-providers-postgres`` and
+the PostgreSQL drivers with pip.
 Every process runs in a session of its own and the whole session is stopped on the way out, also on a
 failure, Ctrl-C or SIGTERM. As a context manager (``with cluster() as c:``) it serves later benchmarks.
 """
@@ -58,14 +62,107 @@ NATIVE_SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 APT_PACKAGES = {"postgresql": "/usr/lib/postgresql/*/bin/initdb", "redis-server": "/usr/bin/redis-server"}
 PIP_MODULES = {
     "airflow.providers.celery": "apache-airflow-providers-celery",
+    # The billing ledger's store (PostgresHook): the triggerer claims each send there in batch mode.
+    "airflow.providers.postgres": "apache-airflow-providers-postgres",
     "psycopg2": "psycopg2-binary",
     "asyncpg": "asyncpg",
 }
-AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer")
+AIRFLOW_COMPONENTS = ("scheduler", "dag-processor")
+# The billing ledger: a database of the cluster's PostgreSQL, reached through an Airflow postgres connection.
+LEDGER_DATABASE = "imggen_ledger"
+LEDGER_CONN_ID = "imggen_ledger"
+LEDGER = f"postgres://{LEDGER_CONN_ID}/imggen_ledger"  # the imggen connection's extra: <conn id>/<table>
+# A triggerer heartbeats every TRIGGERER_HEARTBEAT_SECONDS; one silent for TRIGGERER_HEALTH_SECONDS is dead
+# to the others, which take its triggers at their next loop (about a second).
+TRIGGERER_HEARTBEAT_SECONDS = 1
+TRIGGERER_HEALTH_SECONDS = 6
+# Set in each triggerer's environment: its service name, which service_hostname() returns to Airflow.
+SERVICE_NAME_VARIABLE = "IMGGEN_CLUSTER_SERVICE"
 
 
 def log(message: str) -> None:
     print(f"[cluster {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def service_hostname() -> str:
+    """
+    ``[core] hostname_callable`` of the triggerers: their service name (``triggerer-2``), so that the job
+    row of each (``job.hostname``) tells which process runs a trigger; every process here shares one host.
+    """
+    return os.environ.get(SERVICE_NAME_VARIABLE) or socket.getfqdn()
+
+
+# --- warming a triggerer ---------------------------------------------------------------------------------
+#
+# Airflow 3.3's triggerer answers its triggers' requests (connections, variables, XComs: an end_from_trigger
+# task's result) through an in-process Execution API that it builds on the first request: Cadwyn generates
+# the API's versioned routers, 7.5 s of CPU on an idle core here, 7-15 s on the loaded cluster. Its loop
+# blocks meanwhile: no heartbeat, so with the short health threshold above the other triggerer takes every
+# trigger of a triggerer that just got its first one (seen on the cluster: heartbeats "recovered after
+# 7.78 / 14.59 / 6.02 seconds", one mapped trigger run by three triggerer jobs). Each triggerer is made to
+# serve one such request before a benchmark runs (and after a restart): a DAG run whose trigger reads a
+# Variable while the other triggerers are held back (SIGSTOP, a few seconds) so that it is the one
+# assigned. The figures then measure failovers, not the Execution API's cold start.
+
+WARMUP_DAG_ID = "cluster_triggerer_warmup"
+WARMUP_DAG_FILE = f"{WARMUP_DAG_ID}.py"
+WARMUP_DAG = f'''"""Written by benchmarks/cluster.py: its trigger makes the triggerer's first API request."""
+
+import pendulum
+from airflow.sdk import DAG, BaseOperator
+
+from benchmarks.cluster import WarmUpTrigger
+
+
+class WarmUp(BaseOperator):
+    def execute(self, context):
+        self.defer(trigger=WarmUpTrigger(), method_name="done")
+
+    def done(self, context, event=None):
+        return event
+
+
+with DAG(
+    dag_id="{WARMUP_DAG_ID}",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["cluster"],
+):
+    WarmUp(task_id="warm_up", retries=0)
+'''
+
+
+def _warm_up_trigger_class() -> type:
+    """WarmUpTrigger, built on first use: importing this module must not import Airflow."""
+    from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+    class WarmUpTrigger(BaseTrigger):
+        """Reads a Variable through the triggerer's Execution API (building it), then fires."""
+
+        def serialize(self) -> tuple[str, dict[str, Any]]:
+            return f"{__name__}.WarmUpTrigger", {}
+
+        async def run(self) -> Any:
+            from airflow.sdk import Variable
+            from asgiref.sync import sync_to_async
+
+            started = time.monotonic()
+            value = await sync_to_async(Variable.get)("imggen_cluster_warmup", default="unset")
+            self.log.info("warmed up: Variable read in %.1f s", time.monotonic() - started)
+            yield TriggerEvent({"variable": value, "hostname": service_hostname()})
+
+    WarmUpTrigger.__module__ = __name__
+    return WarmUpTrigger
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WarmUpTrigger":  # the classpath the warm-up DAG's trigger serializes to
+        cls = _warm_up_trigger_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- installing what is missing -------------------------------------------------------------------------
@@ -135,12 +232,12 @@ def versions() -> dict[str, str]:
 
 
 def signal_session(session_id: int, signum: int) -> None:
+    """Signal every process of a session: its process group, then each process that left the group."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(session_id, signum)
-    if signum == signal.SIGKILL:
-        for pid in session_pids(session_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    for pid in session_pids(session_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 @dataclass
@@ -185,6 +282,8 @@ def stop_services(services: list[Service], grace_seconds: float = 20.0) -> None:
         assert service.process is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.process.pid, service.stop_signal)
+            # A paused service (Cluster.pause) handles the stop signal only once it runs again.
+            os.killpg(service.process.pid, signal.SIGCONT)
     deadline = time.monotonic() + grace_seconds
     for service in started:
         assert service.process is not None
@@ -236,6 +335,7 @@ class Cluster:
     services: dict[str, Service] = field(default_factory=dict)
     password: str = ""
     token: str = ""
+    paused: set[str] = field(default_factory=set)
 
     @property
     def logs(self) -> Path:
@@ -261,6 +361,23 @@ class Cluster:
         if result.returncode:
             raise RuntimeError(f"airflow {' '.join(args)}: exit {result.returncode}\n{result.stderr[-2000:]}")
         return result.stdout
+
+    def sql(self, query: str, *params: Any, database: str = "airflow") -> list[tuple[Any, ...]]:
+        """One query against the metadata DB, or ``database`` (autocommit, a connection of its own)."""
+        import psycopg2
+
+        url = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+            "postgresql+psycopg2://", "postgresql://"
+        )
+        url = url.rsplit("/", 1)[0] + f"/{database}"
+        connection = psycopg2.connect(url, connect_timeout=10)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(query, params)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            connection.close()
 
     def check_alive(self) -> None:
         for service in self.services.values():
@@ -294,23 +411,175 @@ class Cluster:
         self.wait_worker_ready(worker, timeout, offset)
         log(f"{worker.name} restarted and ready")
 
-    def restart_triggerer(self, timeout: float = 180) -> None:
-        """SIGKILL the triggerer (all of its session) and start it again; wait for its next heartbeat."""
-        triggerer = self.services["triggerer"]
-        log(f"SIGKILL to every process of the triggerer (pid {triggerer.process and triggerer.process.pid})")
+    @property
+    def triggerers(self) -> list[Service]:
+        return [service for name, service in self.services.items() if name.startswith("triggerer")]
+
+    def triggerer_heartbeats(self) -> dict[str, datetime]:
+        """The latest heartbeat of each triggerer service's newest running job (job.hostname: its name)."""
+        rows = self.sql(
+            "SELECT hostname, max(latest_heartbeat) FROM job WHERE job_type = 'TriggererJob' "
+            "AND state = 'running' GROUP BY hostname"
+        )
+        return {str(hostname): beat for hostname, beat in rows if beat is not None}
+
+    def wait_triggerer_beating(self, name: str, since: datetime, timeout: float = 180) -> None:
+        """Wait for a heartbeat of the triggerer ``name`` later than ``since``."""
+        service = self.services[name]
+
+        def beating() -> bool:
+            beat = self.triggerer_heartbeats().get(name)
+            return beat is not None and beat > since
+
+        wait_until(f"a heartbeat of {name}", beating, timeout, [service], 0.5)
+
+    def restart_triggerer(self, name: str = "triggerer", timeout: float = 180, warm: bool = True) -> None:
+        """
+        SIGKILL a triggerer (all of its session) and start it again; wait for its next heartbeat. ``warm``:
+        then warm it (see WARMUP_DAG) when other triggerers could otherwise take its first triggers.
+        """
+        triggerer = self.services[name]
+        log(f"SIGKILL to every process of {name} (pid {triggerer.process and triggerer.process.pid})")
         triggerer.kill()
+        self.paused.discard(name)
         killed_at = datetime.now(UTC)
         with triggerer.log_path.open("ab") as output:
             output.write(b"\n----- restarted by benchmarks/cluster.py -----\n")
         triggerer.start()
+        self.wait_triggerer_beating(name, killed_at, timeout)
+        log(f"{name} restarted and beating")
+        if warm and self.warm_triggerers:
+            self.warm_triggerer(name, timeout)
 
-        def beating() -> bool:
-            health = http_json(f"{self.api_url}/api/v2/monitor/health")["triggerer"]
-            beat = health.get("latest_triggerer_heartbeat")
-            return bool(beat) and datetime.fromisoformat(beat) > killed_at and health["status"] == "healthy"
+    @property
+    def warm_triggerers(self) -> bool:
+        """Whether triggerers are warmed: several of them, and the warm-up DAG in the DAGs folder."""
+        return (
+            len(self.triggerers) > 1
+            and (Path(self.env["AIRFLOW__CORE__DAGS_FOLDER"]) / WARMUP_DAG_FILE).exists()
+        )
 
-        wait_until("the restarted triggerer's heartbeat", beating, timeout, [triggerer], 1)
-        log("triggerer restarted and healthy")
+    def warm_triggerer(self, name: str, timeout: float = 180, attempts: int = 4) -> None:
+        """
+        Have the triggerer ``name`` build its in-process Execution API (see WARMUP_DAG): a warm-up DAG run
+        whose trigger it is assigned while the other triggerers are held (SIGSTOP). Others that run no
+        trigger are held from the start until the assignment; others that do (a restart in a benchmark's
+        run) only from the moment the warm-up task runs, for less than the health threshold so that they
+        keep their triggers: the warm-up may then go to one of them, and is tried again.
+        """
+        begun = time.monotonic()
+        wait_until(
+            f"DAG {WARMUP_DAG_ID} parsed",
+            lambda: self.api(f"dags/{WARMUP_DAG_ID}")["dag_id"],
+            timeout,
+            self.triggerers,
+            1,
+        )
+        for attempt in range(1, attempts + 1):
+            held = [t.name for t in self.triggerers if t.name != name and t.name not in self.paused]
+            busy = self.sql(
+                "SELECT count(*) FROM trigger JOIN job ON job.id = trigger.triggerer_id "
+                "WHERE job.hostname = ANY(%s)",
+                held,
+            )[0][0]
+            run_id = self.trigger(WARMUP_DAG_ID)
+            if busy:
+                wait_until(
+                    f"the warm-up task of {name} running",
+                    lambda run_id=run_id: (
+                        self.warm_up_state(run_id) in ("running", "deferred", "success", "failed")
+                    ),
+                    timeout,
+                    self.triggerers,
+                    0.1,
+                )
+            for other in held:
+                self.pause(other, quiet=True)
+            try:
+                deadline = time.monotonic() + (TRIGGERER_HEALTH_SECONDS - 2 if busy else timeout)
+                assigned = None
+                while time.monotonic() < deadline and assigned is None:
+                    assigned = self.triggerer_of(WARMUP_DAG_ID, run_id, "warm_up")
+                    time.sleep(0.1)
+            finally:
+                for other in held:
+                    self.resume(other, quiet=True)
+            state = self.wait_run(WARMUP_DAG_ID, run_id, timeout)
+            ran_on = self.warm_up_ran_on(run_id)
+            if state == "success" and ran_on == name:
+                log(f"{name} warmed in {time.monotonic() - begun:.0f} s (attempt {attempt})")
+                return
+            log(f"warm-up run {run_id}: {state}, its trigger ran on {ran_on or 'no triggerer'}; again")
+        raise RuntimeError(f"could not warm {name} in {attempts} attempts")
+
+    def warm_up_state(self, run_id: str) -> str | None:
+        rows = self.sql(
+            "SELECT state FROM task_instance WHERE dag_id = %s AND run_id = %s", WARMUP_DAG_ID, run_id
+        )
+        return str(rows[0][0]) if rows else None
+
+    def warm_up_ran_on(self, run_id: str) -> str | None:
+        """The triggerer whose trigger ended a warm-up run (from the event the task resumed with)."""
+        rows = self.sql(
+            "SELECT value::text FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'warm_up' "
+            "AND key = 'return_value'",
+            WARMUP_DAG_ID,
+            run_id,
+        )
+        if not rows:
+            return None
+        value = json.loads(rows[0][0])
+        value = json.loads(value) if isinstance(value, str) else value
+        return str(value.get("hostname")) if isinstance(value, dict) else None
+
+    def pause(self, name: str, quiet: bool = False) -> None:
+        """SIGSTOP every process of a service: alive but silent (no heartbeat, no request), as in a long GC
+        pause, a frozen VM or a network partition. It holds its DB sessions and sockets meanwhile."""
+        service = self.services[name]
+        if service.process is None:
+            raise RuntimeError(f"{name} is not running")
+        if not quiet:
+            log(f"SIGSTOP to every process of {name} (pid {service.process.pid})")
+        self.paused.add(name)
+        signal_session(service.process.pid, signal.SIGSTOP)
+
+    def resume(self, name: str, quiet: bool = False) -> None:
+        """SIGCONT every process of a service paused by :meth:`pause`."""
+        service = self.services[name]
+        if service.process is None:
+            raise RuntimeError(f"{name} is not running")
+        if not quiet:
+            log(f"SIGCONT to every process of {name} (pid {service.process.pid})")
+        signal_session(service.process.pid, signal.SIGCONT)
+        self.paused.discard(name)
+
+    def triggerer_of(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str | None:
+        """
+        The triggerer service assigned the trigger of a deferred task instance (None: not deferred, or its
+        trigger not assigned yet). From the metadata DB: task_instance.trigger_id -> trigger.triggerer_id ->
+        job.hostname (each triggerer's service name, see service_hostname).
+        """
+        rows = self.sql(
+            "SELECT job.hostname FROM task_instance ti JOIN trigger ON trigger.id = ti.trigger_id "
+            "JOIN job ON job.id = trigger.triggerer_id "
+            "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = %s AND ti.map_index = %s",
+            dag_id,
+            run_id,
+            task_id,
+            map_index,
+        )
+        return str(rows[0][0]) if rows else None
+
+    def triggers_by_triggerer(self, dag_id: str, run_id: str) -> dict[str, int]:
+        """How many of a DAG run's triggers each triggerer service is assigned."""
+        rows = self.sql(
+            "SELECT job.hostname, count(*) FROM task_instance ti JOIN trigger ON trigger.id = ti.trigger_id "
+            "JOIN job ON job.id = trigger.triggerer_id WHERE ti.dag_id = %s AND ti.run_id = %s "
+            "GROUP BY job.hostname",
+            dag_id,
+            run_id,
+        )
+        return {str(hostname): int(count) for hostname, count in rows}
 
     def running_on(self, worker: Service) -> set[str]:
         """The task instance ids running on a worker (its task processes: 'airflow supervisor: <id>')."""
@@ -385,13 +654,32 @@ def airflow_env(
         # the scheduler sends it again after this many seconds, not 10 min.
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
+        # Trigger failover within about 7 s instead of 35: a triggerer that misses heartbeats for the
+        # health threshold (default 30 s) is dead to the others, which take its triggers at their next
+        # loop. The benchmarks kill and pause triggerers in runs whose generations take 4 s; a 30 s gap
+        # would measure Airflow's default patience rather than what the provider does on a failover, and
+        # the window in which two triggerers run one trigger (one paused past the threshold, then resumed)
+        # could not be reached in a short run. Heartbeats every second keep a live triggerer on this loaded
+        # 2-core machine well inside the threshold (its loop beats about once a second anyway).
+        "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(TRIGGERER_HEARTBEAT_SECONDS),
+        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_HEALTH_SECONDS),
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "False",
         "AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(
             {
                 "conn_type": "imggen",
                 "host": emulator_url,
                 "password": API_KEY,
-                "extra": {"api_style": "dashscope", "default_model": MODEL},
+                # The billing ledger: every send claimed there first, from a worker or from a triggerer.
+                "extra": {"api_style": "dashscope", "default_model": MODEL, "ledger": LEDGER},
+            }
+        ),
+        "AIRFLOW_CONN_" + LEDGER_CONN_ID.upper(): json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": pg_port,
+                "login": "airflow",
+                "schema": LEDGER_DATABASE,
             }
         ),
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
@@ -502,11 +790,12 @@ def start_postgres(work: Path, port: int, services: list[Service]) -> Service:
     service.start()
     ready = [str(pg_bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
     wait_until("PostgreSQL", lambda: subprocess.run(ready, check=False).returncode == 0, 60, [service])
-    subprocess.run(
-        [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow", "airflow"],
-        check=True,
-        timeout=60,
-    )
+    for database in ("airflow", LEDGER_DATABASE):  # the metadata DB; the billing ledger's, apart from it
+        subprocess.run(
+            [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow", database],
+            check=True,
+            timeout=60,
+        )
     return service
 
 
@@ -515,6 +804,7 @@ def cluster(
     *,
     workers: int = 2,
     worker_concurrency: int = 2,
+    triggerers: int = 1,
     dags_folder: Path | None = None,
     emulator_args: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
@@ -524,6 +814,7 @@ def cluster(
     """
     Bring the deployment up, yield it, bring it down: every process started is stopped on the way out.
 
+    ``triggerers``: how many triggerer processes (``triggerer``, ``triggerer-2``, ...) share the triggers.
     ``dags_folder``: default a temp dir holding the content pipeline. ``emulator_args``: more emulator
     options (its quotas are on, at the service's values). The work dir (logs, DB) is removed unless
     ``keep`` or the block raised.
@@ -545,6 +836,8 @@ def cluster(
     ports = {name: free_port() for name in ("postgres", "redis", "api", "emulator", "s3")}
     emulator_url = f"http://127.0.0.1:{ports['emulator']}"
     s3 = f"http://127.0.0.1:{ports['s3']}"
+    if triggerers > 1:  # see WARMUP_DAG
+        (dags_folder / WARMUP_DAG_FILE).write_text(WARMUP_DAG)
     env = airflow_env(work, dags_folder, ports["postgres"], ports["redis"], ports["api"], emulator_url, s3)
     env.update(extra_env or {})
     # The admin's password, known before the api-server starts (SimpleAuthManager keeps what it finds).
@@ -592,7 +885,8 @@ def cluster(
             "emulator",
             [*emulator_command(ports["emulator"], API_KEY, *emulator_args, quotas=True)],
             logs / "emulator.log",
-            dict(os.environ),
+            # The emulator of this checkout, as the Airflow processes' provider (PYTHONPATH in env).
+            {**os.environ, "PYTHONPATH": env["PYTHONPATH"]},
         )
         moto = Service(
             "moto",
@@ -628,9 +922,22 @@ def cluster(
             Service(name, [airflow, name], logs / f"{name}.log", env)
             for name in ("api-server", *AIRFLOW_COMPONENTS)
         ]
-        # The workers' and the triggerer's log servers listen on every interface: not started. Task and
-        # trigger logs are files under AIRFLOW_HOME/logs on this machine, which the api-server reads.
-        components[-1].command.append("--skip-serve-logs")
+        for index in range(1, triggerers + 1):
+            name = "triggerer" if index == 1 else f"triggerer-{index}"
+            components.append(
+                Service(
+                    name,
+                    # The workers' and the triggerers' log servers listen on every interface: not started.
+                    # Task and trigger logs are files under AIRFLOW_HOME/logs here, read by the api-server.
+                    [airflow, "triggerer", "--skip-serve-logs"],
+                    logs / f"{name}.log",
+                    {
+                        **env,
+                        SERVICE_NAME_VARIABLE: name,
+                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "benchmarks.cluster.service_hostname",
+                    },
+                )
+            )
         for index in range(1, workers + 1):
             components.append(
                 Service(
@@ -675,11 +982,21 @@ def cluster(
         wait_until(
             "healthy api-server, scheduler, triggerer, dag-processor", healthy, start_timeout, started, 1
         )
+        wait_until(
+            "a heartbeat of every triggerer",
+            lambda: set(result.triggerer_heartbeats()) >= {t.name for t in result.triggerers},
+            max(deadline - time.monotonic(), 10),
+            started,
+            1,
+        )
         result.token = http_json(
             f"{result.api_url}/auth/token", {"username": "admin", "password": password}, method="POST"
         )["access_token"]
         for worker in result.workers:
             result.wait_worker_ready(worker, max(deadline - time.monotonic(), 10))
+        if result.warm_triggerers:
+            for triggerer in result.triggerers:
+                result.warm_triggerer(triggerer.name, max(deadline - time.monotonic(), 60))
         log(f"cluster ready in {time.monotonic() - begun:.0f} s: {result.api_url} (admin / {password})")
         failed = False
         yield result
@@ -821,12 +1138,18 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2, help="task slots per Celery worker")
+    parser.add_argument("--triggerers", type=int, default=1, help="triggerer processes")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DB) after a clean exit")
     args = parser.parse_args()
     # Ctrl-C stops the cluster even when started from a shell that had SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with cluster(workers=args.workers, worker_concurrency=args.concurrency, keep=args.keep) as c:
+        with cluster(
+            workers=args.workers,
+            worker_concurrency=args.concurrency,
+            triggerers=args.triggerers,
+            keep=args.keep,
+        ) as c:
             for name, value in versions().items():
                 log(f"  {name} {value}")
             for name, service in c.services.items():
