@@ -36,10 +36,11 @@ def is_masked_url(url: str) -> bool:
     return MASK in urlsplit(url).query and mask_url(url) == url
 
 
-def url_secrets(url: str) -> list[str]:
+def url_secrets(url: str, *, whole_only: bool = False) -> list[str]:
     """
     The parts of a URL the secrets masker should know: the query, each query value (as written and
-    decoded) and any user credentials. Already-masked values are left out.
+    decoded) and any user credentials. Already-masked values are left out. ``whole_only``: the query and
+    the user credentials as written, which every printed form of the whole URL contains.
     """
     try:
         parts = urlsplit(url)
@@ -48,6 +49,8 @@ def url_secrets(url: str) -> list[str]:
         return [url]
     found: list[str] = []
     candidates = [parts.query, userinfo, *userinfo.split(":")]
+    if whole_only:
+        return [candidate for candidate in candidates[:2] if candidate and candidate != MASK]
     for item in parts.query.split("&"):
         name, has_value, value = item.partition("=")
         raw = value if has_value else name

@@ -336,6 +336,8 @@ class Cluster:
     password: str = ""
     token: str = ""
     paused: set[str] = field(default_factory=set)
+    # Each service's environment as started by cluster(), before any restart_triggerer(env=...).
+    started_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -433,10 +435,17 @@ class Cluster:
 
         wait_until(f"a heartbeat of {name}", beating, timeout, [service], 0.5)
 
-    def restart_triggerer(self, name: str = "triggerer", timeout: float = 180, warm: bool = True) -> None:
+    def restart_triggerer(
+        self,
+        name: str = "triggerer",
+        timeout: float = 180,
+        warm: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """
         SIGKILL a triggerer (all of its session) and start it again; wait for its next heartbeat. ``warm``:
         then warm it (see WARMUP_DAG) when other triggerers could otherwise take its first triggers.
+        ``env``: variables to add to its environment this time (a crash switch), on top of its first one.
         """
         triggerer = self.services[name]
         log(f"SIGKILL to every process of {name} (pid {triggerer.process and triggerer.process.pid})")
@@ -445,6 +454,8 @@ class Cluster:
         killed_at = datetime.now(UTC)
         with triggerer.log_path.open("ab") as output:
             output.write(b"\n----- restarted by benchmarks/cluster.py -----\n")
+        first_env = self.started_env.setdefault(name, dict(triggerer.env))
+        triggerer.env = {**first_env, **(env or {})}
         triggerer.start()
         self.wait_triggerer_beating(name, killed_at, timeout)
         log(f"{name} restarted and beating")

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.batch.state import RECHECK_SECONDS, BatchState, Slot
+from airflow_provider_imggen.batch.state import LOOK_AFTER_SECONDS, RECHECK_SECONDS, BatchState, Slot
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+    from airflow_provider_imggen.ledger.slots import Held
     from airflow_provider_imggen.results import ListedTask
 
 AT_ONCE = 2
@@ -96,7 +97,13 @@ class Recovering(BatchState):
             slot.next_check = now + RECHECK_SECONDS
             held = await self._read(slot)
             self._adopt(slot, held, now)
-            if slot.phase != "elsewhere" or now - slot.seen_since <= self.stale_after:
+            if slot.phase != "elsewhere":
+                continue
+            unchanged = now - slot.seen_since
+            if unchanged <= self.stale_after:
+                if unchanged > LOOK_AFTER_SECONDS and slot.looked_for != slot.seen_version:
+                    slot.looked_for = slot.seen_version
+                    self._in_background(slot, "looking", self._look(slot))
                 continue
             assert slot.held is not None
             taken = await self._ledger(self.ledger.take_for_recovery, slot.held)
@@ -107,16 +114,58 @@ class Recovering(BatchState):
                 "Request %d: claimed by another copy, unchanged for %.0fs with no outcome: recovering its "
                 "send from the task list (never sending it again)",
                 slot.index,
-                now - slot.seen_since,
+                unchanged,
             )
             self._recover(slot, "the copy that claimed it stopped before recording an outcome")
 
-    def _recover(self, slot: Slot, why: str, *, request_id: str | None = None) -> None:
-        """Search the task list for the one task this slot's send created, in the background."""
-        slot.phase = "recovering"
-        task = asyncio.create_task(self._recovery(slot, why, request_id))
+    async def _look(self, slot: Slot) -> None:
+        """
+        Look for the task of another copy's claim without taking it (that copy may still be sending): a
+        task the list proves its own is adopted (the claim taken over, then recorded billed), and any
+        answer that copy gets later finds the same task recorded. Not found: the claim is waited on.
+        """
+        assert slot.held is not None
+        claim = slot.held
+
+        async def unchanged() -> bool:
+            found = await self._read(slot)
+            return not isinstance(found, Exception) and found is not None and found.version == claim.version
+
+        try:
+            found, _ = await self._find_own_task(slot, claim, None, unchanged)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # looking is an optimisation: the claim is waited on as before
+            self.log.info("Request %d: looking for its task failed (%s)", slot.index, type(error).__name__)
+            found = None
+        if found is None:
+            slot.phase = "elsewhere"
+            return
+        taken = await self._ledger(self.ledger.take_for_recovery, claim)
+        if taken is None:  # it changed meanwhile: the next check reads what it is now
+            slot.phase = "elsewhere"
+            return
+        slot.held = taken
+        self.tally.recovered += 1
+        self.log.warning(
+            "Request %d: claimed by another copy, no outcome for %.0fs: the task list proves task %s its "
+            "own: adopted, nothing sent again",
+            slot.index,
+            time.monotonic() - slot.seen_since,
+            found.generation_task_id,
+        )
+        if await self._settle(slot, "billed", generation_task_id=found.generation_task_id):
+            self._track(slot, found.generation_task_id, time.monotonic(), expected_end=None)
+
+    def _in_background(self, slot: Slot, phase: str, work: Coroutine[Any, Any, None]) -> None:
+        slot.phase = phase
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _recover(self, slot: Slot, why: str, *, request_id: str | None = None) -> None:
+        """Search the task list for the one task this slot's send created, in the background."""
+        self._in_background(slot, "recovering", self._recovery(slot, why, request_id))
 
     async def _recovery(self, slot: Slot, why: str, request_id: str | None) -> None:
         try:
@@ -135,11 +184,6 @@ class Recovering(BatchState):
 
     async def _search(self, slot: Slot, why: str, request_id: str | None) -> None:
         assert slot.held is not None
-        claimed = slot.held
-        excluding = frozenset([s.task_id for s in self.slots if s.task_id] + list(claimed.earlier_tasks))
-
-        def foreign(task_id: str) -> bool:
-            return self.ledger.owns_elsewhere(self.task_ledger_key(task_id), slot.key)
 
         async def renew() -> bool:
             taken = await self._ledger(self.ledger.take_for_recovery, slot.held)
@@ -148,16 +192,7 @@ class Recovering(BatchState):
             slot.held = taken
             return True
 
-        found, candidates = await self.search.find(
-            model=slot.model,
-            prompt=str(slot.recorded["prompt"]),
-            images=slot.images,
-            submitted_at=datetime.fromisoformat(claimed.entry.claimed_at.replace("Z", "+00:00")),
-            request_id=request_id,
-            excluding=excluding,
-            foreign=foreign,
-            renew=renew,
-        )
+        found, candidates = await self._find_own_task(slot, slot.held, request_id, renew)
         if found is None:
             reason = (
                 f"{why}; the task list shows no single task it could be"
@@ -174,3 +209,27 @@ class Recovering(BatchState):
         )
         if await self._settle(slot, "billed", generation_task_id=found.generation_task_id):
             self._track(slot, found.generation_task_id, time.monotonic(), expected_end=None)
+
+    async def _find_own_task(
+        self,
+        slot: Slot,
+        claimed: Held,
+        request_id: str | None,
+        renew: Callable[[], Awaitable[bool]],
+    ) -> tuple[ListedTask | None, tuple[str, ...]]:
+        """The task the claim's send created, proven from the task list (or None), and the candidates."""
+        excluding = frozenset([s.task_id for s in self.slots if s.task_id] + list(claimed.earlier_tasks))
+
+        def foreign(task_id: str) -> bool:
+            return self.ledger.owns_elsewhere(self.task_ledger_key(task_id), slot.key)
+
+        return await self.search.find(
+            model=slot.model,
+            prompt=str(slot.recorded["prompt"]),
+            images=slot.images,
+            submitted_at=datetime.fromisoformat(claimed.entry.claimed_at.replace("Z", "+00:00")),
+            request_id=request_id,
+            excluding=excluding,
+            foreign=foreign,
+            renew=renew,
+        )

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 # A slot another copy claimed is read again this often, to see its task id (or that it gave it up).
 RECHECK_SECONDS = 1.0
+# Another copy's claim unchanged this long (its send normally records a task id within a second): the task
+# list is searched for its task, read-only, once per claim seen; adopted if proven its own, else the claim
+# is waited on until stale as before.
+LOOK_AFTER_SECONDS = 5.0
 # Status reads of one task that may fail in a row (each already retried by the hook) before it is reported.
 MAX_POLL_ERRORS = 10
 # A ledger call that fails is tried this many times in all, after these pauses.
@@ -38,7 +42,7 @@ class Slot:
     body: dict[str, Any]
     recorded: dict[str, Any]
     held: Held | None = None
-    # pending | sending | in_flight | elsewhere | recovering | done
+    # pending | sending | in_flight | elsewhere | looking | recovering | done
     phase: str = "pending"
     task_id: str | None = None
     sent_at: float = 0.0
@@ -54,6 +58,8 @@ class Slot:
     # Another copy's claim as last seen, and since when (this process's clock: hosts' clocks differ).
     seen_version: str | None = None
     seen_since: float = 0.0
+    # The claim (its version) whose task this run last looked for in the task list, unclaimed.
+    looked_for: str | None = None
 
     @property
     def model(self) -> str:
@@ -132,7 +138,9 @@ class BatchState:
     def _in_flight(self) -> int:
         # Another copy's claims count: their sends may be at the service.
         return sum(
-            1 for slot in self.slots if slot.phase in ("sending", "in_flight", "elsewhere", "recovering")
+            1
+            for slot in self.slots
+            if slot.phase in ("sending", "in_flight", "elsewhere", "looking", "recovering")
         )
 
     def _room(self) -> bool:

@@ -234,6 +234,7 @@ class ImageGenerationBatchOperator(BaseOperator):
 
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
         from airflow_provider_imggen.metadata import task_metadata
+        from airflow_provider_imggen.sealed_urls import registered_together
 
         tasks, keys, problems = _read_event(event)
         hook = ImageGenerationHook(self.imggen_conn_id)
@@ -241,23 +242,24 @@ class ImageGenerationBatchOperator(BaseOperator):
         # Paired by slot, not position: what this worker renders again is matched to what was sent.
         recorded = {slot["key"]: slot["recorded"] for slot in self._slots(hook, ti)}
         records = []
-        for index, (task_id, key) in enumerate(zip(tasks, keys, strict=True)):
-            if task_id is None:
-                continue
-            time.sleep(1 / self.status_queries_per_second)  # within the account's status-query limit
-            try:
-                records.append(task_metadata(hook, hook.get_task(task_id), recorded.get(key)))
-            except ImageGenerationError as error:
-                problems.append(
-                    {
-                        "index": index,
-                        "status": "unknown",
-                        "code": "unreadable",
-                        "reason": type(error).__name__,
-                        "billed": True,
-                        "generation_task_id": task_id,
-                    }
-                )
+        with registered_together():  # the URLs' secrets: one pattern for the batch, not one per URL
+            for index, (task_id, key) in enumerate(zip(tasks, keys, strict=True)):
+                if task_id is None:
+                    continue
+                time.sleep(1 / self.status_queries_per_second)  # within the account's status-query limit
+                try:
+                    records.append(task_metadata(hook, hook.get_task(task_id), recorded.get(key)))
+                except ImageGenerationError as error:
+                    problems.append(
+                        {
+                            "index": index,
+                            "status": "unknown",
+                            "code": "unreadable",
+                            "reason": type(error).__name__,
+                            "billed": True,
+                            "generation_task_id": task_id,
+                        }
+                    )
         self.log.info(
             "Batch: %d delivered, %d problem(s); %s sent, %s throttled, %s recovered; the service %s beyond "
             "the concurrency quota",

@@ -238,6 +238,12 @@ class ImageGenerationToS3Operator(BaseOperator):
         check_expiry(pending)
         # Signed URLs travel masked in XCom: open the sealed copies (or read the native tasks again).
         pending = resolve_urls(pending, self.imggen_conn_id, self.log)
+        self.log.info(
+            "%d image(s) to download, %d stored by an earlier run (%.2fs to check)",
+            len(pending),
+            len(results),
+            time.monotonic() - started,
+        )
 
         with tempfile.TemporaryDirectory(prefix="imggen-to-s3-") as workdir:
             # 3. Download and check every image (result-URL policy, deadline, structure).

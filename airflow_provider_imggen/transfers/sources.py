@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
 from airflow_provider_imggen.records import GenerationRecord
-from airflow_provider_imggen.sealed_urls import register_secrets, unseal
+from airflow_provider_imggen.sealed_urls import register_secrets, registered_together, unseal
 from airflow_provider_imggen.utils import is_masked_url, mask_url, parse_time, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
@@ -163,6 +163,11 @@ def resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) ->
     :raises ResultUrlSealError: a sealed URL no configured key opens, with no native task to read again
     :raises ImageGenerationValidationError: a masked URL with neither a sealed copy nor a native task
     """
+    with registered_together():  # one pattern for all the URLs' secrets, not one per URL
+        return _resolve_urls(sources, imggen_conn_id, log)
+
+
+def _resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) -> list[Source]:
     resolved: list[Source] = []
     to_reread: dict[str, list[int]] = {}
     for source in sources:
@@ -238,18 +243,23 @@ def mask_url_credentials(generation: object) -> None:
     Register the secrets of signed URLs given as plain strings (or in older XComs) with the secrets masker:
     every query value and any user credentials. URLs that are already masked have none.
     """
-    for item in flatten(generation):
-        urls: list[object] = [item]
-        if isinstance(item, Mapping):
-            images = item.get("images")
-            urls = (
-                [image.get("url") for image in images if isinstance(image, Mapping)]
-                if isinstance(images, list)
-                else []
-            )
-        for url in urls:
-            if isinstance(url, str) and not is_masked_url(url):
-                register_secrets(url)
+    with registered_together():
+        for item in flatten(generation):
+            _register_plain_urls(item)
+
+
+def _register_plain_urls(item: object) -> None:
+    urls: list[object] = [item]
+    if isinstance(item, Mapping):
+        images = item.get("images")
+        urls = (
+            [image.get("url") for image in images if isinstance(image, Mapping)]
+            if isinstance(images, list)
+            else []
+        )
+    for url in urls:
+        if isinstance(url, str) and not is_masked_url(url):
+            register_secrets(url)
 
 
 def flatten(value: object) -> list[object]:

@@ -215,6 +215,80 @@ def test_a_late_answer_proves_its_task_over_a_recovery_of_its_own_attempt() -> N
     assert a_service.sent == 1
 
 
+def test_a_copy_looking_for_a_live_copys_task_adopts_the_same_task_its_answer_brings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    B looks for the task of A's claim long before it is stale, while A is only slow: B adopts T1 from the
+    task list; A's answer (T1) then finds T1 recorded and delivers it too. One send, no late task, no
+    problem on either side.
+    """
+    from airflow_provider_imggen.batch import recovery
+
+    monkeypatch.setattr(recovery, "LOOK_AFTER_SECONDS", 0.2)
+    store, answer = Store(), asyncio.Event()
+
+    async def slow_answer(_: int) -> SubmittedTask:
+        await answer.wait()
+        return SubmittedTask(
+            generation_task_id="T1", task_status="PENDING", request_id=None, model="m", parameters={}
+        )
+
+    def listed(request: Any, **kwargs: Any) -> Any:
+        return ListedTask(
+            generation_task_id="T1", status="SUCCEEDED", model=None, created_at=None, request_id=None
+        ), ("T1",)
+
+    a_service, b_service = Service(slow_answer), Service()
+    a = batch(store, a_service, TaskList(), copy="A")
+    b = batch(store, b_service, TaskList(listed), copy="B")  # never stale: only looking finds T1
+
+    async def both() -> None:
+        a_run = asyncio.create_task(a.run())
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(b.run(), 10)
+        answer.set()
+        await asyncio.wait_for(a_run, 10)
+
+    asyncio.run(both())
+    assert a_service.sent == 1 and b_service.sent == 0
+    assert b.tally.recovered == 1 and b.slots[0].problem is None and b.slots[0].task_id == "T1"
+    assert a.tally.late_tasks == [] and a.slots[0].problem is None and a.slots[0].task_id == "T1"
+    entry = next(iter(store.entries.values()))[0]
+    assert entry.state == "billed" and entry.generation_task_id == "T1"
+
+
+def test_a_look_that_finds_nothing_leaves_the_claim_to_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing proven: B neither takes the claim nor reports it; A's answer records its task."""
+    from airflow_provider_imggen.batch import recovery
+
+    monkeypatch.setattr(recovery, "LOOK_AFTER_SECONDS", 0.2)
+    store, answer = Store(), asyncio.Event()
+
+    async def slow_answer(_: int) -> SubmittedTask:
+        await answer.wait()
+        return SubmittedTask(
+            generation_task_id="T1", task_status="PENDING", request_id=None, model="m", parameters={}
+        )
+
+    a_service, b_service = Service(slow_answer), Service()
+    a = batch(store, a_service, TaskList(), copy="A")
+    b = batch(store, b_service, TaskList(), copy="B")
+
+    async def both() -> None:
+        a_run = asyncio.create_task(a.run())
+        b_run = asyncio.create_task(b.run())
+        await asyncio.sleep(2.5)  # B looked (at its first recheck past 0.2 s) and found nothing
+        assert b.slots[0].phase == "elsewhere" and b.slots[0].looked_for is not None
+        answer.set()
+        await asyncio.wait_for(asyncio.gather(a_run, b_run), 10)
+
+    asyncio.run(both())
+    assert a_service.sent == 1 and b_service.sent == 0
+    assert b.tally.recovered == 0 and b.slots[0].problem is None and b.slots[0].task_id == "T1"
+    assert a.slots[0].problem is None and a.tally.late_tasks == []
+
+
 def test_a_task_that_succeeded_without_a_usable_image_is_reported_never_sent_again() -> None:
     async def read(task_id: str) -> TaskState:
         failure = FailedImage(index=0, code="MalformedItem", message="its URL is refused")

@@ -328,3 +328,44 @@ def test_a_malformed_record_names_the_field(value: dict[str, Any], where: str) -
     with pytest.raises(ImageGenerationValidationError) as raised:
         GenerationRecord.from_dict(value)
     assert raised.value.parameter == where  # type: ignore[attr-defined]
+
+
+def test_urls_registered_together_are_all_redacted_with_one_pattern(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A transfer of 200 images registers every URL's secrets in this process's own masker at once (one
+    pattern, not one per secret: one per secret cost a worker about 70 s), and sends the supervisor each
+    URL's whole query in one message.
+    """
+    import airflow.sdk.log
+    from airflow.sdk._shared.secrets_masker import _secrets_masker, redact
+
+    sent: list[object] = []
+    real_mask_secret = airflow.sdk.log.mask_secret
+
+    def mask_secret(secret: object, name: str | None = None) -> None:
+        sent.append(secret)
+        real_mask_secret(secret, name)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", mask_secret)
+    masker = _secrets_masker()
+    urls = [
+        f"https://results.example.com/{n}.png?Expires=17645{n:05d}&OSSAccessKeyId=LTAI{n:06d}K&Signature=s{n:04d}%2Fx%3D"
+        for n in range(200)
+    ]
+    compiled: list[int] = []
+    real_compile = sealed_urls.re.compile
+    monkeypatch.setattr(sealed_urls.re, "compile", lambda p, *a: compiled.append(1) or real_compile(p, *a))
+
+    with sealed_urls.registered_together():
+        for url in urls:
+            sealed_urls.register_secrets(url)
+        assert sent == [] and not compiled, "registered when the block ends, not URL by URL"
+
+    assert len(compiled) == 1
+    assert len(sent) == 1 and sorted(sent[0]) == sorted(url.partition("?")[2] for url in urls)  # type: ignore[arg-type]
+    for n in (0, 117, 199):
+        line = f"signature s{n:04d}/x= of LTAI{n:06d}K, escaped s{n:04d}%2Fx%3D"
+        assert f"s{n:04d}" not in str(redact(line)) and f"LTAI{n:06d}K" not in str(redact(line))
+    assert masker.replacer is not None
