@@ -78,13 +78,20 @@ def test_batch_trigger_killed_at_every_crash_point_in_a_real_triggerer(tmp_path:
         instances = c.task_instances("bench_scale_batch", run_id)
         generate = next(i for i in instances if i["task_id"] == "generate")
         entries = c.emulator("requests")["requests"]
+        problems = c.api(
+            f"dags/bench_scale_batch/dagRuns/{run_id}/taskInstances/generate/xcomEntries/problems"
+        )["value"]
     submitted = Counter(
         entry.get("fingerprint")
         for entry in entries
         if entry["billed"] and entry["method"] == "POST" and entry["path"] == NATIVE_SUBMIT_PATH
     )
     print(f"crash points: run {state}, generate {generate['state']}, billed submissions {dict(submitted)}")
+    print(f"crash points: problems {problems}")
     assert max(submitted.values()) == 1, "a prompt was sent twice"
     # The after_intent send is the one prompt never billed and never sent again.
     assert len(submitted) == BATCH_PROMPTS - 1
     assert generate["state"] == "failed"
+    problems = json.loads(problems) if isinstance(problems, str) else problems
+    (problem,) = problems
+    assert problem["status"] == "unknown" and problem["billed"] is None, problem
