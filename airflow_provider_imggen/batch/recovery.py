@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imggen.batch.state import LOOK_AFTER_SECONDS, RECHECK_SECONDS, BatchState, Slot
+from airflow_provider_imggen.batch.state import RECHECK_SECONDS, BatchState, Slot
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
@@ -101,9 +101,6 @@ class Recovering(BatchState):
                 continue
             unchanged = now - slot.seen_since
             if unchanged <= self.stale_after:
-                if unchanged > LOOK_AFTER_SECONDS and slot.looked_for != slot.seen_version:
-                    slot.looked_for = slot.seen_version
-                    self._in_background(slot, "looking", self._look(slot))
                 continue
             assert slot.held is not None
             taken = await self._ledger(self.ledger.take_for_recovery, slot.held)
@@ -117,45 +114,6 @@ class Recovering(BatchState):
                 unchanged,
             )
             self._recover(slot, "the copy that claimed it stopped before recording an outcome")
-
-    async def _look(self, slot: Slot) -> None:
-        """
-        Look for the task of another copy's claim without taking it (that copy may still be sending): a
-        task the list proves its own is adopted (the claim taken over, then recorded billed), and any
-        answer that copy gets later finds the same task recorded. Not found: the claim is waited on.
-        """
-        assert slot.held is not None
-        claim = slot.held
-
-        async def unchanged() -> bool:
-            found = await self._read(slot)
-            return not isinstance(found, Exception) and found is not None and found.version == claim.version
-
-        try:
-            found, _ = await self._find_own_task(slot, claim, None, unchanged)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # looking is an optimisation: the claim is waited on as before
-            self.log.info("Request %d: looking for its task failed (%s)", slot.index, type(error).__name__)
-            found = None
-        if found is None:
-            slot.phase = "elsewhere"
-            return
-        taken = await self._ledger(self.ledger.take_for_recovery, claim)
-        if taken is None:  # it changed meanwhile: the next check reads what it is now
-            slot.phase = "elsewhere"
-            return
-        slot.held = taken
-        self.tally.recovered += 1
-        self.log.warning(
-            "Request %d: claimed by another copy, no outcome for %.0fs: the task list proves task %s its "
-            "own: adopted, nothing sent again",
-            slot.index,
-            time.monotonic() - slot.seen_since,
-            found.generation_task_id,
-        )
-        if await self._settle(slot, "billed", generation_task_id=found.generation_task_id):
-            self._track(slot, found.generation_task_id, time.monotonic(), expected_end=None)
 
     def _in_background(self, slot: Slot, phase: str, work: Coroutine[Any, Any, None]) -> None:
         slot.phase = phase
@@ -207,7 +165,9 @@ class Recovering(BatchState):
             slot.index,
             found.generation_task_id,
         )
-        if await self._settle(slot, "billed", generation_task_id=found.generation_task_id):
+        recorded = await self._settle(slot, "billed", generation_task_id=found.generation_task_id)
+        # Reported meanwhile (the batch gave up at its deadline): the ledger keeps the task for a retry.
+        if recorded and slot.phase == "recovering":
             self._track(slot, found.generation_task_id, time.monotonic(), expected_end=None)
 
     async def _find_own_task(

@@ -23,10 +23,9 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 # A slot another copy claimed is read again this often, to see its task id (or that it gave it up).
 RECHECK_SECONDS = 1.0
-# Another copy's claim unchanged this long (its send normally records a task id within a second): the task
-# list is searched for its task, read-only, once per claim seen; adopted if proven its own, else the claim
-# is waited on until stale as before.
-LOOK_AFTER_SECONDS = 5.0
+# Another copy's claim counts as a task at the service for this many expected generations after it was
+# first seen (then it has ended there, whatever the claim says until it is recorded or stale), plus a second.
+ELSEWHERE_GENERATIONS = 1.5
 # Status reads of one task that may fail in a row (each already retried by the hook) before it is reported.
 MAX_POLL_ERRORS = 10
 # A ledger call that fails is tried this many times in all, after these pauses.
@@ -42,7 +41,7 @@ class Slot:
     body: dict[str, Any]
     recorded: dict[str, Any]
     held: Held | None = None
-    # pending | sending | in_flight | elsewhere | looking | recovering | done
+    # pending | sending | in_flight | elsewhere | recovering | done
     phase: str = "pending"
     task_id: str | None = None
     sent_at: float = 0.0
@@ -58,8 +57,6 @@ class Slot:
     # Another copy's claim as last seen, and since when (this process's clock: hosts' clocks differ).
     seen_version: str | None = None
     seen_since: float = 0.0
-    # The claim (its version) whose task this run last looked for in the task list, unclaimed.
-    looked_for: str | None = None
 
     @property
     def model(self) -> str:
@@ -136,11 +133,20 @@ class BatchState:
         self._background: set[asyncio.Task[None]] = set()
 
     def _in_flight(self) -> int:
-        # Another copy's claims count: their sends may be at the service.
+        """
+        Sends that may hold one of the account's concurrent slots now. Another copy's claim counts for
+        about one generation after it was first seen: its task (if its send made one) has ended by then,
+        though its outcome may be learned only when the claim is recorded or recovered, a minute later. A
+        send whose claim went stale (recovering) ended long ago. Until a duration is known, both count.
+        """
+        now, duration = time.monotonic(), self.pacer.expected_duration()
+        held_for = None if duration is None else ELSEWHERE_GENERATIONS * duration + 1.0
         return sum(
             1
             for slot in self.slots
-            if slot.phase in ("sending", "in_flight", "elsewhere", "looking", "recovering")
+            if slot.phase in ("sending", "in_flight")
+            or (slot.phase == "elsewhere" and (held_for is None or now - slot.seen_since < held_for))
+            or (slot.phase == "recovering" and held_for is None)
         )
 
     def _room(self) -> bool:

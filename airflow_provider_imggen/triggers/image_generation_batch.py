@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # A claim with no outcome this long after the longest a send can take is another copy's that stopped.
 STALE_MARGIN_SECONDS = 30.0
+# The batch's read timeout for its requests (the connection's request_timeout if shorter).
+SUBMISSION_TIMEOUT_SECONDS = 30.0
 
 
 class ImageGenerationBatchTrigger(BaseTrigger):
@@ -130,7 +132,13 @@ class ImageGenerationBatchTrigger(BaseTrigger):
 
         store = search = None
         try:
-            async with ImageGenerationAsyncHook(self.imggen_conn_id) as hook:
+            hook = ImageGenerationAsyncHook(self.imggen_conn_id)
+            # A submission creates a task and is answered at once (the image is drawn later): one that
+            # takes longer is outcome-unknown anyway, and a copy that stopped mid-send holds its claim for
+            # this long (+ the margin) before another copy may recover it.
+            timeout = (await hook.aget_settings()).request_timeout
+            hook.request_timeout = min(timeout, SUBMISSION_TIMEOUT_SECONDS)
+            async with hook:
                 batch, store = await self._batch(hook)
                 search = batch.search
                 slots = await batch.run()

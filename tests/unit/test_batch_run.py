@@ -111,7 +111,16 @@ class TaskList:
         return self._find(request, **kwargs) if self._find is not None else (None, ())
 
 
-def batch(store: Store, service: Service, tasks: TaskList, *, copy: str, **overrides: Any) -> BatchRun:
+def batch(
+    store: Store,
+    service: Service,
+    tasks: TaskList,
+    *,
+    copy: str,
+    prompts: int = 1,
+    concurrent: int = 2,
+    **overrides: Any,
+) -> BatchRun:
     settings: dict[str, Any] = {
         "stale_after": 1e9,
         "max_task_failures": 3,
@@ -119,15 +128,22 @@ def batch(store: Store, service: Service, tasks: TaskList, *, copy: str, **overr
         "deadline": None,
     }
     settings.update(overrides)
-    request = {"model": "wan2.2-t2i-flash", "prompt": "a lighthouse", "n": 1}
+    requests = [
+        {
+            "key": slot_key("content/run/generate/-1", index, "a" * 64),
+            "body": {},
+            "recorded": {"model": "wan2.2-t2i-flash", "prompt": f"a lighthouse {index}", "n": 1},
+        }
+        for index in range(prompts)
+    ]
     return BatchRun(
         hook=service,  # type: ignore[arg-type]
         search=TaskListSearch(tasks, renew_every=0.2),  # type: ignore[arg-type]
         slots=SendSlots(store=store, owner="content/run/generate/-1/1", copy=copy),  # type: ignore[arg-type]
-        requests=[{"key": slot_key("content/run/generate/-1", 0, "a" * 64), "body": {}, "recorded": request}],
+        requests=requests,
         pacer=Pacer(
             submissions_per_second=50.0,
-            concurrent=2,
+            concurrent=concurrent,
             status_queries_per_second=20.0,
             over_quota="refuse",
             poll_interval=0.05,
@@ -215,78 +231,31 @@ def test_a_late_answer_proves_its_task_over_a_recovery_of_its_own_attempt() -> N
     assert a_service.sent == 1
 
 
-def test_a_copy_looking_for_a_live_copys_task_adopts_the_same_task_its_answer_brings(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_silent_claim_of_another_copy_holds_a_concurrent_slot_for_one_generation_not_until_stale() -> None:
     """
-    B looks for the task of A's claim long before it is stale, while A is only slow: B adopts T1 from the
-    task list; A's answer (T1) then finds T1 recorded and delivers it too. One send, no late task, no
-    problem on either side.
+    A copy killed mid-send leaves a claim nobody may recover before it is stale (the submission timeout +
+    30 s), but its task, if any, ends at the service within one generation: the batch sends its other
+    requests in that slot meanwhile instead of running at half the quota for a minute.
     """
-    from airflow_provider_imggen.batch import recovery
+    store = Store()
+    b_service = Service()
+    b = batch(store, b_service, TaskList(), copy="B", stale_after=6.0, prompts=3, concurrent=1)
+    b.pacer.observe(0.2)  # generations take 0.2 s here
+    dead = SendSlots(store=store, owner="content/run/generate/-1/1", copy="dead")  # type: ignore[arg-type]
+    assert dead.claim(b.slots[0].key, None, index=0, model="wan2.2-t2i-flash", images=1) is not None
+    sent_while_stale_pending: list[int] = []
 
-    monkeypatch.setattr(recovery, "LOOK_AFTER_SECONDS", 0.2)
-    store, answer = Store(), asyncio.Event()
+    async def run() -> None:
+        running = asyncio.create_task(b.run())
+        await asyncio.sleep(4.0)  # well before the dead copy's claim is stale (6 s)
+        sent_while_stale_pending.append(b_service.sent)
+        await asyncio.wait_for(running, 20)
 
-    async def slow_answer(_: int) -> SubmittedTask:
-        await answer.wait()
-        return SubmittedTask(
-            generation_task_id="T1", task_status="PENDING", request_id=None, model="m", parameters={}
-        )
-
-    def listed(request: Any, **kwargs: Any) -> Any:
-        return ListedTask(
-            generation_task_id="T1", status="SUCCEEDED", model=None, created_at=None, request_id=None
-        ), ("T1",)
-
-    a_service, b_service = Service(slow_answer), Service()
-    a = batch(store, a_service, TaskList(), copy="A")
-    b = batch(store, b_service, TaskList(listed), copy="B")  # never stale: only looking finds T1
-
-    async def both() -> None:
-        a_run = asyncio.create_task(a.run())
-        await asyncio.sleep(0.1)
-        await asyncio.wait_for(b.run(), 10)
-        answer.set()
-        await asyncio.wait_for(a_run, 10)
-
-    asyncio.run(both())
-    assert a_service.sent == 1 and b_service.sent == 0
-    assert b.tally.recovered == 1 and b.slots[0].problem is None and b.slots[0].task_id == "T1"
-    assert a.tally.late_tasks == [] and a.slots[0].problem is None and a.slots[0].task_id == "T1"
-    entry = next(iter(store.entries.values()))[0]
-    assert entry.state == "billed" and entry.generation_task_id == "T1"
-
-
-def test_a_look_that_finds_nothing_leaves_the_claim_to_its_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing proven: B neither takes the claim nor reports it; A's answer records its task."""
-    from airflow_provider_imggen.batch import recovery
-
-    monkeypatch.setattr(recovery, "LOOK_AFTER_SECONDS", 0.2)
-    store, answer = Store(), asyncio.Event()
-
-    async def slow_answer(_: int) -> SubmittedTask:
-        await answer.wait()
-        return SubmittedTask(
-            generation_task_id="T1", task_status="PENDING", request_id=None, model="m", parameters={}
-        )
-
-    a_service, b_service = Service(slow_answer), Service()
-    a = batch(store, a_service, TaskList(), copy="A")
-    b = batch(store, b_service, TaskList(), copy="B")
-
-    async def both() -> None:
-        a_run = asyncio.create_task(a.run())
-        b_run = asyncio.create_task(b.run())
-        await asyncio.sleep(2.5)  # B looked (at its first recheck past 0.2 s) and found nothing
-        assert b.slots[0].phase == "elsewhere" and b.slots[0].looked_for is not None
-        answer.set()
-        await asyncio.wait_for(asyncio.gather(a_run, b_run), 10)
-
-    asyncio.run(both())
-    assert a_service.sent == 1 and b_service.sent == 0
-    assert b.tally.recovered == 0 and b.slots[0].problem is None and b.slots[0].task_id == "T1"
-    assert a.slots[0].problem is None and a.tally.late_tasks == []
+    asyncio.run(run())
+    assert sent_while_stale_pending == [2]  # both other requests went out through the one slot
+    assert b.slots[1].problem is None and b.slots[2].problem is None
+    assert b.slots[0].problem is not None and b.slots[0].problem["status"] == "unknown"  # never sent again
+    assert b_service.sent == 2
 
 
 def test_a_task_that_succeeded_without_a_usable_image_is_reported_never_sent_again() -> None:
