@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_imggen.crash_points import ENV as CRASH_ENV
-from benchmarks.cluster import NATIVE_SUBMIT_PATH, REPO, cluster, smoke, wait_until
+from benchmarks.cluster import LEDGER_DATABASE, NATIVE_SUBMIT_PATH, REPO, cluster, smoke, wait_until
 
 BATCH_DAG = REPO / "benchmarks" / "bench_scale_batch_dag.py"
 
@@ -95,3 +95,43 @@ def test_batch_trigger_killed_at_every_crash_point_in_a_real_triggerer(tmp_path:
     problems = json.loads(problems) if isinstance(problems, str) else problems
     (problem,) = problems
     assert problem["status"] == "unknown" and problem["billed"] is None, problem
+
+
+def test_two_live_triggerers_running_one_batch_send_each_prompt_once(tmp_path: Path) -> None:
+    """
+    Two triggerers run the same batch trigger at once: the one running it is paused (SIGSTOP) past the
+    health threshold until the other is assigned the trigger and starts its copy, then resumed; until its
+    next loop cancels its own copy, both send from the same ledger. Every prompt is billed once, the run
+    succeeds.
+    """
+    from benchmarks.bench_scale import RunResult, pause_until_taken_over, wait_submitted
+
+    prompts = 40
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(BATCH_DAG, dags / BATCH_DAG.name)
+    with cluster(dags_folder=dags, triggerers=2, start_timeout=300) as c:
+        c.emulator("faults", {"task_pending_ms": 0, "task_duration_ms": 2000}, method="PUT")
+        wait_until("DAG bench_scale_batch parsed", lambda: c.api("dags/bench_scale_batch"), 180, c.workers, 1)
+        run_id = c.trigger("bench_scale_batch", {"prompts": prompts})
+        assert wait_submitted(c, "bench_scale_batch", run_id, 8, "a fifth of the prompts sent", 300)
+        result = RunResult("batch", "refuse", prompts, 2.0)
+        pause_until_taken_over(c, "bench_scale_batch", run_id, result)
+        state = c.wait_run("bench_scale_batch", run_id, 600)
+        entries = c.emulator("requests")["requests"]
+        copies = c.sql(
+            "SELECT count(DISTINCT entry->'request'->>'copy') FROM imggen_ledger "
+            "WHERE entry->>'owner' LIKE %s AND entry->'request' ? 'index'",
+            f"bench_scale_batch/{run_id}/%",
+            database=LEDGER_DATABASE,
+        )[0][0]
+    submitted = Counter(
+        entry.get("fingerprint")
+        for entry in entries
+        if entry["billed"] and entry["method"] == "POST" and entry["path"] == NATIVE_SUBMIT_PATH
+    )
+    print(f"two triggerers: {result.faults}, run {state}, {copies} copies wrote the ledger")
+    assert result.faults and result.faults[0].endswith("then both ran it"), result.faults
+    assert state == "success"
+    assert len(submitted) == prompts and max(submitted.values()) == 1
+    assert copies >= 2
