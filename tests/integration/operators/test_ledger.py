@@ -6,6 +6,7 @@ in S3 or in a PostgreSQL server of its own. Paid once per request, whatever runs
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -114,8 +115,13 @@ def test_two_runs_asking_for_one_request_at_once_pay_once(
 
     threads = [threading.Thread(target=first_run), threading.Thread(target=second_run)]
     threads[0].start()
-    # The second run asks while the first holds the claim (its answer is held back 1.5 s).
-    threading.Timer(0.3, threads[1].start).start()
+    # The second run asks while the first holds the claim: once the first's request is billed (its answer
+    # is held back 1.5 s). A fixed delay lost the race to a first run slow to start (cold imports).
+    deadline = time.monotonic() + 30
+    while emulator.billed_images() < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emulator.billed_images() == 2, "the first run never sent its request"
+    threads[1].start()
     threads[0].join(60)
     threading.Event().wait(0.5)
     threads[1].join(60)
