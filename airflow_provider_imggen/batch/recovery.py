@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,6 @@ from airflow_provider_imggen.batch.state import RECHECK_SECONDS, BatchState, Slo
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
-    from airflow_provider_imggen.ledger.slots import Held
     from airflow_provider_imggen.results import ListedTask
 
 AT_ONCE = 2
@@ -97,10 +96,8 @@ class Recovering(BatchState):
             slot.next_check = now + RECHECK_SECONDS
             held = await self._read(slot)
             self._adopt(slot, held, now)
-            if slot.phase != "elsewhere":
-                continue
             unchanged = now - slot.seen_since
-            if unchanged <= self.stale_after:
+            if slot.phase != "elsewhere" or unchanged <= self.stale_after:
                 continue
             assert slot.held is not None
             taken = await self._ledger(self.ledger.take_for_recovery, slot.held)
@@ -115,15 +112,12 @@ class Recovering(BatchState):
             )
             self._recover(slot, "the copy that claimed it stopped before recording an outcome")
 
-    def _in_background(self, slot: Slot, phase: str, work: Coroutine[Any, Any, None]) -> None:
-        slot.phase = phase
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def _recover(self, slot: Slot, why: str, *, request_id: str | None = None) -> None:
         """Search the task list for the one task this slot's send created, in the background."""
-        self._in_background(slot, "recovering", self._recovery(slot, why, request_id))
+        slot.phase = "recovering"
+        task = asyncio.create_task(self._recovery(slot, why, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _recovery(self, slot: Slot, why: str, request_id: str | None) -> None:
         try:
@@ -142,6 +136,11 @@ class Recovering(BatchState):
 
     async def _search(self, slot: Slot, why: str, request_id: str | None) -> None:
         assert slot.held is not None
+        claimed = slot.held
+        excluding = frozenset([s.task_id for s in self.slots if s.task_id] + list(claimed.earlier_tasks))
+
+        def foreign(task_id: str) -> bool:
+            return self.ledger.owns_elsewhere(self.task_ledger_key(task_id), slot.key)
 
         async def renew() -> bool:
             taken = await self._ledger(self.ledger.take_for_recovery, slot.held)
@@ -150,7 +149,16 @@ class Recovering(BatchState):
             slot.held = taken
             return True
 
-        found, candidates = await self._find_own_task(slot, slot.held, request_id, renew)
+        found, candidates = await self.search.find(
+            model=slot.model,
+            prompt=str(slot.recorded["prompt"]),
+            images=slot.images,
+            submitted_at=datetime.fromisoformat(claimed.entry.claimed_at.replace("Z", "+00:00")),
+            request_id=request_id,
+            excluding=excluding,
+            foreign=foreign,
+            renew=renew,
+        )
         if found is None:
             reason = (
                 f"{why}; the task list shows no single task it could be"
@@ -169,27 +177,3 @@ class Recovering(BatchState):
         # Reported meanwhile (the batch gave up at its deadline): the ledger keeps the task for a retry.
         if recorded and slot.phase == "recovering":
             self._track(slot, found.generation_task_id, time.monotonic(), expected_end=None)
-
-    async def _find_own_task(
-        self,
-        slot: Slot,
-        claimed: Held,
-        request_id: str | None,
-        renew: Callable[[], Awaitable[bool]],
-    ) -> tuple[ListedTask | None, tuple[str, ...]]:
-        """The task the claim's send created, proven from the task list (or None), and the candidates."""
-        excluding = frozenset([s.task_id for s in self.slots if s.task_id] + list(claimed.earlier_tasks))
-
-        def foreign(task_id: str) -> bool:
-            return self.ledger.owns_elsewhere(self.task_ledger_key(task_id), slot.key)
-
-        return await self.search.find(
-            model=slot.model,
-            prompt=str(slot.recorded["prompt"]),
-            images=slot.images,
-            submitted_at=datetime.fromisoformat(claimed.entry.claimed_at.replace("Z", "+00:00")),
-            request_id=request_id,
-            excluding=excluding,
-            foreign=foreign,
-            renew=renew,
-        )
