@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_import_cost.py
 	$(BIN)/python benchmarks/bench_hook_overhead.py
 	$(BIN)/python benchmarks/bench_transfer_memory.py
+	$(BIN)/python benchmarks/bench_input_memory.py
 	$(BIN)/python benchmarks/bench_transfer_concurrency.py
 	$(BIN)/python benchmarks/bench_pipeline_faults.py
 	# About 3 min: the Images view of a 50-image run in chromium, against Airflow's own pages of the run.

@@ -218,6 +218,13 @@ class ImageGenerationThrottledError(ImageGenerationAPIError):
         super().__init__(message, status=status, code=code, request_id=request_id)
 
 
+class ImageGenerationInputError(ImageGenerationError):
+    """
+    An input image could not be read (missing, refused, unreachable). Nothing was sent, so nothing was
+    billed: Airflow may retry.
+    """
+
+
 class ImageTransferError(ImageGenerationError):
     """
     Storing generated images failed in a way a task retry may fix (downloads kept failing, S3 errored).

@@ -66,6 +66,7 @@ def generation_metadata(
     :raises ResultUrlSealError: a gateway result URL and no Fernet key to seal it with
     """
     fields: dict[str, Any] = {name: recorded.get(name) for name in REQUEST_FIELDS if name != "model"}
+    fields["input_images"] = tuple(fields["input_images"] or ())
     seed = fields["seed"]
     images = []
     for image in result.images:
@@ -130,7 +131,10 @@ def request_fields(request: GenerationRequest) -> dict[str, Any]:
     What a generation record copies from the request (:data:`~airflow_provider_imggen.records.
     REQUEST_FIELDS`): the worker and the triggerer pass exactly these to :func:`task_metadata`.
     """
-    return {name: getattr(request, name) for name in REQUEST_FIELDS}
+    fields = {name: getattr(request, name) for name in REQUEST_FIELDS if name != "input_images"}
+    if request.images:  # a text-to-image request's fields stay what they were (a trigger's kwargs among them)
+        fields["input_images"] = [image.record() for image in request.images]
+    return fields
 
 
 def task_metadata(

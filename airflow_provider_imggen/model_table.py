@@ -41,6 +41,24 @@ DOC_WAN_V2 = "Model Studio: Wan text-to-image V2 API reference"
 DOC_RATE_LIMITS = "Model Studio: Rate limits"
 
 
+DOC_QWEN_IMAGE_EDIT = "Model Studio: Qwen-Image-Edit API reference"
+
+
+DOC_WAN25_EDIT = "Model Studio: Wan2.5 image editing API reference"
+
+
+DOC_WAN26 = "Model Studio: Wan2.6 image generation and editing"
+
+
+DOC_WAN_EDITING = "Model Studio: Wan image editing (wan2.7-image; the QwenCloud developer guide)"
+
+# Input images every model that takes them accepts: what the provider can check without decoding a pixel
+# (transfers/image_check.py). The service also takes BMP, TIFF and GIF for some models; the provider
+# refuses those before anything is billed rather than send bytes it cannot prove complete.
+INPUT_FORMATS: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
+_TEN_MB = 10 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """
@@ -61,6 +79,12 @@ class ModelSpec:
     :param quota: what the account may send to the default endpoint: requests per ``window_seconds`` and
         concurrent tasks
     :param docs: the documentation page its limits come from, by title
+    :param min_input_images: fewest input images a request must carry (1 for an editing-only model)
+    :param max_input_images: most input images (0: text to image only)
+    :param max_input_bytes: largest input image, in bytes
+    :param min_input_side: smallest width or height of an input image, in pixels
+    :param max_input_side: largest width or height of an input image, in pixels
+    :param size_settable: whether the request may name a size (qwen-image-edit's follows its input)
     """
 
     name: str
@@ -77,6 +101,19 @@ class ModelSpec:
     endpoints: tuple[str, ...] = ("async",)
     quota: Quota | None = None
     docs: str = ""
+    min_input_images: int = 0
+    max_input_images: int = 0
+    max_input_bytes: int = _TEN_MB
+    min_input_side: int = 1
+    max_input_side: int = 1 << 16
+    size_settable: bool = True
+
+    def describe_input_count(self) -> str:
+        if self.max_input_images == 0:
+            return f"{self.name} takes no input images (text to image only)"
+        if self.min_input_images == self.max_input_images:
+            return f"{self.name} takes exactly {self.max_input_images} input image(s)"
+        return f"{self.name} takes {self.min_input_images}-{self.max_input_images} input images"
 
     def describe_sizes(self) -> str:
         if self.fixed_sizes is not None:
@@ -184,6 +221,72 @@ def _qwen_image(name: str) -> ModelSpec:
     )
 
 
+# The qwen-image 2.0 family edits too: up to 3 reference images in the user message (api-notes §7), each
+# side 384-3072 and 10 MB as for qwen-image-edit (the editing page's input rules).
+_QWEN_2_EDITING: dict[str, Any] = {"max_input_images": 3, "min_input_side": 384, "max_input_side": 3072}
+
+
+# wan2.6-t2i in Beijing (api-notes §6): 1 request a second, 5 at once (Singapore allows 5/s).
+_WAN26_QUOTA = Quota(requests=1, window_seconds=1, concurrent=5)
+
+
+# A synchronous model whose quota no source gives: 2/s assumed (the 2.0 family's), no concurrency quota.
+_SYNC_QUOTA_UNKNOWN = Quota(requests=2, window_seconds=1, concurrent=None)
+
+
+def _newer_sync(name: str, *, max_input_images: int = 0) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        max_n=6,
+        default_size="2048x2048",
+        min_pixels=512 * 512,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=_SYNC_QUOTA_UNKNOWN,
+        docs=DOC_QWEN_IMAGE_2,
+        max_input_images=max_input_images,
+        min_input_side=384,
+        max_input_side=3072,
+    )
+
+
+def _qwen_edit(name: str, *, max_n: int, quota: Quota = _SYNC_QUOTA_UNKNOWN, **fields: Any) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        max_n=max_n,
+        default_size="1024x1024",
+        min_side=512,
+        max_side=2048,
+        max_pixels=2048 * 2048,
+        endpoints=("sync",),
+        quota=quota,
+        docs=DOC_QWEN_IMAGE_EDIT,
+        min_input_images=1,
+        max_input_images=3,
+        min_input_side=384,
+        max_input_side=3072,
+        **fields,
+    )
+
+
+def _wan27(name: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        max_n=4,
+        default_size="2048x2048",
+        min_pixels=768 * 768,
+        max_pixels=2048 * 2048,
+        max_aspect_ratio=8.0,
+        max_prompt_chars=5000,
+        endpoints=("sync",),
+        quota=_SYNC_QUOTA_UNKNOWN,
+        docs=DOC_WAN_EDITING,
+        max_input_images=9,
+        min_input_side=240,
+        max_input_side=8000,
+    )
+
+
 KNOWN_MODELS: dict[str, ModelSpec] = {
     # Both endpoints serve qwen-image and qwen-image-plus (which has qwen-image's limits: issue 15,
     # api-notes §6); the task API stays the default (as before).
@@ -212,6 +315,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         endpoints=("sync",),
         quota=Quota(requests=2, window_seconds=1, concurrent=None),
         docs=DOC_QWEN_IMAGE_2,
+        **_QWEN_2_EDITING,
     ),
     "qwen-image-2.0-pro": ModelSpec(
         name="qwen-image-2.0-pro",
@@ -222,6 +326,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         endpoints=("sync",),
         quota=_TWO_PER_MINUTE,
         docs=DOC_QWEN_IMAGE_2,
+        **_QWEN_2_EDITING,
     ),
     # wan2.5-t2i-preview: prompts up to 2000 characters, aspect ratios 1:4 to 4:1, default 1280*1280,
     # 5 submissions/s and 5 concurrent (api-notes §7). Its least total pixels are 768*768 in one reference
@@ -238,6 +343,80 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         quota=Quota(requests=5, window_seconds=1, concurrent=5),
         docs=DOC_WAN_V2,
     ),
+    # -- 2026: the newer text-to-image names (api-notes §7: synchronous only). No source gives their limits
+    # beyond that: the 2.0 family's are used and marked unverified; qwen-image-2.1-pro takes up to 10
+    # reference images (the newer "Qwen image generation and editing" page).
+    "qwen-image-2.1-pro": _newer_sync("qwen-image-2.1-pro", max_input_images=10),
+    "qwen-image-3.0": _newer_sync("qwen-image-3.0"),
+    "qwen-image-3.0-pro": _newer_sync("qwen-image-3.0-pro"),
+    "z-image-turbo": _newer_sync("z-image-turbo"),
+    # -- editing: images in as well as out (api-notes §7; the Qwen-Image-Edit, Wan2.5 editing and Wan2.6
+    # references). The qwen-image-edit family: synchronous only, one user message with 1-3 images and one
+    # text; each input side 384-3072, at most 10 MB. qwen-image-edit makes one image of its input's size
+    # (size may not be set); -plus and -max 1-6 images, each side 512-2048, about 1024*1024 by default
+    # with the last input's aspect. -max counts 2 per minute, like qwen-image-max.
+    "qwen-image-edit": _qwen_edit("qwen-image-edit", max_n=1, size_settable=False),
+    "qwen-image-edit-plus": _qwen_edit("qwen-image-edit-plus", max_n=6),
+    "qwen-image-edit-max": _qwen_edit("qwen-image-edit-max", max_n=6, quota=_TWO_PER_MINUTE),
+    # wan2.5-i2i-preview: the task API's image2image surface only, 1-3 inputs (sides 384-5000, 10 MB, no
+    # alpha), n 1-4 (default 4), 768*768 to 1280*1280 pixels, aspect 1:4 to 4:1, 5/s and 5 concurrent.
+    "wan2.5-i2i-preview": ModelSpec(
+        name="wan2.5-i2i-preview",
+        max_n=4,
+        default_size="1280x1280",
+        min_pixels=768 * 768,
+        max_pixels=1280 * 1280,
+        max_aspect_ratio=4.0,
+        max_prompt_chars=2000,
+        endpoints=("async",),
+        quota=Quota(requests=5, window_seconds=1, concurrent=5),
+        docs=DOC_WAN25_EDIT,
+        min_input_images=1,
+        max_input_images=3,
+        min_input_side=384,
+        max_input_side=5000,
+    ),
+    # wan2.6-image: editing on the synchronous endpoint, 1-4 inputs (sides 240-8000, 10 MB), n 1-4, W*H
+    # with 768*768 to 2048*2048 pixels (or 1K, its default, / 2K, left to extra_body). Its interleaved
+    # text-and-image mode (enable_interleave, 0-1 input) streams: not supported here. Quota: wan2.6-t2i's
+    # (unverified for this model).
+    "wan2.6-image": ModelSpec(
+        name="wan2.6-image",
+        max_n=4,
+        default_size="1024x1024",
+        min_pixels=768 * 768,
+        max_pixels=2048 * 2048,
+        max_aspect_ratio=4.0,
+        max_prompt_chars=2000,
+        endpoints=("sync",),
+        quota=_WAN26_QUOTA,
+        docs=DOC_WAN26,
+        min_input_images=1,
+        max_input_images=4,
+        min_input_side=240,
+        max_input_side=8000,
+    ),
+    # wan2.6-t2i: text to image, 1280*1280 to 1440*1440 pixels, prompt up to 2100 characters; 1/s in
+    # Beijing (5/s in Singapore) and 5 concurrent (api-notes §6).
+    "wan2.6-t2i": ModelSpec(
+        name="wan2.6-t2i",
+        max_n=4,
+        default_size="1280x1280",
+        min_pixels=1280 * 1280,
+        max_pixels=1440 * 1440,
+        max_aspect_ratio=4.0,
+        max_prompt_chars=2100,
+        endpoints=("sync",),
+        quota=_WAN26_QUOTA,
+        docs=DOC_WAN26,
+    ),
+    # wan2.7-image / -pro: 0-9 inputs (0: text to image; sides 240-8000; 10 MB per one official source,
+    # 20 MB per third-party gateways: the lower is kept), n 1-4 (1-12 with enable_sequential, passed in
+    # extra_body with bbox_list, thinking_mode and color_palette), 1K / 2K / 4K sizes (extra_body); W*H
+    # with 768*768 to 2048*2048 pixels, aspect up to 8:1, prompts up to 5000 characters (third-party
+    # gateways' figures, unverified).
+    "wan2.7-image": _wan27("wan2.7-image"),
+    "wan2.7-image-pro": _wan27("wan2.7-image-pro"),
     "wan2.2-t2i-flash": _wan_v2("wan2.2-t2i-flash"),
     "wan2.2-t2i-plus": _wan_v2("wan2.2-t2i-plus"),
     # wanx2.1-t2i-turbo/-plus and wanx2.0-t2i-turbo share wan2.2's endpoint and limits (issue 15).
@@ -270,7 +449,7 @@ def unknown_model_note(model: str) -> str | None:
     For a model the table does not know, what the user should hear (None for a known model): only the
     generic checks apply, and the closest known name, in case of a typo.
     """
-    if model in KNOWN_MODELS:
+    if spec_of(model) is not None:  # a known model, or a dated snapshot of one (its family's limits apply)
         return None
     closest = closest_known_model(model)
     hint = (
@@ -283,6 +462,11 @@ def unknown_model_note(model: str) -> str | None:
         f"Model {model!r} is not in the provider's model table: only the generic checks apply (n 1-"
         f"{GENERIC_MAX_N}, any size, no prompt limit), the service decides the rest{hint}"
     )
+
+
+def spec_of(model: str) -> ModelSpec | None:
+    """The table's entry for ``model``, or its base model's for a dated snapshot; None when unknown."""
+    return KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
 
 
 def default_size_of(model: str) -> str | None:

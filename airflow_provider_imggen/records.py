@@ -117,7 +117,8 @@ class FailedImageRecord:
 
 # Request fields a generation record carries (what a sensor copies from the submitting operator's XCom):
 # the request's own list.
-REQUEST_FIELDS = RECORDED_PARAMETERS
+# The request's recorded parameters, and its input images' records (``images`` names the outputs here).
+REQUEST_FIELDS = (*RECORDED_PARAMETERS, "input_images")
 
 
 @dataclass(frozen=True)
@@ -156,10 +157,14 @@ class GenerationRecord:
     # what it stored. ``reused``: the images came from the ledger, nothing was billed.
     ledger_fingerprint: str | None = None
     reused: bool = False
+    # The request's input images (editing models): each one's masked URI, sha256, bytes, content type and
+    # dimensions, in order; never their bytes nor a usable signed URL.
+    input_images: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["warnings"] = list(self.warnings)
+        values["input_images"] = [dict(item) for item in self.input_images]
         values["usage"] = dict(self.usage)
         values["images"] = [image.to_dict() for image in self.images]
         values["failed_images"] = [failed.to_dict() for failed in self.failed_images]
@@ -217,6 +222,7 @@ class GenerationRecord:
                 f"{where}['ledger_fingerprint']", value.get("ledger_fingerprint")
             ),
             reused=bool(_optional_bool(f"{where}['reused']", value.get("reused"))),
+            input_images=_input_images(f"{where}['input_images']", value.get("input_images")),
         )
 
 
@@ -273,6 +279,39 @@ class StoredImageRecord:
             request_id=_optional_str(f"{where}['request_id']", value.get("request_id")),
             skipped=bool(value.get("skipped", False)),
         )
+
+
+def _input_images(where: str, value: object) -> tuple[dict[str, Any], ...]:
+    """
+    Input images' records from XCom, which can be edited: each rebuilt from its known fields only, with its
+    URI shown masked and its sha256 well formed, so nothing else (bytes, a usable signed URL) is carried on.
+    """
+    from airflow_provider_imggen.inputs.references import MAX_URI_CHARS, shown_uri
+
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(item, Mapping) for item in value):
+        raise ImageGenerationValidationError(where, type(value).__name__, "expected a list of dicts")
+    records = []
+    for offset, item in enumerate(value):
+        uri, sha256 = item.get("uri"), item.get("sha256")
+        if not isinstance(uri, str) or len(uri) > MAX_URI_CHARS:
+            raise ImageGenerationValidationError(
+                f"{where}[{offset}]['uri']",
+                "(not shown)",
+                f"expected a URI of at most {MAX_URI_CHARS} characters",
+            )
+        records.append(
+            {
+                "uri": shown_uri(uri),
+                "sha256": _fingerprint(f"{where}[{offset}]['sha256']", sha256),
+                "bytes": _optional_int(f"{where}[{offset}]['bytes']", item.get("bytes")),
+                "content_type": _optional_str(f"{where}[{offset}]['content_type']", item.get("content_type")),
+                "width": _optional_int(f"{where}[{offset}]['width']", item.get("width")),
+                "height": _optional_int(f"{where}[{offset}]['height']", item.get("height")),
+            }
+        )
+    return tuple(records)
 
 
 def _fingerprint(where: str, value: object) -> str | None:

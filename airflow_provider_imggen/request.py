@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from airflow_provider_imggen.coercion import coerce_bool, coerce_int, parse_size
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.inputs.references import InputImage, parse_input_images
 
 MAX_SEED = 2_147_483_647
 
@@ -49,6 +50,9 @@ class GenerationRequest:
     :param extra_body: further JSON fields, for parameters the provider does not name
     :param watermark: ask the service to mark the images (its default: no mark)
     :param endpoint: the native endpoint asked for (``async``, ``sync``), None for the model's default
+    :param images: the input images, in order (editing models; references only: the worker reads them,
+        :mod:`~airflow_provider_imggen.inputs.resolve`, before anything is sent). Recorded in XCom as
+        ``input_images``
     """
 
     # "recorded": the fields every generation's XCom carries, so that a sensor or a later run can read
@@ -64,9 +68,31 @@ class GenerationRequest:
     extra_body: dict[str, Any] = field(default_factory=dict)
     watermark: bool | None = None
     endpoint: str | None = None
+    images: tuple[InputImage, ...] = ()
     # Which API the request was validated for ((api_style, dialect)); None when not yet. The hook checks
     # a request against its connection only when it was validated for another one: once per send.
     validated_for: tuple[str, str | None] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A request rebuilt from its dict (a deferral's kwargs) gets its input images back as objects.
+        if any(not isinstance(image, InputImage) for image in self.images):
+            object.__setattr__(
+                self,
+                "images",
+                tuple(
+                    image if isinstance(image, InputImage) else InputImage(**image) for image in self.images
+                ),
+            )
+
+    def for_record(self) -> GenerationRequest:
+        """
+        The request as fingerprints, task records and deferral kwargs keep it: input images by their
+        sha256, without what was sent for them (a presigned URL changes with every signing; a data URI is
+        the image itself).
+        """
+        if not any(image.wire is not None for image in self.images):
+            return self
+        return dataclasses.replace(self, images=tuple(image.without_wire() for image in self.images))
 
     @property
     def native_size(self) -> str | None:
@@ -149,6 +175,13 @@ def check_request_for_style(request: GenerationRequest, api_style: str, dialect:
             )
         if dialect == "nested":
             check_extra_body(request.extra_body, api_style, dialect)
+        if request.images:
+            raise ImageGenerationValidationError(
+                "images",
+                [image.record()["uri"] for image in request.images],
+                "input images go to DashScope's native endpoints (connection api_style 'dashscope'): the "
+                "OpenAI-compatible /v1/images/generations takes text only",
+            )
     if api_style == "dashscope":
         check_endpoint(request.model, request.endpoint)
         if request.response_format != "url":
@@ -158,6 +191,14 @@ def check_request_for_style(request: GenerationRequest, api_style: str, dialect:
                 "DashScope's native task API returns result URLs only: use 'url'",
             )
         check_extra_body(request.extra_body, api_style)
+
+
+def check_input_count(spec: Any, images: tuple[InputImage, ...], given: object) -> None:
+    """The number of input images ``spec``'s model takes (before any is read)."""
+    if spec.min_input_images <= len(images) <= spec.max_input_images:
+        return
+    shown = [image.record()["uri"] for image in images] if images else given
+    raise ImageGenerationValidationError("images", shown, f"{spec.describe_input_count()}, got {len(images)}")
 
 
 def _check_text(parameter: str, value: object, limit: int | None, model: str, *, required: bool) -> str:
@@ -180,7 +221,7 @@ def _check_text(parameter: str, value: object, limit: int | None, model: str, *,
 
 
 def validate_generation_request(
-    *, api_style: object = None, dialect: object = None, **arguments: object
+    *, api_style: object = None, dialect: object = None, images_known: bool = True, **arguments: object
 ) -> GenerationRequest:
     """
     Validate one image generation request against the model table and normalise it.
@@ -191,6 +232,8 @@ def validate_generation_request(
     :param api_style: ``openai`` or ``dashscope`` when known: the native API also protects its own
         names in ``extra_body``, returns URLs only and has two endpoints
     :param dialect: the gateway's dialect (``openai`` or ``nested``) when known
+    :param images_known: False when ``images`` is not known yet (a template or an XCom, at DAG-parse time):
+        their count is checked once rendered
     :param arguments: the request's parameters, by name: those of :class:`GenerationRequest` (``prompt``
         and ``model`` required), with its defaults
 
@@ -198,7 +241,13 @@ def validate_generation_request(
     """
     # The model table is imported here, not with the module: records.py reads the request's parameter list
     # from this module on the transfer's DAG-parse path, which needs no table.
-    from airflow_provider_imggen.model_table import ENDPOINTS, GENERIC_MAX_N, KNOWN_MODELS, check_endpoint
+    from airflow_provider_imggen.model_table import (
+        ENDPOINTS,
+        GENERIC_MAX_N,
+        KNOWN_MODELS,
+        check_endpoint,
+        spec_of,
+    )
 
     unknown = sorted(set(arguments) - set(REQUEST_PARAMETERS))
     if unknown:
@@ -218,7 +267,7 @@ def validate_generation_request(
             "model", model, f"expected a model name, e.g. one of {', '.join(KNOWN_MODELS)}"
         )
     model = model.strip()
-    spec = KNOWN_MODELS.get(model)
+    spec = spec_of(model)
 
     checked_prompt = _check_text(
         "prompt", prompt, spec.max_prompt_chars if spec else None, model, required=True
@@ -240,6 +289,10 @@ def validate_generation_request(
         raise ImageGenerationValidationError("n", n, n_allowed)
 
     checked_size = None
+    if size is not None and spec is not None and not spec.size_settable:
+        raise ImageGenerationValidationError(
+            "size", size, f"{model} makes its image at its input's size: leave size unset"
+        )
     if size is not None:
         width, height = parse_size(size)
         if spec is not None:
@@ -278,6 +331,10 @@ def validate_generation_request(
         dialect if isinstance(dialect, str) else None,
     )
 
+    checked_images = parse_input_images(arguments.get("images"))
+    if spec is not None and images_known:
+        check_input_count(spec, checked_images, arguments.get("images"))
+
     request = GenerationRequest(
         model=model,
         prompt=checked_prompt,
@@ -290,6 +347,7 @@ def validate_generation_request(
         extra_body=checked_extra,
         watermark=checked_watermark,
         endpoint=endpoint,  # type: ignore[arg-type]
+        images=checked_images,
     )
     if isinstance(api_style, str):
         checked_dialect = dialect if isinstance(dialect, str) else None

@@ -81,11 +81,9 @@ def main() -> int:
     try:
         moto.create_bucket(BUCKET)
         env = common.child_env(moto, server)
-        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "anchor": []}
-        for round_number in range(args.rounds):
-            order = ["ours", "anchor"] if round_number % 2 == 0 else ["anchor", "ours"]
-            for mode in order:
-                runs[mode].append(common.run_child(Path(__file__), [mode, server.url("/big.png")], env))
+        runs = common.run_rounds(
+            Path(__file__), ("ours", "anchor"), args.rounds, [server.url("/big.png")], env
+        )
     finally:
         server.close()
         moto.stop()

@@ -1,5 +1,6 @@
 """
-``make demo``: run the example content pipeline end to end, offline, and show where the images landed.
+``make demo``: run the example content pipeline end to end, offline, and show where the images landed; then
+the product shots example, which edits a product photo into three scenes, shown beside their source.
 
 A developer's tool of this repository, not part of the package: it needs the checkout's example DAGs and
 moto_server (the ``test`` extra). Someone who installed the wheel follows the README's quick start instead.
@@ -37,7 +38,9 @@ from typing import Any
 DEMO_API_KEY = "sk-demo-emulator"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "example_content_pipeline"
+EDIT_DAG_ID = "example_product_shots"
 BUCKET = "imggen-content"
+PRODUCT_KEY = "products/mug.png"
 
 
 def free_port() -> int:
@@ -140,9 +143,16 @@ class OfflineStack:
             return json.load(answer)
 
     def run_dag(
-        self, dag_id: str, log_path: Path, conf: dict[str, Any] | None = None
+        self,
+        dag_id: str,
+        log_path: Path,
+        conf: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """``airflow dags test`` one DAG of the dags folder, its output written to ``log_path``."""
+        """
+        ``airflow dags test`` one DAG of the dags folder, its output written to ``log_path`` (``env``:
+        variables set for this run only, such as another connection).
+        """
         command = [
             str(Path(sys.executable).parent / "airflow"),
             "dags",
@@ -154,7 +164,9 @@ class OfflineStack:
         if conf is not None:
             command += ["--conf", json.dumps(conf)]
         with log_path.open("w") as log:
-            return subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.run(
+                command, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+            )
 
 
 @contextmanager
@@ -226,6 +238,74 @@ def offline_stack(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def product_photo() -> bytes:
+    """The demo's product: a drawn mug on a plain background (what a product photo in S3 would be)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (768, 768), (236, 232, 226))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((214, 600, 554, 660), fill=(200, 196, 190))  # shadow
+    draw.rounded_rectangle((234, 250, 494, 630), radius=36, fill=(32, 92, 160))  # body
+    draw.ellipse((234, 226, 494, 274), fill=(24, 70, 124))  # rim
+    draw.arc((444, 330, 574, 520), start=-80, end=80, fill=(32, 92, 160), width=28)  # handle
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def edit_product_photo(stack: OfflineStack, s3: Any, output: Path) -> None:
+    """
+    Run example_product_shots on DashScope's native API (editing needs it): the product photo in S3 ->
+    three edited scenes -> S3; then put each scene beside its source in one picture.
+    """
+    from PIL import Image
+
+    photo = product_photo()
+    s3.load_bytes(photo, key=PRODUCT_KEY, bucket_name=BUCKET, replace=True)
+    dashscope = {
+        "AIRFLOW_CONN_IMGGEN_DEFAULT": json.dumps(
+            {
+                "conn_type": "imggen",
+                "host": stack.emulator_url,
+                "password": DEMO_API_KEY,
+                "extra": {"api_style": "dashscope"},
+            }
+        )
+    }
+    run_log = stack.work / "product-shots.log"
+    print(f"\nRunning {EDIT_DAG_ID}: s3://{BUCKET}/{PRODUCT_KEY} -> three edited scenes (log: {run_log})...")
+    finished = stack.run_dag(EDIT_DAG_ID, run_log, env=dashscope)
+    if finished.returncode != 0:
+        print(run_log.read_text()[-4000:])
+        print(f"The product shots failed (exit {finished.returncode}); full log: {run_log}")
+        raise SystemExit(finished.returncode)
+    source = Image.open(io.BytesIO(photo)).convert("RGB")
+    scenes = []
+    for key in sorted(s3.list_keys(bucket_name=BUCKET, prefix="product-shots/") or []):
+        data = s3.get_key(key, bucket_name=BUCKET).get()["Body"].read()
+        scene = Image.open(io.BytesIO(data))
+        derived_from = json.loads(scene.info.get("imggen:inputs", "[]"))
+        print(
+            f"  s3://{BUCKET}/{key}  {scene.width}x{scene.height}  made from input sha256 "
+            f"{', '.join(digest[:16] + '...' for digest in derived_from)}"
+        )
+        scenes.append(scene.convert("RGB"))
+    height = 512
+    tiles = [tile.resize((round(tile.width * height / tile.height), height)) for tile in [source, *scenes]]
+    side_by_side = Image.new("RGB", (sum(tile.width for tile in tiles) + 16 * len(tiles), height), "white")
+    left = 0
+    for tile in tiles:
+        side_by_side.paste(tile, (left, 0))
+        left += tile.width + 16
+    picture = output / "product-shots-side-by-side.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    side_by_side.save(picture)
+    print(
+        f"  source sha256 {hashlib.sha256(photo).hexdigest()[:16]}...; the source beside its "
+        f"{len(scenes)} scenes: {picture.resolve()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("demo-output"), help="where to copy the images")
@@ -267,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"sha256={hashlib.sha256(data).hexdigest()}"
             )
             print(f"    metadata {obj.metadata}")
+        edit_product_photo(stack, s3, args.output)
         billed = stack.emulator_admin("requests")["billed_images"]
         print(f"\nImages billed by the emulator: {billed}. Copies of the objects: {args.output.resolve()}")
     return 0

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -117,16 +117,20 @@ class MotoServer:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.05)
 
-    def create_bucket(self, name: str) -> None:
+    def client(self) -> Any:
+        """A boto3 S3 client of this server (the benchmark's own setup, not what is measured)."""
         import boto3
 
-        boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-        ).create_bucket(Bucket=name)
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -167,6 +171,17 @@ def child_env(moto: MotoServer, image_server: ImageServer) -> dict[str, str]:
         ),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+
+
+def run_rounds(
+    script: Path, modes: Sequence[str], rounds: int, args: list[str], env: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each mode in a fresh child, ``rounds`` times, the order reversed every other round."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for round_number in range(rounds):
+        for mode in modes if round_number % 2 == 0 else tuple(reversed(modes)):
+            runs[mode].append(run_child(script, [mode, *args], env))
+    return runs
 
 
 def run_child(script: Path, args: list[str], env: dict[str, str]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ _HELP = {
     "task_pending_ms": "PENDING time after submission",
     "task_duration_ms": "then RUNNING, then done",
     "task_ttl_ms": "older task ids read UNKNOWN",
+    "input_download_timeout_ms": "the service's wait for an input image URL, then 400 (timed out)",
     "fail_next": "comma-separated scripted faults for the next API calls",
     "fail_next_tasks": "comma-separated failure codes (or none) of the next tasks",
     "fail_next_task_images": "JSON list of lists: failing image indexes of the next tasks",

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_imggen.emulator.editing import edit_parameters
 from airflow_provider_imggen.emulator.errors import ServiceError, invalid, model_not_found, throttling
 from airflow_provider_imggen.emulator.faults import FaultConfig, FaultDice
-from airflow_provider_imggen.emulator.models import is_known, limits_of, serves
-from airflow_provider_imggen.emulator.objects import image_params, upsampled_prompt
+from airflow_provider_imggen.emulator.models import ENDPOINT_PATHS, is_known, limits_of, serves
+from airflow_provider_imggen.emulator.objects import InputImage, image_params, upsampled_prompt
 from airflow_provider_imggen.emulator.quotas import Quotas, submission_limits
 from airflow_provider_imggen.emulator.tasks import Task, TaskStore
 from airflow_provider_imggen.emulator.validation import InvalidRequestError, ValidRequest, validate_request
@@ -69,32 +70,48 @@ class ImageBackend:
     # Models -----------------------------------------------------------------------------------------------
     def check_model(self, model: object, endpoint: str) -> str:
         """
-        The model, if ``endpoint`` (``task`` or ``multimodal``) serves it: 404 ModelNotFound for a model the
-        service does not have; on the task API 403 AccessDenied for a synchronous-only model (§7); on the
-        synchronous endpoint 400 for a task-only one.
+        The model, if ``endpoint`` (a key of ``ENDPOINT_PATHS``) serves it: 404 ModelNotFound for a model the
+        service does not have; 403 AccessDenied on the text2image task API for a model the synchronous
+        endpoint serves (§7), and on image-generation for a synchronous-only one; 400 InvalidParameter
+        naming the endpoint that serves it otherwise (e.g. wan2.5-i2i-preview on text2image, a
+        text-to-image model on image2image).
         """
         name = model_named(model)
         if not is_known(name):
             raise model_not_found(name)
         if serves(name, endpoint):
             return name
-        if endpoint == "task":
+        served = limits_of(name)["endpoints"]
+        if (endpoint == "task" and "multimodal" in served) or (
+            endpoint == "image-generation" and served == ("multimodal",)
+        ):
             raise ServiceError(
                 403, "AccessDenied", SYNC_ONLY_MESSAGE, param="model", outcome="denied", model=name
             )
+        asynchronous = " with X-DashScope-Async: enable" if served[0] != "multimodal" else ""
         message = (
-            f"Model {name} is not supported by multimodal-generation: use the asynchronous "
-            "/api/v1/services/aigc/text2image/image-synthesis with X-DashScope-Async: enable."
+            f"Model {name} is not supported by {ENDPOINT_PATHS[endpoint]}: use {ENDPOINT_PATHS[served[0]]}"
+            f"{asynchronous}."
         )
         raise invalid(message, "model", name)
 
     # Task API ---------------------------------------------------------------------------------------------
-    def submit_task(self, account: str, key: str, request_id: str, body: dict[str, Any]) -> Task:
+    def submit_task(
+        self,
+        account: str,
+        key: str,
+        request_id: str,
+        body: dict[str, Any],
+        *,
+        endpoint: str = "task",
+        inputs: tuple[InputImage, ...] = (),
+    ) -> Task:
         """
-        Create a task from a submission's body: refused (400/403/404/429) or created; parameters out of the
-        model's limits give a task that ends FAILED InvalidParameter (``invalid_native_params="fail_task"``).
+        Create a task from a submission's body (``input.prompt``, ``parameters``) to ``endpoint``, with its
+        input images already checked: refused (400/403/404/429) or created; parameters out of the model's
+        limits give a task that ends FAILED InvalidParameter (``invalid_native_params="fail_task"``).
         """
-        model = self.check_model(body.get("model"), "task")
+        model = self.check_model(body.get("model"), endpoint)
         text_input, parameters = body.get("input"), body.get("parameters")
         parameters = {} if parameters is None else parameters
         if not isinstance(text_input, dict) or not isinstance(parameters, dict):
@@ -104,7 +121,7 @@ class ImageBackend:
         failure: InvalidRequestError | None = None
         validated: ValidRequest | None = None
         try:
-            validated = validate_native(model, text_input, parameters)
+            validated = validate_native(model, text_input, parameters, inputs)
         except InvalidRequestError as exc:
             if _refused_at_submission(exc) or self.faults.invalid_native_params == "reject":
                 raise invalid(str(exc), exc.parameter, model) from None
@@ -128,11 +145,12 @@ class ImageBackend:
             request_id=request_id,
             key_id=key,
             account=account,
+            endpoint=endpoint,
         )
         if validated is not None:
             code, failed = self.dice.draw_task_outcome()
             task.n = validated.n
-            task.images = tuple(image_params(validated))
+            task.images = tuple(image_params(validated, inputs=inputs))
             task.orig_prompt = validated.prompt
             # §6: actual_prompt is absent when prompt extension is off ("" here: left out of the answer).
             task.actual_prompt = upsampled_prompt(validated) or ""
@@ -208,18 +226,31 @@ class ImageBackend:
                 self.quotas.release(scope)
 
 
-def validate_native(model: str, text_input: dict[str, Any], parameters: dict[str, Any]) -> ValidRequest:
-    """A DashScope body's ``input`` and ``parameters`` validated with the model's native defaults."""
+def validate_native(
+    model: str,
+    text_input: dict[str, Any],
+    parameters: dict[str, Any],
+    inputs: tuple[InputImage, ...] = (),
+    *,
+    sync: bool = False,
+) -> ValidRequest:
+    """
+    A DashScope body's ``input`` and ``parameters`` validated with the model's native defaults, and with
+    the editing rules for its (checked) input images; ``sync``: a synchronous call (n defaults to 1).
+    """
+    params, overrides = edit_parameters(model, parameters, inputs, sync=sync)
     # Where qwen-image's negative_prompt goes differs between the prose and the examples (§7): both read.
-    negative = text_input.get("negative_prompt", parameters.get("negative_prompt"))
+    negative = text_input.get("negative_prompt", params.get("negative_prompt"))
     return validate_request(
         prompt=text_input.get("prompt"),
         model=model,
-        n=parameters.get("n"),
-        size=parameters.get("size"),
+        n=params.get("n"),
+        size=params.get("size"),
         negative_prompt=negative,
-        prompt_upsampling=parameters.get("prompt_extend"),
-        seed=parameters.get("seed"),
+        prompt_upsampling=params.get("prompt_extend"),
+        seed=params.get("seed"),
         native=True,
-        watermark=parameters.get("watermark"),
+        watermark=params.get("watermark"),
+        overrides=overrides,
+        input_count=len(inputs),
     )

@@ -148,6 +148,8 @@ class FaultConfig:
     unparsable_result_urls: int = 0
     # The image list of every answer carrying images, wrapped in this many more JSON arrays (still billed).
     answer_nesting_depth: int = 0
+    # How long the service waits for an input image URL (to connect, for each read, then in all), then 400.
+    input_download_timeout_ms: float = 10_000
 
     def validated(self) -> FaultConfig:
         """Return a copy with fields coerced, raising ValueError on nonsense values."""

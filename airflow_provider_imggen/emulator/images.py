@@ -4,6 +4,11 @@ Deterministic placeholder images for the emulator.
 Every pixel is derived from a sha256 of the inputs, so the same request always yields byte-identical
 PNGs (tests compare bytes; URLs and b64 payloads agree), while two prompts yield visibly different
 pictures with the prompt written on them, so a person looking at a DAG's output can tell them apart.
+
+An edit (input images) is drawn over its last input (blended into the background) with the thumbnails of
+every input in order in a strip under the prompt panel, and names the inputs' sha256s, in order, as a JSON
+list in a PNG ``tEXt`` chunk keyed ``imggen:inputs`` (:data:`INPUTS_CHUNK`): a test checks which inputs an
+output was made from. A text-to-image PNG has no such chunk and is byte-identical to what it always was.
 """
 
 from __future__ import annotations
@@ -11,15 +16,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import math
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 # zlib level 1: the images are mostly smooth gradients, so level 1 is ~3x faster than the default
 # for a few percent more bytes; the emulator must answer in tens of milliseconds, not hundreds.
 _PNG_COMPRESS_LEVEL = 1
 _FOOTER_FRACTION = 0.035
+# The inputs' strip: this share of the picture above the footer; the last input's weight in the background.
+_STRIP_FRACTION = 0.22
+_BACKDROP_WEIGHT = 0.55
+INPUTS_CHUNK = "imggen:inputs"
 Color = tuple[int, int, int]
+Thumbnails = tuple[tuple[str, bytes], ...]  # (sha256 hex, PNG thumbnail) per input image, in order
 
 
 class _HashStream:
@@ -147,9 +159,10 @@ def _fit_text(
         size = max(10, int(size * 0.92))
 
 
-def _draw_text_panel(image: Image.Image, prompt: str, panel_color: Color) -> None:
+def _draw_text_panel(image: Image.Image, prompt: str, panel_color: Color, reserved: int = 0) -> None:
+    """The prompt on a translucent panel, centred above the footer and the ``reserved`` strip."""
     width, height = image.size
-    footer_height = max(14, int(height * _FOOTER_FRACTION))
+    footer_height = max(14, int(height * _FOOTER_FRACTION)) + reserved
     margin = max(8, width // 14)
     padding = max(6, width // 40)
     box_width = width - 2 * margin
@@ -188,6 +201,52 @@ def _draw_footer(image: Image.Image, model: str, seed: int, negative_prompt: str
     )
 
 
+def _strip_height(height: int) -> int:
+    return max(8, int((height - max(14, int(height * _FOOTER_FRACTION))) * _STRIP_FRACTION))
+
+
+def _thumbnail(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as thumb:
+        return thumb.convert("RGB")
+
+
+def _backdrop(image: Image.Image, thumbnail: bytes) -> Image.Image:
+    """The background blended with the last input, stretched over the whole picture."""
+    stretched = _thumbnail(thumbnail).resize(image.size, Image.Resampling.BILINEAR)
+    return Image.blend(image, stretched, _BACKDROP_WEIGHT)
+
+
+def _draw_inputs(image: Image.Image, inputs: Thumbnails, strip: int) -> None:
+    """Every input's thumbnail, in order and numbered from 1, on a dark strip just above the footer."""
+    width, height = image.size
+    bottom = height - max(14, int(height * _FOOTER_FRACTION))
+    top = bottom - strip
+    _paste_translucent(image, (12, 12, 12), Image.new("L", (width, strip), 170), (0, top))
+    pad = max(2, strip // 10)
+    thumbs = [_thumbnail(data) for _, data in inputs]
+    inner = max(1, strip - 2 * pad)
+    natural = [max(1, round(inner * thumb.width / thumb.height)) for thumb in thumbs]
+    room = max(len(thumbs), width - 2 * pad - pad * (len(thumbs) - 1))
+    scale = min(1.0, room / sum(natural))
+    sizes = [(max(1, int(w * scale)), max(1, int(inner * scale))) for w in natural]
+    x = (width - sum(w for w, _ in sizes) - pad * (len(sizes) - 1)) // 2
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, inner // 4))
+    for index, (thumb, (w, h)) in enumerate(zip(thumbs, sizes, strict=True)):
+        y = top + (strip - h) // 2
+        image.paste(thumb.resize((w, h), Image.Resampling.BILINEAR), (x, y))
+        draw.rectangle((x - 1, y - 1, x + w, y + h), outline=(255, 255, 255))
+        draw.text(
+            (x + 2, y + 1),
+            str(index + 1),
+            font=font,
+            fill=(255, 255, 255),
+            stroke_width=1,
+            stroke_fill=(0, 0, 0),
+        )
+        x += w + pad
+
+
 def _draw_watermark(image: Image.Image) -> None:
     """The service's visible mark (watermark=true): a label in the bottom right corner."""
     draw = ImageDraw.Draw(image)
@@ -211,13 +270,15 @@ def render_png(
     width: int,
     height: int,
     watermark: bool = False,
+    inputs: Thumbnails = (),
 ) -> bytes:
     """
     Render the emulator's PNG for one generated image: exactly ``width`` x ``height``, byte-identical for
     identical inputs (so it is cached: the same URL downloaded twice costs one render).
 
     The background colours depend on the prompt alone (one prompt keeps its palette across seeds); shapes
-    depend on prompt, seed and model, so the n images of one request differ visibly.
+    depend on prompt, seed and model, so the n images of one request differ visibly. ``inputs``: an edit's
+    input images (see the module docstring).
     """
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be positive, got {width}x{height}")
@@ -225,14 +286,24 @@ def render_png(
     start, end = palette.color(20, 235), palette.color(20, 235)
     angle = palette.unit() * 360.0
     image = _gradient(width, height, start, end, angle)
-    _draw_shapes(
-        image, _HashStream(_digest_key("shapes", model, prompt, negative_prompt, seed, width, height))
-    )
+    shas = tuple(sha for sha, _ in inputs)
+    if inputs:
+        image = _backdrop(image, inputs[-1][1])
+    key = _digest_key("shapes", model, prompt, negative_prompt, seed, width, height, *shas)
+    _draw_shapes(image, _HashStream(key))
     panel = tuple(channel // 5 for channel in start)
-    _draw_text_panel(image, prompt, (panel[0], panel[1], panel[2]))
+    strip = _strip_height(height) if inputs else 0
+    _draw_text_panel(image, prompt, (panel[0], panel[1], panel[2]), strip)
+    if inputs:
+        _draw_inputs(image, inputs, strip)
     _draw_footer(image, model, seed, negative_prompt)
     if watermark:
         _draw_watermark(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    if not inputs:
+        image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+        return buffer.getvalue()
+    info = PngInfo()
+    info.add_text(INPUTS_CHUNK, json.dumps(list(shas)))
+    image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL, pnginfo=info)
     return buffer.getvalue()

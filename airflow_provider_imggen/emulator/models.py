@@ -17,9 +17,28 @@ shows up as drift instead of being agreed on silently. Stdlib only.
   ``burst``: requests allowed back to back (default: the per-second rate, at least 1), for a quota counted
   per minute. ``concurrent_tasks`` applies to the task API only (§7: no concurrency quota on the
   synchronous endpoint).
-- ``endpoints``: which DashScope endpoints serve it: ``"task"`` (``text2image/image-synthesis``, asynchronous)
-  and/or ``"multimodal"`` (``multimodal-generation/generation``, synchronous)
+- ``endpoints``: which DashScope endpoints serve it (:data:`ENDPOINT_PATHS`): ``"task"``
+  (``text2image/image-synthesis``, asynchronous), ``"image2image"`` (``image2image/image-synthesis``,
+  asynchronous), ``"image-generation"`` (``image-generation/generation``, asynchronous, messages body),
+  ``"multimodal"`` (``multimodal-generation/generation``, synchronous)
 - ``task_metric``: synchronous answers carry ``output.task_metric`` (§7: every model but the 2.0 family)
+
+Editing (images in as well as out; read by :mod:`~airflow_provider_imggen.emulator.editing` and
+:mod:`~airflow_provider_imggen.emulator.inputs`), 0 / 0 and empty for the text-only models:
+
+- ``min_input_images``, ``max_input_images``: input images a request must / may carry
+- ``input_formats`` (Pillow's format names), ``max_input_bytes``, ``min_input_side``, ``max_input_side``
+  (each side of each input, pixels), ``refuses_alpha`` (an input with an alpha channel is refused)
+- ``size_settable``: False when the request may not name a size (qwen-image-edit)
+- ``size_from_input``: the default size with inputs: ``"area"`` (the last input's aspect ratio at
+  ``input_size_pixels`` pixels, or at the default named size's), ``"input"`` (the last input's own size,
+  scaled into ``min_pixels``-``max_pixels``), or None (the model's default size)
+- ``named_sizes`` (``{"1K": pixels, ...}``, the aspect ratio of the last input or square),
+  ``default_named_size``, ``text_only_sizes`` (named sizes refused with inputs or sequential output) and
+  ``text_only_max_pixels`` (the pixel cap then)
+- ``sequential_max_n``: n's maximum (and default) with ``parameters.enable_sequential`` (None: not supported)
+- ``bbox_list`` / ``color_palette``: the parameters are read; ``interleave``: ``enable_interleave`` is read
+- ``wan_answer``: the Wan 2.6 / 2.7 answer (content items with ``type``, ``output.finished``, ``usage.size``)
 
 Dated snapshots (``qwen-image-2.0-pro-2026-04-22``) have their family's limits. A name the table does not
 know is not a model the service has: the DashScope endpoints answer 404 ModelNotFound and the gateway
@@ -49,6 +68,52 @@ NAMED_FIELDS = frozenset(
     }
 )
 _SNAPSHOT = re.compile(r"^(?P<family>.+)-\d{4}-\d{2}-\d{2}$")
+ENDPOINT_PATHS = {
+    "task": "/api/v1/services/aigc/text2image/image-synthesis",
+    "image2image": "/api/v1/services/aigc/image2image/image-synthesis",
+    "image-generation": "/api/v1/services/aigc/image-generation/generation",
+    "multimodal": "/api/v1/services/aigc/multimodal-generation/generation",
+}
+# 10 MB per input image (10 * 1024 * 1024 bytes) for every editing model. wan2.7-image: the official
+# reference says 10 MB, third-party gateways 20 MB; the emulator takes the official 10 MB.
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+# The text-only models: no input image.
+_NO_INPUTS: dict[str, Any] = {
+    "min_input_images": 0,
+    "max_input_images": 0,
+    "input_formats": (),
+    "max_input_bytes": None,
+    "min_input_side": None,
+    "max_input_side": None,
+    "refuses_alpha": False,
+    "size_settable": True,
+    "size_from_input": None,
+    "input_size_pixels": None,
+    "named_sizes": None,
+    "default_named_size": None,
+    "text_only_sizes": (),
+    "text_only_max_pixels": None,
+    "sequential_max_n": None,
+    "bbox_list": False,
+    "color_palette": False,
+    "interleave": False,
+    "wan_answer": False,
+}
+# The Qwen image editing page: JPG/JPEG/PNG/BMP/TIFF/WEBP/GIF, each side 384-3072, at most 10 MB.
+_QWEN_INPUTS: dict[str, Any] = {
+    "input_formats": ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF"),
+    "max_input_bytes": MAX_INPUT_BYTES,
+    "min_input_side": 384,
+    "max_input_side": 3072,
+}
+# The Wan 2.6 / 2.7 pages: JPEG/JPG/PNG (no alpha channel)/BMP/WEBP, each side 240-8000, at most 10 MB.
+_WAN_INPUTS: dict[str, Any] = {
+    "input_formats": ("JPEG", "PNG", "BMP", "WEBP"),
+    "max_input_bytes": MAX_INPUT_BYTES,
+    "min_input_side": 240,
+    "max_input_side": 8000,
+    "refuses_alpha": True,
+}
 
 # qwen-image (§7): exactly these five sizes, 1664*928 the default; the older 1472*1140 / 1140*1472 are
 # refused by the service.
@@ -60,6 +125,7 @@ _QWEN_IMAGE_SIZES = (
     (928, 1664),
 )
 _QWEN_IMAGE: dict[str, Any] = {
+    **_NO_INPUTS,
     "max_n": 1,
     "native_default_n": 1,
     "default_size": "1664x928",
@@ -81,6 +147,7 @@ _QWEN_IMAGE: dict[str, Any] = {
 # Wan V2 (wan2.2-t2i-*, wanx2.1, wanx2.0): each side 512-1440, at most 1440x1440 pixels, n 1-4 (default 4,
 # all 4 billed), 2/s and 2 concurrent per account.
 _WAN22: dict[str, Any] = {
+    **_NO_INPUTS,
     "max_n": 4,
     "native_default_n": 4,
     "default_size": "1024x1024",
@@ -126,8 +193,8 @@ _QWEN_IMAGE_2: dict[str, Any] = {
 }
 # qwen-image-2.0-pro (§7): 2 per minute.
 _QWEN_IMAGE_2_PRO: dict[str, Any] = {**_QWEN_IMAGE_2, "submissions_per_second": 2 / 60, "burst": 2}
-# The 2.1 / 3.0 families, z-image-turbo, wan2.7-image (§7: synchronous only). Their limits beyond that are not
-# in the notes: the 2.0 family's are used (unverified).
+# The 2.1 / 3.0 families, z-image-turbo (§7: synchronous only). Their limits beyond that are not in the
+# notes: the 2.0 family's are used (unverified).
 _NEWER_SYNC: dict[str, Any] = {**_QWEN_IMAGE_2, "task_metric": True}
 # wan2.5-t2i-preview (§7): default 1280*1280, n 1-4 (default 4), prompt <= 2000 characters, aspect ratio 1:4
 # to 4:1, 5/s and 5 concurrent. Minimum total pixels: 768*768 in one reference, 1280*1280 in another
@@ -144,20 +211,128 @@ _WAN25: dict[str, Any] = {
     "submissions_per_second": 5.0,
     "concurrent_tasks": 5,
 }
+# The qwen-image 2.0 family edits with 0-3 input images (0: text to image); the default size is then the last
+# input's, its pixels kept within 512*512-2048*2048. qwen-image-2.1-pro: up to 10 (the newer page).
+_QWEN_2_EDITS: dict[str, Any] = {**_QWEN_INPUTS, "max_input_images": 3, "size_from_input": "input"}
+# qwen-image-edit (synchronous only): 1-3 input images, n=1, no size (the output follows the last input at
+# about 1024*1024 pixels), 2/s. -plus: n 1-6, size W*H with each side 512-2048 (default: as -edit). -max: as
+# -plus, 2 per minute (like qwen-image-max). Sides of a derived size: multiples of 16 (unverified).
+_QWEN_IMAGE_EDIT: dict[str, Any] = {
+    **_QWEN_IMAGE,
+    **_QWEN_INPUTS,
+    "min_input_images": 1,
+    "max_input_images": 3,
+    "default_size": "1024x1024",
+    "native_default_size": "1024x1024",
+    "sizes": None,
+    "min_side": 512,
+    "max_side": 2048,
+    "max_pixels": 2048 * 2048,
+    "size_settable": False,
+    "size_from_input": "area",
+    "input_size_pixels": 1024 * 1024,
+    "concurrent_tasks": None,
+    "endpoints": ("multimodal",),
+}
+_QWEN_IMAGE_EDIT_PLUS: dict[str, Any] = {**_QWEN_IMAGE_EDIT, "max_n": 6, "size_settable": True}
+_QWEN_IMAGE_EDIT_MAX: dict[str, Any] = {**_QWEN_IMAGE_EDIT_PLUS, "submissions_per_second": 2 / 60, "burst": 2}
+# wan2.5-i2i-preview (task API only, image2image/image-synthesis): 1-3 inputs, each side 384-5000; n 1-4
+# (default 4); size W*H with 768*768-1280*1280 pixels, 1:4-4:1, default about 1280*1280 at the last
+# input's aspect ratio (the aspect part unverified); 5/s and 5 concurrent (§7). Prompt: wan2.5-t2i's 2000
+# (unverified).
+_WAN25_I2I: dict[str, Any] = {
+    **_WAN25,
+    **_WAN_INPUTS,
+    "min_input_images": 1,
+    "max_input_images": 3,
+    "min_input_side": 384,
+    "max_input_side": 5000,
+    "max_pixels": 1280 * 1280,
+    "size_from_input": "area",
+    "input_size_pixels": 1280 * 1280,
+    "endpoints": ("image2image",),
+}
+# wan2.6-t2i (messages body; synchronous, or asynchronous on image-generation/generation): n 1-4 (default 4
+# on the task endpoint), 1280*1280-1440*1440 pixels, 1:4-4:1, default 1280*1280, prompt <= 2100. §6: 5
+# concurrent, 1/s in Beijing (5/s in Singapore): the emulator plays Beijing.
+_WAN26_T2I: dict[str, Any] = {
+    **_WAN25,
+    "default_size": "1280x1280",
+    "native_default_size": "1280x1280",
+    "min_pixels": 1280 * 1280,
+    "max_pixels": 1440 * 1440,
+    "max_prompt_chars": 2100,
+    "submissions_per_second": 1.0,
+    "endpoints": ("multimodal", "image-generation"),
+    "wan_answer": True,
+}
+# wan2.6-image: 1-4 inputs (0-1 with enable_interleave); n 1-4; size 1K (default), 2K or W*H with
+# 768*768-2048*2048 pixels; a named size takes the last input's aspect ratio. Unverified: the prompt limit
+# (2000), the 1:4-4:1 bound, the quota (wan2.6-t2i's).
+_WAN26_IMAGE: dict[str, Any] = {
+    **_WAN26_T2I,
+    **_WAN_INPUTS,
+    "min_input_images": 1,
+    "max_input_images": 4,
+    "default_size": "1024x1024",
+    "native_default_size": "1024x1024",
+    "min_pixels": 768 * 768,
+    "max_pixels": 2048 * 2048,
+    "max_prompt_chars": 2000,
+    "size_from_input": "area",
+    "named_sizes": {"1K": 1024 * 1024, "2K": 2048 * 2048},
+    "default_named_size": "1K",
+    "interleave": True,
+}
+# wan2.7-image / -pro (synchronous; asynchronous on image-generation/generation): 0-9 inputs; n 1-4, or 1-12
+# (default 12, third-party pages) with enable_sequential; size 1K, 2K (default), 4K (-pro without inputs or
+# sequential output only) or W*H with 768*768-2048*2048 pixels (4096*4096 for 4K's case), 1:8-8:1; bbox_list,
+# color_palette. Unverified: W*H's bounds, the prompt limit (5000, third-party), the quota (2/s).
+_WAN27: dict[str, Any] = {
+    **_WAN26_IMAGE,
+    "min_input_images": 0,
+    "max_input_images": 9,
+    "default_size": "2048x2048",
+    "native_default_size": "2048x2048",
+    "max_aspect_ratio": 8.0,
+    "max_prompt_chars": 5000,
+    "named_sizes": {"1K": 1024 * 1024, "2K": 2048 * 2048},
+    "default_named_size": "2K",
+    "native_default_n": 1,
+    "sequential_max_n": 12,
+    "bbox_list": True,
+    "color_palette": True,
+    "interleave": False,
+    "submissions_per_second": 2.0,
+    "concurrent_tasks": None,
+}
+_WAN27_PRO: dict[str, Any] = {
+    **_WAN27,
+    "named_sizes": {"1K": 1024 * 1024, "2K": 2048 * 2048, "4K": 4096 * 4096},
+    "text_only_sizes": ("4K",),
+    "text_only_max_pixels": 4096 * 4096,
+}
 
 MODEL_LIMITS: dict[str, dict[str, Any]] = {
     "qwen-image": dict(_QWEN_IMAGE),
     # §6: qwen-image-plus has qwen-image's limits.
     "qwen-image-plus": dict(_QWEN_IMAGE),
     "qwen-image-max": dict(_QWEN_IMAGE_MAX),
-    "qwen-image-2.0": dict(_QWEN_IMAGE_2),
-    "qwen-image-2.0-pro": dict(_QWEN_IMAGE_2_PRO),
-    "qwen-image-2.1-pro": dict(_NEWER_SYNC),
+    "qwen-image-2.0": {**_QWEN_IMAGE_2, **_QWEN_2_EDITS},
+    "qwen-image-2.0-pro": {**_QWEN_IMAGE_2_PRO, **_QWEN_2_EDITS},
+    "qwen-image-2.1-pro": {**_NEWER_SYNC, **_QWEN_2_EDITS, "max_input_images": 10},
+    # Text to image only: an image item is refused (400 InvalidParameter).
     "qwen-image-3.0": dict(_NEWER_SYNC),
     "qwen-image-3.0-pro": dict(_NEWER_SYNC),
     "z-image-turbo": dict(_NEWER_SYNC),
-    "wan2.7-image": dict(_NEWER_SYNC),
-    "wan2.7-image-pro": dict(_NEWER_SYNC),
+    "qwen-image-edit": dict(_QWEN_IMAGE_EDIT),
+    "qwen-image-edit-plus": dict(_QWEN_IMAGE_EDIT_PLUS),
+    "qwen-image-edit-max": dict(_QWEN_IMAGE_EDIT_MAX),
+    "wan2.7-image": dict(_WAN27),
+    "wan2.7-image-pro": dict(_WAN27_PRO),
+    "wan2.6-image": dict(_WAN26_IMAGE),
+    "wan2.6-t2i": dict(_WAN26_T2I),
+    "wan2.5-i2i-preview": dict(_WAN25_I2I),
     "wan2.5-t2i-preview": dict(_WAN25),
     "wan2.2-t2i-flash": dict(_WAN22),
     "wan2.2-t2i-plus": dict(_WAN22),
@@ -175,6 +350,7 @@ GATEWAY_MODELS = ("qwen-image", "wan2.2-t2i-flash", "wan2.2-t2i-plus")
 
 # Limits of a model name a gateway was told to serve (FaultConfig.gateway_models) but the table does not know.
 GENERIC_LIMITS: dict[str, Any] = {
+    **_NO_INPUTS,
     "max_n": 10,
     "native_default_n": 1,
     "default_size": "1328x1328",
@@ -215,5 +391,5 @@ def limits_of(model: str) -> dict[str, Any]:
 
 
 def serves(model: str, endpoint: str) -> bool:
-    """Whether ``endpoint`` (``task`` or ``multimodal``) serves ``model``."""
+    """Whether ``endpoint`` (a key of :data:`ENDPOINT_PATHS`) serves ``model``."""
     return endpoint in limits_of(model)["endpoints"]

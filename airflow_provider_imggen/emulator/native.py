@@ -1,6 +1,7 @@
 """
 DashScope's native asynchronous task API: submission, status, cancel and the task list. Thin routes: parse,
-ask the backend, render. Always in DashScope's error shape.
+ask the backend, render. Always in DashScope's error shape. The status and the list also serve the tasks of
+the editing and messages-body endpoints (:mod:`~airflow_provider_imggen.emulator.image2image`).
 
 The generation time is the task's PENDING + RUNNING time (``task_pending_ms``, ``task_duration_ms``);
 ``latency_ms``, which stands for a synchronous generation, does not apply. A submission's images are billed
@@ -34,6 +35,7 @@ from airflow_provider_imggen.emulator.errors import (
     invalid,
 )
 from airflow_provider_imggen.emulator.faults import BILLED_FAULTS
+from airflow_provider_imggen.emulator.models import ENDPOINT_PATHS
 from airflow_provider_imggen.emulator.results import image_answer, result_url
 from airflow_provider_imggen.emulator.tasks import TASK_STATUSES, Task
 from airflow_provider_imggen.emulator.wire import BEIJING, dashscope_time
@@ -43,7 +45,7 @@ SubmitCall = Annotated[Call, Depends(api_call("submit", style="dashscope", billa
 StatusCall = Annotated[Call, Depends(api_call("task", style="dashscope", status_query=True))]
 CancelCall = Annotated[Call, Depends(api_call("cancel", style="dashscope"))]
 ListCall = Annotated[Call, Depends(api_call("list", style="dashscope", status_query=True))]
-SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+SUBMIT_PATH = ENDPOINT_PATHS["task"]
 MAX_PAGE_SIZE = 100
 MAX_LIST_SPAN = timedelta(hours=24)
 
@@ -52,6 +54,12 @@ _TASK_FAILURE_MESSAGES = {
     "InvalidParameter": "The request parameters are invalid for this model.",
     "DataInspectionFailed": "Output data may contain inappropriate content.",
     "InternalError.Algo": "An internal algorithm error occurred while generating the image.",
+}
+# The task list's service names of the task endpoints.
+_API_KEYS = {
+    "task": "text2image:image-synthesis",
+    "image2image": "image2image:image-synthesis",
+    "image-generation": "image-generation:generation",
 }
 # A failed image of a task that otherwise SUCCEEDED (an output content check, typically).
 IMAGE_FAILURE = {"code": "DataInspectionFailed", "message": "Output data may contain inappropriate content."}
@@ -62,12 +70,22 @@ def failure_message(task: Task) -> str:
     return task.failure_message or _TASK_FAILURE_MESSAGES.get(code, f"The task failed: {code}")
 
 
-@router.post(SUBMIT_PATH)
-async def submit_task(call: SubmitCall) -> Response:
+def require_async(call: Call) -> None:
+    """A task endpoint's submission without ``X-DashScope-Async: enable``: 403 AccessDenied."""
     if call.request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
         message = "current user api does not support synchronous calls"
         raise ServiceError(403, "AccessDenied", message, outcome="denied")
+
+
+@router.post(SUBMIT_PATH)
+async def submit_task(call: SubmitCall) -> Response:
+    require_async(call)
     task = call.backend.submit_task(call.account, call.key_id, call.request_id, await call.body())
+    return await answer_submission(call, task)
+
+
+async def answer_submission(call: Call, task: Task) -> Response:
+    """The answer to a task endpoint's submission that created ``task`` (or a billed fault in its place)."""
     fault = call.fault if call.fault in BILLED_FAULTS else None
     outcome = fault or ("invalid_params_task" if task.failure_message and not task.images else "ok")
     # billed_images (0 now) is settled when the task ends: see RequestLog.
@@ -108,6 +126,9 @@ def task_output(call: Call, task_id: str, task: Task | None, status: str) -> dic
         metrics["FAILED"] = task.n
     elif status == "SUCCEEDED":
         output["end_time"] = dashscope_time(task.ended_at)
+        if task.endpoint == "image-generation":
+            output.update(finished=True, choices=_choices(call, task))
+            return output  # the Wan 2.6 task page shows no task_metrics
         results: list[dict[str, str]] = []
         for index, params in enumerate(task.images):
             if index in task.failed_images:
@@ -124,6 +145,22 @@ def task_output(call: Call, task_id: str, task: Task | None, status: str) -> dic
     return output
 
 
+def _choices(call: Call, task: Task) -> list[dict[str, Any]]:
+    """
+    A SUCCEEDED image-generation task's images, one choice each (the Wan 2.6 task page's shape); a failed
+    image is a choice with ``finish_reason: "error"``, its code and message (unverified: no page shows one).
+    """
+    choices: list[dict[str, Any]] = []
+    for index, params in enumerate(task.images):
+        if index in task.failed_images:
+            choices.append({"finish_reason": "error", **IMAGE_FAILURE})
+            continue
+        url = result_url(call.state, call.request, params, index, issued_at=task.ended_at)
+        message = {"role": "assistant", "content": [{"image": url, "type": "image"}]}
+        choices.append({"finish_reason": "stop", "message": message})
+    return choices
+
+
 @router.get("/api/v1/tasks/{task_id}")
 async def get_task(task_id: str, call: StatusCall) -> Response:
     task, status = call.backend.task(task_id)
@@ -131,6 +168,10 @@ async def get_task(task_id: str, call: StatusCall) -> Response:
     body: dict[str, Any] = {"request_id": call.request_id, "output": task_output(call, task_id, task, status)}
     if task is not None and status == "SUCCEEDED":
         body["usage"] = {"image_count": task.succeeded_count}
+        if task.endpoint == "image-generation":
+            first = task.images[0] if task.images else None
+            body["usage"]["size"] = f"{first.width}*{first.height}" if first else ""
+            return image_answer(call.state, body, ("output", "choices"))
         return image_answer(call.state, body, ("output", "results"))
     return JSONResponse(body)
 
@@ -199,7 +240,7 @@ def _list_item(task: Task, status: str) -> dict[str, Any]:
         "request_id": task.request_id,
         "status": status,
         "task_id": task.task_id,
-        "user_api_unique_key": f"apikey:v1:aigc:text2image:image-synthesis:{task.model}",
+        "user_api_unique_key": f"apikey:v1:aigc:{_API_KEYS.get(task.endpoint, task.endpoint)}:{task.model}",
     }
     if status not in ("PENDING", "SUSPENDED") and task.canceled_at is None:
         item["start_time"] = int(task.scheduled_at * 1000)

@@ -1,6 +1,10 @@
 """
 The images the service made and the object store holding them: deterministic image parameters (seeds, ids),
 the registry of issued images that result URLs point at, and the store's URL signatures (OSS V1 style).
+
+An edit's images carry their inputs (:class:`InputImage`: the sha256 of the bytes received and a thumbnail),
+so the output is derived from them, visibly (the renderer shows the thumbnails) and checkably (the id and the
+PNG's ``imggen:inputs`` chunk name their sha256s). Text-to-image parameters, seeds and ids are unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ SEED_MODULUS = MAX_SEED + 1
 
 
 @dataclass(frozen=True)
+class InputImage:
+    """One input image as the service received it: sha256 (hex) of its exact bytes, a PNG thumbnail."""
+
+    sha256: str
+    thumbnail: bytes
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
 class ImageParams:
     model: str
     prompt: str
@@ -29,6 +44,12 @@ class ImageParams:
     width: int
     height: int
     watermark: bool = False
+    inputs: tuple[InputImage, ...] = ()
+
+    @property
+    def input_thumbnails(self) -> tuple[tuple[str, bytes], ...]:
+        """(sha256, thumbnail) of each input, in order: what the renderer composites."""
+        return tuple((item.sha256, item.thumbnail) for item in self.inputs)
 
 
 def _digest(*parts: object) -> bytes:
@@ -39,9 +60,12 @@ def _digest(*parts: object) -> bytes:
     return hasher.digest()
 
 
-def default_seed(model: str, prompt: str, negative_prompt: str | None, size: str) -> int:
-    """The seed used when a request names none: derived from the request so every run repeats."""
-    return int.from_bytes(_digest("seed", model, prompt, negative_prompt, size)[:8], "big") % SEED_MODULUS
+def default_seed(
+    model: str, prompt: str, negative_prompt: str | None, size: str, inputs: tuple[str, ...] = ()
+) -> int:
+    """The seed used when a request names none: derived from the request (and its inputs' sha256s)."""
+    digest = _digest("seed", model, prompt, negative_prompt, size, *((inputs,) if inputs else ()))
+    return int.from_bytes(digest[:8], "big") % SEED_MODULUS
 
 
 def image_id(params: ImageParams) -> str:
@@ -54,15 +78,20 @@ def image_id(params: ImageParams) -> str:
         params.width,
         params.height,
     )
-    # A marked image is another object; unmarked ones keep the ids they always had.
-    return _digest(*parts, *(("watermark",) if params.watermark else ())).hex()[:32]
+    # A marked image, or an edit, is another object; the others keep the ids they always had.
+    marked = ("watermark",) if params.watermark else ()
+    edited = (("inputs", *(item.sha256 for item in params.inputs)),) if params.inputs else ()
+    return _digest(*parts, *marked, *edited).hex()[:32]
 
 
-def image_params(request: ValidRequest, count: int | None = None) -> list[ImageParams]:
-    """One image per index (``count``, default n); image ``i`` uses ``seed + i``."""
+def image_params(
+    request: ValidRequest, count: int | None = None, inputs: tuple[InputImage, ...] = ()
+) -> list[ImageParams]:
+    """One image per index (``count``, default n); image ``i`` uses ``seed + i``; all share ``inputs``."""
     seed = request.seed
     if seed is None:
-        seed = default_seed(request.model, request.prompt, request.negative_prompt, request.size)
+        shas = tuple(item.sha256 for item in inputs)
+        seed = default_seed(request.model, request.prompt, request.negative_prompt, request.size, shas)
     return [
         ImageParams(
             model=request.model,
@@ -72,6 +101,7 @@ def image_params(request: ValidRequest, count: int | None = None) -> list[ImageP
             width=request.width,
             height=request.height,
             watermark=request.watermark,
+            inputs=inputs,
         )
         for index in range(request.n if count is None else count)
     ]

@@ -144,6 +144,7 @@ async def download_image(date: str, image_key: str, call: DownloadCall) -> Respo
         image.width,
         image.height,
         image.watermark,
+        image.input_thumbnails,
     )
     truncate = state.dice.draw_truncate()
     call.log(
@@ -175,5 +176,6 @@ async def b64_image(params: ImageParams) -> str:
         params.width,
         params.height,
         params.watermark,
+        params.input_thumbnails,
     )
     return await run_in_threadpool(_b64encode, png)

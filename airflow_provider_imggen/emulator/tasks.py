@@ -45,6 +45,8 @@ class Task:
     canceled_at: float | None = None
     expired: bool = False
     suspended_s: float = 0.0
+    # The endpoint that took it (models.ENDPOINT_PATHS): image-generation tasks answer in its messages shape.
+    endpoint: str = "task"
 
     @property
     def scheduled_at(self) -> float:

@@ -155,18 +155,25 @@ def validate_request(
     native: bool = False,
     extra: dict[str, Any] | None = None,
     watermark: object = None,
+    overrides: dict[str, Any] | None = None,
+    input_count: int = 0,
 ) -> ValidRequest:
     """
     Validate one generation request against :data:`MODEL_LIMITS` as the service does.
 
     ``n`` is a JSON integer, ``prompt_upsampling`` a JSON boolean; ``seed`` an integer or a string of ASCII
     digits (the seed document types it as a string); sizes are ``WxH`` or ``W*H`` in ASCII
-    digits. ``native`` picks the native API's defaults (size, n).
+    digits. ``native`` picks the native API's defaults (size, n). ``overrides``: limits of this request that
+    differ from the table's (an edit's, see :mod:`~airflow_provider_imggen.emulator.editing`);
+    ``input_count``: the input images the request carries (an editing-only model needs some).
 
     :raises InvalidRequestError: naming the parameter, the value and what is allowed
     """
     name = model_name(model)
-    limits = limits_of(name)
+    limits = {**limits_of(name), **(overrides or {})}
+    if input_count < limits["min_input_images"]:
+        allowed = f"{name} edits images: it needs {limits['min_input_images']}-{limits['max_input_images']}"
+        raise InvalidRequestError("images", input_count, f"{allowed} input images")
     checked_prompt = _text("prompt", prompt, limits["max_prompt_chars"], name, required=True)
     checked_negative = None
     if negative_prompt is not None:

@@ -176,7 +176,7 @@ class ImageGenerationHookBase(BaseHook):
             model=model,
             api_style=self.settings.api_style,
             dialect=self.settings.gateway_dialect,
-            **arguments,
+            **arguments,  # type: ignore[arg-type]  # the request's parameters, each checked there
         )
         note = unknown_model_note(request.model)
         if note is not None:

@@ -27,8 +27,10 @@ from airflow_provider_imggen.billing_journal import (
 )
 from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
+    ImageGenerationInputError,
     ImageGenerationOutcomeUnknownError,
     ImageGenerationSubmissionUnknownError,
+    ImageGenerationValidationError,
     billed_note,
 )
 from airflow_provider_imggen.hooks.native_tasks import NativeTasksHook
@@ -53,16 +55,21 @@ def _identifier(value: str | None) -> str | None:
 class BillableSend:
     """
     What a billable request sends: the endpoint (``gateway``, ``async``, ``sync``), its path below the
-    connection's base URL and the JSON body its wire module built.
+    connection's base URL and the JSON body its wire module built; ``recorded`` is that body as records
+    keep it (input images by sha256, :meth:`GenerationRequest.for_record`): the fingerprint, the task
+    record and the recovery read it, so a retry whose presigned input URLs are new signatures is the same
+    request.
     """
 
     endpoint: str
     path: str
-    body: dict[str, Any]
+    # What is sent may carry presigned input URLs and data URIs: never in a repr (tracebacks show locals).
+    body: dict[str, Any] = dataclasses.field(repr=False)
+    recorded: dict[str, Any] = dataclasses.field(repr=False)
 
     @cached_property
     def fingerprint(self) -> str:
-        return billable_fingerprint(self.endpoint, self.body)
+        return billable_fingerprint(self.endpoint, self.recorded)
 
 
 class _AttemptSteps:
@@ -106,12 +113,32 @@ class BillableSendHook(NativeTasksHook):
         key of its attempts in a billing journal.
         """
         endpoint = self.endpoint_for(request)
+        unread = [image.record()["uri"] for image in request.images if image.sha256 is None]
+        if unread:
+            raise ImageGenerationValidationError(
+                "images",
+                unread,
+                "not read yet: resolve_input_images() reads and checks input images before a request "
+                "carrying them is sent (ImageGenerationOperator does; nothing was sent)",
+            )
+        recorded = request.for_record()
         if endpoint == "sync":
-            return BillableSend("sync", multimodal.PATH, multimodal.request_body(request))
+            return BillableSend(
+                "sync", multimodal.PATH, multimodal.request_body(request), multimodal.request_body(recorded)
+            )
         if endpoint == "async":
-            return BillableSend("async", native.SUBMIT_PATH, native.submission_body(request))
+            return BillableSend(
+                "async",
+                native.submit_path(request),
+                native.submission_body(request),
+                native.submission_body(recorded),
+            )
+        dialect = self.settings.gateway_dialect
         return BillableSend(
-            "gateway", gateway.PATH, gateway.request_body(request, self.settings.gateway_dialect)
+            "gateway",
+            gateway.PATH,
+            gateway.request_body(request, dialect),
+            gateway.request_body(recorded, dialect),
         )
 
     def _send_billable(
@@ -147,6 +174,13 @@ class BillableSendHook(NativeTasksHook):
         :param reuse: False: an earlier attempt that was answered (paid) does not stop this one
         """
         self._refuse_unsettled(request, sending, journal, reuse=reuse)
+        unsendable = [image.record()["uri"] for image in request.images if image.wire is None]
+        if unsendable:
+            # Known by their sha256 (a retry's record) but not read by this try: nothing to send them as.
+            raise ImageGenerationInputError(
+                f"Input images {', '.join(unsendable)} were not read by this try, so the request cannot be "
+                "sent. Nothing was sent"
+            )
         attempt = journal.record_intent(
             fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
         )

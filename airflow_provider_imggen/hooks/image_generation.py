@@ -187,6 +187,7 @@ class ImageGenerationHook(BillableSendHook):
         timeout: float | None = None,
         journal: BillingJournal | None = None,
         reuse: bool = True,
+        aws_conn_id: str | None = "aws_default",
         **arguments: Any,
     ) -> ImageGenerationResult:
         """
@@ -196,12 +197,19 @@ class ImageGenerationHook(BillableSendHook):
         :param timeout: read timeout in seconds for the billable request
         :param journal: where the request's intent and outcome are recorded (see :meth:`generate`)
         :param reuse: see :meth:`generate`
+        :param aws_conn_id: the aws connection reading ``s3://`` input images
         :param arguments: the request's other parameters, by name: ``model`` (default: the connection's
-            ``default_model``), ``n``, ``size``, ``response_format``, ``negative_prompt``,
+            ``default_model``), ``images``, ``n``, ``size``, ``response_format``, ``negative_prompt``,
             ``prompt_upsampling``, ``seed``, ``extra_body``, ``watermark``, ``endpoint``
             (:class:`~airflow_provider_imggen.request.GenerationRequest` documents each)
         """
         request = self.validate_request(prompt, **arguments)
+        if request.images:
+            from airflow_provider_imggen.inputs.resolve import resolve_input_images
+
+            request = resolve_input_images(
+                request, aws_conn_id=aws_conn_id, imggen_conn_id=self.imggen_conn_id, log=self.log
+            )
         return self.generate(request, timeout=timeout, journal=journal, reuse=reuse)
 
     def _check_request(self, request: GenerationRequest, timeout: object) -> GenerationRequest:
@@ -323,14 +331,14 @@ class ImageGenerationHook(BillableSendHook):
         sending = self.billable_send(request)
         earlier = journal.last_for(sending.fingerprint)
         if earlier is not None and earlier.outcome == "task" and earlier.generation_task_id is not None:
-            reused = self._reuse_submitted(request, sending.body, earlier.generation_task_id, reuse=reuse)
+            reused = self._reuse_submitted(request, sending.recorded, earlier.generation_task_id, reuse=reuse)
             if reused is not None:
                 return reused
         elif earlier is not None and not earlier.settled:
-            return self.recover_submission(request, sending.body, earlier, journal)
+            return self.recover_submission(request, sending.recorded, earlier, journal)
 
         def read_answer(body: dict[str, Any], request_id: str | None) -> SubmittedTask:
-            return parse_submitted_task(body, request_id, sending.body)
+            return parse_submitted_task(body, request_id, sending.recorded)
 
         try:
             submitted = self._send_billable(
@@ -340,7 +348,7 @@ class ImageGenerationHook(BillableSendHook):
             # Sent, and maybe created: the task list may show the task (the journal has it as unknown).
             lost = journal.last_for(sending.fingerprint)
             assert lost is not None, "_send_billable recorded the intent"
-            return self.recover_submission(request, sending.body, lost, journal, unknown=unknown)
+            return self.recover_submission(request, sending.recorded, lost, journal, unknown=unknown)
         self.log.info(
             "Submitted task %s: model=%s n=%d size=%s seed=%s request_id=%s prompt=%r",
             submitted.generation_task_id,

@@ -38,7 +38,7 @@ _PICKED_SEED_RANGE = MAX_SEED - 16
 _REQUEST_PLACEHOLDERS: dict[str, object] = {
     item.name: None if item.default is dataclasses.MISSING else item.default
     for item in dataclasses.fields(GenerationRequest)
-    if item.name in REQUEST_PARAMETERS and item.name not in ("prompt", "extra_body", "endpoint")
+    if item.name in REQUEST_PARAMETERS and item.name not in ("prompt", "extra_body", "endpoint", "images")
 }
 # Checked as literals in the operator's __init__ besides its templated fields.
 UNTEMPLATED_CHECKED = (
@@ -80,12 +80,18 @@ def check_literal_arguments(arguments: Mapping[str, Any]) -> None:
         raise ImageGenerationValidationError(
             "endpoint", endpoint, "expected 'async' (the task API), 'sync' (multimodal generation) or None"
         )
+    # Input images given literally are parsed (and counted against a literal model) now; a template, an
+    # XCom or a .partial() expanded later, once rendered.
+    images = arguments.get("images")
+    images_known = "images" in arguments and is_literal(images)
     validate_generation_request(
         prompt=prompt,
         model=literal_model or "model-from-connection",
         extra_body=extra_body,
         # Whether the endpoint serves the model is only known with the model.
         endpoint=endpoint if literal_model else None,
+        images=images if images_known else None,
+        images_known=images_known and literal_model is not None,
         **checked,
     )
     if "request_timeout" in arguments and is_literal(arguments["request_timeout"]):

@@ -49,7 +49,8 @@ def task_deferral(
     return {
         "trigger": trigger,
         "method_name": "execute_complete",
-        "kwargs": {"request": dataclasses.asdict(request)},
+        # Input images by sha256 only: a presigned URL or a data URI does not belong in the trigger table.
+        "kwargs": {"request": dataclasses.asdict(request.for_record())},
         "timeout": timedelta(seconds=wait_timeout + DEFER_GRACE_SECONDS)
         if wait_timeout is not None
         else None,

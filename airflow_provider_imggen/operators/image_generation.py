@@ -40,7 +40,7 @@ _T = TypeVar("_T")
 
 
 class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
-    """
+    r"""
     Generate images from a text prompt and push their metadata (never their bytes) to XCom.
 
     Every request parameter is validated against the model's limits before anything billable is sent:
@@ -63,6 +63,12 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
 
     :param prompt: what to draw, or a template file ending in .txt, .j2 or .jinja (templated)
     :param model: model name; defaults to the connection's ``default_model`` (templated)
+    :param images: input images for the models that edit (qwen-image-edit*, qwen-image-2.0*,
+        wan2.5-i2i-preview, wan2.6-image, wan2.7-image*): ``s3://`` URIs (read with ``aws_conn_id``),
+        ``ObjectStoragePath`` objects, https URLs (fetched under the connection's result-URL policy) or
+        ``ImageGenerationToS3Operator``'s XCom, in order. Each is read and checked (format, bytes,
+        dimensions, and the sha256 a stored image's record carries) before anything is billed, then sent
+        inline or as a short-lived URL; XCom records their URIs and sha256 as ``input_images`` (templated)
     :param n: number of images: 1 for qwen-image, 1-4 for wan2.2-t2i-* (templated)
     :param size: ``WxH`` or ``W*H``; defaults to the model's default size (templated)
     :param response_format: ``url`` (signed URLs in XCom) or ``b64_json`` (images written under
@@ -83,7 +89,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     :param reuse: with a billing ledger on the connection (extra ``ledger``), reuse the images of the same
         request (model, every parameter, seed, account) already stored in S3, verified by their sha256:
         nothing is billed and the XCom says ``reused``. ``False`` pays for new images
-    :param aws_conn_id: the aws connection that reads stored images back to verify them before reuse
+    :param aws_conn_id: the aws connection that reads ``s3://`` input images, and stored images back to
+        verify them before reuse
     :param imggen_conn_id: the ``imggen`` connection (templated)
     :param request_timeout: read timeout of the request in seconds; defaults to the connection's
         (templated)
@@ -129,6 +136,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     template_ext: Sequence[str] = PROMPT_TEMPLATE_EXTENSIONS
     template_fields_renderers: ClassVar[dict[str, str]] = {
         "extra_body": "json",
+        "images": "json",
         "prompt": "txt",
         "negative_prompt": "txt",
     }
@@ -145,6 +153,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         *,
         prompt: str,
         model: str | None = None,
+        images: Any = None,
         n: int | str = 1,
         size: str | None = None,
         response_format: str = "url",
@@ -171,6 +180,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         super().__init__(**kwargs)
         self.prompt = prompt
         self.model = model
+        self.images = images
         self.n = n
         self.size = size
         self.response_format = response_format
@@ -206,6 +216,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         # What this task instance's tries sent and what came of it (the task state store's, when durable).
         self._journal: BillingJournal | None = None
         self._ledger_gate: LedgerGate | None = None
+        self._input_images: tuple[Any, ...] = ()  # read for this try: OpenLineage's input datasets
 
     @classmethod
     def partial(cls, **kwargs: Any) -> OperatorPartial:
@@ -216,6 +227,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """
         arguments.check_literal_arguments(kwargs)
         return super().partial(**kwargs)
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """
+        Render, then tell the secrets masker the query values of URL inputs: rendered fields are stored in
+        the metadata database and shown in the UI, and a signed input URL's query is a credential.
+        """
+        super().render_template_fields(context, jinja_env)
+        if self.images:
+            from airflow_provider_imggen.transfers.sources import mask_url_credentials
+
+            mask_url_credentials(self.images)
 
     @cached_property
     def hook(self) -> ImageGenerationHook:
@@ -327,8 +349,24 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return self._task_metadata(self.hook.get_task(generation_task_id))
 
     def _prepare_request(self, context: Context) -> tuple[GenerationRequest, str | None]:
-        """The rendered request, validated, with its seed; and where ``b64_json`` images go."""
-        return arguments.rendered_request(self, self.hook, context["ti"], self.log)
+        """
+        The rendered request, validated, with its seed and its input images read; and where ``b64_json``
+        images go. Inputs are read before the ledger and the journal: the request is known by their sha256
+        (the first try's, which every later try expects: :mod:`~airflow_provider_imggen.inputs.remembered`).
+        """
+        request, output_path = arguments.rendered_request(self, self.hook, context["ti"], self.log)
+        if request.images:
+            from airflow_provider_imggen.inputs.remembered import read_with_memory
+
+            request = read_with_memory(
+                request,
+                store=context.get("task_state_store") if self.durable else None,
+                aws_conn_id=self.aws_conn_id,
+                imggen_conn_id=self.imggen_conn_id,
+                log=self.log,
+            )
+            self._input_images = request.images
+        return request, output_path
 
     def on_kill(self) -> None:
         # Closing the session aborts the request in flight.
@@ -336,6 +374,18 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             self.hook.close()
         if self._generation_task_id is not None and self.wait_for_completion:
             self._cancel_pending(self._generation_task_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance: object) -> Any:
+        """Input datasets: the input images an edit read (S3 objects, files, URLs without their query)."""
+        try:
+            from airflow.providers.common.compat.openlineage.facet import Dataset
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        from airflow_provider_imggen.inputs.references import lineage_dataset
+
+        datasets = [lineage_dataset(image) for image in self._input_images]
+        return OperatorLineage(inputs=[Dataset(namespace=space, name=name) for space, name in datasets])
 
     # -- the native task, through ResumableJobMixin -----------------------------------------------------
 

@@ -360,9 +360,9 @@ class ImageGenerationBatchOperator(BaseOperator):
         return self.__dict__["_requests"]
 
     def _quota(self, model: str) -> tuple[float, int | None]:
-        from airflow_provider_imggen.model_table import KNOWN_MODELS
+        from airflow_provider_imggen.model_table import spec_of
 
-        spec = KNOWN_MODELS.get(model)
+        spec = spec_of(model)
         quota = spec.quota if spec is not None else None
         rate = self.submissions_per_second or (quota.requests / quota.window_seconds if quota else 1.0)
         concurrent = self.concurrent_tasks or (quota.concurrent if quota else 1)
@@ -399,7 +399,7 @@ class ImageGenerationBatchOperator(BaseOperator):
     def _recorded(request: GenerationRequest) -> dict[str, Any]:
         from airflow_provider_imggen.records import REQUEST_FIELDS
 
-        return {name: getattr(request, name) for name in REQUEST_FIELDS}
+        return {name: getattr(request, name) for name in REQUEST_FIELDS if name != "input_images"}
 
 
 def _read_event(event: object) -> tuple[list[str | None], list[str], list[dict[str, Any]]]:

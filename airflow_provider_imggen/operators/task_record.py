@@ -66,7 +66,7 @@ def fingerprint(request: GenerationRequest) -> str:
     # The wire module only when a task is recorded: not on the DAG-parse path.
     from airflow_provider_imggen.wire.native import submission_body
 
-    body = json.dumps(submission_body(request), sort_keys=True, separators=(",", ":"))
+    body = json.dumps(submission_body(request.for_record()), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -48,7 +48,7 @@ def submitted_xcom(
         usage={},
         request_id=None,
         model=request.model,
-        parameters=submission_body(request),
+        parameters=submission_body(request.for_record()),
     )
     return generation_xcom(result, request, {}, generation_task_id=generation_task_id, task_status=status)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from airflow_provider_imggen.sealed_urls import register_secrets, registered_tog
 from airflow_provider_imggen.utils import is_masked_url, mask_url, parse_time, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Source:
     url_sealed: str | None = None  # the full URL, encrypted with Airflow's Fernet key
     generation_task_id: str | None = None  # the native task to read the URL again from
     fetch_url: str | None = None  # the URL downloaded: never logged, never in XCom
+    # The sha256 of the input images it was edited from, in order (an editing model's generation).
+    input_sha256s: tuple[str, ...] = ()
 
     @property
     def ext_hint(self) -> str | None:
@@ -149,9 +153,22 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
                 url_sealed=image.url_sealed if url else None,
                 generation_task_id=record.generation_task_id,
                 fetch_url=url if url and not image.url_sealed and not is_masked_url(url) else None,
+                input_sha256s=input_digests(record.input_images),
             )
         )
     return sources
+
+
+def input_digests(input_images: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """
+    The inputs' sha256 a generation's XCom records, for the stored objects' metadata. XCom can be edited:
+    only well-formed digests (64 lowercase hex digits) are kept, at most 10 (what fits S3's 2 KB of
+    metadata beside the rest).
+    """
+    digests = (item.get("sha256") for item in input_images)
+    return tuple(digest for digest in digests if isinstance(digest, str) and _SHA256_HEX.fullmatch(digest))[
+        :10
+    ]
 
 
 def resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) -> list[Source]:

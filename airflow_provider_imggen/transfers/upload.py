@@ -159,6 +159,8 @@ class Uploader:
             ("seed", source.seed),
             ("request-id", source.request_id),
             ("prompt-sha256", hashlib.sha256(source.prompt.encode()).hexdigest() if source.prompt else None),
+            # What an edited image was made from: its inputs' sha256, in order.
+            ("input-sha256", ",".join(source.input_sha256s) or None),
         ):
             if value is not None:
                 metadata[name] = ascii_header(str(value))

@@ -1,7 +1,8 @@
 """
 DashScope's synchronous endpoint, ``POST /api/v1/services/aigc/multimodal-generation/generation`` (the
-qwen-image-max and qwen-image-2.x families, and where new models live): its body, and its answer read
-without trusting it. Faces ``emulator/multimodal.py``.
+qwen-image-max and qwen-image-2.x families, the editing models qwen-image-edit*, wan2.6-image and
+wan2.7-image, and where new models live): its body, and its answer read without trusting it. Faces
+``emulator/multimodal.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from airflow_provider_imggen.wire.answers import (
     url_problem,
 )
 from airflow_provider_imggen.wire.errors import no_usable_image
-from airflow_provider_imggen.wire.native import flatten_native_request, native_parameters
+from airflow_provider_imggen.wire.native import flatten_native_request, native_parameters, wire_reference
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -38,13 +39,18 @@ PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
 def request_body(request: GenerationRequest) -> dict[str, Any]:
-    """The prompt as one user message, ``negative_prompt`` among the ``parameters``."""
+    """
+    One user message: the input images in order (``{"image": ...}`` items, the editing models), then the
+    prompt as its one ``text`` item; ``negative_prompt`` among the ``parameters``.
+    """
     parameters = native_parameters(request)
     if request.negative_prompt is not None:
         parameters["negative_prompt"] = request.negative_prompt
+    content: list[dict[str, str]] = [{"image": wire_reference(image)} for image in request.images]
+    content.append({"text": request.prompt})
     return {
         "model": request.model,
-        "input": {"messages": [{"role": "user", "content": [{"text": request.prompt}]}]},
+        "input": {"messages": [{"role": "user", "content": content}]},
         "parameters": parameters,
     }
 
@@ -112,7 +118,7 @@ def _parse_multimodal_result(
             usage=usage if isinstance(usage, dict) else {},
             request_id=request_id,
             model=request.model,
-            parameters=flatten_native_request(request_body(request)),
+            parameters=flatten_native_request(request_body(request.for_record())),
             failed_images=tuple(failed),
             warnings=tuple(warnings),
         ),

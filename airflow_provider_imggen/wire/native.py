@@ -34,9 +34,12 @@ from airflow_provider_imggen.wire.answers import (
 )
 
 if TYPE_CHECKING:
+    from airflow_provider_imggen.inputs.references import InputImage
     from airflow_provider_imggen.request import GenerationRequest
 
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+# The task API's image-to-image surface (wan2.5-i2i-preview): the same task flow, input.images in the body.
+IMAGE2IMAGE_PATH = "/api/v1/services/aigc/image2image/image-synthesis"
 TASKS_PATH = "/api/v1/tasks"
 ASYNC_HEADER = {"X-DashScope-Async": "enable"}
 TASK_LIST_PAGE_SIZE = 100
@@ -69,9 +72,29 @@ def native_parameters(request: GenerationRequest, *, with_extra_body: bool = Tru
     return parameters
 
 
+def wire_reference(image: InputImage) -> str:
+    """
+    What a body carries for an input image: what the worker prepared to send (a URL or a data URI), or,
+    in the recorded form of the body (fingerprints, task records), ``sha256:<digest>``.
+    """
+    if image.wire is not None:
+        return image.wire
+    return f"sha256:{image.sha256}"
+
+
+def submit_path(request: GenerationRequest) -> str:
+    """The task API's submission path for ``request``: image2image when it carries input images."""
+    return IMAGE2IMAGE_PATH if request.images else SUBMIT_PATH
+
+
 def submission_body(request: GenerationRequest) -> dict[str, Any]:
-    """The body of a task submission; ``extra_body`` fields join ``parameters``."""
+    """
+    The body of a task submission; ``extra_body`` fields join ``parameters``, input images (the
+    image2image surface) are ``input.images``, in order.
+    """
     text_input: dict[str, Any] = {"prompt": request.prompt}
+    if request.images:
+        text_input["images"] = [wire_reference(image) for image in request.images]
     if request.negative_prompt is not None:
         text_input["negative_prompt"] = request.negative_prompt
     return {"model": request.model, "input": text_input, "parameters": native_parameters(request)}

@@ -87,8 +87,10 @@ def test_the_parameter_list_is_the_requests_fields() -> None:
     assert set(REQUEST_PARAMETERS) <= set(ImageGenerationOperator.template_fields)
     with pytest.raises(ImageGenerationValidationError, match="not a request parameter"):
         validate_generation_request(prompt="a", model="wan2.2-t2i-flash", quality="hd")
-    assert set(REQUEST_FIELDS) <= set(REQUEST_PARAMETERS)
+    # input_images: the records of the request's images (which in a generation's XCom are its outputs).
+    assert set(REQUEST_FIELDS) - {"input_images"} <= set(REQUEST_PARAMETERS)
     assert set(REQUEST_FIELDS) == {
+        "input_images",
         "model",
         "prompt",
         "negative_prompt",

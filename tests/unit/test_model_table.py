@@ -21,23 +21,16 @@ import pytest
 from airflow_provider_imggen import model_table as provider
 from airflow_provider_imggen.emulator.models import GENERIC_LIMITS, MODEL_LIMITS
 
-# The two tables name the endpoints each their own way (the emulator by its API surfaces).
-_EMULATOR_ENDPOINTS = {"task": "async", "multimodal": "sync"}
+# The two tables name the endpoints each their own way (the emulator by its API surfaces): the task API's
+# text2image and image2image surfaces are both the provider's "async" (the request's input images pick the
+# path). The asynchronous image-generation surface of wan2.6 / wan2.7 is not one the provider uses: their
+# synchronous endpoint serves the same requests.
+_EMULATOR_ENDPOINTS = {"task": "async", "image2image": "async", "multimodal": "sync"}
+_UNUSED_SURFACES = {"image-generation"}
 # "No bound" is None in the emulator's table and an extreme value in the provider's.
 _NO_SIDE_LIMIT = (1, 1 << 16)
-# Synchronous-only families api-notes §7 names without their limits: the emulator plays them (it must answer
-# the task API with 403 for them), the provider leaves them to the generic checks and sends them where
-# unknown models go, the synchronous endpoint (issue 23 adds their rows once their limits are sourced).
-DELIBERATELY_UNKNOWN = frozenset(
-    {
-        "qwen-image-2.1-pro",
-        "qwen-image-3.0",
-        "qwen-image-3.0-pro",
-        "wan2.7-image",
-        "wan2.7-image-pro",
-        "z-image-turbo",
-    }
-)
+# Every model both tables know is compared (issue 23 sourced the last ones the emulator played alone).
+DELIBERATELY_UNKNOWN: frozenset[str] = frozenset()
 
 
 def _emulator_view(limits: dict[str, Any]) -> dict[str, Any]:
@@ -54,9 +47,34 @@ def _emulator_view(limits: dict[str, Any]) -> dict[str, Any]:
         "max_aspect_ratio": None if fixed else limits["max_aspect_ratio"],
         "max_prompt_chars": limits["max_prompt_chars"],
         "max_negative_prompt_chars": limits["max_negative_prompt_chars"],
-        "endpoints": sorted(_EMULATOR_ENDPOINTS[name] for name in limits["endpoints"]),
+        "endpoints": sorted(
+            _EMULATOR_ENDPOINTS[name] for name in limits["endpoints"] if name not in _UNUSED_SURFACES
+        ),
         # requests per second, requests back to back, concurrent
         "quota": (round(rate, 6), limits.get("burst") or max(1.0, rate), limits["concurrent_tasks"]),
+        **_emulator_inputs(limits),
+    }
+
+
+def _emulator_inputs(limits: dict[str, Any]) -> dict[str, Any]:
+    if not limits.get("max_input_images"):
+        return {"input_images": (0, 0), "input_sides": None, "input_bytes": None, "size_settable": True}
+    return {
+        "input_images": (limits["min_input_images"], limits["max_input_images"]),
+        "input_sides": (limits["min_input_side"], limits["max_input_side"]),
+        "input_bytes": limits["max_input_bytes"],
+        "size_settable": limits.get("size_settable", True),
+    }
+
+
+def _provider_inputs(spec: provider.ModelSpec) -> dict[str, Any]:
+    if not spec.max_input_images:
+        return {"input_images": (0, 0), "input_sides": None, "input_bytes": None, "size_settable": True}
+    return {
+        "input_images": (spec.min_input_images, spec.max_input_images),
+        "input_sides": (spec.min_input_side, spec.max_input_side),
+        "input_bytes": spec.max_input_bytes,
+        "size_settable": spec.size_settable,
     }
 
 
@@ -78,6 +96,7 @@ def _provider_view(spec: provider.ModelSpec) -> dict[str, Any]:
         "max_negative_prompt_chars": spec.max_negative_prompt_chars,
         "endpoints": sorted(spec.endpoints),
         "quota": (round(quota.requests / quota.window_seconds, 6), float(quota.requests), quota.concurrent),
+        **_provider_inputs(spec),
     }
 
 
@@ -96,11 +115,19 @@ def test_model_limits_agree(model: str) -> None:
     assert not drift, f"{model}: provider vs documented limits differ (provider, docs): {drift}"
 
 
-@pytest.mark.parametrize("model", sorted(DELIBERATELY_UNKNOWN))
-def test_the_newer_families_go_where_they_live(model: str) -> None:
-    assert model not in provider.KNOWN_MODELS
-    assert list(MODEL_LIMITS[model]["endpoints"]) == ["multimodal"]
-    assert provider.endpoints_of(model)[0] == "sync"
+def test_the_newer_families_go_where_they_live() -> None:
+    """api-notes §7: the 2026 families are synchronous only; wan2.5-i2i-preview is the task API's."""
+    for model in (
+        "qwen-image-2.1-pro",
+        "qwen-image-3.0",
+        "qwen-image-3.0-pro",
+        "z-image-turbo",
+        "wan2.7-image",
+    ):
+        assert provider.endpoints_of(model) == ("sync",), model
+        assert "task" not in MODEL_LIMITS[model]["endpoints"], model
+    assert provider.endpoints_of("wan2.5-i2i-preview") == ("async",)
+    assert MODEL_LIMITS["wan2.5-i2i-preview"]["endpoints"] == ("image2image",)
 
 
 def test_generic_limits_agree() -> None:
@@ -110,20 +137,25 @@ def test_generic_limits_agree() -> None:
 
 
 def test_every_documented_model_has_its_quota() -> None:
-    """§7: per account and model; two per minute, 5/s and 5 concurrent, or 2/s and 2 concurrent."""
-    per_minute = {"qwen-image-max", "qwen-image-2.0-pro"}
+    """
+    §6/§7: per account and model; two per minute (the -max and -pro models), 5/s and 5 concurrent (wan2.5),
+    1/s and 5 concurrent (wan2.6, Beijing), 2/s without a concurrency quota (the other synchronous-only
+    models), or 2/s and 2 concurrent (the task API's).
+    """
+    per_minute = {"qwen-image-max", "qwen-image-2.0-pro", "qwen-image-edit-max"}
     for model, limits in MODEL_LIMITS.items():
-        if model in DELIBERATELY_UNKNOWN:
-            continue
         quota = (round(limits["submissions_per_second"] * 60, 6), limits["concurrent_tasks"])
+        rate = (limits["submissions_per_second"], limits["concurrent_tasks"])
         if model in per_minute:
             assert quota == (2.0, None), model
-        elif model == "qwen-image-2.0":
-            assert (limits["submissions_per_second"], limits["concurrent_tasks"]) == (2.0, None), model
         elif model.startswith("wan2.5"):
-            assert (limits["submissions_per_second"], limits["concurrent_tasks"]) == (5.0, 5), model
+            assert rate == (5.0, 5), model
+        elif model.startswith("wan2.6"):
+            assert rate == (1.0, 5), model
+        elif "task" not in limits["endpoints"] and "image2image" not in limits["endpoints"]:
+            assert rate == (2.0, None), model
         else:
-            assert (limits["submissions_per_second"], limits["concurrent_tasks"]) == (2.0, 2), model
+            assert rate == (2.0, 2), model
 
 
 def test_the_issue_models_are_in_both_tables() -> None:
@@ -140,6 +172,19 @@ def test_the_issue_models_are_in_both_tables() -> None:
         "wanx2.1-t2i-turbo",
         "wanx2.1-t2i-plus",
         "wanx2.0-t2i-turbo",
+        # issue 23: the editing models and the 2026 families
+        "qwen-image-edit",
+        "qwen-image-edit-plus",
+        "qwen-image-edit-max",
+        "qwen-image-2.1-pro",
+        "qwen-image-3.0",
+        "qwen-image-3.0-pro",
+        "z-image-turbo",
+        "wan2.5-i2i-preview",
+        "wan2.6-image",
+        "wan2.6-t2i",
+        "wan2.7-image",
+        "wan2.7-image-pro",
     }
     assert listed <= set(MODEL_LIMITS)
     assert listed <= set(provider.KNOWN_MODELS)
@@ -167,11 +212,19 @@ def _docs_model_rows() -> dict[str, list[str]]:
 
 
 def test_the_docs_model_table_says_what_the_provider_checks() -> None:
-    """docs/models.md "Models": one row per known model; endpoint, n, prompt limits, quota and page agree."""
+    """
+    docs/models.md "Models": one row per known model; endpoint, n, input images, prompt limits, quota and
+    page agree.
+    """
     rows = _docs_model_rows()
     assert set(rows) == set(provider.KNOWN_MODELS)
-    for model, (endpoint, sizes, n, prompts, quota, docs) in rows.items():
+    for model, (endpoint, sizes, n, inputs, prompts, quota, docs) in rows.items():
         spec = provider.KNOWN_MODELS[model]
+        if spec.max_input_images == 0:
+            assert inputs.startswith("none"), model
+        else:
+            assert inputs.startswith(f"{spec.min_input_images}-{spec.max_input_images}"), model
+            assert f"each side {spec.min_input_side}-{spec.max_input_side}" in inputs, model
         assert ("sync only" in endpoint) == (spec.endpoints == ("sync",)), model
         assert ("task API" in endpoint) == ("async" in spec.endpoints), model
         assert ("or sync" in endpoint) == (spec.endpoints == ("async", "sync")), model
