@@ -33,6 +33,7 @@ AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 CONTENT_DAG = "example_content_pipeline"
 UNSTORED_DAG = "imggen_ui_unstored"
 BUCKET = "imggen-content"
+PRODUCT_KEY = "inputs/product.png"
 API_KEY = "sk-test-ui-images-5c1d"
 FERNET_KEY = "x1Sn0hD8nL4p1ZkN0r3Jb2m9bQ8K6wEo2o3cY4f5T7E="
 SHORT_URL_TTL = 8.0
@@ -190,13 +191,18 @@ def images_stack(home: Path, *, parallelism: int = 4) -> Iterator[Stack]:
         )
         import boto3
 
-        boto3.client(
+        from tests.input_images import png
+
+        s3 = boto3.client(
             "s3",
             endpoint_url=moto_endpoint,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-        ).create_bucket(Bucket=BUCKET)
+        )
+        s3.create_bucket(Bucket=BUCKET)
+        # The product photo imggen_ui_unstored's edit reads (a real PNG).
+        s3.put_object(Bucket=BUCKET, Key=PRODUCT_KEY, Body=png(640, 480, seed=41))
 
         def imggen(server: EmulatorServer) -> str:
             extra = {"default_model": "wan2.2-t2i-flash", "max_retries": 3}
@@ -226,6 +232,14 @@ def images_stack(home: Path, *, parallelism: int = 4) -> Iterator[Stack]:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW_CONN_IMGGEN_DEFAULT": imggen(emulator),
             "AIRFLOW_CONN_IMGGEN_SHORT": imggen(short),
+            "AIRFLOW_CONN_IMGGEN_DASHSCOPE": json.dumps(
+                {
+                    "conn_type": "imggen",
+                    "host": emulator.base_url,
+                    "password": API_KEY,
+                    "extra": {"api_style": "dashscope", "max_retries": 3},
+                }
+            ),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
                 {
                     "conn_type": "aws",

@@ -92,7 +92,8 @@ def _placeholder(kind: str, text: str) -> str:
 
 
 def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool, size: int) -> str:
-    label = f"image {tile.index}" if tile.index is not None else "image"
+    noun = "input image" if tile.kind == "input" else "image"
+    label = f"{noun} {tile.index}" if tile.index is not None else noun
     if tile.has_pixels:
         version = etag_for(tile.identity, size).strip('"')[:16]
         thumb = f"thumbnail?{_query(tile, dag_id, run_id, size=size, v=version)}"
@@ -108,6 +109,8 @@ def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool, size: int) -
         picture = _placeholder("expired", f"expired, not stored{when}")
     elif tile.kind == "failed":
         picture = _placeholder("failed", f"generation failed: {_value(tile.failure)}")
+    elif tile.kind == "input":
+        picture = _placeholder("input", _value(tile.failure))
     else:
         picture = _placeholder("unavailable", _value(tile.failure))
     task = ""
@@ -130,11 +133,13 @@ def render_page(
     empty: str,
     size: int = DEFAULT_SIZE,
 ) -> str:
-    counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result")}
-    others = len(tiles) - counts["stored"] - counts["result"]
+    counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result", "input")}
+    outputs = len(tiles) - counts["input"]
+    others = outputs - counts["stored"] - counts["result"]
     summary = (
-        f"{len(tiles)} image(s): {counts['stored']} stored in S3, {counts['result']} not yet stored"
+        f"{outputs} image(s): {counts['stored']} stored in S3, {counts['result']} not yet stored"
         + (f", {others} without a preview" if others else "")
+        + (f"; made from {counts['input']} input image(s), shown first" if counts["input"] else "")
         if tiles
         else escape(empty)
     )

@@ -55,7 +55,7 @@ def open_pixels(tile: Tile) -> IO[bytes]:
     # The request and the read both under the semaphore: a page of 50 tiles sends 50 requests at once,
     # and the API server's thread pool would otherwise run up to 40 S3 requests side by side.
     with _fetching:
-        chunks = _s3_chunks(tile) if tile.kind == "stored" else _result_chunks(tile)
+        chunks = _s3_chunks(tile) if tile.from_s3 else _result_chunks(tile)
         return _spool(chunks, tile.sha256, tile.bytes)
 
 

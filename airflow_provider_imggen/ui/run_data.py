@@ -103,6 +103,17 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunImages:
             name,
             default,
         )
+        task_rendered = rendered.get((xcom.task_id, xcom.map_index))
+        aws_conn_id = (
+            conn_id_of(
+                task_rendered,
+                _declared(dag.get_task(xcom.task_id), "aws_conn_id"),
+                "aws_conn_id",
+                "aws_default",
+            )
+            if kind == GENERATION
+            else None
+        )
         outputs.append(
             TaskOutput(
                 task_id=xcom.task_id,
@@ -110,6 +121,7 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunImages:
                 kind=kind,
                 value=XComModel.deserialize_value(xcom),
                 conn_id=conn_id,
+                aws_conn_id=aws_conn_id,
             )
         )
     return RunImages(outputs)

@@ -18,7 +18,9 @@ from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import GenerationRecord, StoredImageRecord
 from airflow_provider_imggen.utils import parse_time
 
-TileKind = Literal["stored", "result", "expired", "failed", "unavailable"]
+UNKNOWN_CONN = "\x00unknown"
+
+TileKind = Literal["stored", "result", "expired", "failed", "unavailable", "input"]
 GENERATION = "generation"
 TRANSFER = "transfer"
 
@@ -31,6 +33,7 @@ class TaskOutput:
     :param kind: ``generation`` (ImageGenerationOperator, ImageGenerationTaskSensor) or ``transfer``
     :param conn_id: the transfer's ``aws_conn_id`` or the generation's ``imggen_conn_id``, as the task
         instance rendered it; :data:`UNKNOWN_CONN` when it cannot be known
+    :param aws_conn_id: a generation's ``aws_conn_id``, which read its ``s3://`` input images
     """
 
     task_id: str
@@ -38,6 +41,7 @@ class TaskOutput:
     kind: str
     value: Any
     conn_id: str | None
+    aws_conn_id: str | None = UNKNOWN_CONN
 
 
 UNKNOWN_CONN = "\x00unknown"
@@ -79,12 +83,18 @@ class Tile:
 
     @property
     def has_pixels(self) -> bool:
+        if self.kind == "input":  # an s3:// input the edit read, through the task's aws connection
+            return self.bucket is not None and self.sha256 is not None and self.aws_conn_id != UNKNOWN_CONN
         return self.kind in ("stored", "result")
+
+    @property
+    def from_s3(self) -> bool:
+        return self.kind in ("stored", "input")
 
     @property
     def identity(self) -> str:
         """What the pixels are, for the cache key: content hash plus where they are read from."""
-        if self.kind == "stored":
+        if self.from_s3:
             return f"s3:{self.aws_conn_id}:{self.bucket}/{self.key}:{self.sha256}"
         return f"url:{self.imggen_conn_id}:{self.url_sealed}:{self.sha256}"
 
@@ -168,7 +178,8 @@ class RunImages:
                 tiles += [
                     tile
                     for tile in self.tiles(output)
-                    if tile.kind == "failed" or _match_key(tile.request_id, tile.index) not in self._stored
+                    if tile.kind == "failed"
+                    or (tile.kind != "input" and _match_key(tile.request_id, tile.index) not in self._stored)
                 ]
         return tiles
 
@@ -212,6 +223,7 @@ class RunImages:
     def _generation_tiles(self, output: TaskOutput) -> list[Tile]:
         tiles = []
         for record in _generation_records(output):
+            tiles += _input_tiles(output, record)  # an edit's inputs, beside what it made of them
             for image in record.images:
                 stored_with = self._stored.get(_match_key(record.request_id, image.index) or ("", -1))
                 common: dict[str, Any] = {
@@ -273,6 +285,49 @@ class RunImages:
                 )
             tiles += _failed_tiles(output, record)
         return tiles
+
+
+def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
+    """
+    The input images an edit recorded, in order. Pixels only for an ``s3://`` input with its sha256, read
+    through the generation task's aws connection and checked against that digest (the XCom names the
+    object: what it holds must be what the edit read); other inputs (https, other stores) are described,
+    never fetched from here.
+    """
+    from airflow_provider_imggen.inputs.references import s3_input_location
+
+    tiles = []
+    for position, item in enumerate(record.input_images):
+        uri, sha256 = item.get("uri"), item.get("sha256")
+        location = s3_input_location(uri) if isinstance(uri, str) else None
+        failure = None
+        if location is None:
+            failure = "input image (not in S3): not fetched here"
+        elif output.aws_conn_id == UNKNOWN_CONN:
+            failure = "input image: the task's aws_conn_id is unknown"
+        tiles.append(
+            Tile(
+                task_id=output.task_id,
+                map_index=output.map_index,
+                position=0,
+                kind="input",
+                index=position,
+                prompt=record.prompt,
+                model=record.model,
+                request_id=record.request_id,
+                sha256=sha256,
+                s3_uri=uri if isinstance(uri, str) else None,
+                bytes=item.get("bytes"),
+                width=item.get("width"),
+                height=item.get("height"),
+                size=_size(item.get("width"), item.get("height")),
+                failure=failure,
+                bucket=location[0] if location else None,
+                key=location[1] if location else None,
+                aws_conn_id=output.aws_conn_id if location else UNKNOWN_CONN,
+            )
+        )
+    return tiles
 
 
 def _failed_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:

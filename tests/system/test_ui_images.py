@@ -258,6 +258,23 @@ def test_the_dag_run_galleries(page: Page, runs: Runs) -> None:
     assert (answer.status_code, answer.json()) == (410, {"detail": "expired, not stored"})
 
 
+def test_an_edit_shows_its_input_beside_what_it_made(page: Page, runs: Runs) -> None:
+    from tests.input_images import png, sha256
+
+    stack = runs.stack
+    edit = stack.xcom(UNSTORED_DAG, runs.unstored, "edit_product")
+    frame = open_images_tab(page, f"{stack.url}{run_path(UNSTORED_DAG, runs.unstored)}/tasks/edit_product")
+    tiles = loaded_thumbnails(frame)
+    page.screenshot(path=ARTIFACTS / "edit-task.png")
+    assert [tile["kind"] for tile in tiles] == ["input", "result"]
+    assert all(tile["naturalWidth"] > 0 for tile in tiles), "the input read from S3, the edit from its URL"
+    (recorded,) = edit["input_images"]
+    assert recorded["sha256"] == sha256(png(640, 480, seed=41))
+    assert tiles[0]["fields"]["sha256"] == recorded["sha256"]
+    assert tiles[0]["fields"]["S3 URI"] == "s3://imggen-content/inputs/product.png"
+    expect(frame.locator("p.summary")).to_contain_text("made from 1 input image(s)")
+
+
 def test_every_route_refuses_unauthenticated_requests(runs: Runs) -> None:
     stack = runs.stack
     for route in ROUTES:

@@ -1,6 +1,7 @@
 """
 Generations the Images view shows without any transfer: one whose result URLs expire within seconds
-(connection ``imggen_short``, an emulator with a short URL lifetime) and one whose URLs stay valid.
+(connection ``imggen_short``, an emulator with a short URL lifetime), one whose URLs stay valid, and an edit
+of a product photo in S3 (connection ``imggen_dashscope``), shown beside its input.
 """
 
 from __future__ import annotations
@@ -29,4 +30,11 @@ with DAG(
         negative_prompt="people",
         model="wan2.2-t2i-flash",
         size="768*512",
+    )
+    ImageGenerationOperator(
+        task_id="edit_product",
+        prompt="the product on a marble counter",
+        model="qwen-image-edit-plus",
+        images=["s3://imggen-content/inputs/product.png"],
+        imggen_conn_id="imggen_dashscope",
     )

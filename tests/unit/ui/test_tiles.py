@@ -374,3 +374,33 @@ def test_unstored_results_are_fetched_only_under_the_transfer_s_url_policy(
     )
     with pytest.raises(PixelsUnavailableError, match="cannot be opened with this Fernet key"):
         open_pixels(forged)
+
+
+def test_an_edits_inputs_are_shown_first_and_only_s3_ones_are_read() -> None:
+    record = generation("req-edit", expires=NOW + timedelta(hours=1), n=1)
+    record["input_images"] = [
+        {"uri": "s3://products/mug.png", "sha256": "a" * 64, "bytes": 10, "width": 512, "height": 512},
+        {"uri": "https://cdn.example.com/label.png?Signature=***", "sha256": "b" * 64},
+        {"uri": "s3://../../etc", "sha256": "c" * 64},  # an edited XCom: no such bucket name
+    ]
+    output = TaskOutput("edit", -1, GENERATION, record, "imggen_default", aws_conn_id="aws_inputs")
+    run = RunImages([output], now=NOW)
+    tiles = run.tiles(output)
+    assert [tile.kind for tile in tiles] == ["input", "input", "input", "result"]
+    first, https, edited = tiles[:3]
+    assert (first.has_pixels, first.bucket, first.key, first.aws_conn_id) == (
+        True,
+        "products",
+        "mug.png",
+        "aws_inputs",
+    )
+    assert first.from_s3 and first.sha256 == "a" * 64
+    assert not https.has_pixels and "not fetched here" in (https.failure or "")
+    assert not edited.has_pixels and edited.bucket is None
+    assert [tile.position for tile in tiles] == [0, 1, 2, 3]
+    assert [tile.kind for tile in run.gallery()] == ["result"], "the run's gallery shows what it made"
+    page = render_page(title="t", dag_id="d", run_id="r", tiles=tiles, show_task=False, empty="none")
+    assert "made from 3 input image(s)" in page and 'aria-label="input"' in page
+    assert "input image 0" in page and "Signature=***" in page and "Signature=s" not in page
+    unknown = TaskOutput("edit", -1, GENERATION, record, "imggen_default")  # aws_conn_id not known
+    assert not RunImages([unknown], now=NOW).tiles(unknown)[0].has_pixels
