@@ -85,6 +85,7 @@ class ModelSpec:
     :param min_input_side: smallest width or height of an input image, in pixels
     :param max_input_side: largest width or height of an input image, in pixels
     :param size_settable: whether the request may name a size (qwen-image-edit's follows its input)
+    :param input_alpha: whether input images may have an alpha channel (the Wan editing models refuse it)
     """
 
     name: str
@@ -107,6 +108,7 @@ class ModelSpec:
     min_input_side: int = 1
     max_input_side: int = 1 << 16
     size_settable: bool = True
+    input_alpha: bool = True
 
     def describe_input_count(self) -> str:
         if self.max_input_images == 0:
@@ -284,6 +286,7 @@ def _wan27(name: str) -> ModelSpec:
         max_input_images=9,
         min_input_side=240,
         max_input_side=8000,
+        input_alpha=False,
     )
 
 
@@ -375,6 +378,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         max_input_images=3,
         min_input_side=384,
         max_input_side=5000,
+        input_alpha=False,
     ),
     # wan2.6-image: editing on the synchronous endpoint, 1-4 inputs (sides 240-8000, 10 MB), n 1-4, W*H
     # with 768*768 to 2048*2048 pixels (or 1K, its default, / 2K, left to extra_body). Its interleaved
@@ -395,6 +399,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         max_input_images=4,
         min_input_side=240,
         max_input_side=8000,
+        input_alpha=False,
     ),
     # wan2.6-t2i: text to image, 1280*1280 to 1440*1440 pixels, prompt up to 2100 characters; 1/s in
     # Beijing (5/s in Singapore) and 5 concurrent (api-notes §6).

@@ -21,6 +21,15 @@ def png(width: int = 512, height: int = 512, *, seed: int = 1, noise: bool = Fal
     return buffer.getvalue()
 
 
+def rgba_png(width: int = 512, height: int = 512) -> bytes:
+    """A PNG with an alpha channel (colour type 6): half transparent."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (width, height), (200, 40, 40, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def jpeg(width: int = 512, height: int = 512, *, seed: int = 2) -> bytes:
     from PIL import Image
 

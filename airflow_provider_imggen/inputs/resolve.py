@@ -46,10 +46,14 @@ READ_SECONDS = 120.0
 
 @dataclasses.dataclass
 class _Read:
-    """What reading one input gave: its checked record, and its bytes when small enough to send inline."""
+    """
+    What reading one input gave: its checked record, its bytes when small enough to send inline, and
+    whether it declares transparency.
+    """
 
     image: InputImage
     inline: bytes | None
+    alpha: bool = False
 
 
 def resolve_input_images(
@@ -74,7 +78,7 @@ def resolve_input_images(
     for position, image in enumerate(request.images):
         where = f"images[{position}]"
         read = _read(image, where, spec, clients, aws_conn_id=aws_conn_id, imggen_conn_id=imggen_conn_id)
-        checked = _checked(read.image, where, spec, expected=image.sha256)
+        checked = _checked(read, where, spec, expected=image.sha256)
         resolved.append(dataclasses.replace(checked, wire=_wire(read, where)))
     if log is not None:
         log.info(
@@ -143,7 +147,7 @@ def _stream(
         width=info.width,
         height=info.height,
     )
-    return _Read(read, b"".join(kept) if kept is not None else None)
+    return _Read(read, b"".join(kept) if kept is not None else None, info.alpha)
 
 
 def _too_large(image: InputImage, where: str, size: int, limit: int, *, at_least: bool = False) -> None:
@@ -192,7 +196,7 @@ def _read_s3(
             f"Input {where} ({image.uri}) could not be read from S3 ({type(error).__name__}). "
             "Nothing was sent"
         ) from None
-    return _S3Read(read.image, read.inline, client, pinned)
+    return _S3Read(read.image, read.inline, read.alpha, client, pinned)
 
 
 @dataclasses.dataclass
@@ -202,8 +206,8 @@ class _S3Read(_Read):
     versions.
     """
 
-    client: Any
-    version: dict[str, str]
+    client: Any = None
+    version: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -270,8 +274,15 @@ def _file_chunks(file: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _checked(image: InputImage, where: str, spec: ModelSpec | None, *, expected: str | None) -> InputImage:
+def _checked(read: _Read, where: str, spec: ModelSpec | None, *, expected: str | None) -> InputImage:
     """The model's input limits, and the sha256 a stored image's record promised."""
+    image = read.image
+    if spec is not None and read.alpha and not spec.input_alpha:
+        raise ImageGenerationValidationError(
+            where,
+            shown_uri(image.uri),
+            f"it has an alpha channel (transparency), which {spec.name} does not take: flatten it first",
+        )
     if expected is not None and image.sha256 != expected:
         raise ImageGenerationValidationError(
             where,

@@ -45,6 +45,9 @@ class ImageInfo:
     ext: str
     width: int
     height: int
+    # Whether the file declares transparency (PNG colour types 4 and 6 or a tRNS chunk, WebP's alpha
+    # flags): some editing models refuse inputs with an alpha channel.
+    alpha: bool = False
 
 
 def sniff(head: bytes) -> str | None:
@@ -76,7 +79,7 @@ def _check(reader: _Reader, max_pixels: int | None) -> ImageInfo:
     kind = sniff(reader.peek(12))
     if kind is None:
         raise ImageCheckError("not a PNG, JPEG or WebP image")
-    width, height = {"png": _png, "jpeg": _jpeg, "webp": _webp}[kind](reader)
+    width, height, alpha = {"png": _png, "jpeg": _jpeg, "webp": _webp}[kind](reader)
     trailing = reader.count_rest()
     if trailing:
         raise ImageCheckError(f"{trailing} unexpected byte(s) after the image's end")
@@ -87,7 +90,7 @@ def _check(reader: _Reader, max_pixels: int | None) -> ImageInfo:
             f"{width}x{height} is more than the decompression-bomb limit of {max_pixels} pixels"
         )
     content_type, ext = _KINDS[kind]
-    return ImageInfo(content_type, ext, width, height)
+    return ImageInfo(content_type, ext, width, height, alpha)
 
 
 class StreamingImageCheck:
@@ -246,10 +249,10 @@ class _Reader:
         return rest
 
 
-def _png(reader: _Reader) -> tuple[int, int]:
+def _png(reader: _Reader) -> tuple[int, int, bool]:
     reader.read(len(PNG_SIGNATURE))
     width = height = 0
-    first, data_seen = True, False
+    first, data_seen, alpha = True, False, False
     while True:
         length, kind = struct.unpack(">I4s", reader.read(8))
         if length > 0x7FFFFFFF or not kind.isalpha():
@@ -259,6 +262,7 @@ def _png(reader: _Reader) -> tuple[int, int]:
                 raise ImageCheckError("the PNG does not start with its IHDR header")
             header = reader.read(13)
             width, height = struct.unpack(">II", header[:8])
+            alpha = header[9] in (4, 6)  # grey + alpha, RGB + alpha
             crc = zlib.crc32(header, zlib.crc32(kind))
             first = False
         else:
@@ -266,14 +270,15 @@ def _png(reader: _Reader) -> tuple[int, int]:
         if struct.unpack(">I", reader.read(4))[0] != crc:
             raise ImageCheckError(f"PNG chunk {kind.decode()} fails its CRC")
         data_seen |= kind == b"IDAT"
+        alpha |= kind == b"tRNS"
         if kind == b"IEND":
             break
     if not data_seen:
         raise ImageCheckError("the PNG has no image data (IDAT)")
-    return width, height
+    return width, height, alpha
 
 
-def _jpeg(reader: _Reader) -> tuple[int, int]:
+def _jpeg(reader: _Reader) -> tuple[int, int, bool]:
     reader.read(2)  # SOI
     size: tuple[int, int] | None = None
     marker = _next_marker(reader)
@@ -295,7 +300,7 @@ def _jpeg(reader: _Reader) -> tuple[int, int]:
         marker = _entropy_coded(reader) if marker == 0xDA else _next_marker(reader)
     if size is None:
         raise ImageCheckError("the JPEG has no frame header")
-    return size
+    return size[0], size[1], False
 
 
 def _next_marker(reader: _Reader) -> int:
@@ -320,17 +325,20 @@ def _entropy_coded(reader: _Reader) -> int:
             return marker
 
 
-def _webp(reader: _Reader) -> tuple[int, int]:
+def _webp(reader: _Reader) -> tuple[int, int, bool]:
     header = reader.read(12)
     (riff_length,) = struct.unpack("<I", header[4:8])
     size: tuple[int, int] | None = None
     canvas: tuple[int, int] | None = None
+    alpha = False
     while reader.position < riff_length + 8:
         kind, length = struct.unpack("<4sI", reader.read(8))
         head = reader.read(min(length, 10))
         reader.skip(length - len(head) + (length & 1))
+        alpha |= kind == b"ALPH"
         if kind == b"VP8X" and len(head) >= 10:
             canvas = (int.from_bytes(head[4:7], "little") + 1, int.from_bytes(head[7:10], "little") + 1)
+            alpha |= bool(head[0] & 0x10)
         elif kind == b"VP8 " and size is None:
             if len(head) < 10 or head[3:6] != b"\x9d\x01\x2a":
                 raise ImageCheckError("malformed WebP (VP8) frame header")
@@ -341,8 +349,10 @@ def _webp(reader: _Reader) -> tuple[int, int]:
                 raise ImageCheckError("malformed WebP (VP8L) header")
             bits = int.from_bytes(head[1:5], "little")
             size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+            alpha |= bool((bits >> 28) & 1)
     if reader.position != riff_length + 8:
         raise ImageCheckError(f"the WebP's last chunk runs past its RIFF length of {riff_length + 8} bytes")
     if canvas is None and size is None:
         raise ImageCheckError("the WebP has no image header")
-    return canvas or size  # type: ignore[return-value]
+    width, height = canvas or size  # type: ignore[misc]
+    return width, height, alpha

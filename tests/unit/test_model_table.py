@@ -64,6 +64,7 @@ def _emulator_inputs(limits: dict[str, Any]) -> dict[str, Any]:
         "input_sides": (limits["min_input_side"], limits["max_input_side"]),
         "input_bytes": limits["max_input_bytes"],
         "size_settable": limits.get("size_settable", True),
+        "input_alpha": not limits.get("refuses_alpha", False),
     }
 
 
@@ -75,6 +76,7 @@ def _provider_inputs(spec: provider.ModelSpec) -> dict[str, Any]:
         "input_sides": (spec.min_input_side, spec.max_input_side),
         "input_bytes": spec.max_input_bytes,
         "size_settable": spec.size_settable,
+        "input_alpha": spec.input_alpha,
     }
 
 

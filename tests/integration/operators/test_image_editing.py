@@ -358,3 +358,20 @@ def test_an_edited_xcoms_input_records_carry_nothing_but_their_fields() -> None:
     }
     with pytest.raises(ImageGenerationValidationError, match="sha256"):
         GenerationRecord.from_dict({"input_images": [{"uri": "s3://b/k", "sha256": "not-a-digest"}]})
+
+
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+def test_an_input_with_alpha_is_refused_before_billing_where_the_family_refuses_it(
+    dashscope_conn: EmulatorServer, s3: S3Bucket, model: str
+) -> None:
+    from tests.input_images import rgba_png
+
+    s3.client.put_object(Bucket=s3.name, Key="logo.png", Body=rgba_png(512, 512))
+    operator = make_operator(model=model, prompt="compose", images=[f"s3://{s3.name}/logo.png"])
+    if KNOWN_MODELS[model].input_alpha:
+        xcom = run(operator)  # the service takes it: so does the provider
+        assert inputs_chunk(_output_bytes(xcom)[0]) == [sha256(rgba_png(512, 512))]
+        return
+    with pytest.raises(ImageGenerationValidationError, match=f"alpha channel .transparency., which {model}"):
+        run(operator)
+    assert dashscope_conn.requests_log() == []

@@ -140,3 +140,30 @@ def test_the_check_reads_in_bounded_pieces(tmp_path: object) -> None:
     path.write_bytes(whole[:-12] + filler[:-1])
     with pytest.raises(ImageCheckError, match="truncated"):
         check_image(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "options", "alpha"),
+    [
+        ("RGB", "PNG", {}, False),
+        ("RGBA", "PNG", {}, True),
+        ("LA", "PNG", {}, True),
+        ("P", "PNG", {"transparency": 0}, True),  # a palette with a transparent entry: tRNS
+        ("RGB", "JPEG", {}, False),
+        ("RGB", "WEBP", {"lossless": True}, False),
+        ("RGBA", "WEBP", {"lossless": True}, True),
+        ("RGBA", "WEBP", {"quality": 80}, True),
+    ],
+)
+def test_the_check_says_whether_an_image_declares_transparency(
+    tmp_path: object, mode: str, fmt: str, options: dict[str, object], alpha: bool
+) -> None:
+    """What the editing models that refuse an alpha channel are checked against, before billing."""
+    from pathlib import Path
+
+    buffer = io.BytesIO()
+    Image.new(mode, (64, 48)).save(buffer, format=fmt, **options)
+    path = Path(str(tmp_path)) / f"image.{fmt.lower()}"
+    path.write_bytes(buffer.getvalue())
+    info = check_image(path)
+    assert (info.width, info.height, info.alpha) == (64, 48, alpha)
