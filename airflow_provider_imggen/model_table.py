@@ -86,6 +86,8 @@ class ModelSpec:
     :param max_input_side: largest width or height of an input image, in pixels
     :param size_settable: whether the request may name a size (qwen-image-edit's follows its input)
     :param input_alpha: whether input images may have an alpha channel (the Wan editing models refuse it)
+    :param task_surface: the task API's surface serving it: ``text2image``, ``image2image``
+        (wan2.5-i2i-preview) or ``image-generation`` (the wan2.6 / wan2.7 messages body)
     """
 
     name: str
@@ -109,6 +111,7 @@ class ModelSpec:
     max_input_side: int = 1 << 16
     size_settable: bool = True
     input_alpha: bool = True
+    task_surface: str = "text2image"
 
     def describe_input_count(self) -> str:
         if self.max_input_images == 0:
@@ -280,7 +283,8 @@ def _wan27(name: str) -> ModelSpec:
         max_pixels=2048 * 2048,
         max_aspect_ratio=8.0,
         max_prompt_chars=5000,
-        endpoints=("sync",),
+        endpoints=("sync", "async"),
+        task_surface="image-generation",
         quota=_SYNC_QUOTA_UNKNOWN,
         docs=DOC_WAN_EDITING,
         max_input_images=9,
@@ -379,6 +383,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         min_input_side=384,
         max_input_side=5000,
         input_alpha=False,
+        task_surface="image2image",
     ),
     # wan2.6-image: editing on the synchronous endpoint, 1-4 inputs (sides 240-8000, 10 MB), n 1-4, W*H
     # with 768*768 to 2048*2048 pixels (or 1K, its default, / 2K, left to extra_body). Its interleaved
@@ -392,7 +397,8 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         max_pixels=2048 * 2048,
         max_aspect_ratio=4.0,
         max_prompt_chars=2000,
-        endpoints=("sync",),
+        endpoints=("sync", "async"),
+        task_surface="image-generation",
         quota=_WAN26_QUOTA,
         docs=DOC_WAN26,
         min_input_images=1,
@@ -411,7 +417,8 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         max_pixels=1440 * 1440,
         max_aspect_ratio=4.0,
         max_prompt_chars=2100,
-        endpoints=("sync",),
+        endpoints=("sync", "async"),
+        task_surface="image-generation",
         quota=_WAN26_QUOTA,
         docs=DOC_WAN26,
     ),
@@ -472,6 +479,12 @@ def unknown_model_note(model: str) -> str | None:
 def spec_of(model: str) -> ModelSpec | None:
     """The table's entry for ``model``, or its base model's for a dated snapshot; None when unknown."""
     return KNOWN_MODELS.get(model) or KNOWN_MODELS.get(_SNAPSHOT_SUFFIX.sub("", model))
+
+
+def task_surface_of(model: str) -> str:
+    """The task API's surface for ``model`` (``text2image`` for a model the table does not know)."""
+    spec = spec_of(model)
+    return spec.task_surface if spec is not None else "text2image"
 
 
 def default_size_of(model: str) -> str | None:

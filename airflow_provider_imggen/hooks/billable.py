@@ -34,9 +34,10 @@ from airflow_provider_imggen.exceptions import (
     billed_note,
 )
 from airflow_provider_imggen.hooks.native_tasks import NativeTasksHook
+from airflow_provider_imggen.model_table import task_surface_of
 from airflow_provider_imggen.results import SubmittedTask
 from airflow_provider_imggen.retry_policy import BillableRequest, provably_not_processed
-from airflow_provider_imggen.wire import gateway, multimodal, native
+from airflow_provider_imggen.wire import gateway, image_generation, multimodal, native
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -125,6 +126,13 @@ class BillableSendHook(NativeTasksHook):
         if endpoint == "sync":
             return BillableSend(
                 "sync", multimodal.PATH, multimodal.request_body(request), multimodal.request_body(recorded)
+            )
+        if endpoint == "async" and task_surface_of(request.model) == "image-generation":
+            return BillableSend(
+                "async",
+                image_generation.PATH,
+                image_generation.submission_body(request),
+                image_generation.submission_body(recorded),
             )
         if endpoint == "async":
             return BillableSend(

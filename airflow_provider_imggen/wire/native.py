@@ -83,8 +83,15 @@ def wire_reference(image: InputImage) -> str:
 
 
 def submit_path(request: GenerationRequest) -> str:
-    """The task API's submission path for ``request``: image2image when it carries input images."""
-    return IMAGE2IMAGE_PATH if request.images else SUBMIT_PATH
+    """
+    The task API's submission path for ``request``: its model's surface (text2image, image2image); a model
+    the table does not know goes to image2image when it carries input images.
+    """
+    from airflow_provider_imggen.model_table import spec_of
+
+    spec = spec_of(request.model)
+    surface = spec.task_surface if spec is not None else ("image2image" if request.images else "text2image")
+    return IMAGE2IMAGE_PATH if surface == "image2image" else SUBMIT_PATH
 
 
 def submission_body(request: GenerationRequest) -> dict[str, Any]:
@@ -226,7 +233,7 @@ def _parse_task_state(
     images: list[GeneratedImage] = []
     failed: list[FailedImage] = []
     results = output.get("results")
-    results = results if isinstance(results, list) else []
+    results = results if isinstance(results, list) else _choice_results(output.get("choices"))
     for index, item in enumerate(results):
         try:
             image, failure = _task_result(index, item, api_key)
@@ -263,6 +270,31 @@ def _parse_task_state(
             None,
         ),
     )
+
+
+def _choice_results(choices: object) -> list[object]:
+    """
+    The results of a task of the image-generation surface (wan2.6 / wan2.7), whose status answers in the
+    synchronous endpoint's shape: each image item of ``choices[].message.content`` as a result, each choice
+    that ended in error (``finish_reason`` ``error``, with its code and message) as a failed one.
+    """
+    if not isinstance(choices, list):
+        return []
+    results: list[object] = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and not (
+            isinstance(choice, dict) and choice.get("finish_reason") == "error"
+        ):
+            results += [
+                {"url": item.get("image")} for item in content if isinstance(item, dict) and "image" in item
+            ]
+        elif isinstance(choice, dict):
+            results.append({"code": choice.get("code"), "message": choice.get("message")})
+        else:
+            results.append(choice)
+    return results
 
 
 def _task_result(

@@ -22,11 +22,15 @@ from airflow_provider_imggen import model_table as provider
 from airflow_provider_imggen.emulator.models import GENERIC_LIMITS, MODEL_LIMITS
 
 # The two tables name the endpoints each their own way (the emulator by its API surfaces): the task API's
-# text2image and image2image surfaces are both the provider's "async" (the request's input images pick the
-# path). The asynchronous image-generation surface of wan2.6 / wan2.7 is not one the provider uses: their
-# synchronous endpoint serves the same requests.
-_EMULATOR_ENDPOINTS = {"task": "async", "image2image": "async", "multimodal": "sync"}
-_UNUSED_SURFACES = {"image-generation"}
+# text2image, image2image and image-generation surfaces are all the provider's "async" (its table says
+# which surface serves a model).
+_EMULATOR_ENDPOINTS = {
+    "task": "async",
+    "image2image": "async",
+    "image-generation": "async",
+    "multimodal": "sync",
+}
+_SURFACES = {"task": "text2image", "image2image": "image2image", "image-generation": "image-generation"}
 # "No bound" is None in the emulator's table and an extreme value in the provider's.
 _NO_SIDE_LIMIT = (1, 1 << 16)
 # Every model both tables know is compared (issue 23 sourced the last ones the emulator played alone).
@@ -47,9 +51,8 @@ def _emulator_view(limits: dict[str, Any]) -> dict[str, Any]:
         "max_aspect_ratio": None if fixed else limits["max_aspect_ratio"],
         "max_prompt_chars": limits["max_prompt_chars"],
         "max_negative_prompt_chars": limits["max_negative_prompt_chars"],
-        "endpoints": sorted(
-            _EMULATOR_ENDPOINTS[name] for name in limits["endpoints"] if name not in _UNUSED_SURFACES
-        ),
+        "endpoints": sorted(_EMULATOR_ENDPOINTS[name] for name in limits["endpoints"]),
+        "task_surface": next((_SURFACES[name] for name in limits["endpoints"] if name in _SURFACES), None),
         # requests per second, requests back to back, concurrent
         "quota": (round(rate, 6), limits.get("burst") or max(1.0, rate), limits["concurrent_tasks"]),
         **_emulator_inputs(limits),
@@ -97,6 +100,7 @@ def _provider_view(spec: provider.ModelSpec) -> dict[str, Any]:
         "max_prompt_chars": spec.max_prompt_chars,
         "max_negative_prompt_chars": spec.max_negative_prompt_chars,
         "endpoints": sorted(spec.endpoints),
+        "task_surface": spec.task_surface if "async" in spec.endpoints else None,
         "quota": (round(quota.requests / quota.window_seconds, 6), float(quota.requests), quota.concurrent),
         **_provider_inputs(spec),
     }
@@ -118,7 +122,10 @@ def test_model_limits_agree(model: str) -> None:
 
 
 def test_the_newer_families_go_where_they_live() -> None:
-    """api-notes §7: the 2026 families are synchronous only; wan2.5-i2i-preview is the task API's."""
+    """
+    api-notes §7: the 2026 families are synchronous first (text2image answers them 403; wan2.6 / wan2.7 also
+    have the task API's image-generation surface); wan2.5-i2i-preview is the task API's image2image.
+    """
     for model in (
         "qwen-image-2.1-pro",
         "qwen-image-3.0",
@@ -126,8 +133,9 @@ def test_the_newer_families_go_where_they_live() -> None:
         "z-image-turbo",
         "wan2.7-image",
     ):
-        assert provider.endpoints_of(model) == ("sync",), model
-        assert "task" not in MODEL_LIMITS[model]["endpoints"], model
+        assert provider.endpoints_of(model)[0] == "sync", model
+        assert "task" not in MODEL_LIMITS[model]["endpoints"], model  # text2image answers them 403
+    assert provider.task_surface_of("wan2.7-image") == "image-generation"
     assert provider.endpoints_of("wan2.5-i2i-preview") == ("async",)
     assert MODEL_LIMITS["wan2.5-i2i-preview"]["endpoints"] == ("image2image",)
 

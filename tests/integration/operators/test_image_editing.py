@@ -375,3 +375,45 @@ def test_an_input_with_alpha_is_refused_before_billing_where_the_family_refuses_
     with pytest.raises(ImageGenerationValidationError, match=f"alpha channel .transparency., which {model}"):
         run(operator)
     assert dashscope_conn.requests_log() == []
+
+
+IMAGE_GENERATION = "/api/v1/services/aigc/image-generation/generation"
+
+
+@pytest.mark.parametrize(
+    ("model", "images"),
+    [("wan2.6-t2i", 0), ("wan2.6-image", 2), ("wan2.7-image", 1), ("wan2.7-image-pro", 0)],
+)
+def test_the_wan_families_run_as_tasks_on_the_image_generation_surface(
+    dashscope_conn: EmulatorServer, s3: S3Bucket, model: str, images: int
+) -> None:
+    """endpoint="async": the messages body as a task, deferred to the triggerer, read back from its status."""
+    from tests.integration.operators.test_deferrable import defer_and_resume, fast
+    from tests.integration.operators.test_image_generation import make_context
+
+    given, digests = [], []
+    for position in range(images):
+        data = png(512, 512, seed=60 + position)
+        s3.client.put_object(Bucket=s3.name, Key=f"wan/{position}.png", Body=data)
+        given.append(f"s3://{s3.name}/wan/{position}.png")
+        digests.append(sha256(data))
+    size = "1280*1280" if model == "wan2.6-t2i" else "1024*1024"
+    operator = make_operator(
+        model=model,
+        prompt="a lantern festival",
+        images=given,
+        n=2,
+        size=size,
+        endpoint="async",
+        deferrable=True,
+        **fast(),
+    )
+    context = make_context(operator)
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+    xcom = defer_and_resume(operator, context)
+    assert _billable(dashscope_conn) == [IMAGE_GENERATION]
+    assert xcom["generation_task_id"] and len(xcom["images"]) == 2
+    assert [item["sha256"] for item in xcom["input_images"]] == digests
+    for output in _output_bytes(xcom):
+        assert inputs_chunk(output) == (digests or None)
+    assert dashscope_conn.billed_images() == 2

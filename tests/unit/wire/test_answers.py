@@ -384,3 +384,32 @@ def test_task_list_in_the_sdk_shape() -> None:
     assert tasks[0].created_at == datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
     assert (tasks[0].status, tasks[0].model, tasks[0].request_id) == ("RUNNING", "qwen-image", "sub-1")
     assert tasks[1].created_at is None and tasks[1].model is None
+
+
+def test_an_image_generation_tasks_status_is_read_from_its_choices() -> None:
+    """wan2.6 / wan2.7 tasks answer in the synchronous shape: images, and a choice that failed."""
+    from airflow_provider_imggen.wire.native import parse_task_state
+
+    url = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/a.png?Expires=1764500000&Signature=x"
+    body = {
+        "output": {
+            "task_id": "t-1",
+            "task_status": "SUCCEEDED",
+            "finished": True,
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": [{"image": url, "type": "image"}]},
+                },
+                {"finish_reason": "error", "code": "DataInspectionFailed", "message": "refused"},
+                {
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": [{"text": "a caption"}]},
+                },
+            ],
+        },
+        "usage": {"image_count": 1, "size": "1024*1024"},
+    }
+    state = parse_task_state(body, "req-1", generation_task_id="t-1")
+    assert [image.url for image in state.images] == [url]
+    assert [(failed.index, failed.code) for failed in state.failed_images] == [(1, "DataInspectionFailed")]
