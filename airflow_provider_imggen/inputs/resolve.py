@@ -80,6 +80,7 @@ def resolve_input_images(
         read = _read(image, where, spec, clients, aws_conn_id=aws_conn_id, imggen_conn_id=imggen_conn_id)
         checked = _checked(read, where, spec, expected=image.sha256)
         resolved.append(dataclasses.replace(checked, wire=_wire(read, where)))
+    _check_boxes(request.extra_body.get("bbox_list"), resolved)
     if log is not None:
         log.info(
             "Read %d input image(s) in %.1f s: %s",
@@ -90,6 +91,40 @@ def resolve_input_images(
             ),
         )
     return dataclasses.replace(request, images=tuple(resolved))
+
+
+def _check_boxes(boxes: object, images: list[InputImage]) -> None:
+    """
+    wan2.7-image's targeted edits (``extra_body={"bbox_list": ...}``, the Wan image editing guide): one list
+    per input image, in order, of ``[x1, y1, x2, y2]`` boxes in that image's pixels, ``[]`` for an image
+    without. Checked once the inputs' dimensions are known, before anything is billed.
+    """
+    if boxes is None:
+        return
+    if not isinstance(boxes, list) or len(boxes) != len(images):
+        raise ImageGenerationValidationError(
+            "extra_body['bbox_list']",
+            boxes,
+            f"expected one list of [x1, y1, x2, y2] boxes per input image ({len(images)}), [] for an image "
+            "without",
+        )
+    for position, (entry, image) in enumerate(zip(boxes, images, strict=True)):
+        where = f"extra_body['bbox_list'][{position}]"
+        if not isinstance(entry, list):
+            raise ImageGenerationValidationError(where, entry, "expected a list of [x1, y1, x2, y2] boxes")
+        for box in entry:
+            numbers = isinstance(box, list) and len(box) == 4
+            if not numbers or not all(isinstance(v, int) and not isinstance(v, bool) for v in box):
+                raise ImageGenerationValidationError(where, box, "expected [x1, y1, x2, y2] in whole pixels")
+            x1, y1, x2, y2 = box
+            assert image.width is not None and image.height is not None
+            if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
+                raise ImageGenerationValidationError(
+                    where,
+                    box,
+                    f"input image {position} is {image.width}x{image.height}: expected x1 < x2 and y1 < y2 "
+                    "inside it",
+                )
 
 
 def _max_bytes(spec: ModelSpec | None) -> int:

@@ -417,3 +417,40 @@ def test_the_wan_families_run_as_tasks_on_the_image_generation_surface(
     for output in _output_bytes(xcom):
         assert inputs_chunk(output) == (digests or None)
     assert dashscope_conn.billed_images() == 2
+
+
+@pytest.mark.parametrize(
+    ("boxes", "expected"),
+    [
+        ([[[10, 10, 100, 100]]], r"one list of \[x1, y1, x2, y2\] boxes per input image \(2\)"),
+        ([[[10, 10, 100, 100]], [[0, 0, 700, 100]]], r"input image 1 is 512x512: expected x1 < x2"),
+        ([[[10, 10, 5, 100]], []], r"input image 0 is 512x512"),
+        ([[[10, 10, 100.5, 100]], []], r"whole pixels"),
+    ],
+)
+def test_a_targeted_edits_boxes_are_checked_against_the_inputs_before_billing(
+    dashscope_conn: EmulatorServer, s3: S3Bucket, boxes: object, expected: str
+) -> None:
+    for position in range(2):
+        s3.client.put_object(
+            Bucket=s3.name, Key=f"box/{position}.png", Body=png(512, 512, seed=70 + position)
+        )
+    images = [f"s3://{s3.name}/box/{position}.png" for position in range(2)]
+    with pytest.raises(ImageGenerationValidationError, match=expected) as raised:
+        run(
+            make_operator(
+                model="wan2.7-image", prompt="recolour", images=images, extra_body={"bbox_list": boxes}
+            )
+        )
+    assert raised.value.parameter.startswith("extra_body['bbox_list']")
+    assert dashscope_conn.requests_log() == []
+    # Boxes that fit are sent as given, and the emulator (which checks them its own way) takes them.
+    xcom = run(
+        make_operator(
+            model="wan2.7-image",
+            prompt="recolour",
+            images=images,
+            extra_body={"bbox_list": [[[10, 10, 100, 100]], []]},
+        )
+    )
+    assert len(xcom["images"]) == 1
