@@ -301,9 +301,11 @@ def _input_images(where: str, value: object) -> tuple[dict[str, Any], ...]:
                 "(not shown)",
                 f"expected a URI of at most {MAX_URI_CHARS} characters",
             )
+        conn_id = item.get("conn_id")
         records.append(
             {
                 "uri": shown_uri(uri),
+                **({"conn_id": conn_id[:250]} if isinstance(conn_id, str) and conn_id else {}),
                 "sha256": _fingerprint(f"{where}[{offset}]['sha256']", sha256),
                 "bytes": _optional_int(f"{where}[{offset}]['bytes']", item.get("bytes")),
                 "content_type": _optional_str(f"{where}[{offset}]['content_type']", item.get("content_type")),

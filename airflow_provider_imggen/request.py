@@ -334,6 +334,12 @@ def validate_generation_request(
     checked_images = parse_input_images(arguments.get("images"))
     if spec is not None and images_known:
         check_input_count(spec, checked_images, arguments.get("images"))
+    if images_known and not checked_images and "bbox_list" in checked_extra:
+        raise ImageGenerationValidationError(
+            "extra_body['bbox_list']",
+            checked_extra["bbox_list"],
+            "boxes for a targeted edit name regions of the input images: pass images=...",
+        )
 
     request = GenerationRequest(
         model=model,

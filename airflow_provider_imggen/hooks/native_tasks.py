@@ -271,6 +271,15 @@ class NativeTasksHook(BlockingHookBase):
             by_request = [task for task in candidates if task.request_id == request_id]
             if len(by_request) == 1:
                 return by_request[0], names
+        if request.images:
+            # A task's status names its prompt and image count, never its input images: edits of several
+            # products with one prompt (a mapped edit) cannot be told apart that way. Only the request id
+            # proves an edit's task; without it, fail closed rather than deliver another product's edit.
+            self.log.warning(
+                "An edit's task is proven only by its request id, which the task list does not show here: "
+                "the prompt and image count cannot tell edits of different inputs apart"
+            )
+            return None, names
         return self._identify(request, candidates, foreign), names
 
     def _identify(

@@ -79,6 +79,7 @@ class InputImage:
         """What XCom, the ledger and the task record keep of it: never its bytes, nor a usable signed URL."""
         return {
             "uri": shown_uri(self.uri),
+            **({"conn_id": self.conn_id} if self.conn_id else {}),
             "sha256": self.sha256,
             "bytes": self.bytes,
             "content_type": self.content_type,
@@ -225,6 +226,9 @@ def _checked_uri(uri: str, where: str, *, from_path: bool = False) -> str:
         raise ImageGenerationValidationError(where, "(not shown)", "not a valid URI") from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
+        if uri[:5].lower() != "s3://":  # s3:/bucket would read another bucket than the one meant
+            raise ImageGenerationValidationError(where, shown_uri(uri), "expected s3://bucket/key")
+        uri = "s3://" + uri[5:]
         bucket, _, key = uri[len("s3://") :].partition("/")
         if not _BUCKET.fullmatch(bucket) or not key:
             raise ImageGenerationValidationError(

@@ -17,11 +17,12 @@ it, a retry:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationInputError
-from airflow_provider_imggen.inputs.references import shown_uri
+from airflow_provider_imggen.model_table import INPUT_FORMATS
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -70,8 +71,16 @@ def read_with_memory(
         )
         return expected
     if earlier is None and store is not None:
-        store.set(INPUTS_KEY, [image.record() for image in resolved.images])
+        store.set(
+            INPUTS_KEY, [{**image.record(), "uri_sha256": _digest(image.uri)} for image in resolved.images]
+        )
     return resolved
+
+
+def _digest(uri: str) -> str:
+    """The full URI, signed query included, as a digest: the record shows the URI masked, which cannot tell
+    ``?id=1`` from ``?id=2``."""
+    return hashlib.sha256(uri.encode()).hexdigest()
 
 
 def _recorded_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +95,15 @@ def _earlier(store: Any, request: GenerationRequest) -> list[dict[str, Any]] | N
     if not isinstance(stored, list) or len(stored) != len(request.images):
         return None
     for record, image in zip(stored, request.images, strict=True):
-        if not isinstance(record, dict) or record.get("uri") != shown_uri(image.uri):
+        if not isinstance(record, dict) or record.get("uri_sha256") != _digest(image.uri):
             return None  # the rendered inputs changed: another request
         if not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
+            return None
+        # The task state store can be edited: a record with fields no read would give is not one.
+        numbers = (record.get(name) for name in ("bytes", "width", "height"))
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in numbers):
+            return None
+        if record.get("content_type") not in INPUT_FORMATS:
             return None
         if image.sha256 is not None and image.sha256 != record["sha256"]:
             return None  # a stored image's record now names other bytes: another request

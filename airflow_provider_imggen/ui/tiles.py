@@ -324,7 +324,8 @@ def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
                 failure=failure,
                 bucket=location[0] if location else None,
                 key=location[1] if location else None,
-                aws_conn_id=output.aws_conn_id if location else UNKNOWN_CONN,
+                # An ObjectStoragePath input names its own connection; others were read with the task's.
+                aws_conn_id=(item.get("conn_id") or output.aws_conn_id) if location else UNKNOWN_CONN,
             )
         )
     return tiles

@@ -284,16 +284,17 @@ def _choice_results(choices: object) -> list[object]:
     for choice in choices:
         message = choice.get("message") if isinstance(choice, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and not (
-            isinstance(choice, dict) and choice.get("finish_reason") == "error"
-        ):
+        failed = isinstance(choice, dict) and choice.get("finish_reason") == "error"
+        if isinstance(content, list) and not failed:
             results += [
                 {"url": item.get("image")} for item in content if isinstance(item, dict) and "image" in item
             ]
-        elif isinstance(choice, dict):
-            results.append({"code": choice.get("code"), "message": choice.get("message")})
-        else:
-            results.append(choice)
+            continue
+        # A failed choice: its code, and its message only when it is text (a dict would be printed whole,
+        # with any result URL inside it).
+        code = choice.get("code") if isinstance(choice, dict) else None
+        text = choice.get("message") if isinstance(choice, dict) else None
+        results.append({"code": code, "message": text if isinstance(text, str) else None})
     return results
 
 

@@ -454,3 +454,74 @@ def test_a_targeted_edits_boxes_are_checked_against_the_inputs_before_billing(
         )
     )
     assert len(xcom["images"]) == 1
+
+
+@pytest.mark.parametrize("fault", ["billed_drop", "billed_500"])
+def test_a_lost_edit_submission_is_adopted_by_its_request_id_never_by_its_prompt_alone(
+    dashscope_conn: EmulatorServer, s3: S3Bucket, fault: str
+) -> None:
+    """
+    Edits of several products share a prompt: the task list's prompt and image count cannot prove which
+    task is this one's. An answer lost with its request id (a 500 naming it) is still proven by that id.
+    """
+    from airflow_provider_imggen.exceptions import ImageGenerationSubmissionUnknownError
+    from tests.integration.operators.test_deferrable import fast
+
+    s3.client.put_object(Bucket=s3.name, Key="lost.png", Body=png(640, 640, seed=80))
+    dashscope_conn.set_faults(fail_next=[fault])  # the task is created, its answer lost
+    images = [f"s3://{s3.name}/lost.png"]
+    operator = make_operator(model="wan2.5-i2i-preview", prompt="restyle", images=images, **fast())
+    if fault == "billed_drop":  # no answer at all: only the prompt would match
+        with pytest.raises(ImageGenerationSubmissionUnknownError):
+            run(operator)
+    else:
+        assert len(run(operator)["images"]) == 1
+    assert len([entry for entry in dashscope_conn.requests_log() if entry["kind"] == "submit"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("s3:/bucket/key.png", "expected s3://bucket/key"), ("S3://bucket/key.png", None)]
+)
+def test_an_s3_uri_is_read_only_as_written(given: str, expected: str | None) -> None:
+    from airflow_provider_imggen.inputs.references import parse_input_images
+
+    if expected is None:
+        (image,) = parse_input_images([given])
+        assert image.uri == "s3://bucket/key.png"
+        return
+    with pytest.raises(ImageGenerationValidationError, match=expected):
+        parse_input_images([given])
+
+
+def test_boxes_without_input_images_fail_at_parse_time() -> None:
+    with pytest.raises(ImageGenerationValidationError, match="pass images") as raised:
+        make_operator(model="wan2.7-image", extra_body={"bbox_list": [[[0, 0, 10, 10]]]})
+    assert raised.value.parameter == "extra_body['bbox_list']"
+
+
+def test_a_remembered_read_matches_the_full_uri_not_its_masked_form() -> None:
+    from airflow_provider_imggen.inputs.remembered import INPUTS_KEY, _digest, _earlier
+    from airflow_provider_imggen.request import validate_generation_request
+
+    first = "https://store.example.com/get.png?id=1"
+    record = {
+        "uri": "https://store.example.com/get.png?id=***",
+        "uri_sha256": _digest(first),
+        "sha256": "a" * 64,
+        "bytes": 10,
+        "content_type": "image/png",
+        "width": 512,
+        "height": 512,
+    }
+
+    class Store:
+        def get(self, key: str) -> object:
+            return [record] if key == INPUTS_KEY else None
+
+    def request(url: str) -> Any:
+        return validate_generation_request(model="wan2.6-image", prompt="x", images=[url])
+
+    assert _earlier(Store(), request(first)) == [record]
+    assert _earlier(Store(), request("https://store.example.com/get.png?id=2")) is None
+    record["content_type"] = {"edited": True}
+    assert _earlier(Store(), request(first)) is None

@@ -413,3 +413,18 @@ def test_an_image_generation_tasks_status_is_read_from_its_choices() -> None:
     state = parse_task_state(body, "req-1", generation_task_id="t-1")
     assert [image.url for image in state.images] == [url]
     assert [(failed.index, failed.code) for failed in state.failed_images] == [(1, "DataInspectionFailed")]
+
+
+def test_a_failed_choice_never_carries_its_message_object_into_the_failure() -> None:
+    from airflow_provider_imggen.wire.native import parse_task_state
+
+    secret = "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/a.png?Signature=do-not-print"
+    body = {
+        "output": {
+            "task_id": "t-2",
+            "task_status": "SUCCEEDED",
+            "choices": [{"finish_reason": "error", "code": "X", "message": {"content": [{"image": secret}]}}],
+        }
+    }
+    state = parse_task_state(body, "req-2", generation_task_id="t-2")
+    assert not state.images and "do-not-print" not in str(state.failed_images)
