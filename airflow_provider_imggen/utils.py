@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, unquote_plus, urlsplit, urlunsplit
 
@@ -59,6 +60,14 @@ def url_secrets(url: str, *, whole_only: bool = False) -> list[str]:
         if candidate and candidate != MASK and candidate not in found:
             found.append(candidate)
     return found
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """Whether ``value`` is a sha256 as this provider writes one: 64 lowercase hex digits."""
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 def url_expiry(url: str) -> datetime | None:

@@ -18,12 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.utils import mask_url
+from airflow_provider_imggen.utils import is_sha256, mask_url
 
 # Where an input image may come from: an S3 object, another object store through ObjectStoragePath (its
 # URI with the protocol fsspec knows), or a URL fetched under the connection's result-URL policy.
 URL_SCHEMES = ("https", "http")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Characters no S3 key, bucket or URL of an input needs: they would reach logs and S3 metadata.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_URI_CHARS = 2048
@@ -190,7 +189,7 @@ def _one(item: object, where: str) -> InputImage:
 def _from_record(record: Mapping[str, Any], where: str) -> InputImage:
     """A stored image's record (the transfer's XCom) or an input image's own record (``uri``)."""
     sha256 = record.get("sha256")
-    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.fullmatch(sha256)):
+    if sha256 is not None and not is_sha256(sha256):
         raise ImageGenerationValidationError(
             f"{where}['sha256']", "(not shown)", "expected a sha256 (64 lowercase hex digits)"
         )

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationInputError
 from airflow_provider_imggen.model_table import INPUT_FORMATS
+from airflow_provider_imggen.utils import is_sha256
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
 
 INPUTS_KEY = "imggen_inputs"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _RECORDED = ("sha256", "bytes", "content_type", "width", "height")
 
 
@@ -97,7 +96,7 @@ def _earlier(store: Any, request: GenerationRequest) -> list[dict[str, Any]] | N
     for record, image in zip(stored, request.images, strict=True):
         if not isinstance(record, dict) or record.get("uri_sha256") != _digest(image.uri):
             return None  # the rendered inputs changed: another request
-        if not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
+        if not is_sha256(record.get("sha256")):
             return None
         # The task state store can be edited: a record with fields no read would give is not one.
         numbers = (record.get(name) for name in ("bytes", "width", "height"))

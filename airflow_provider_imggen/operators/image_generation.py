@@ -16,7 +16,7 @@ from airflow.sdk.configuration import conf
 # use it: every DAG-file parse imports this module.
 from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
-from airflow_provider_imggen.operators import arguments
+from airflow_provider_imggen.operators import arguments, native_task
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
 from airflow_provider_imggen.operators.quota_wait import (
     DEFAULT_THROTTLE_TIMEOUT,
@@ -387,118 +387,28 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         datasets = [lineage_dataset(image) for image in self._input_images]
         return OperatorLineage(inputs=[Dataset(namespace=space, name=name) for space, name in datasets])
 
-    # -- the native task, through ResumableJobMixin -----------------------------------------------------
+    # -- the native task, through ResumableJobMixin (operators/native_task.py) --------------------------
 
     def submit_job(self, context: Context) -> JsonValue:
-        from airflow_provider_imggen.operators import task_record
-        from airflow_provider_imggen.operators.deferral import trigger_problem
-
-        request = self._submitting_request
-        if self.deferrable and self.wait_for_completion:
-            # Before anything is billed: a wait the trigger could not do would otherwise start after it.
-            self._trigger_connection_problem = trigger_problem(self)
-        journal = self._journal
-        submitted = self._billable(
-            lambda: self.hook.submit(request, journal=journal, reuse=self.reuse),
-            request,
-            deferrable=self.deferrable,
-        )
-        self._generation_task_id = submitted.generation_task_id
-        if self._ledger_gate is not None:
-            self._ledger_gate.record_task(submitted.generation_task_id)
-        self.log.info(
-            "Submitted task %s (request_id=%s): model=%s n=%d size=%s seed=%s",
-            submitted.generation_task_id,
-            submitted.request_id,
-            request.model,
-            request.n,
-            request.size,
-            request.seed,
-        )
-        return task_record.record(submitted.generation_task_id, request)
+        return native_task.submit_job(self, context)
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
-        """The remembered task's status, or a pseudo-status saying why it cannot be reused."""
-        from airflow_provider_imggen.operators import task_record
-
-        generation_task_id = task_record.remembered_generation_task_id(external_id)
-        if generation_task_id is None:
-            self.log.warning("Ignoring an unreadable task record from an earlier try: %r", external_id)
-            return "UNREADABLE"
-        if task_record.superseded(external_id, self._submitting_request):
-            self.log.info(
-                "An earlier try submitted task %s for other parameters (the rendered request changed): "
-                "submitting this request",
-                generation_task_id,
-            )
-            return "SUPERSEDED"
-        state = self.hook.get_task(generation_task_id)
-        if state.status == "SUCCEEDED" and not self.reuse:
-            self.log.info("Task %s already succeeded; reuse=False: submitting again", generation_task_id)
-            return "REUSE_DISABLED"
-        self._generation_task_id, self._state = generation_task_id, state
-        task_record.log_remembered(self.log, external_id, generation_task_id, state)
-        return state.status
+        return native_task.get_job_status(self, external_id, context)
 
     def is_job_active(self, status: str) -> bool:
-        # SUSPENDED counts as running: an earlier try's suspended task is reconnected to, not paid again.
-        from airflow_provider_imggen.polling import TASK_ACTIVE_STATUSES
-
-        return status in TASK_ACTIVE_STATUSES
+        return native_task.is_job_active(self, status)
 
     def is_job_succeeded(self, status: str) -> bool:
-        return status == "SUCCEEDED"
+        return native_task.is_job_succeeded(self, status)
 
     def poll_until_complete(self, external_id: JsonValue, context: Context) -> Any:
-        """
-        Wait for the task: defer to the triggerer, or poll here; return the XCom metadata.
-
-        ResumableJobMixin returns this method's value as the task's result when it reconnects to a task
-        that is still running, so it returns the metadata (and keeps it for :meth:`get_job_result`).
-        """
-        from airflow_provider_imggen.operators import task_record
-        from airflow_provider_imggen.operators.xcom import submitted_xcom
-
-        generation_task_id = task_record.remembered_generation_task_id(external_id) or str(external_id)
-        self._generation_task_id = generation_task_id
-        if not self.wait_for_completion:
-            status = self._state.status if self._state is not None else "PENDING"
-            self._metadata_result = submitted_xcom(
-                self._submitting_request, generation_task_id, status, self.log
-            )
-            return self._metadata_result
-        if self.deferrable and self._trigger_connection_problem is None:
-            self._defer(generation_task_id)
-        self._metadata_result = self._wait_in_worker(generation_task_id)
-        return self._metadata_result
+        return native_task.poll_until_complete(self, external_id, context)
 
     def _wait_in_worker(self, generation_task_id: str) -> dict[str, Any]:
-        """Poll the task from this worker until it ends: its XCom (a timeout cancels it while PENDING)."""
-        from airflow_provider_imggen.exceptions import ImageGenerationTaskTimeoutError
-
-        try:
-            state = self.hook.wait_for_task(
-                generation_task_id,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                timeout=self.wait_timeout,
-            )
-        except ImageGenerationTaskTimeoutError:
-            self._cancel_pending(generation_task_id)
-            raise
-        return self._task_metadata(state)
+        return native_task.wait_in_worker(self, generation_task_id)
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
-        if self._metadata_result is not None:
-            return self._metadata_result
-        # The earlier try's task already SUCCEEDED: get_job_status read its state.
-        assert self._state is not None
-        return self._task_metadata(self._state)
-
-    def _defer(self, generation_task_id: str) -> None:
-        from airflow_provider_imggen.operators.deferral import task_deferral
-
-        self.defer(**task_deferral(self, generation_task_id, self._submitting_request))
+        return native_task.get_job_result(self, external_id, context)
 
     # -- the one billable request: quota waits and unknown outcomes ---------------------------------------
 

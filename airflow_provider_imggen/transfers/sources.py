@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -12,10 +11,9 @@ from urllib.parse import urlsplit
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
 from airflow_provider_imggen.records import GenerationRecord
 from airflow_provider_imggen.sealed_urls import register_secrets, registered_together, unseal
-from airflow_provider_imggen.utils import is_masked_url, mask_url, parse_time, url_expiry
+from airflow_provider_imggen.utils import is_masked_url, is_sha256, mask_url, parse_time, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -166,9 +164,7 @@ def input_digests(input_images: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     metadata beside the rest).
     """
     digests = (item.get("sha256") for item in input_images)
-    return tuple(digest for digest in digests if isinstance(digest, str) and _SHA256_HEX.fullmatch(digest))[
-        :10
-    ]
+    return tuple(str(digest) for digest in digests if is_sha256(digest))[:10]
 
 
 def resolve_urls(sources: list[Source], imggen_conn_id: str | None, log: Any) -> list[Source]:
