@@ -1,0 +1,56 @@
+"""The price table: per model and region, overrides from the connection, money as Decimal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.model_table import KNOWN_MODELS
+from airflow_provider_imggen.prices import LIST_PRICES, parse_price_overrides, price_of, region_of
+
+BEIJING = "https://dashscope.aliyuncs.com/api/v1"
+SINGAPORE = "https://dashscope-intl.aliyuncs.com/api/v1"
+
+
+def test_every_known_model_has_a_row() -> None:
+    assert set(KNOWN_MODELS) - set(LIST_PRICES) == {"qwen-image-3.0-pro", "qwen-image-2.1-pro"}  # no source
+
+
+@pytest.mark.parametrize(
+    ("model", "base_url", "expected"),
+    [
+        ("qwen-image", BEIJING, (Decimal("0.25"), "CNY")),
+        ("wan2.2-t2i-flash", SINGAPORE, (Decimal("0.025"), "USD")),
+        ("qwen-image-max-2025-12-30", BEIJING, (Decimal("0.50"), "CNY")),
+        ("z-image-turbo", BEIJING, (Decimal("0.20"), "CNY")),  # prompt extension on by default: doubled
+    ],
+)
+def test_list_prices_by_region(model: str, base_url: str, expected: tuple[Decimal, str]) -> None:
+    price = price_of(model, base_url)
+    assert price is not None and (price.per_image, price.currency) == expected
+
+
+def test_unknown_region_model_or_gateway_has_no_price() -> None:
+    assert region_of("https://my-gateway.example.com/v1") is None
+    assert price_of("qwen-image", "https://my-gateway.example.com/v1") is None
+    assert price_of("qwen-image-2", BEIJING) is None  # a typo is not a snapshot
+    assert price_of("wanx2.0-t2i-turbo", SINGAPORE) is None
+    z = price_of("z-image-turbo", BEIJING, prompt_extend=False)
+    assert z is not None and z.per_image == Decimal("0.10")
+
+
+def test_overrides_win_and_are_checked() -> None:
+    overrides = parse_price_overrides({"qwen-image": {"per_image": "0.18", "currency": "CNY"}})
+    price = price_of("qwen-image", "https://my-gateway.example.com/v1", overrides)
+    assert price is not None and price.per_image == Decimal("0.18") and price.times(3) == Decimal("0.54")
+    for bad in (
+        {"qwen-image": {"per_image": "-1", "currency": "CNY"}},
+        {"qwen-image": {"per_image": "x", "currency": "CNY"}},
+        {"qwen-image": {"per_image": "1", "currency": "EUR"}},
+        {"qwen-image": {"per_image": True, "currency": "CNY"}},
+        ["x"],
+    ):
+        with pytest.raises(ImageGenerationValidationError):
+            parse_price_overrides(bad)
