@@ -11,7 +11,11 @@ from airflow_provider_imggen.coercion import coerce_bool, coerce_int, coerce_sec
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow.sdk import Connection
+
+    from airflow_provider_imggen.prices import Price
 
 __all__ = [
     "API_STYLES",
@@ -76,6 +80,26 @@ class ConnectionSettings:
     allow_private_result_hosts: bool = False
     scheme_assumed: bool = False
     ledger: str | None = None
+    # Per-image prices overriding the list prices (prices.py), by model: negotiated prices, a gateway's.
+    prices: Mapping[str, Price] = field(default_factory=dict)
+
+
+def _prices(label: str, value: object) -> dict[str, Price]:
+    from airflow_provider_imggen.prices import parse_price_overrides
+
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ImageGenerationValidationError(label, "(not JSON)", "expected a JSON object") from None
+    try:
+        return parse_price_overrides(value)
+    except ImageGenerationValidationError as error:
+        raise ImageGenerationValidationError(
+            f"{label} {error.parameter}", error.value, error.allowed
+        ) from None
 
 
 def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> ConnectionSettings:
@@ -162,6 +186,7 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         else coerce_bool(label("allow_private_result_hosts"), allow_private),
         scheme_assumed="://" not in (conn.host or ""),
         ledger=_ledger(label("ledger"), extra("ledger")),
+        prices=_prices(label("prices"), extra("prices")),
     )
 
 

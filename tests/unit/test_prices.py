@@ -54,3 +54,23 @@ def test_overrides_win_and_are_checked() -> None:
     ):
         with pytest.raises(ImageGenerationValidationError):
             parse_price_overrides(bad)
+
+
+def test_the_connection_extra_prices_is_read_with_the_connection() -> None:
+    import json
+
+    from airflow.sdk import Connection
+
+    from airflow_provider_imggen.connection_settings import parse_connection
+
+    extra = {"api_style": "dashscope", "prices": {"qwen-image": {"per_image": "0.18", "currency": "CNY"}}}
+    conn = Connection(conn_id="c", conn_type="imggen", host="https://dashscope.aliyuncs.com", password="sk-x")
+    conn.extra = json.dumps(extra)
+    settings = parse_connection(conn)
+    price = price_of("qwen-image", settings.base_url, settings.prices)
+    assert (
+        price is not None and price.per_image == Decimal("0.18") and price.source == "connection extra prices"
+    )
+    conn.extra = json.dumps({"prices": {"qwen-image": {"per_image": "-1", "currency": "CNY"}}})
+    with pytest.raises(ImageGenerationValidationError, match="connection 'c' extra prices"):
+        parse_connection(conn)
