@@ -82,6 +82,18 @@ class ConnectionSettings:
     ledger: str | None = None
     # Per-image prices overriding the list prices (prices.py), by model: negotiated prices, a gateway's.
     prices: Mapping[str, Price] = field(default_factory=dict)
+    # The list prices to bill from when the host does not name a region (prices.PRICE_LISTS): 0 Beijing, 1
+    # Singapore, None: from the host.
+    price_list: int | None = None
+
+
+def _price_list(label: str, value: object) -> int | None:
+    from airflow_provider_imggen.prices import parse_price_list
+
+    try:
+        return parse_price_list(value)
+    except ImageGenerationValidationError as error:
+        raise ImageGenerationValidationError(label, value, error.allowed) from None
 
 
 def _prices(label: str, value: object) -> dict[str, Price]:
@@ -187,6 +199,7 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         scheme_assumed="://" not in (conn.host or ""),
         ledger=_ledger(label("ledger"), extra("ledger")),
         prices=_prices(label("prices"), extra("prices")),
+        price_list=_price_list(label("price_list"), extra("price_list")),
     )
 
 

@@ -17,6 +17,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationAPIError,
     ResultUrlSealError,
 )
+from airflow_provider_imggen.prices import billed_image_count, cost_record, price_for
 from airflow_provider_imggen.records import (
     REQUEST_FIELDS,
     FailedImageRecord,
@@ -29,6 +30,7 @@ from airflow_provider_imggen.utils import mask_url
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook, ImageGenerationHook
+    from airflow_provider_imggen.prices import Price
     from airflow_provider_imggen.request import GenerationRequest
     from airflow_provider_imggen.results import ImageGenerationResult, TaskState
 
@@ -41,6 +43,7 @@ def generation_metadata(
     files: Mapping[int, Mapping[str, Any]] | None = None,
     generation_task_id: str | None = None,
     task_status: str | None = None,
+    price: Price | None = None,
 ) -> dict[str, Any]:
     """
     The JSON-serialisable dict a generation pushes to XCom: a :class:`~airflow_provider_imggen.records.
@@ -63,6 +66,8 @@ def generation_metadata(
         has no task). Named so it is never mistaken for the Airflow task's ``task_id``
     :param task_status: the task's status when the metadata was built (``SUCCEEDED``; ``PENDING`` or
         ``RUNNING`` when the operator submitted without waiting)
+    :param price: the model's price per image on the connection (:func:`~airflow_provider_imggen.prices.
+        price_for`), None when unknown: the ``cost`` then counts images only
     :raises ResultUrlSealError: a gateway result URL and no Fernet key to seal it with
     """
     fields: dict[str, Any] = {name: recorded.get(name) for name in REQUEST_FIELDS if name != "model"}
@@ -87,6 +92,8 @@ def generation_metadata(
                 sha256=written.get("sha256"),
             )
         images.append(record)
+    pending = task_status in ("PENDING", "RUNNING")
+    billed = None if pending else billed_image_count(result.usage, len(result.images), fields["n"])
     return GenerationRecord(
         model=result.model or None,  # a task status does not name its model
         **fields,
@@ -105,6 +112,7 @@ def generation_metadata(
         generation_task_id=generation_task_id,
         task_status=task_status,
         warnings=result.warnings,
+        cost=cost_record(price, asked=fields["n"], billed_images=billed),
     ).to_dict()
 
 
@@ -165,5 +173,9 @@ def task_metadata(
     if known.get("prompt") is None:
         known["prompt"] = state.prompt
     return generation_metadata(
-        result, known, generation_task_id=state.generation_task_id, task_status=state.status
+        result,
+        known,
+        generation_task_id=state.generation_task_id,
+        task_status=state.status,
+        price=price_for(hook.settings, known.get("model"), known.get("prompt_upsampling")),
     )

@@ -10,12 +10,17 @@ money is never a float. Stdlib only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+
+if TYPE_CHECKING:
+    from airflow_provider_imggen.connection_settings import ConnectionSettings
 
 # Model Studio's model pricing page (help.aliyun.com/zh/model-studio/model-pricing, the snapshot listing
 # models up to April 2026): China mainland (Beijing) list prices in CNY per successfully generated image.
@@ -88,10 +93,31 @@ _EXTENSION_DOUBLES = frozenset({"z-image-turbo"})
 _REGION_HOSTS = {"dashscope.aliyuncs.com": 0, "dashscope-intl.aliyuncs.com": 1}
 
 
+# The connection extra ``price_list``: which list a connection bills from when its host does not say (a
+# private endpoint, a proxy in front of DashScope, the emulator).
+PRICE_LISTS = {"beijing": 0, "cn-beijing": 0, "singapore": 1, "ap-southeast-1": 1}
+
+
 def region_of(base_url: str) -> int | None:
     """0 (Beijing), 1 (Singapore), or None: another region, a workspace endpoint or a gateway."""
     host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
     return _REGION_HOSTS.get(host)
+
+
+def parse_price_list(value: object) -> int | None:
+    """
+    A connection's extra ``price_list`` (``beijing`` or ``singapore``): the list prices to bill from.
+
+    :raises ImageGenerationValidationError: naming what is allowed
+    """
+    if value is None or value == "":
+        return None
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in PRICE_LISTS:
+        raise ImageGenerationValidationError(
+            "price_list", value, "expected beijing (CNY) or singapore (USD), or nothing: from the host"
+        )
+    return PRICE_LISTS[key]
 
 
 def parse_price_overrides(value: object) -> dict[str, Price]:
@@ -132,18 +158,22 @@ def price_of(
     overrides: Mapping[str, Price] | None = None,
     *,
     prompt_extend: bool | None = None,
+    price_list: int | None = None,
 ) -> Price | None:
     """
     The price per image of ``model`` on this connection: its override, else the list price of the base
     URL's region (a dated snapshot has its family's); None when neither is known.
 
     :param prompt_extend: the request's prompt extension (None: the service's default, on)
+    :param price_list: the connection's ``price_list`` (:func:`parse_price_list`): the list to bill from
+        when the base URL's host does not name a region
     """
     from airflow_provider_imggen.model_table import closest_known_model
 
     if overrides and model in overrides:
         return overrides[model]
     region = region_of(base_url)
+    region = price_list if region is None else region
     family = model if model in LIST_PRICES else closest_known_model(model)
     if region is None or family is None or family not in LIST_PRICES or not _is_snapshot_of(model, family):
         return None
@@ -155,3 +185,111 @@ def price_of(
 
 def _is_snapshot_of(model: str, family: str) -> bool:
     return model == family or (model.startswith(f"{family}-") and model[len(family) + 1 :][:4].isdigit())
+
+
+def price_for(
+    settings: ConnectionSettings, model: str | None, prompt_upsampling: bool | None
+) -> Price | None:
+    """The price per image of ``model`` on the connection ``settings`` (None: no model or no price known)."""
+    if not model:
+        return None
+    return price_of(
+        model,
+        settings.base_url,
+        settings.prices,
+        prompt_extend=prompt_upsampling,
+        price_list=settings.price_list,
+    )
+
+
+def billed_image_count(usage: Mapping[str, Any], delivered: int, asked: int | None) -> int:
+    """
+    How many images the service billed: its ``usage.image_count`` (which counts successes only), never
+    fewer than the images it delivered, never more than were asked. An answer without a count (a gateway)
+    bills what it delivered. The count comes from the service: one out of range is not believed.
+    """
+    count = usage.get("image_count") if isinstance(usage, Mapping) else None
+    ceiling = asked if isinstance(asked, int) and asked >= delivered else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return delivered
+    return max(count, delivered) if ceiling is None or count <= ceiling else delivered
+    return delivered
+
+
+def plain(amount: Decimal) -> str:
+    """An amount as a plain decimal string (``0.0000001``, never ``1E-7``): what XCom and S3 metadata hold."""
+    return format(amount, "f")
+
+
+def cost_record(price: Price | None, *, asked: int | None, billed_images: int | None) -> dict[str, Any]:
+    """
+    The ``cost`` of a generation's XCom: images asked and billed, and, when a price is known, the price
+    per image, the estimate before the send (asked × price) and the billed cost (billed × price), as
+    decimal strings (JSON has no decimals, and money is never a float).
+
+    :param billed_images: None while nothing is known yet (a task submitted without waiting)
+    """
+    record: dict[str, Any] = {
+        "images_asked": asked,
+        "billed_images": billed_images,
+        "currency": None,
+        "per_image": None,
+        "estimated": None,
+        "billed": None,
+        "price_source": None,
+    }
+    if price is not None:
+        record.update(
+            currency=price.currency,
+            per_image=plain(price.per_image),
+            estimated=None if asked is None else plain(price.times(asked)),
+            billed=None if billed_images is None else plain(price.times(billed_images)),
+            price_source=price.source,
+        )
+    return record
+
+
+_COST_AMOUNTS = ("per_image", "estimated", "billed")
+_COST_COUNTS = ("images_asked", "billed_images")
+# What str(Decimal) writes for an amount this provider computes: no exponent, no sign, bounded digits.
+_PLAIN_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
+
+
+def cost_from_xcom(where: str, value: object) -> dict[str, Any] | None:
+    """
+    A ``cost`` read back from XCom (which can be edited): rebuilt from its known fields only, each checked
+    (counts non-negative integers, amounts decimal strings, a known currency, a short source), so a
+    downstream task or the Images view never shows what it cannot read as money.
+
+    :raises ImageGenerationValidationError: naming the field and what is allowed (never its content)
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ImageGenerationValidationError(where, type(value).__name__, "expected a dict")
+    record: dict[str, Any] = {}
+    for name in _COST_COUNTS:
+        count = value.get(name)
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise ImageGenerationValidationError(
+                f"{where}['{name}']", "(not shown)", "expected a count or null"
+            )
+        record[name] = count
+    for name in _COST_AMOUNTS:
+        amount = value.get(name)
+        if amount is not None and (not isinstance(amount, str) or not _PLAIN_AMOUNT.fullmatch(amount)):
+            raise ImageGenerationValidationError(
+                f"{where}['{name}']", "(not shown)", 'expected a plain decimal string, e.g. "0.20"'
+            )
+        record[name] = amount
+    currency, source = value.get("currency"), value.get("price_source")
+    if currency is not None and currency not in CURRENCIES:
+        raise ImageGenerationValidationError(
+            f"{where}['currency']", "(not shown)", "expected CNY, USD or null"
+        )
+    if source is not None and (not isinstance(source, str) or len(source) > 200 or not source.isprintable()):
+        raise ImageGenerationValidationError(
+            f"{where}['price_source']", "(not shown)", "expected printable text of at most 200 characters"
+        )
+    record["currency"], record["price_source"] = currency, source
+    return record

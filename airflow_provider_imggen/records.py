@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.prices import cost_from_xcom
 from airflow_provider_imggen.request import RECORDED_PARAMETERS
 
 
@@ -160,12 +161,16 @@ class GenerationRecord:
     # The request's input images (editing models): each one's masked URI, sha256, bytes, content type and
     # dimensions, in order; never their bytes nor a usable signed URL.
     input_images: tuple[dict[str, Any], ...] = ()
+    # What it cost (prices.cost_record): images asked and billed, the price per image, the estimate and the
+    # billed amount as decimal strings; None in XComs written before prices were known.
+    cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["warnings"] = list(self.warnings)
         values["input_images"] = [dict(item) for item in self.input_images]
         values["usage"] = dict(self.usage)
+        values["cost"] = None if self.cost is None else dict(self.cost)
         values["images"] = [image.to_dict() for image in self.images]
         values["failed_images"] = [failed.to_dict() for failed in self.failed_images]
         return values
@@ -223,6 +228,7 @@ class GenerationRecord:
             ),
             reused=bool(_optional_bool(f"{where}['reused']", value.get("reused"))),
             input_images=_input_images(f"{where}['input_images']", value.get("input_images")),
+            cost=cost_from_xcom(f"{where}['cost']", value.get("cost")),
         )
 
 

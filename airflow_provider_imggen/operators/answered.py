@@ -22,11 +22,13 @@ def generate_answered(
     """
     from airflow_provider_imggen.operators.b64_output import deliver_b64
     from airflow_provider_imggen.operators.xcom import delivered_again, generation_xcom
+    from airflow_provider_imggen.prices import price_for
 
     journal = operator._journal
     assert journal is not None, "execute() opens the journal"
     hook, log = operator.hook, operator.log
     fingerprint = hook.billable_send(request).fingerprint
+    price = price_for(hook.settings, request.model, request.prompt_upsampling)
     earlier = journal.last_for(fingerprint)
     delivered = (
         delivered_again(earlier.delivered, output_path)
@@ -43,7 +45,7 @@ def generate_answered(
         return delivered
     if request.response_format == "url":
         # Recorded with the outcome, in one write: nothing is lost between the answer and the XCom.
-        journal.deliverable = lambda result: generation_xcom(result, request, {})
+        journal.deliverable = lambda result: generation_xcom(result, request, {}, price=price)
     # The gateway answers synchronously: its quota waits happen in the worker, whatever deferrable says.
     result = operator._billable(
         lambda: hook.generate(request, journal=journal, reuse=operator.reuse), request, deferrable=False
@@ -51,4 +53,4 @@ def generate_answered(
     answered = journal.last_for(fingerprint)
     if answered is not None and answered.delivered is not None:
         return answered.delivered
-    return deliver_b64(result, request, output_path, ti, journal, answered, log)
+    return deliver_b64(result, request, output_path, ti, journal, answered, log, price=price)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow_provider_imggen.billing_journal import Attempt, BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationResult
+    from airflow_provider_imggen.prices import Price
     from airflow_provider_imggen.request import GenerationRequest
 
 
@@ -24,6 +25,8 @@ def deliver_b64(
     journal: BillingJournal,
     attempt: Attempt | None,
     log: Any,
+    *,
+    price: Price | None = None,
 ) -> dict[str, Any]:
     """
     The XCom of a ``b64_json`` answer, its images written below ``output_path`` first. The images are
@@ -43,7 +46,7 @@ def deliver_b64(
             f"{len(result.images)} image(s) of {result.model} were generated and billed (request id "
             f"{result.request_id}), but {reason}: not generated again"
         ) from error
-    xcom = generation_xcom(result, request, files)
+    xcom = generation_xcom(result, request, files, price=price)
     if attempt is not None:
         journal.record_outcome(attempt, "answered", delivered=xcom)
     return xcom

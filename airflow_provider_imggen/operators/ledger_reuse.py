@@ -285,6 +285,7 @@ def reused_xcom(
 ) -> dict[str, Any]:
     """The generation XCom of images the ledger holds: their S3 locations, sizes and sha256."""
     from airflow_provider_imggen.metadata import request_fields
+    from airflow_provider_imggen.prices import cost_record
     from airflow_provider_imggen.records import REQUEST_FIELDS, GenerationRecord, ImageRecord
     from airflow_provider_imggen.request import MAX_SEED
 
@@ -313,6 +314,8 @@ def reused_xcom(
             f"Reused from the billing ledger: stored by {entry.owner}, verified by sha256; nothing billed "
             f"(reuse=False pays again) at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
         ),
+        # Nothing billed by this run: the images were paid for by the run that stored them.
+        cost=cost_record(None, asked=request.n, billed_images=0),
     ).to_dict()
     return {**record, "reused": True, "ledger_fingerprint": fingerprint}
 

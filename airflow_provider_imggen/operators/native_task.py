@@ -89,13 +89,19 @@ def poll_until_complete(operator: ImageGenerationOperator, external_id: JsonValu
     """
     from airflow_provider_imggen.operators import task_record
     from airflow_provider_imggen.operators.xcom import submitted_xcom
+    from airflow_provider_imggen.prices import price_for
 
     generation_task_id = task_record.remembered_generation_task_id(external_id) or str(external_id)
     operator._generation_task_id = generation_task_id
     if not operator.wait_for_completion:
         status = operator._state.status if operator._state is not None else "PENDING"
+        request = operator._submitting_request
         operator._metadata_result = submitted_xcom(
-            operator._submitting_request, generation_task_id, status, operator.log
+            request,
+            generation_task_id,
+            status,
+            operator.log,
+            price=price_for(operator.hook.settings, request.model, request.prompt_upsampling),
         )
         return operator._metadata_result
     if operator.deferrable and operator._trigger_connection_problem is None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_imggen.metadata import generation_metadata, request_fields
 
 if TYPE_CHECKING:
+    from airflow_provider_imggen.prices import Price
     from airflow_provider_imggen.request import GenerationRequest
     from airflow_provider_imggen.results import ImageGenerationResult
 
@@ -19,8 +20,12 @@ def generation_xcom(
     *,
     generation_task_id: str | None = None,
     task_status: str | None = None,
+    price: Price | None = None,
 ) -> dict[str, Any]:
-    """The XCom of a generation; ``files``: where ``b64_json`` images were written, by index."""
+    """
+    The XCom of a generation; ``files``: where ``b64_json`` images were written, by index; ``price``: the
+    model's price per image on the connection (:func:`~airflow_provider_imggen.prices.price_for`).
+    """
     return generation_metadata(
         result,
         request_fields(request),
@@ -28,11 +33,12 @@ def generation_xcom(
         files=files,
         generation_task_id=generation_task_id,
         task_status=task_status,
+        price=price,
     )
 
 
 def submitted_xcom(
-    request: GenerationRequest, generation_task_id: str, status: str, log: Any
+    request: GenerationRequest, generation_task_id: str, status: str, log: Any, *, price: Price | None = None
 ) -> dict[str, Any]:
     """The XCom of a native task submitted without waiting: its id and the request, no images yet."""
     from airflow_provider_imggen.results import ImageGenerationResult
@@ -50,7 +56,9 @@ def submitted_xcom(
         model=request.model,
         parameters=submission_body(request.for_record()),
     )
-    return generation_xcom(result, request, {}, generation_task_id=generation_task_id, task_status=status)
+    return generation_xcom(
+        result, request, {}, generation_task_id=generation_task_id, task_status=status, price=price
+    )
 
 
 def delivered_again(delivered: dict[str, Any], output_path: str | None) -> dict[str, Any] | None:

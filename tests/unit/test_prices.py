@@ -8,7 +8,16 @@ import pytest
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.model_table import KNOWN_MODELS
-from airflow_provider_imggen.prices import LIST_PRICES, parse_price_overrides, price_of, region_of
+from airflow_provider_imggen.prices import (
+    LIST_PRICES,
+    billed_image_count,
+    cost_from_xcom,
+    cost_record,
+    parse_price_list,
+    parse_price_overrides,
+    price_of,
+    region_of,
+)
 
 BEIJING = "https://dashscope.aliyuncs.com/api/v1"
 SINGAPORE = "https://dashscope-intl.aliyuncs.com/api/v1"
@@ -74,3 +83,56 @@ def test_the_connection_extra_prices_is_read_with_the_connection() -> None:
     conn.extra = json.dumps({"prices": {"qwen-image": {"per_image": "-1", "currency": "CNY"}}})
     with pytest.raises(ImageGenerationValidationError, match="connection 'c' extra prices"):
         parse_connection(conn)
+
+
+def test_a_price_list_names_the_region_when_the_host_does_not() -> None:
+    assert (
+        price_of("qwen-image", "http://127.0.0.1:9", price_list=parse_price_list("Beijing"))
+        == LIST_PRICES["qwen-image"][0]
+    )
+    assert (
+        price_of("qwen-image", "http://127.0.0.1:9", price_list=parse_price_list("ap-southeast-1"))
+        == (LIST_PRICES["qwen-image"][1])
+    )
+    # The host wins over the list: a Singapore URL bills in USD whatever the extra says.
+    assert price_of("qwen-image", SINGAPORE, price_list=0) == LIST_PRICES["qwen-image"][1]
+    with pytest.raises(ImageGenerationValidationError, match="beijing"):
+        parse_price_list("mars")
+
+
+def test_the_billed_count_believes_the_service_only_within_what_was_asked() -> None:
+    assert billed_image_count({"image_count": 2}, 2, 4) == 2
+    assert billed_image_count({"image_count": 3}, 2, 4) == 3  # billed an image it could not deliver
+    assert billed_image_count({"image_count": 1}, 2, 4) == 2  # never fewer than delivered
+    assert billed_image_count({"image_count": 99}, 2, 4) == 2  # more than asked: not believed
+    assert billed_image_count({"image_count": True}, 1, 4) == 1
+    assert billed_image_count({}, 3, None) == 3  # a gateway: what it delivered
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("billed", "1e999999"),
+        ("billed", "-1"),
+        ("billed", 0.2),
+        ("estimated", "NaN"),
+        ("per_image", "x" * 50),
+        ("billed_images", -1),
+        ("images_asked", True),
+        ("currency", "EUR"),
+        ("price_source", "a\nforged log line"),
+    ],
+)
+def test_an_edited_xcom_cost_is_refused_without_echoing_it(field: str, value: object) -> None:
+    cost = cost_record(LIST_PRICES["qwen-image"][0], asked=2, billed_images=2)
+    assert cost_from_xcom("cost", cost) == cost
+    with pytest.raises(ImageGenerationValidationError) as refused:
+        cost_from_xcom("cost", {**cost, field: value})
+    assert field in str(refused.value) and "forged" not in str(refused.value)
+
+
+def test_a_tiny_or_round_override_is_written_as_a_plain_amount_that_reads_back() -> None:
+    for amount in ("1e-7", "1E2", "0.0000001"):
+        price = parse_price_overrides({"m": {"per_image": amount, "currency": "USD"}})["m"]
+        cost = cost_record(price, asked=3, billed_images=3)
+        assert "E" not in cost["billed"] and cost_from_xcom("cost", cost) == cost

@@ -24,6 +24,7 @@ from airflow_provider_imggen.utils import mask_url
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 XCOM_KEYS = {
     "input_images",
+    "cost",
     "warnings",
     "ledger_fingerprint",
     "reused",
