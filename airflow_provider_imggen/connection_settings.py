@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from airflow_provider_imggen.budgets.limits import Budget, parse_budgets
 from airflow_provider_imggen.coercion import coerce_bool, coerce_int, coerce_seconds
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 
@@ -85,6 +86,8 @@ class ConnectionSettings:
     # The list prices to bill from when the host does not name a region (prices.PRICE_LISTS): 0 Beijing, 1
     # Singapore, None: from the host.
     price_list: int | None = None
+    # Limits on what this connection's sends may spend (extra ``budget``, budgets/limits.py).
+    budgets: tuple[Budget, ...] = ()
 
 
 def _price_list(label: str, value: object) -> int | None:
@@ -200,6 +203,7 @@ def parse_connection(conn: Connection, extras: dict[str, Any] | None = None) -> 
         ledger=_ledger(label("ledger"), extra("ledger")),
         prices=_prices(label("prices"), extra("prices")),
         price_list=_price_list(label("price_list"), extra("price_list")),
+        budgets=parse_budgets(label("budget"), extra("budget"), origin=f"connection {conn.conn_id!r}"),
     )
 
 

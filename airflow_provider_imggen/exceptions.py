@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from datetime import datetime
+    from decimal import Decimal
 
 
 class ImageGenerationError(AirflowException):
@@ -307,3 +308,32 @@ class ImageGenerationUndeliveredError(ImageGenerationError, AirflowFailException
     Images were generated and billed, but could not be delivered (written below ``output_path``). Not
     retried: the retry would pay again, and the bytes the service answered with are gone.
     """
+
+
+class ImageGenerationBudgetExceededError(ImageGenerationError, AirflowFailException):
+    """
+    A send would exceed a budget (operator ``budget``, connection extra ``budget``): refused before
+    anything left, nothing billed. Not retried: a retry would be refused again until the budget's period ends
+    or its limit is raised.
+
+    :param scope: ``dag_run``, ``dag_per_day`` or ``connection_per_day``
+    :param limit: the budget's limit, in ``unit`` (``images``, ``CNY``, ``USD``)
+    :param spent: what was spent in the budget's period
+    :param reserved: what sends in flight have set aside
+    :param asked: what this send asked for
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str,
+        limit: Decimal,
+        unit: str,
+        spent: Decimal,
+        reserved: Decimal,
+        asked: Decimal,
+    ) -> None:
+        super().__init__(message)
+        self.scope, self.limit, self.unit = scope, limit, unit
+        self.spent, self.reserved, self.asked = spent, reserved, asked

@@ -257,6 +257,9 @@ class StoredImageRecord:
     prompt: str | None
     request_id: str | None
     skipped: bool
+    # What the image cost (its generation's price per image, prices.cost_record); None: no price known.
+    cost_per_image: str | None = None
+    cost_currency: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -284,7 +287,19 @@ class StoredImageRecord:
             prompt=_optional_str(f"{where}['prompt']", value.get("prompt")),
             request_id=_optional_str(f"{where}['request_id']", value.get("request_id")),
             skipped=bool(value.get("skipped", False)),
+            **_image_cost(where, value),
         )
+
+
+def _image_cost(where: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored image's cost from XCom (editable), checked as a generation's is; both or neither."""
+    cost = cost_from_xcom(
+        where, {"per_image": value.get("cost_per_image"), "currency": value.get("cost_currency")}
+    )
+    assert cost is not None
+    if (cost["per_image"] is None) != (cost["currency"] is None):
+        return {"cost_per_image": None, "cost_currency": None}
+    return {"cost_per_image": cost["per_image"], "cost_currency": cost["currency"]}
 
 
 def _input_images(where: str, value: object) -> tuple[dict[str, Any], ...]:

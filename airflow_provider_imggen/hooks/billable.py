@@ -34,6 +34,7 @@ from airflow_provider_imggen.exceptions import (
     billed_note,
 )
 from airflow_provider_imggen.hooks.native_tasks import NativeTasksHook
+from airflow_provider_imggen.hooks.spending import SpendAccount
 from airflow_provider_imggen.model_table import task_surface_of
 from airflow_provider_imggen.results import SubmittedTask
 from airflow_provider_imggen.retry_policy import BillableRequest, provably_not_processed
@@ -42,6 +43,7 @@ from airflow_provider_imggen.wire import gateway, image_generation, multimodal, 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from airflow_provider_imggen.budgets.guard import BudgetGuard
     from airflow_provider_imggen.request import GenerationRequest
 
 _Answer = TypeVar("_Answer")
@@ -107,6 +109,9 @@ class _AttemptSteps:
 
 class BillableSendHook(NativeTasksHook):
     """The blocking hook's billable sends (see the module)."""
+
+    # The budgets of the task instance sending (the operator sets it; None: no budget applies).
+    budget_guard: BudgetGuard | None = None
 
     def billable_send(self, request: GenerationRequest) -> BillableSend:
         """
@@ -189,15 +194,26 @@ class BillableSendHook(NativeTasksHook):
                 f"Input images {', '.join(unsendable)} were not read by this try, so the request cannot be "
                 "sent. Nothing was sent"
             )
-        attempt = journal.record_intent(
-            fingerprint=sending.fingerprint, endpoint=sending.endpoint, model=request.model, images=request.n
-        )
+        spend = SpendAccount(self, request, sending)
+        spend.reserve()  # may refuse: nothing recorded, nothing sent
+        try:
+            attempt = journal.record_intent(
+                fingerprint=sending.fingerprint,
+                endpoint=sending.endpoint,
+                model=request.model,
+                images=request.n,
+            )
+        except BaseException:
+            spend.release()  # no intent, so nothing left
+            raise
         try:
             crash_points.reach("after_intent")
         except BaseException as error:
             # Stopped in this process before anything left: provably not processed.
             journal.record_outcome(attempt, "not_processed", reason=f"stopped by {type(error).__name__}")
+            spend.release()
             raise
+        spend.about_to_send()
         self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
         task_api = sending.endpoint == "async"
         steps = _AttemptSteps(self, journal, attempt, request, sending)
@@ -221,10 +237,14 @@ class BillableSendHook(NativeTasksHook):
             # else after the send, a 5xx whatever its headers included, may have been billed.
             outcome: Outcome = "not_processed" if provably_not_processed(error) else "unknown"
             self._record(journal, steps.attempt, outcome, request_id=_identifier(error.request_id))
+            # Not processed: the reservation goes back. Anything else keeps it, counted as spent.
+            spend.failed(error.code, processed=outcome != "not_processed")
             raise
         except Exception as error:
             if steps.waiting:
+                spend.release()
                 raise  # interrupted while waiting out a throttled send: nothing in flight, nothing billed
+            spend.failed("unknown_outcome", processed=True)
             # A bug, here or in a parser, after the request may have been billed: never an Airflow retry.
             self._record(journal, steps.attempt, "unknown", reason=f"interrupted by {type(error).__name__}")
             raise self._unknown_after_send(request, sending, steps.attempt, error) from error
@@ -251,6 +271,7 @@ class BillableSendHook(NativeTasksHook):
                 journal.record_answer(steps.attempt, answer)
             except Exception as recording:
                 self.log.error("The answer could not be recorded in the billing journal: %s", recording)
+            spend.answered(answer)
         crash_points.reach("after_record")
         return answer
 

@@ -15,7 +15,11 @@ from airflow.sdk.configuration import conf
 # What execute needs (events, XCom building, the task record, the deferral) is imported in the methods that
 # use it: every DAG-file parse imports this module.
 from airflow_provider_imggen import DEFAULT_CONN_ID
-from airflow_provider_imggen.exceptions import ImageGenerationOutcomeUnknownError
+from airflow_provider_imggen.budgets.limits import parse_budgets
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationOutcomeUnknownError,
+    ImageGenerationTaskFailedError,
+)
 from airflow_provider_imggen.operators import arguments, native_task
 from airflow_provider_imggen.operators.arguments import PROMPT_TEMPLATE_EXTENSIONS
 from airflow_provider_imggen.operators.quota_wait import (
@@ -89,6 +93,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
     :param reuse: with a billing ledger on the connection (extra ``ledger``), reuse the images of the same
         request (model, every parameter, seed, account) already stored in S3, verified by their sha256:
         nothing is billed and the XCom says ``reused``. ``False`` pays for new images
+    :param budget: limits on what this task's sends may spend, checked (and reserved) before each billable
+        send across every worker, with the connection extra ``budget``'s: ``{"dag_run": 10,
+        "dag_per_day": "50 CNY", "connection_per_day": "200 USD"}`` (README, "Budgets"). Needs the
+        connection extra ``ledger``, where the spending is kept
     :param aws_conn_id: the aws connection that reads ``s3://`` input images, and stored images back to
         verify them before reuse
     :param imggen_conn_id: the ``imggen`` connection (templated)
@@ -175,6 +183,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         endpoint: str | None = None,
         reuse: bool = True,
         aws_conn_id: str | None = "aws_default",
+        budget: dict[str, int | str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -202,6 +211,8 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.endpoint = endpoint
         self.reuse = reuse
         self.aws_conn_id = aws_conn_id
+        self.budget = budget
+        parse_budgets("budget", budget, origin="operator")  # bad limits fail at DAG parse
         arguments.check_literal_arguments(
             {name: getattr(self, name) for name in (*self.template_fields, *arguments.UNTEMPLATED_CHECKED)}
         )
@@ -275,6 +286,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             throttled=throttled_submissions,
         )
         endpoint = self.hook.endpoint_for(request)
+        self._open_budgets(context)
         # Before anything is sent: what earlier tries of this task instance may have paid for, and what the
         # ledger (across runs) holds of this request.
         self._journal = billing_journal(context, durable=self.durable, log=self.log)
@@ -337,6 +349,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
         generation_task_id = str(event_generation_task_id(event))
         self._generation_task_id = generation_task_id
+        self._open_budgets(context)
         self.log.info(
             "Resumed on the worker: the trigger reported task %s %s", generation_task_id, event.get("status")
         )
@@ -439,11 +452,30 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
         from airflow_provider_imggen.metadata import request_fields, task_metadata
         from airflow_provider_imggen.operators.ledger_reuse import with_ledger_fingerprint
+        from airflow_provider_imggen.operators.task_spending import settle_task
 
-        # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
-        metadata = task_metadata(self.hook, state, request_fields(self._submitting_request))
+        request = self._submitting_request
+        try:
+            # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
+            metadata = task_metadata(self.hook, state, request_fields(request))
+        except ImageGenerationTaskFailedError:
+            settle_task(self.hook, request, state, 0, self.log)
+            raise
+        settle_task(self.hook, request, state, len(metadata["images"]), self.log)
         # Resumed in a new process after a deferral: the transfer records the images under this key.
         return with_ledger_fingerprint(metadata, self.hook, self._submitting_request)
+
+    def _open_budgets(self, context: Context) -> None:
+        """The budgets this task's sends reserve in (the hook's one billable send checks them)."""
+        from airflow_provider_imggen.budgets.guard import BudgetGuard
+
+        self.hook.budget_guard = BudgetGuard.open(
+            operator_budget=self.budget,
+            settings=self.hook.settings,
+            conn_id=self.imggen_conn_id,
+            ti=context["ti"],
+            log=self.log,
+        )
 
     def _cancel_pending(self, generation_task_id: str) -> None:
         """Cancel the task if it is still PENDING (nothing is billed then); never raises."""

@@ -174,7 +174,18 @@ class ImageGenerationBatchOperator(BaseOperator):
 
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
-        trigger = self.batch_trigger(ImageGenerationHook(self.imggen_conn_id), context["ti"])
+        hook = ImageGenerationHook(self.imggen_conn_id)
+        if hook.settings.budgets:
+            from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+
+            # Its sends happen in the trigger, which does not reserve yet: refused rather than unbudgeted.
+            raise ImageGenerationValidationError(
+                f"connection {self.imggen_conn_id!r} extra budget",
+                ", ".join(budget.describe() for budget in hook.settings.budgets),
+                "ImageGenerationBatchOperator does not enforce budgets yet: map ImageGenerationOperator "
+                "over the prompts on a connection with a budget (nothing was sent)",
+            )
+        trigger = self.batch_trigger(hook, context["ti"])
         self.log.info(
             "Deferring %d request(s) to the triggerer: %g submissions/s, %s at once",
             len(trigger.requests),

@@ -251,6 +251,9 @@ class LedgerGate:
             len(entry.images),
             entry.owner,
         )
+        from airflow_provider_imggen import metrics
+
+        metrics.images_reused(self.request.model, len(entry.images))
         return reused_xcom(entry, self.request, self.aws_conn_id, self.fingerprint)
 
     def _not_reusable(self, index: int, where: str, why: str) -> None:

@@ -143,6 +143,10 @@ class QuotaWait:
             except ImageGenerationThrottledError as error:
                 self.throttled += 1
                 wait = self.next_wait(error)
+            from airflow_provider_imggen import metrics
+
+            # Counted when the wait starts: a deferred wait ends in another process.
+            metrics.throttled_wait(wait)
             if defer is not None and wait >= min_deferral:
                 defer(wait)
             time.sleep(wait)

@@ -63,7 +63,10 @@ class ImageGenerationToS3Operator(BaseOperator):
     their query values masked.
 
     Objects get the content type of the image and the metadata ``model``, ``seed``, ``request-id``,
-    ``prompt-sha256``, ``sha256``, ``width`` and ``height``. Keys are deterministic: re-running the task
+    ``prompt-sha256``, ``sha256``, ``width`` and ``height``; ``input-sha256`` for an edit; and, when the
+    generation's record names a price, ``cost-per-image`` (a plain decimal string) and ``cost-currency``
+    (``CNY`` or ``USD``). A generation record that does not validate (its ``cost`` included) fails the
+    task before anything is downloaded. Keys are deterministic: re-running the task
     leaves the same objects. With ``replace=False`` writes are conditional (``If-None-Match``): an existing
     object with the same content is left as it is (and reported), one with different content fails the
     task, even when another writer creates it at the same moment.

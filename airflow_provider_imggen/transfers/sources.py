@@ -37,6 +37,10 @@ class Source:
     fetch_url: str | None = None  # the URL downloaded: never logged, never in XCom
     # The sha256 of the input images it was edited from, in order (an editing model's generation).
     input_sha256s: tuple[str, ...] = ()
+    # Its generation's price per image and currency, as cost_from_xcom validated them; None when the
+    # record names no price (an older XCom, a model or connection without one).
+    cost_per_image: str | None = None
+    cost_currency: str | None = None
 
     @property
     def ext_hint(self) -> str | None:
@@ -120,7 +124,10 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
             type(images).__name__ if images else images,
             "expected the non-empty image list of an ImageGenerationOperator XCom",
         )
+    # Every field is checked here, the cost among them (XCom can be edited): an invalid one fails the task
+    # before anything is downloaded, as any other invalid field of the record does.
     record = GenerationRecord.from_dict(item, where=where)
+    per_image, currency = price_per_image(record.cost)
     sources = []
     for offset, image in enumerate(record.images):
         if not image.url and not image.location:
@@ -152,9 +159,25 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
                 generation_task_id=record.generation_task_id,
                 fetch_url=url if url and not image.url_sealed and not is_masked_url(url) else None,
                 input_sha256s=input_digests(record.input_images),
+                cost_per_image=per_image,
+                cost_currency=currency,
             )
         )
     return sources
+
+
+def price_per_image(cost: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """
+    The price per image and its currency from a generation record's ``cost`` (already validated by
+    :func:`~airflow_provider_imggen.prices.cost_from_xcom`), for the stored objects' metadata: both or
+    neither, since an amount without its currency (or the reverse) says nothing about money.
+    """
+    if not cost:
+        return None, None
+    per_image, currency = cost.get("per_image"), cost.get("currency")
+    if per_image is None or currency is None:
+        return None, None
+    return str(per_image), str(currency)
 
 
 def input_digests(input_images: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:

@@ -161,6 +161,9 @@ class Uploader:
             ("prompt-sha256", hashlib.sha256(source.prompt.encode()).hexdigest() if source.prompt else None),
             # What an edited image was made from: its inputs' sha256, in order.
             ("input-sha256", ",".join(source.input_sha256s) or None),
+            # What one image cost: its generation's validated price (never the XCom's raw text).
+            ("cost-per-image", source.cost_per_image),
+            ("cost-currency", source.cost_currency),
         ):
             if value is not None:
                 metadata[name] = ascii_header(str(value))
@@ -289,6 +292,8 @@ def xcom_entry(
         prompt=source.prompt,
         request_id=source.request_id,
         skipped=skipped,
+        cost_per_image=source.cost_per_image,
+        cost_currency=source.cost_currency,
     )
 
 

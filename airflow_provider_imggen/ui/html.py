@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlencode
 
+from airflow_provider_imggen.ui.costs import TaskCost, per_image_text, render_costs
 from airflow_provider_imggen.ui.thumbnails import DEFAULT_SIZE, etag_for
 from airflow_provider_imggen.ui.tiles import Tile
 
@@ -35,6 +36,8 @@ aspect-ratio:4/3;border-radius:4px;text-align:center;padding:8px;box-sizing:bord
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 8px;margin:8px 0 0}
 dt{color:#718096}dd{margin:0;overflow-wrap:anywhere}code{font-size:12px}
 .task{font-weight:600;margin:8px 0 0}a{color:#2b6cb0}
+table.costs{border-collapse:collapse;margin:0 0 16px}table.costs caption{text-align:left;font-weight:600}
+table.costs th,table.costs td{border:1px solid #e2e8f0;padding:2px 8px;text-align:left}
 @media (prefers-color-scheme: dark){body{background:#1a202c;color:#e2e8f0}
 .tile{background:#2d3748;border-color:#4a5568}dt{color:#a0aec0}a{color:#90cdf4}p.summary{color:#a0aec0}}
 """
@@ -69,6 +72,10 @@ def _metadata(tile: Tile) -> str:
         ("S3 URI", f"<code>{_value(tile.s3_uri)}</code>"),
         ("bytes", _value(f"{tile.bytes:,}" if tile.bytes is not None else None)),
     ]
+    if tile.kind == "failed":
+        rows.append(("cost per image", "not billed"))  # the service bills only the images it made
+    elif tile.kind != "input":  # an input image was not made here: it has no price
+        rows.append(("cost per image", escape(per_image_text(tile.cost_per_image, tile.cost_currency))))
     if tile.failure and tile.kind == "failed":
         rows.append(("error", _value(tile.failure)))
     cells = "".join(f'<dt>{name}</dt><dd data-field="{name}">{value}</dd>' for name, value in rows)
@@ -132,7 +139,13 @@ def render_page(
     show_task: bool,
     empty: str,
     size: int = DEFAULT_SIZE,
+    costs: Sequence[TaskCost] = (),
+    cost_total_label: str = "total",
 ) -> str:
+    """
+    The page: a summary, the cost of the generations shown (:func:`~airflow_provider_imggen.ui.costs.
+    render_costs`: per generation task instance, then the total per currency) and the tiles.
+    """
     counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result", "input")}
     outputs = len(tiles) - counts["input"]
     others = outputs - counts["stored"] - counts["result"]
@@ -149,5 +162,6 @@ def render_page(
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
         f'<h1>{escape(title)}</h1><p class="summary">{summary}</p>'
+        f"{render_costs(costs, total_label=cost_total_label)}"
         f'<div class="grid">{body}</div></body></html>'
     )

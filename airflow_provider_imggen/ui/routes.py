@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from airflow_provider_imggen.ui import params
 from airflow_provider_imggen.ui.access import authorize
+from airflow_provider_imggen.ui.costs import TaskCost
 from airflow_provider_imggen.ui.html import CONTENT_SECURITY_POLICY, render_page
 from airflow_provider_imggen.ui.pixels import PixelsUnavailableError, ResultExpiredError, open_pixels
 from airflow_provider_imggen.ui.run_data import RunNotFoundError, load_run, task_is_image_task
@@ -61,10 +62,27 @@ def _run(dag_id: str, run_id: str) -> RunImages:
 
 
 def _page(
-    title: str, dag_id: str, run_id: str, tiles: list[Tile], *, show_task: bool, empty: str, size: int
+    title: str,
+    dag_id: str,
+    run_id: str,
+    tiles: list[Tile],
+    *,
+    show_task: bool,
+    empty: str,
+    size: int,
+    costs: list[TaskCost] | None = None,
+    cost_total_label: str = "total",
 ) -> HTMLResponse:
     html = render_page(
-        title=title, dag_id=dag_id, run_id=run_id, tiles=tiles, show_task=show_task, empty=empty, size=size
+        title=title,
+        dag_id=dag_id,
+        run_id=run_id,
+        tiles=tiles,
+        show_task=show_task,
+        empty=empty,
+        size=size,
+        costs=costs or (),
+        cost_total_label=cost_total_label,
     )
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
@@ -109,6 +127,8 @@ def task_instance_images(
         show_task=len(outputs) > 1,
         empty="No images yet: the task has not pushed its XCom (it has not finished, or failed).",
         size=pixels,
+        costs=run_images.task_costs(outputs),
+        cost_total_label="task total",
     )
 
 
@@ -121,9 +141,20 @@ def dag_run_gallery(
     dag = _checked(params.dag_id, dag_id)
     run = _checked(params.run_id, run_id)
     authorize(user, dag)
-    tiles = _run(dag, run).gallery()
+    run_images = _run(dag, run)
     empty = "No images in this DAG run."
-    return _page(f"Images · {run}", dag, run, tiles, show_task=True, empty=empty, size=pixels)
+    return _page(
+        f"Images · {run}",
+        dag,
+        run,
+        run_images.gallery(),
+        show_task=True,
+        empty=empty,
+        size=pixels,
+        # Every generation of the run, stored or not: the run total is what the run was billed.
+        costs=run_images.run_costs(),
+        cost_total_label="run total",
+    )
 
 
 def _tile(address: params.TileAddress) -> Tile:

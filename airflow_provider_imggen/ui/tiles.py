@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import GenerationRecord, StoredImageRecord
+from airflow_provider_imggen.ui.costs import TaskCost
 from airflow_provider_imggen.utils import parse_time
 
 UNKNOWN_CONN = "\x00unknown"
@@ -73,6 +74,9 @@ class Tile:
     width: int | None = None
     height: int | None = None
     expires_at: datetime | None = None
+    # The generation's price per image (validated with its record); None: no price known.
+    cost_per_image: str | None = None
+    cost_currency: str | None = None
     failure: str | None = None
     # Server-side only.
     bucket: str | None = field(default=None, repr=False)
@@ -141,9 +145,17 @@ class RunImages:
         self.now = now or datetime.now(UTC)
         self._generations: dict[tuple[str, int], GenerationRecord] = {}
         self._stored: dict[tuple[str, int], tuple[StoredImageRecord, str | None]] = {}
+        # One cost per generation record, in task order; a transfer's page finds its generations' by
+        # request id, as its tiles find their metadata.
+        self._costs: list[TaskCost] = []
+        self._cost_of_request: dict[str, TaskCost] = {}
         for output in self.outputs:
             if output.kind == GENERATION:
                 for record in _generation_records(output):
+                    cost = TaskCost.of(output.task_id, output.map_index, record.request_id, record.cost)
+                    self._costs.append(cost)
+                    if record.request_id:
+                        self._cost_of_request.setdefault(record.request_id, cost)
                     for image in record.images:
                         key = _match_key(record.request_id, image.index)
                         if key:
@@ -161,6 +173,30 @@ class RunImages:
             if (task_id is None or output.task_id == task_id)
             and (map_index is None or output.map_index == map_index)
         ]
+
+    def run_costs(self) -> list[TaskCost]:
+        """Every generation of the run, each once: what the run cost is their sum (per currency)."""
+        return list(self._costs)
+
+    def task_costs(self, outputs: Iterable[TaskOutput]) -> list[TaskCost]:
+        """
+        The generations a task page shows: a generation task instance's own; for a transfer, those whose
+        images it stored (it bills nothing itself), each once, in the order of its images.
+        """
+        costs: dict[int, TaskCost] = {}
+        for output in outputs:
+            if output.kind == GENERATION:
+                found = [
+                    cost
+                    for cost in self._costs
+                    if (cost.task_id, cost.map_index) == (output.task_id, output.map_index)
+                ]
+            else:
+                requests = (stored.request_id for stored in _stored_records(output))
+                found = [self._cost_of_request[rid] for rid in requests if rid in self._cost_of_request]
+            for cost in found:
+                costs.setdefault(id(cost), cost)
+        return list(costs.values())
 
     def tiles(self, output: TaskOutput) -> list[Tile]:
         """The tiles of one task instance, in a fixed order: position ``n`` always names the same image."""
@@ -209,6 +245,7 @@ class RunImages:
                     bytes=stored.bytes,
                     width=stored.width,
                     height=stored.height,
+                    **_price(generation),
                     failure=None if output.conn_id != UNKNOWN_CONN else "the task's aws_conn_id is unknown",
                     bucket=stored.bucket,
                     key=stored.key,
@@ -237,6 +274,7 @@ class RunImages:
                     "size": record.size,
                     "seed": image.seed if image.seed is not None else record.seed,
                     "request_id": record.request_id,
+                    **_price(record),
                 }
                 if stored_with is not None:
                     stored, aws_conn_id = stored_with
@@ -285,6 +323,12 @@ class RunImages:
                 )
             tiles += _failed_tiles(output, record)
         return tiles
+
+
+def _price(record: GenerationRecord | None) -> dict[str, Any]:
+    """A tile's price per image, from its generation's validated cost (both or neither)."""
+    cost = TaskCost.of("", -1, None, record.cost if record else None)
+    return {"cost_per_image": cost.per_image, "cost_currency": cost.currency}
 
 
 def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:

@@ -4,7 +4,9 @@ The Images view in a real browser, on a real ``airflow standalone``, against the
 Runs the example content pipeline (3 prompts x 2 images, stored in S3) and a DAG whose generations are not
 stored (one with result URLs that expire after a few seconds), then drives Debian's chromium through the
 *Images* tabs of the transfer task, of a mapped generation task and of the DAG runs: every thumbnail loads
-and every image's metadata is the one its XCom records. Every route refuses unauthenticated requests,
+and every image's metadata is the one its XCom records. A DAG on priced connections (list prices in CNY
+and USD) shows the cost per image, per task and per run: the price table's price times what the emulator
+billed. Every route refuses unauthenticated requests,
 and a second API server on the same database, whose auth manager refuses one user the content pipeline
 (tests/ui_auth_manager.py), refuses that user the view as Airflow refuses him the DAG's XCom.
 Screenshots land in test-artifacts/ui-images/; ``UPDATE_DOCS=1`` also copies the README's into docs/.
@@ -12,11 +14,14 @@ Screenshots land in test-artifacts/ui-images/; ``UPDATE_DOCS=1`` also copies the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +31,7 @@ import requests
 from playwright.sync_api import Frame, Page, expect, sync_playwright
 
 from tests.conftest import TESTS_DIR
-from tests.ui_stack import CONTENT_DAG, UNSTORED_DAG, Stack, images_stack
+from tests.ui_stack import AIRFLOW_BIN, API_KEY, CONTENT_DAG, UNSTORED_DAG, Stack, images_stack
 
 pytestmark = pytest.mark.browser
 
@@ -147,6 +152,14 @@ def loaded_thumbnails(frame: Frame) -> list[dict[str, Any]]:
     )
 
 
+def price_text(generation: dict[str, Any]) -> str:
+    """What a tile shows as its cost per image: the generation's price and currency, if it has one."""
+    cost = generation.get("cost") or {}
+    if cost.get("per_image") is None or cost.get("currency") is None:
+        return "price unknown"
+    return f"{cost['per_image']} {cost['currency']}"
+
+
 def expected_fields(stored: dict[str, Any], generation: dict[str, Any]) -> dict[str, str]:
     return {
         "prompt": stored["prompt"],
@@ -158,6 +171,7 @@ def expected_fields(stored: dict[str, Any], generation: dict[str, Any]) -> dict[
         "sha256": stored["sha256"],
         "S3 URI": stored["s3_uri"],
         "bytes": f"{stored['bytes']:,}",
+        "cost per image": price_text(generation),
     }
 
 
@@ -228,6 +242,12 @@ def test_the_dag_run_galleries(page: Page, runs: Runs) -> None:
     assert [(tile["kind"], tile["task"]) for tile in tiles] == [("stored", "store_in_s3")] * 6
     assert all(tile["naturalWidth"] > 0 for tile in tiles)
     assert [tile["fields"]["S3 URI"] for tile in tiles] == [entry["s3_uri"] for entry in stored]
+    # imggen_default names no price: the run's cost is the images billed only, no amount.
+    assert {tile["fields"]["cost per image"] for tile in tiles} == {"price unknown"}
+    table = cost_table(frame)
+    assert {row["cells"]["per image"] for row in table["rows"]} == {"price unknown"}
+    assert table["total"]["images billed"] == "6" and table["currencies"] == {}
+    assert "6 image(s) at an unknown price" in table["total"]["billed"]
 
     # Not stored: one result still valid (fetched from its URL), one expired.
     short = stack.xcom(UNSTORED_DAG, runs.unstored, "generate_short_lived")
@@ -273,6 +293,125 @@ def test_an_edit_shows_its_input_beside_what_it_made(page: Page, runs: Runs) -> 
     assert tiles[0]["fields"]["sha256"] == recorded["sha256"]
     assert tiles[0]["fields"]["S3 URI"] == "s3://imggen-content/inputs/product.png"
     expect(frame.locator("p.summary")).to_contain_text("made from 1 input image(s)")
+
+
+COSTS_DAG = "imggen_ui_costs"
+# The priced connections of tests/system/imggen_ui_costs_dag.py → their price list and its LIST_PRICES column.
+PRICED_CONNECTIONS = {"imggen_beijing": ("beijing", 0), "imggen_singapore": ("singapore", 1)}
+# Its generation tasks → their connection.
+COSTS_TASKS = {
+    "generate_cny": "imggen_beijing",
+    "generate_cny_unstored": "imggen_beijing",
+    "generate_usd": "imggen_singapore",
+}
+
+
+def cost_table(frame: Frame) -> dict[str, Any]:
+    """The page's cost table: each row's cells by field, the total's cells, its amount per currency."""
+    return frame.evaluate(
+        """() => {
+            const cells = (row) => Object.fromEntries(
+                [...row.querySelectorAll('td[data-field]')].map((td) => [td.dataset.field, td.innerText]));
+            const total = document.querySelector('table.costs tfoot tr');
+            return {
+                rows: [...document.querySelectorAll('table.costs tbody tr')].map((row) => (
+                    {task: row.dataset.task, mapIndex: +row.dataset.mapIndex, cells: cells(row)})),
+                total: total ? cells(total) : null,
+                currencies: Object.fromEntries(total ? [...total.querySelectorAll('[data-currency]')].map(
+                    (span) => [span.dataset.currency, span.innerText]) : []),
+            };
+        }"""
+    )
+
+
+def amount(text: str, currency: str) -> Decimal:
+    """``0.28 CNY`` → Decimal("0.28"), the currency checked."""
+    value, shown = text.split()
+    assert shown == currency, text
+    return Decimal(value)
+
+
+def priced_run(stack: Stack) -> str:
+    """
+    Run tests/system/imggen_ui_costs_dag.py on the stack: its two priced connections created through the
+    REST API (in the metadata DB, where workers and the API server read them), the DAG file serialized
+    with ``airflow dags reserialize`` (the DAG processor lists new files only every few minutes).
+    """
+    for conn_id, (price_list, _) in PRICED_CONNECTIONS.items():
+        created = stack.api(
+            "POST",
+            "/api/v2/connections",
+            json={
+                "connection_id": conn_id,
+                "conn_type": "imggen",
+                "host": f"{stack.emulator.base_url}/v1",
+                "password": API_KEY,
+                "extra": json.dumps({"price_list": price_list, "max_retries": 3}),
+            },
+        )
+        assert created.status_code == 201, created.text
+    shutil.copy(TESTS_DIR / "system" / "imggen_ui_costs_dag.py", stack.home / "dags")
+    subprocess.run(
+        [str(AIRFLOW_BIN), "dags", "reserialize"], env=stack.env, check=True, capture_output=True, timeout=300
+    )
+    run_id = stack.trigger(COSTS_DAG)
+    assert stack.wait_for_run(COSTS_DAG, run_id) == "success", f"{COSTS_DAG} failed (see {stack.home})"
+    return run_id
+
+
+def test_the_cost_per_image_per_task_and_per_run(page: Page, runs: Runs) -> None:
+    from airflow_provider_imggen.prices import LIST_PRICES
+
+    stack = runs.stack
+    billed_before = stack.emulator.billing()["billed_images"]
+    run_id = priced_run(stack)
+    billing = stack.emulator.billing()
+    generations = {task: stack.xcom(COSTS_DAG, run_id, task) for task in COSTS_TASKS}
+    # What the emulator billed each generation, and its list price on the task's connection.
+    billed = {task: billing["by_request_id"][xcom["request_id"]] for task, xcom in generations.items()}
+    assert sum(billed.values()) == billing["billed_images"] - billed_before == 4
+    prices = {}
+    for task, conn_id in COSTS_TASKS.items():
+        listed = LIST_PRICES[generations[task]["model"]][PRICED_CONNECTIONS[conn_id][1]]
+        assert listed is not None
+        prices[task] = listed
+
+    # Per image: each stored image's tile shows its generation's price per image.
+    frame = open_images_tab(page, f"{stack.url}{run_path(COSTS_DAG, run_id)}/tasks/store")
+    tiles = loaded_thumbnails(frame)
+    stored = stack.xcom(COSTS_DAG, run_id, "store")
+    by_request = {xcom["request_id"]: task for task, xcom in generations.items()}
+    assert len(tiles) == len(stored) == 3 and all(tile["naturalWidth"] > 0 for tile in tiles)
+    for tile, entry in zip(tiles, stored, strict=True):
+        price = prices[by_request[entry["request_id"]]]
+        assert amount(tile["fields"]["cost per image"], price.currency) == price.per_image
+    # The transfer's page lists the generations whose images it stored, with what each was billed.
+    assert [row["task"] for row in cost_table(frame)["rows"]] == ["generate_cny", "generate_usd"]
+
+    # Per task: the generation's billed images (of those asked) and amount.
+    frame = open_images_tab(page, f"{stack.url}{run_path(COSTS_DAG, run_id)}/tasks/generate_cny")
+    page.screenshot(path=ARTIFACTS / "costs-task.png")
+    (row,) = cost_table(frame)["rows"]
+    price = prices["generate_cny"]
+    assert row["cells"]["images billed"] == f"{billed['generate_cny']} of 2 asked"
+    assert amount(row["cells"]["per image"], "CNY") == price.per_image
+    assert amount(row["cells"]["billed"], "CNY") == price.per_image * billed["generate_cny"]
+
+    # Per run: every generation (stored or not), and the total per currency: CNY never added to USD.
+    frame = open_images_tab(page, f"{stack.url}{run_path(COSTS_DAG, run_id)}")
+    page.screenshot(path=ARTIFACTS / "costs-run.png")
+    table = cost_table(frame)
+    rows = {row["task"]: row["cells"] for row in table["rows"]}
+    assert set(rows) == set(COSTS_TASKS)
+    for task, cells in rows.items():
+        currency = prices[task].currency
+        assert amount(cells["billed"], currency) == prices[task].per_image * billed[task]
+    expected: dict[str, Decimal] = {}
+    for task, price in prices.items():
+        expected[price.currency] = expected.get(price.currency, Decimal(0)) + price.per_image * billed[task]
+    assert set(expected) == {"CNY", "USD"}
+    assert {currency: amount(text, currency) for currency, text in table["currencies"].items()} == expected
+    assert table["total"]["images billed"] == str(sum(billed.values()))
 
 
 def test_every_route_refuses_unauthenticated_requests(runs: Runs) -> None:

@@ -72,6 +72,8 @@ XCOM_KEYS = {
     "prompt",
     "request_id",
     "skipped",
+    "cost_per_image",
+    "cost_currency",
 }
 
 

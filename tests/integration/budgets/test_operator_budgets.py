@@ -1,0 +1,139 @@
+"""
+Budgets on ImageGenerationOperator, with real parts: the emulator over HTTP (whose billing log is what is
+counted), the ledger in PostgreSQL or S3 (moto_server). A send that would exceed a budget is refused before
+it leaves; what may have been billed stays counted; what provably was not is given back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from airflow_provider_imggen.emulator import EmulatorServer
+from airflow_provider_imggen.exceptions import (
+    ImageGenerationBudgetExceededError,
+    ImageGenerationOutcomeUnknownError,
+    ImageGenerationRejectedError,
+    ImageGenerationValidationError,
+)
+from tests.conftest import set_imggen_connection
+from tests.integration.ledger.conftest import PG_CONN_ID, pg_conn, postgres_server  # noqa: F401
+from tests.integration.operators.test_deferrable import fast
+from tests.integration.operators.test_image_generation import make_context, make_operator
+from tests.s3_fixtures import S3Bucket
+
+
+@pytest.fixture(params=["postgres", "s3"])
+def ledger(request: pytest.FixtureRequest, s3: S3Bucket) -> str:
+    if request.param == "s3":
+        return f"s3://aws_default@{s3.name}/imggen-ledger"
+    request.getfixturevalue("pg_conn")
+    return f"postgres://{PG_CONN_ID}/ledger_{uuid.uuid4().hex[:16]}"  # a table per test
+
+
+def connect(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str | None, **extra: Any
+) -> None:
+    set_imggen_connection(
+        monkeypatch,
+        emulator.base_url,
+        api_style="dashscope",
+        max_retries=0,
+        price_list="beijing",
+        **({"ledger": ledger} if ledger else {}),
+        **extra,
+    )
+
+
+def generate(map_index: int, run_id: str = "manual__2026-12-07", **kwargs: Any) -> dict[str, Any]:
+    """One mapped task instance of the DAG run ``run_id`` (a new prompt each: another request)."""
+    kwargs.setdefault("prompt", f"product shot {map_index}")
+    kwargs.setdefault("model", "wan2.2-t2i-flash")
+    operator = make_operator(**fast(**kwargs))
+    context = make_context(operator, map_index=map_index)
+    context["ti"].run_id = run_id
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+    return operator.execute(context)  # type: ignore[arg-type]
+
+
+def test_a_dag_run_budget_refuses_the_sends_past_it_before_they_leave(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, ledger)
+    delivered, refusals = [], []
+    for index in range(5):
+        try:
+            delivered.append(generate(index, budget={"dag_run": 3}))
+        except ImageGenerationBudgetExceededError as refused:
+            refusals.append(refused)
+
+    assert len(delivered) == 3 and emulator.billing()["billed_images"] == 3
+    assert len(refusals) == 2
+    message = str(refusals[0])
+    assert "the dag_run budget of 3 images set on the operator" in message
+    assert "3 images spent and 0 reserved" in message and "asked 1" in message
+    assert (refusals[0].spent, refusals[0].reserved, refusals[0].asked) == (3, 0, 1)
+    # Another DAG run has a budget of its own.
+    generate(0, run_id="manual__2026-12-08", budget={"dag_run": 3})
+    assert emulator.billing()["billed_images"] == 4
+
+
+def test_a_connection_budget_in_yuan_counts_the_price_table(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, ledger, budget={"connection_per_day": "0.30 CNY"})
+    generate(0)
+    generate(1)  # 2 × 0.14 = 0.28
+    with pytest.raises(ImageGenerationBudgetExceededError, match=r"0\.28 CNY spent .* asked 0\.14"):
+        generate(2)
+    assert emulator.billing()["billed_images"] == 2
+
+
+def test_a_task_that_billed_fewer_images_spends_only_those(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, ledger)
+    emulator.set_faults(fail_next_task_images=((0, 1),))
+    metadata = generate(0, n=4, budget={"dag_run": 5})
+    assert metadata["cost"]["billed_images"] == 2 == emulator.billing()["billed_images"]
+    generate(1, n=3, budget={"dag_run": 5})  # 2 spent + 3 = 5: fits
+    with pytest.raises(ImageGenerationBudgetExceededError):
+        generate(2, budget={"dag_run": 5})
+
+
+def test_a_send_whose_outcome_is_unknown_stays_counted(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, ledger)
+    emulator.set_faults(fail_next=("billed_500",))
+    with pytest.raises(ImageGenerationOutcomeUnknownError):
+        generate(0, n=2, budget={"dag_run": 3}, endpoint="sync", model="wan2.6-t2i")
+    # Billed (the emulator says so) and never answered: its 2 images count, though nobody saw them.
+    assert emulator.billing()["billed_images"] == 2
+    with pytest.raises(ImageGenerationBudgetExceededError, match="0 images spent and 2 reserved"):
+        generate(1, n=2, budget={"dag_run": 3})
+
+
+def test_a_send_the_service_refused_gives_its_reservation_back(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, ledger)
+    emulator.set_faults(fail_next=("moderation",))
+    with pytest.raises(ImageGenerationRejectedError):
+        generate(0, n=2, budget={"dag_run": 2})
+    generate(1, n=2, budget={"dag_run": 2})
+    assert emulator.billing()["billed_images"] == 2
+
+
+def test_a_budget_without_a_ledger_or_a_price_is_refused_before_sending(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    connect(emulator, monkeypatch, None)
+    with pytest.raises(ImageGenerationValidationError, match="needs the connection extra ledger"):
+        generate(0, budget={"dag_run": 3})
+    set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", max_retries=0, ledger=ledger)
+    with pytest.raises(ImageGenerationValidationError, match=r"needs a price of wan2\.2-t2i-flash in USD"):
+        generate(0, budget={"dag_run": "1 USD"})
+    assert emulator.requests_log() == []
