@@ -350,6 +350,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         generation_task_id = str(event_generation_task_id(event))
         self._generation_task_id = generation_task_id
         self._open_budgets(context)
+        if context.get("task_state_store") is not None and self.durable:
+            from airflow_provider_imggen.billing_journal import TaskStateJournal
+
+            self._journal = TaskStateJournal(context["task_state_store"])  # when it was sent: the latency
         self.log.info(
             "Resumed on the worker: the trigger reported task %s %s", generation_task_id, event.get("status")
         )
@@ -459,9 +463,9 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
             # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
             metadata = task_metadata(self.hook, state, request_fields(request))
         except ImageGenerationTaskFailedError:
-            settle_task(self.hook, request, state, 0, self.log)
+            settle_task(self.hook, request, state, 0, self.log, journal=self._journal)
             raise
-        settle_task(self.hook, request, state, len(metadata["images"]), self.log)
+        settle_task(self.hook, request, state, len(metadata["images"]), self.log, journal=self._journal)
         # Resumed in a new process after a deferral: the transfer records the images under this key.
         return with_ledger_fingerprint(metadata, self.hook, self._submitting_request)
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_imggen.billing_journal import BillingJournal
     from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
     from airflow_provider_imggen.request import GenerationRequest
     from airflow_provider_imggen.results import TaskState
@@ -32,9 +33,19 @@ def billed_by_task(state: TaskState, delivered: int, asked: int) -> int | None:
 
 
 def settle_task(
-    hook: ImageGenerationHook, request: GenerationRequest, state: TaskState, delivered: int, log: Any
+    hook: ImageGenerationHook,
+    request: GenerationRequest,
+    state: TaskState,
+    delivered: int,
+    log: Any,
+    *,
+    journal: BillingJournal | None = None,
 ) -> None:
-    """Settle the task's reservation and emit its metrics; best effort (an open reservation over-counts)."""
+    """
+    Settle the task's reservation and emit its metrics; best effort (an open reservation over-counts).
+
+    :param journal: the task instance's billing journal: when its submission was sent (the latency's start)
+    """
     from airflow_provider_imggen import metrics
     from airflow_provider_imggen.prices import price_for
 
@@ -49,26 +60,14 @@ def settle_task(
     metrics.images_billed(request.model, billed)
     if price is not None:
         metrics.cost("billed", price.currency, price.times(billed))
-    latency = _submission_to_end(state)
-    if latency is not None:
-        metrics.task_latency(latency)
+    fingerprint = hook.billable_send(request).fingerprint
+    submitted = journal.last_for(fingerprint) if journal is not None else None
+    if submitted is not None:
+        metrics.task_latency((datetime.now(UTC) - submitted.sent_at).total_seconds())
     guard = hook.budget_guard
     if guard is None:
         return
     try:
-        guard.settle(hook.billable_send(request).fingerprint, billed, price, since=datetime.now(UTC))
+        guard.settle(fingerprint, billed, price, since=datetime.now(UTC))
     except Exception as error:
         log.warning("Could not settle task %s's budget reservation: %s", state.generation_task_id, error)
-
-
-def _submission_to_end(state: TaskState) -> float | None:
-    """Seconds from the task's submission to its end, both by the service's clock (same zone)."""
-    if state.submit_time is None or state.end_time is None:
-        return None
-    try:
-        seconds = (
-            datetime.fromisoformat(state.end_time) - datetime.fromisoformat(state.submit_time)
-        ).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds < 86400 else None
