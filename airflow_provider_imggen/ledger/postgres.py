@@ -21,7 +21,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.ledger.entry import LedgerEntry, LedgerEntryUnreadableError, check_fingerprint
+from airflow_provider_imggen.ledger.entry import (
+    LedgerEntry,
+    LedgerEntryUnreadableError,
+    check_fingerprint,
+    is_fingerprint,
+)
 from airflow_provider_imggen.ledger.store import LedgerStoreError, Version
 
 if TYPE_CHECKING:
@@ -69,6 +74,7 @@ class PostgresLedgerStore:
             f"UPDATE {quoted} SET version = version + 1, entry = %s::jsonb, updated_at = %s::timestamptz "
             "WHERE fingerprint = %s AND version = %s RETURNING version"
         )
+        self._list = f"SELECT fingerprint FROM {quoted} ORDER BY fingerprint"
         self._conn: Any = None
         self._lock = threading.Lock()
 
@@ -104,6 +110,20 @@ class PostgresLedgerStore:
             log.info("Ledger replace of %s lost: not at version %s", entry.fingerprint, expected)
             return None
         return Version(str(row[0]))
+
+    def fingerprints(self) -> list[str]:
+        """Every fingerprint with an entry (for reports: :mod:`~airflow_provider_imggen.cost_report`)."""
+        with self._lock:
+            try:
+                with self._connection().cursor() as cursor:
+                    cursor.execute(self._list)
+                    rows = cursor.fetchall()
+            except Exception as error:
+                self._drop_if_broken()
+                raise LedgerStoreError(
+                    f"Ledger listing of PostgreSQL table {self.table} failed: {type(error).__name__}: {error}"
+                ) from error
+        return [row[0] for row in rows if is_fingerprint(row[0])]
 
     def close(self) -> None:
         """Close the connection, if open."""

@@ -27,6 +27,7 @@ from airflow_provider_imggen.ledger.entry import (
     LedgerEntry,
     LedgerEntryUnreadableError,
     check_fingerprint,
+    is_fingerprint,
     load_json,
 )
 from airflow_provider_imggen.ledger.store import LedgerStoreError, Version
@@ -107,6 +108,21 @@ class S3LedgerStore:
             # An entry copied under another fingerprint's key: it describes another request.
             raise LedgerEntryUnreadableError("fingerprint: is not the one of its key", source=source)
         return entry, Version(answer["ETag"])
+
+    def fingerprints(self) -> list[str]:
+        """Every fingerprint with an entry (for reports: :mod:`~airflow_provider_imggen.cost_report`)."""
+        below = f"{self.prefix}/" if self.prefix else ""
+        found = []
+        try:
+            pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=below)
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    name = item["Key"][len(below) :]
+                    if name.endswith(".json") and is_fingerprint(name[: -len(".json")]):
+                        found.append(name[: -len(".json")])
+        except Exception as error:
+            raise _store_error("listing", f"s3://{self.bucket}/{below}", error) from error
+        return found
 
     def create(self, entry: LedgerEntry) -> Version | None:
         return self._put(entry, {"IfNoneMatch": "*"}, "create")
