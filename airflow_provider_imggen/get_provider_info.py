@@ -183,6 +183,21 @@ def get_provider_info() -> dict[str, Any]:
                         "nothing is billed, and two runs asking for the same request at once pay once.",
                         "schema": {"type": ["string", "null"]},
                     },
+                    "price_list": {
+                        "label": "Price list",
+                        "description": "Which list prices the cost is computed from when the host does not "
+                        "name a region (a private endpoint, a proxy): beijing (CNY) or singapore (USD). "
+                        "Empty: from the host. Per-model prices of your own go in the extra 'prices'.",
+                        "schema": {"type": ["string", "null"], "enum": ["beijing", "singapore", "", None]},
+                    },
+                    "budget": {
+                        "label": "Budget (limits enforced before billing)",
+                        "description": "Off when empty. JSON, e.g. {\"connection_per_day\": \"200 CNY\", "
+                        "\"dag_run\": 50}: scopes dag_run, dag_per_day, connection_per_day; limits in images "
+                        "or CNY/USD. Every send on this connection reserves in it before it leaves, and one "
+                        "that would exceed it is refused. Needs the billing ledger.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "result_hosts": {
                         "label": "Result hosts (ImageGenerationToS3Operator)",
                         "description": "Hosts the S3 transfer may download result images from besides the "

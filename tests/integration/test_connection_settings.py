@@ -106,6 +106,8 @@ def test_provider_info_matches_airflow_schema_and_model_table() -> None:
         "api_style",
         "result_hosts",
         "allow_private_result_hosts",
+        "price_list",
+        "budget",
     }
     for field in conn_type["conn-fields"].values():
         jsonschema.Draft7Validator.check_schema(field["schema"])
@@ -241,3 +243,29 @@ def test_a_host_without_scheme_that_fails_tls_says_https_was_assumed(
     assert emulator.billed_images() == 0
     set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", max_retries=0)
     assert len(ImageGenerationHook().generate_images("a lighthouse", model="wan2.2-t2i-flash").images) == 1
+
+
+def test_price_list_and_budget_as_the_form_stores_them() -> None:
+    """The form stores the budget as JSON text and an untouched price list as an empty string."""
+    import jsonschema
+    from airflow.sdk import Connection
+
+    from airflow_provider_imggen.connection_settings import parse_connection
+
+    schema = get_provider_info()["connection-types"][0]["conn-fields"]
+    extra = {"price_list": "singapore", "budget": '{"dag_run": 10, "connection_per_day": "2 USD"}'}
+    for name, value in extra.items():
+        jsonschema.validate(value, schema[name]["schema"])
+    conn = Connection(conn_id="form", conn_type="imggen", host="https://gw.example.com/v1", password="k")
+    conn.extra = json.dumps(extra)
+    settings = parse_connection(conn)
+    assert settings.price_list == 1
+    assert [(b.scope, str(b.limit), b.unit) for b in settings.budgets] == [
+        ("dag_run", "10", "images"),
+        ("connection_per_day", "2", "USD"),
+    ]
+    conn.extra = json.dumps({"price_list": "", "budget": ""})
+    assert (parse_connection(conn).price_list, parse_connection(conn).budgets) == (None, ())
+    conn.extra = json.dumps({"budget": '{"dag_run": "ten"}'})
+    with pytest.raises(ImageGenerationValidationError, match="connection 'form' extra budget"):
+        parse_connection(conn)
