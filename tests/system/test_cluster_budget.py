@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ SEED = int(os.environ.get("IMGGEN_CLUSTER_BUDGET_SEED", "20261207"))
 WORKER_KILLS = 2
 CRASH_POINTS = ("after_intent", "after_send", "after_answer")
 RUN_TIMEOUT = 300
+ERROR = re.compile(r"\b(?:ImageGeneration\w*Error|Airflow\w*(?:Exception|Timeout)|SimulatedCrash)\b")
 
 pytestmark = pytest.mark.cluster
 
@@ -69,7 +71,7 @@ class RunFigures:
     run_id: str
     state: str
     tries: dict[int, tuple[str, int]]  # map index -> (state, try number)
-    logs: dict[int, str]  # map index -> every attempt's log
+    logs: dict[int, list[str]]  # map index -> each attempt's log
     billed_by_index: Counter[int]  # billed submissions per map index
     unbilled_posts: Counter[int]  # submissions not billed (throttled, refused by the service)
     billed_images: int
@@ -81,9 +83,23 @@ class RunFigures:
     def states(self) -> Counter[str]:
         return Counter(state for state, _ in self.tries.values())
 
+    def log_of(self, index: int) -> str:
+        return "\n".join(self.logs.get(index, []))
+
     @property
     def refused(self) -> set[int]:
-        return {index for index, text in self.logs.items() if REFUSAL in text}
+        return {index for index in self.logs if REFUSAL in self.log_of(index)}
+
+    def reasons(self) -> dict[int, list[str]]:
+        """Each failed task's errors, attempt by attempt (the last error class named in each log)."""
+        found = {}
+        for index, (state, _) in sorted(self.tries.items()):
+            if state != "success":
+                found[index] = [
+                    (ERROR.findall(text) or ["(no error logged: process killed?)"])[-1]
+                    for text in self.logs.get(index, [])
+                ]
+        return found
 
     @property
     def reserved_images(self) -> int:
@@ -98,10 +114,10 @@ class RunFigures:
         )
 
 
-def task_logs(c: Cluster, run_id: str, tries: dict[int, tuple[str, int]]) -> dict[int, str]:
-    """Every attempt's log of each map index: the files under AIRFLOW_HOME/logs, else the REST API's."""
+def task_logs(c: Cluster, run_id: str, tries: dict[int, tuple[str, int]]) -> dict[int, list[str]]:
+    """Each attempt's log of each map index: the files under AIRFLOW_HOME/logs, else the REST API's."""
     root = c.work / "airflow" / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=generate"
-    logs: dict[int, str] = {}
+    logs: dict[int, list[str]] = {}
     for index, (_, try_number) in tries.items():
         parts = []
         for attempt in range(1, try_number + 1):
@@ -117,7 +133,7 @@ def task_logs(c: Cluster, run_id: str, tries: dict[int, tuple[str, int]]) -> dic
                 parts.append(json.dumps(answer.get("content")))
             except RuntimeError as error:
                 parts.append(f"(no log of attempt {attempt}: {error})")
-        logs[index] = "\n".join(parts)
+        logs[index] = parts
     return logs
 
 
@@ -238,9 +254,15 @@ def test_a_dag_run_budget_of_10_images_holds_on_the_cluster(tmp_path: Path) -> N
         not_first_try = {index: first.tries[index] for index in failed if first.tries[index][1] != 1}
         assert not not_first_try, f"refused tasks were retried: {not_first_try}"
         for index in sorted(failed):
-            assert "ImageGenerationBudgetExceededError" in first.logs[index], first.logs[index][-3000:]
+            assert "ImageGenerationBudgetExceededError" in first.log_of(index), first.log_of(index)[-3000:]
         # Nothing of the refused ones was billed (a throttled submission of theirs, if any, was not).
         assert not set(first.billed_by_index) & failed
+        throttled = {
+            index: first.unbilled_posts[index] for index in sorted(failed) if first.unbilled_posts[index]
+        }
+        print(
+            f"run 1: unbilled (throttled) submissions of the refused tasks before their refusal: {throttled}"
+        )
         assert (first.spent_images, first.reservations) == (BUDGET, {}), first.summary()
 
         # 2. Workers killed at random points: never more than the budget billed, nothing billed twice.
@@ -264,15 +286,16 @@ def test_a_dag_run_budget_of_10_images_holds_on_the_cluster(tmp_path: Path) -> N
         fired = {
             index: spec
             for index, spec in crash.items()
-            if f"imggen crash switch: sigkill at {spec.split(':')[0]}" in second.logs.get(int(index), "")
+            if f"imggen crash switch: sigkill at {spec.split(':')[0]}" in second.log_of(int(index))
         }
-        unknown = sorted(i for i, text in second.logs.items() if "ImageGenerationOutcomeUnknownError" in text)
         print(f"run 2 ({second_seconds:.0f} s): {second.summary()}")
         print(f"run 2: worker kills {kills}; crash switches fired {fired} of {crash}")
         print(
             f"run 2: tries {dict(sorted(second.tries.items()))}; refused {sorted(second.refused)}; "
-            f"outcome unknown {unknown}; billed {dict(sorted(second.billed_by_index.items()))}"
+            f"billed {dict(sorted(second.billed_by_index.items()))}; unbilled submissions "
+            f"{dict(sorted(second.unbilled_posts.items()))}"
         )
+        print(f"run 2: errors of the failed tasks, by try: {second.reasons()}")
         assert second.state in ("success", "failed")
         assert second.billed_images <= BUDGET, second.summary()
         twice = {index: count for index, count in second.billed_by_index.items() if count > 1}
