@@ -41,6 +41,7 @@ OUTCOMES: tuple[str, ...] = ("not_processed", "unknown", "task", "answered", "un
 ENDPOINTS = ("gateway", "async", "sync")
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_SPEND_KEY = re.compile(r"[0-9a-f]{32}")
 # Model names (``org/model`` on some gateways) and the service's ids: any printable text of sane length.
 # Control characters are refused: they would forge log lines when an error quotes them.
 IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
@@ -84,6 +85,8 @@ class Attempt:
     request_id: str | None = None
     delivered: dict[str, Any] | None = None
     reason: str | None = None
+    # The key of what the send reserved in its budgets and of its payment record (budgets/): 32 hex digits.
+    spend_key: str | None = None
 
     @property
     def sent_at(self) -> datetime:
@@ -135,6 +138,9 @@ class Attempt:
             raise BillingJournalUnreadableError("an attempt's delivery is not an object")
         if reason is not None and not (isinstance(reason, str) and len(reason) <= 2000):
             raise BillingJournalUnreadableError("an attempt's reason is not a short text")
+        spend_key = value.get("spend_key")
+        if spend_key is not None and not (isinstance(spend_key, str) and _SPEND_KEY.fullmatch(spend_key)):
+            raise BillingJournalUnreadableError("an attempt's spend key is not 32 hex digits")
         return cls(**value)
 
 
@@ -181,7 +187,9 @@ class BillingJournal:
         """The native tasks the attempts created or adopted: never adopted again by a recovery."""
         return frozenset(a.generation_task_id for a in self._attempts if a.generation_task_id is not None)
 
-    def record_intent(self, *, fingerprint: str, endpoint: str, model: str, images: int) -> Attempt:
+    def record_intent(
+        self, *, fingerprint: str, endpoint: str, model: str, images: int, spend_key: str | None = None
+    ) -> Attempt:
         """
         Record, durably, that a billable request is about to leave; the new attempt.
 
@@ -200,6 +208,7 @@ class BillingJournal:
                 model=model,
                 images=images,
                 intent_at=datetime.now(tz=UTC).isoformat(),
+                spend_key=spend_key,
             )
             if attempt.number > MAX_ATTEMPTS:
                 raise BillingJournalUnreadableError(

@@ -4,8 +4,9 @@ What image generation cost, per DAG, per day and per model, from the billing led
     python -m airflow_provider_imggen.cost_report --conn-id imggen_default --since 2026-12-01
     python -m airflow_provider_imggen.cost_report --ledger postgres://ledger_db/imggen_ledger --json
 
-Every request a run paid for is an entry of the ledger (connection extra ``ledger``) with its ``cost`` as
-its generation recorded it (prices.cost_record): the images billed and, when a price was known, the amount.
+Every billable send on a connection with a ledger (extra ``ledger``) records its payment there
+(:mod:`~airflow_provider_imggen.budgets.payments`): the images billed and, when a price was known, the
+amount; a send whose outcome is unknown is listed apart, as images that may have been billed.
 Amounts are summed per currency, never across. The ledger can be edited: each entry is read strictly, and
 one that does not read as this provider's (or whose cost does not) is counted as unreadable, not guessed at.
 Run it where Airflow's connections resolve (a worker, the scheduler's machine): it reads the ledger with
@@ -25,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_imggen.ledger.entry import LedgerEntry, LedgerEntryUnreadableError
-from airflow_provider_imggen.prices import cost_from_xcom, plain
+from airflow_provider_imggen.prices import plain
 
 
 @dataclass
@@ -69,29 +70,31 @@ class Report:
     by_model: dict[str, Total] = field(default_factory=dict)
     total: Total = field(default_factory=Total)
     unreadable: int = 0
+    # Images of sends whose outcome is unknown (a crash, a timeout, a 5xx after sending): maybe billed.
+    at_risk: int = 0
 
     def add(self, entry: LedgerEntry, *, since: str | None, until: str | None) -> None:
-        if entry.state not in ("billed", "stored") or "cost" not in entry.request:
-            return  # nothing paid yet, a budget's or a batch slot's entry
-        day = entry.claimed_at[:10]
-        if (since is not None and day < since) or (until is not None and day > until):
-            return
+        from airflow_provider_imggen.budgets.payments import read_payment
+
         try:
-            cost = cost_from_xcom("cost", entry.request["cost"])
+            payment = read_payment(entry)
         except ValueError:
             self.unreadable += 1
             return
-        model = entry.request.get("model")
-        if cost is None or not isinstance(model, str) or not isinstance(cost["billed_images"], int):
-            self.unreadable += 1
+        if payment is None:
+            return  # a request's claim, a budget, a batch slot: not a payment
+        if (since is not None and payment.day < since) or (until is not None and payment.day > until):
             return
-        dag_id = entry.owner.split("/", 1)[0]
+        cost = payment.cost
+        if payment.outcome == "unknown":
+            self.at_risk += cost["images_asked"]  # may have been billed: never answered
+            return
         amount = None if cost["billed"] is None else Decimal(cost["billed"])
         groups: tuple[tuple[dict[Any, Total], Any], ...] = (
-            (self.rows, (dag_id, day, model)),
-            (self.by_dag, dag_id),
-            (self.by_day, day),
-            (self.by_model, model),
+            (self.rows, (payment.dag_id, payment.day, payment.model)),
+            (self.by_dag, payment.dag_id),
+            (self.by_day, payment.day),
+            (self.by_model, payment.model),
         )
         for group, key in groups:
             group.setdefault(key, Total()).add(cost["billed_images"], amount, cost["currency"])
@@ -107,6 +110,7 @@ class Report:
             "by_day": {key: total.to_json() for key, total in sorted(self.by_day.items())},
             "by_model": {key: total.to_json() for key, total in sorted(self.by_model.items())},
             "total": self.total.to_json(),
+            "images_outcome_unknown": self.at_risk,
             "unreadable_entries": self.unreadable,
         }
 
@@ -116,6 +120,8 @@ class Report:
             for key, total in sorted(group.items()):
                 yield f"  {key}: {total.shown()}"
         yield f"Total: {self.total.shown()}"
+        if self.at_risk:
+            yield f"{self.at_risk} more image(s) of sends whose outcome is unknown may have been billed"
         if self.unreadable:
             yield f"{self.unreadable} ledger entries could not be read as this provider's: left out"
 

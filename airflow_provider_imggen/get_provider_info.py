@@ -192,8 +192,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "budget": {
                         "label": "Budget (limits enforced before billing)",
-                        "description": "Off when empty. JSON, e.g. {\"connection_per_day\": \"200 CNY\", "
-                        "\"dag_run\": 50}: scopes dag_run, dag_per_day, connection_per_day; limits in images "
+                        "description": 'Off when empty. JSON, e.g. {"connection_per_day": "200 CNY", '
+                        '"dag_run": 50}: scopes dag_run, dag_per_day, connection_per_day; limits in images '
                         "or CNY/USD. Every send on this connection reserves in it before it leaves, and one "
                         "that would exceed it is refused. Needs the billing ledger.",
                         "schema": {"type": ["string", "null"]},

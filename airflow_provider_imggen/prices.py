@@ -144,9 +144,13 @@ def parse_price_overrides(value: object) -> dict[str, Price]:
             amount = Decimal(str(entry.get("per_image")))
         except InvalidOperation:
             amount = Decimal("NaN")
-        if not amount.is_finite() or amount < 0 or isinstance(entry.get("per_image"), bool):
+        # What XCom, S3 metadata and the budgets read back must be what is written (_PLAIN_AMOUNT).
+        in_range = amount.is_finite() and 0 <= amount < 10**9 and amount == round(amount, 9)
+        if not in_range or isinstance(entry.get("per_image"), bool):
             raise ImageGenerationValidationError(
-                f"{where}['per_image']", entry.get("per_image"), 'expected a non-negative amount, e.g. "0.18"'
+                f"{where}['per_image']",
+                entry.get("per_image"),
+                'expected an amount from 0 to 999999999 with at most 9 decimals, e.g. "0.18"',
             )
         overrides[model] = Price(amount, str(currency), "connection extra prices")
     return overrides
@@ -205,15 +209,15 @@ def price_for(
 def billed_image_count(usage: Mapping[str, Any], delivered: int, asked: int | None) -> int:
     """
     How many images the service billed: its ``usage.image_count`` (which counts successes only), never
-    fewer than the images it delivered, never more than were asked. An answer without a count (a gateway)
-    bills what it delivered. The count comes from the service: one out of range is not believed.
+    fewer than the images it delivered, and believed only up to the larger of the images asked and
+    delivered. An answer without a count (a gateway) bills what it delivered. The count comes from the
+    service: one out of range is not believed.
     """
     count = usage.get("image_count") if isinstance(usage, Mapping) else None
-    ceiling = asked if isinstance(asked, int) and asked >= delivered else None
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    ceiling = max(delivered, asked if isinstance(asked, int) else 0)
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= ceiling:
         return delivered
-    return max(count, delivered) if ceiling is None or count <= ceiling else delivered
-    return delivered
+    return max(count, delivered)
 
 
 def plain(amount: Decimal) -> str:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # Compare-and-set rounds before giving up (each lost round means another send changed the budget).
 MAX_ROUNDS = 200
+# Open reservations a document may hold (each ~200 bytes; an entry is read up to 1 MiB): beyond it a send is
+# refused rather than make the budget unreadable for every later send.
+MAX_OPEN = 2000
 _AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
 _KEY = re.compile(r"[0-9a-f]{32}")
 _CURRENCIES = ("CNY", "USD")
@@ -136,6 +139,12 @@ class BudgetBook:
                 raise BudgetExceeded(budget, spending, asked)
             if reservation_key in spending.reservations:
                 return spending
+            if len(spending.reservations) >= MAX_OPEN:
+                raise LedgerStoreError(
+                    f"The budget {spending.name} holds {MAX_OPEN} open reservations (sends whose results "
+                    "were never read): nothing was sent. Settle them (read the tasks' results) or start a "
+                    "new period"
+                )
             return replace(spending, reservations={**spending.reservations, reservation_key: held})
 
         self._change(key, Spending(scope=budget.scope, name=name), change)

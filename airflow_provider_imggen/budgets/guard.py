@@ -1,10 +1,12 @@
 """
-The budgets of one task instance's billable sends: reserve before the send, settle after, release only what
-provably was not processed (:mod:`~airflow_provider_imggen.budgets.book`).
+What one task instance's billable sends spend: their budgets' reservations (reserve before the send, settle
+after, release only what provably was not processed: :mod:`~airflow_provider_imggen.budgets.book`) and one
+payment record per send in the ledger (:mod:`~airflow_provider_imggen.budgets.payments`, what the cost
+report sums).
 
-The hook's one billable send (:meth:`~airflow_provider_imggen.hooks.billable.BillableSendHook._send_billable`)
-calls it; the operator builds it (it knows the DAG run) and settles a native task's reservation when the
-task's results are read.
+Each send has a key of its own, recorded with its intent in the billing journal (``spend_key``), and a
+moment (the intent's time, which names the day of the per-day budgets): a retry, a reconnecting try or a
+resumed deferral finds exactly the send's reservation there, and two sends never share one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TaskInstanceKey:
-    """Which task instance sends (every try shares its reservations)."""
+    """Which task instance sends."""
 
     dag_id: str
     run_id: str
@@ -58,10 +60,10 @@ class TaskInstanceKey:
 
 class BudgetGuard:
     """
-    The budgets that apply to one task instance: the operator's and its connection's.
+    The budgets that apply to one task instance (the operator's and its connection's) and its payments.
 
-    :param budgets: the limits
-    :param settings: the connection (its ledger holds the budgets; its account names the day's budget)
+    :param budgets: the limits (none: only payments are recorded)
+    :param settings: the connection (its ledger holds both; its account names the account's day)
     :param ti: the task instance
     :param log: the task's logger
     """
@@ -71,40 +73,38 @@ class BudgetGuard:
     ) -> None:
         from airflow_provider_imggen.ledger import open_ledger_store
 
-        if not settings.ledger:
-            raise ImageGenerationValidationError(
-                "budget",
-                ", ".join(budget.describe() for budget in budgets),
-                "a budget needs the connection extra ledger: it is kept in the ledger's store, where every "
-                "worker and the triggerer see the same spending (nothing was sent)",
-            )
+        assert settings.ledger, "BudgetGuard.open() checks the ledger first"
         self.budgets, self.settings, self.ti, self.log = budgets, settings, ti, log
         self.book = BudgetBook(open_ledger_store(settings.ledger), ti.owner)
 
     @classmethod
     def open(
-        cls, *, operator_budget: object, settings: ConnectionSettings, conn_id: str, ti: Any, log: Any
+        cls, *, operator_budget: object, settings: ConnectionSettings, ti: Any, log: Any
     ) -> BudgetGuard | None:
-        """The guard of a task instance, or None when no budget applies."""
+        """
+        The guard of a task instance; None without a ledger (then no budget may apply).
+
+        :raises ImageGenerationValidationError: a budget and no ledger to keep it in (nothing was sent)
+        """
         budgets = parse_budgets("budget", operator_budget, origin="operator") + settings.budgets
-        if not budgets:
+        if not settings.ledger:
+            if budgets:
+                raise ImageGenerationValidationError(
+                    "budget",
+                    ", ".join(budget.describe() for budget in budgets),
+                    "a budget needs the connection extra ledger: it is kept in the ledger's store, where "
+                    "every worker and the triggerer see the same spending (nothing was sent)",
+                )
             return None
-        del conn_id  # named by the connection's budgets' origin already
         return cls(budgets, settings, TaskInstanceKey.of(ti), log)
 
-    def reservation_key(self, fingerprint: str) -> str:
-        """The key of this task instance's reservation for the send ``fingerprint`` (any try's)."""
-        ti = self.ti
-        identity = [ti.dag_id, ti.run_id, ti.task_id, ti.map_index, fingerprint]
-        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
-
-    def reserve(self, request: GenerationRequest, fingerprint: str, price: Price | None) -> datetime:
+    def reserve(self, request: GenerationRequest, price: Price | None, *, key: str, at: datetime) -> None:
         """
-        Set the send's estimate aside in every budget, or refuse it before anything leaves.
+        Set the send's estimate aside in every budget under ``key``, or refuse it before anything leaves.
+        Refused or failed, what this call reserved is given back (nothing was sent).
 
-        :raises ImageGenerationBudgetExceededError: a budget would be exceeded (nothing reserved remains)
+        :raises ImageGenerationBudgetExceededError: a budget would be exceeded
         :raises ImageGenerationValidationError: a budget in a currency with no price for the model
-        :return: when it was reserved (what :meth:`settle` and :meth:`release` look it up by)
         """
         for budget in self.budgets:
             if budget.unit != "images" and (price is None or price.currency != budget.unit):
@@ -114,68 +114,84 @@ class BudgetGuard:
                     f"a budget in {budget.unit} needs a price of {request.model} in {budget.unit} on this "
                     "connection (connection extra prices, or price_list); nothing was sent",
                 )
-        now = datetime.now(UTC)
         held = Reservation(
             images=request.n,
             amount=None if price is None else price.times(request.n),
             currency=None if price is None else price.currency,
             owner=self.ti.owner,
-            at=now.isoformat(),
+            at=at.isoformat(),
         )
-        key = self.reservation_key(fingerprint)
         reserved: list[str] = []
         try:
             for budget in self.budgets:
-                document, name = self._document(budget.scope, now)
+                document, name = self._document(budget.scope, at)
                 self.book.reserve(document, name, budget, key, held)
                 reserved.append(document)
         except BudgetExceeded as exceeded:
-            self._release_all(reserved, key)
+            self._give_back(reserved, key)
             from airflow_provider_imggen import metrics
 
             metrics.budget_refused(exceeded.budget.scope)
-            raise self._refusal(exceeded, request, fingerprint) from None
+            raise self._refusal(exceeded, request, key) from None
         except BaseException:
-            self._release_all(reserved, key)  # nothing was sent: what this call reserved is given back
+            self._give_back(reserved, key)
             raise
-        self.log.info(
-            "Budget: reserved %d image(s)%s of %s for this send",
-            request.n,
-            "" if held.amount is None else f" ({format(held.amount, 'f')} {held.currency})",
-            ", ".join(budget.describe() for budget in self.budgets),
-        )
-        return now
+        if self.budgets:
+            self.log.info(
+                "Budget: reserved %d image(s)%s in %s",
+                request.n,
+                "" if held.amount is None else f" ({format(held.amount, 'f')} {held.currency})",
+                ", ".join(budget.describe() for budget in self.budgets),
+            )
 
-    def settle(self, fingerprint: str, images: int, price: Price | None, *, since: datetime) -> None:
-        """Count what the send billed (``images`` × ``price``) as spent; its reservation goes."""
+    def settle(self, *, key: str, at: datetime, images: int, price: Price | None) -> None:
+        """Count what the send ``key`` billed (``images`` × ``price``) as spent; its reservation goes."""
         amount = None if price is None else price.times(images)
         currency = None if price is None else price.currency
-        self._each_document(
-            fingerprint,
-            since,
-            lambda document, key: self.book.settle(document, key, images, amount, currency),
-        )
+        for document in self._documents(at):
+            self.book.settle(document, key, images, amount, currency)
 
-    def release(self, fingerprint: str, *, since: datetime) -> None:
+    def record_payment(
+        self,
+        request: GenerationRequest,
+        price: Price | None,
+        *,
+        key: str,
+        at: datetime,
+        billed: int,
+        outcome: str,
+    ) -> bool:
+        """Record the send's payment (once: False when it was already); best effort, never raises."""
+        from airflow_provider_imggen.budgets.payments import record_payment
+
+        try:
+            return record_payment(
+                self.book.store,
+                self.ti,
+                spend_key=key,
+                at=at,
+                model=request.model,
+                asked=request.n,
+                billed=billed,
+                price=price,
+                outcome=outcome,
+            )
+        except Exception as error:
+            self.log.warning("Could not record this send's payment in the ledger: %s", error)
+            return True
+
+    def release(self, *, key: str, at: datetime) -> None:
         """Give the send's reservation back: the service provably did nothing with it."""
-        self._each_document(fingerprint, since, self.book.release)
+        self._give_back(self._documents(at), key)
 
-    def _each_document(self, fingerprint: str, since: datetime, act: Any) -> None:
-        key = self.reservation_key(fingerprint)
-        for scope in sorted({budget.scope for budget in self.budgets}):
-            # A per-day reservation lives in the day it was made: the send's day, or the day before when the
-            # send's record is from after midnight (the reservation comes first).
-            days = (since, since - timedelta(days=1)) if scope != "dag_run" else (since,)
-            for day in days:
-                document, _ = self._document(scope, day)
-                if act(document, key):
-                    break
+    def _documents(self, at: datetime) -> list[str]:
+        return list(dict.fromkeys(self._document(budget.scope, at)[0] for budget in self.budgets))
 
-    def _release_all(self, documents: list[str], key: str) -> None:
-        for document in documents:
+    def _give_back(self, documents: list[str], key: str) -> None:
+        for document in dict.fromkeys(documents):
             try:
                 self.book.release(document, key)
-            except Exception as error:  # still counted: a leaked reservation only ever over-counts
+            except Exception as error:  # still counted: a reservation left open only ever over-counts
                 self.log.warning("Could not give back a budget reservation: %s", error)
 
     def _document(self, scope: str, moment: datetime) -> tuple[str, str]:
@@ -191,10 +207,9 @@ class BudgetGuard:
         return document_key(scope, name), name
 
     def _refusal(
-        self, exceeded: BudgetExceeded, request: GenerationRequest, fingerprint: str
+        self, exceeded: BudgetExceeded, request: GenerationRequest, key: str
     ) -> ImageGenerationBudgetExceededError:
         budget, spending = exceeded.budget, exceeded.spending
-        key = self.reservation_key(fingerprint)
         reserved = spending.reserved_in(budget.unit, besides=key)
         spent = spending.spent_in(budget.unit)
         return ImageGenerationBudgetExceededError(

@@ -30,6 +30,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationInputError,
     ImageGenerationOutcomeUnknownError,
     ImageGenerationSubmissionUnknownError,
+    ImageGenerationThrottledError,
     ImageGenerationValidationError,
     billed_note,
 )
@@ -78,19 +79,13 @@ class BillableSend:
 class _AttemptSteps:
     """The journal's records between the sends of one billable request (see ``_request_json``)."""
 
-    def __init__(
-        self,
-        hook: BillableSendHook,
-        journal: BillingJournal,
-        attempt: Attempt,
-        request: GenerationRequest,
-        sending: BillableSend,
-    ) -> None:
-        self.hook, self.journal, self.attempt = hook, journal, attempt
-        self.request, self.sending = request, sending
+    def __init__(self, hook: BillableSendHook, journal: BillingJournal, spend: SpendAccount) -> None:
+        assert spend.attempt is not None, "the intent is recorded before the first send"
+        self.hook, self.journal, self.spend, self.attempt = hook, journal, spend, spend.attempt
 
     def nothing_happened(self) -> None:
         self.attempt = self.hook._record(self.journal, self.attempt, "not_processed", reason="throttled")
+        self.spend.throttled()
 
     @property
     def waiting(self) -> bool:
@@ -98,20 +93,45 @@ class _AttemptSteps:
         return self.attempt.outcome == "not_processed"
 
     def before_resend(self) -> None:
-        # Durable before the re-send leaves, like the first intent (it takes the throttled one's slot).
-        self.attempt = self.journal.record_intent(
-            fingerprint=self.sending.fingerprint,
-            endpoint=self.sending.endpoint,
-            model=self.request.model,
-            images=self.request.n,
-        )
+        # Durable before the re-send leaves, like the first intent (it takes the throttled one's slot), and
+        # reserved again under a key of its own.
+        self.attempt = self.spend.intent()
 
 
 class BillableSendHook(NativeTasksHook):
     """The blocking hook's billable sends (see the module)."""
 
-    # The budgets of the task instance sending (the operator sets it; None: no budget applies).
+    # The budgets and payments of the task instance sending (the operator sets it: spend_guard()).
     budget_guard: BudgetGuard | None = None
+
+    def spend_guard(self) -> BudgetGuard | None:
+        """
+        The guard of this hook's sends: the operator's, or, for a hook used in a task of its own, one
+        built from the connection's budgets and ledger for the running task instance.
+
+        :raises ImageGenerationValidationError: the connection has a budget and no ledger, or no task
+            instance is running (its scopes count a DAG run's, a DAG's, an account's sends from tasks)
+        """
+        if self.budget_guard is not None or not (self.settings.ledger or self.settings.budgets):
+            return self.budget_guard
+        from airflow_provider_imggen.budgets.guard import BudgetGuard
+
+        try:
+            from airflow.sdk import get_current_context
+
+            ti = get_current_context()["ti"]
+        except Exception:
+            if self.settings.budgets:
+                raise ImageGenerationValidationError(
+                    "budget",
+                    ", ".join(budget.describe() for budget in self.settings.budgets),
+                    "a connection with a budget sends from Airflow tasks only: nothing was sent",
+                ) from None
+            return None
+        self.budget_guard = BudgetGuard.open(
+            operator_budget=None, settings=self.settings, ti=ti, log=self.log
+        )
+        return self.budget_guard
 
     def billable_send(self, request: GenerationRequest) -> BillableSend:
         """
@@ -194,18 +214,8 @@ class BillableSendHook(NativeTasksHook):
                 f"Input images {', '.join(unsendable)} were not read by this try, so the request cannot be "
                 "sent. Nothing was sent"
             )
-        spend = SpendAccount(self, request, sending)
-        spend.reserve()  # may refuse: nothing recorded, nothing sent
-        try:
-            attempt = journal.record_intent(
-                fingerprint=sending.fingerprint,
-                endpoint=sending.endpoint,
-                model=request.model,
-                images=request.n,
-            )
-        except BaseException:
-            spend.release()  # no intent, so nothing left
-            raise
+        spend = SpendAccount(self, request, sending, journal)
+        attempt = spend.intent()  # may refuse (a budget): recorded as not processed, nothing sent
         try:
             crash_points.reach("after_intent")
         except BaseException as error:
@@ -216,7 +226,7 @@ class BillableSendHook(NativeTasksHook):
         spend.about_to_send()
         self.log.debug("POST %s: model=%s n=%d size=%s", sending.path, request.model, request.n, request.size)
         task_api = sending.endpoint == "async"
-        steps = _AttemptSteps(self, journal, attempt, request, sending)
+        steps = _AttemptSteps(self, journal, spend)
         try:
             body, request_id = self._request_json(
                 "POST",
@@ -238,7 +248,11 @@ class BillableSendHook(NativeTasksHook):
             outcome: Outcome = "not_processed" if provably_not_processed(error) else "unknown"
             self._record(journal, steps.attempt, outcome, request_id=_identifier(error.request_id))
             # Not processed: the reservation goes back. Anything else keeps it, counted as spent.
-            spend.failed(error.code, processed=outcome != "not_processed")
+            spend.failed(
+                error.code,
+                processed=outcome != "not_processed",
+                throttled=isinstance(error, ImageGenerationThrottledError),
+            )
             raise
         except Exception as error:
             if steps.waiting:
@@ -259,6 +273,7 @@ class BillableSendHook(NativeTasksHook):
         # Best effort from here: the answer is paid for and in hand, and is delivered even when the journal
         # cannot be written (a retry then reads an unknown outcome and fails closed).
         if isinstance(answer, SubmittedTask):
+            spend.submitted()
             self._record(
                 journal,
                 attempt,

@@ -214,25 +214,14 @@ class LedgerClaims:
         """Whether the ledger records the task behind ``task_key`` for a request other than ours."""
         return owns_elsewhere(self.store, task_key, fingerprint)
 
-    def billed(
-        self,
-        claim: Claim,
-        *,
-        generation_task_id: str | None,
-        request_id: str | None,
-        cost: dict[str, Any] | None = None,
-    ) -> Claim:
-        """
-        Record that the claim's request was paid for (best effort: the journal is the safety net), with
-        what it cost (the generation's ``cost``, prices.cost_record): the cost report reads it.
-        """
+    def billed(self, claim: Claim, *, generation_task_id: str | None, request_id: str | None) -> Claim:
+        """Record that the claim's request was paid for (best effort: the journal is the safety net)."""
         entry = replace(
             claim.entry,
             state="billed",
             generation_task_id=generation_task_id,
             request_id=request_id,
             updated_at=utc_now(),
-            request={**claim.entry.request, "cost": cost} if cost is not None else claim.entry.request,
         )
         return self._replace(claim, entry, "billed")
 

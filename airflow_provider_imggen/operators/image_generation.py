@@ -349,7 +349,10 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
         generation_task_id = str(event_generation_task_id(event))
         self._generation_task_id = generation_task_id
-        self._open_budgets(context)
+        try:
+            self._open_budgets(context)
+        except Exception as error:  # the task is paid for: its results are delivered all the same
+            self.log.warning("Could not open this task's budgets to settle them: %s", error)
         if context.get("task_state_store") is not None and self.durable:
             from airflow_provider_imggen.billing_journal import TaskStateJournal
 
@@ -476,7 +479,6 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self.hook.budget_guard = BudgetGuard.open(
             operator_budget=self.budget,
             settings=self.hook.settings,
-            conn_id=self.imggen_conn_id,
             ti=context["ti"],
             log=self.log,
         )

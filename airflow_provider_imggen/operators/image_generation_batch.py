@@ -88,6 +88,8 @@ class ImageGenerationBatchOperator(BaseOperator):
     :param max_task_failures: tasks of one request that may fail without billing before it is reported
     :param batch_timeout: seconds after which what is not done is reported (None: no limit)
     :param end_from_trigger: end the task from the triggerer when every request is delivered
+    :param budget: refused (with the connection extra budget): the batch's sends happen in the trigger, which
+        does not reserve in budgets yet; map ImageGenerationOperator over the prompts instead
     """
 
     template_fields: Sequence[str] = (
@@ -121,9 +123,12 @@ class ImageGenerationBatchOperator(BaseOperator):
         throttle_timeout: float = 3600.0,
         batch_timeout: float | None = DEFAULT_BATCH_TIMEOUT,
         end_from_trigger: bool = True,
+        budget: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Taken (from default_args too) only to be refused: the trigger's sends do not reserve yet.
+        self.budget = budget
         from airflow_provider_imggen.batch.pacing import OVER_QUOTA_MODES
 
         if over_quota not in OVER_QUOTA_MODES:
@@ -175,13 +180,13 @@ class ImageGenerationBatchOperator(BaseOperator):
         from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
 
         hook = ImageGenerationHook(self.imggen_conn_id)
-        if hook.settings.budgets:
+        if hook.settings.budgets or self.budget:
             from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 
             # Its sends happen in the trigger, which does not reserve yet: refused rather than unbudgeted.
             raise ImageGenerationValidationError(
-                f"connection {self.imggen_conn_id!r} extra budget",
-                ", ".join(budget.describe() for budget in hook.settings.budgets),
+                "budget" if self.budget else f"connection {self.imggen_conn_id!r} extra budget",
+                self.budget or ", ".join(budget.describe() for budget in hook.settings.budgets),
                 "ImageGenerationBatchOperator does not enforce budgets yet: map ImageGenerationOperator "
                 "over the prompts on a connection with a budget (nothing was sent)",
             )

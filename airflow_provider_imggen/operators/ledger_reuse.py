@@ -157,7 +157,6 @@ class LedgerGate:
                     self.claim,
                     generation_task_id=_text(xcom.get("generation_task_id")),
                     request_id=_text(xcom.get("request_id")),
-                    cost=xcom.get("cost") if isinstance(xcom.get("cost"), dict) else None,
                 )
             except Exception as error:  # the images are paid for and in hand: deliver them
                 self.log.error("Could not record the billed generation in the ledger: %s", error)

@@ -1,7 +1,10 @@
 """
-What a native task spent, once its results are read on the worker: its budgets' reservation settled at the
-images the service billed, and the billed-images, cost and latency metrics. (The gateway and the
-synchronous endpoint settle in the hook, with the answer: :mod:`~airflow_provider_imggen.hooks.spending`.)
+What a native task spent, once its results are read on the worker: its reservation settled at the images
+the service billed, its payment recorded, and the billed-images, cost and latency metrics. (The gateway and
+the synchronous endpoint settle in the hook, with the answer: :mod:`~airflow_provider_imggen.hooks.spending`.)
+
+The send is found in the billing journal (its ``spend_key`` and intent time): a try that reconnects to a task
+an earlier try submitted settles that try's reservation.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ def settle_task(
     delivered: int,
     log: Any,
     *,
-    journal: BillingJournal | None = None,
+    journal: BillingJournal | None,
 ) -> None:
     """
-    Settle the task's reservation and emit its metrics; best effort (an open reservation over-counts).
+    Settle the task's reservation, record its payment and emit its metrics (once per send); best effort:
+    a reservation left open only over-counts.
 
-    :param journal: the task instance's billing journal: when its submission was sent (the latency's start)
+    :param journal: the task instance's billing journal (None: this process does not know the send)
     """
     from airflow_provider_imggen import metrics
     from airflow_provider_imggen.prices import price_for
@@ -57,17 +61,25 @@ def settle_task(
         )
         return
     price = price_for(hook.settings, request.model, request.prompt_upsampling)
+    sent = journal.last_for(hook.billable_send(request).fingerprint) if journal is not None else None
+    first = True
+    try:
+        guard = hook.spend_guard()
+    except Exception as error:  # billed already: never fail the delivery over the budget's bookkeeping
+        log.warning("Could not open this task's budgets to settle them: %s", error)
+        guard = None
+    if guard is not None and sent is not None and sent.spend_key is not None:
+        try:
+            guard.settle(key=sent.spend_key, at=sent.sent_at, images=billed, price=price)
+        except Exception as error:
+            log.warning("Could not settle task %s's budget reservation: %s", state.generation_task_id, error)
+        first = guard.record_payment(
+            request, price, key=sent.spend_key, at=sent.sent_at, billed=billed, outcome="billed"
+        )
+    if not first:
+        return  # this send's results were read (and counted) before
     metrics.images_billed(request.model, billed)
     if price is not None:
         metrics.cost("billed", price.currency, price.times(billed))
-    fingerprint = hook.billable_send(request).fingerprint
-    submitted = journal.last_for(fingerprint) if journal is not None else None
-    if submitted is not None:
-        metrics.task_latency((datetime.now(UTC) - submitted.sent_at).total_seconds())
-    guard = hook.budget_guard
-    if guard is None:
-        return
-    try:
-        guard.settle(fingerprint, billed, price, since=datetime.now(UTC))
-    except Exception as error:
-        log.warning("Could not settle task %s's budget reservation: %s", state.generation_task_id, error)
+    if sent is not None:
+        metrics.task_latency((datetime.now(UTC) - sent.sent_at).total_seconds())

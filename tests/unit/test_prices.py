@@ -136,3 +136,12 @@ def test_a_tiny_or_round_override_is_written_as_a_plain_amount_that_reads_back()
         price = parse_price_overrides({"m": {"per_image": amount, "currency": "USD"}})["m"]
         cost = cost_record(price, asked=3, billed_images=3)
         assert "E" not in cost["billed"] and cost_from_xcom("cost", cost) == cost
+
+
+def test_a_hostile_count_is_capped_and_an_override_must_read_back() -> None:
+    assert billed_image_count({"image_count": 10**9}, 2, 1) == 2  # more delivered than asked: still capped
+    assert billed_image_count({"image_count": 10**9}, 2, None) == 2
+    assert billed_image_count({"image_count": 3}, 3, 1) == 3
+    for amount in ("0.1234567890123456", "1e16", "1000000000"):
+        with pytest.raises(ImageGenerationValidationError, match="at most 9 decimals"):
+            parse_price_overrides({"m": {"per_image": amount, "currency": "USD"}})

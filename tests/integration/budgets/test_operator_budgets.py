@@ -112,7 +112,7 @@ def test_a_send_whose_outcome_is_unknown_stays_counted(
         generate(0, n=2, budget={"dag_run": 3}, endpoint="sync", model="wan2.6-t2i")
     # Billed (the emulator says so) and never answered: its 2 images count, though nobody saw them.
     assert emulator.billing()["billed_images"] == 2
-    with pytest.raises(ImageGenerationBudgetExceededError, match="0 images spent and 2 reserved"):
+    with pytest.raises(ImageGenerationBudgetExceededError, match="2 images spent and 0 reserved"):
         generate(1, n=2, budget={"dag_run": 3})
 
 
@@ -136,4 +136,63 @@ def test_a_budget_without_a_ledger_or_a_price_is_refused_before_sending(
     set_imggen_connection(monkeypatch, f"{emulator.base_url}/v1", max_retries=0, ledger=ledger)
     with pytest.raises(ImageGenerationValidationError, match=r"needs a price of wan2\.2-t2i-flash in USD"):
         generate(0, budget={"dag_run": "1 USD"})
+    assert emulator.requests_log() == []
+
+
+def test_a_retry_that_sends_again_reserves_again(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    """
+    Each send has its own reservation: a try that sends again while an earlier try's send may have billed
+    (reuse=False after a task never read; retry_unknown_outcome after a 5xx) counts both.
+    """
+    connect(emulator, monkeypatch, ledger)
+    generate(
+        0, n=2, budget={"dag_run": 3}, wait_for_completion=False
+    )  # its task is never read: stays reserved
+    with pytest.raises(ImageGenerationBudgetExceededError, match="0 images spent and 2 reserved"):
+        generate(0, n=2, budget={"dag_run": 3}, reuse=False)
+    assert emulator.billing()["billed_images"] == 2
+
+    connect(emulator, monkeypatch, ledger, retry_unknown_outcome=True)
+    emulator.set_faults(fail_next=("billed_500",))
+    sync = {"model": "wan2.6-t2i", "endpoint": "sync", "n": 1, "budget": {"dag_run": 4}}
+    with pytest.raises(ImageGenerationOutcomeUnknownError):
+        generate(1, **sync)
+    with pytest.raises(ImageGenerationBudgetExceededError, match="1 images spent and 2 reserved"):
+        generate(1, **{**sync, "n": 2})  # the retry: 2 reserved + 1 unknown + 2 asked > 4
+    assert emulator.billing()["billed_images"] == 3
+
+
+def test_the_hook_in_a_task_of_its_own_keeps_the_connection_budget(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from airflow_provider_imggen.hooks.image_generation import ImageGenerationHook
+
+    connect(emulator, monkeypatch, ledger, budget={"connection_per_day": 2})
+    with pytest.raises(ImageGenerationValidationError, match="sends from Airflow tasks only"):
+        ImageGenerationHook().generate_images("a teapot", model="wan2.2-t2i-flash")
+    assert emulator.requests_log() == []
+
+    operator = make_operator(prompt="a teapot")
+    with set_current_context(make_context(operator)):  # type: ignore[arg-type]
+        hook = ImageGenerationHook()
+        for prompt in ("a teapot", "a kettle"):
+            hook.generate_images(prompt, model="wan2.2-t2i-flash")
+        with pytest.raises(ImageGenerationBudgetExceededError, match="connection_per_day budget of 2 images"):
+            hook.generate_images("a cup", model="wan2.2-t2i-flash")
+    assert emulator.billing()["billed_images"] == 2
+
+
+def test_the_batch_operator_refuses_a_budget_rather_than_send_unbudgeted(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    from airflow_provider_imggen.operators.image_generation_batch import ImageGenerationBatchOperator
+
+    connect(emulator, monkeypatch, ledger)
+    batch = ImageGenerationBatchOperator(task_id="batch", prompts=["a", "b"], budget={"dag_run": 1})
+    with pytest.raises(ImageGenerationValidationError, match="does not enforce budgets yet"):
+        batch.execute(make_context(batch))  # type: ignore[arg-type]
     assert emulator.requests_log() == []
