@@ -70,6 +70,20 @@ def test_the_xcom_cost_is_the_list_price_times_what_the_emulator_billed(
     billed = emulator.billing()["billed_images"]
     assert billed == arguments.get("n", 1)
     check_cost(metadata["cost"], listed.per_image, currency, arguments.get("n", 1), billed)
+    check_images_view(metadata, listed.per_image, currency, billed)
+
+
+def check_images_view(metadata: dict[str, Any], per_image: Decimal, currency: str, billed: int) -> None:
+    """The Images view's cost table of this XCom (read back as the view reads it): price × billed."""
+    from airflow_provider_imggen.records import GenerationRecord
+    from airflow_provider_imggen.ui.costs import TaskCost, render_costs
+
+    record = GenerationRecord.from_dict(metadata)
+    html = render_costs([TaskCost.of("generate", -1, record.request_id, record.cost)], total_label="run")
+    amount = f'<span data-currency="{currency}">{per_image * billed} {currency}</span>'
+    assert f'<td data-field="per image">{per_image} {currency}</td>' in html
+    assert f'<td data-field="billed">{amount}</td>' in html
+    assert f'<td data-field="images billed">{billed}</td>' in html  # the run's total row
 
 
 def test_a_task_that_lost_an_image_costs_the_images_it_billed(
