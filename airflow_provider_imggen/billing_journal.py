@@ -188,7 +188,14 @@ class BillingJournal:
         return frozenset(a.generation_task_id for a in self._attempts if a.generation_task_id is not None)
 
     def record_intent(
-        self, *, fingerprint: str, endpoint: str, model: str, images: int, spend_key: str | None = None
+        self,
+        *,
+        fingerprint: str,
+        endpoint: str,
+        model: str,
+        images: int,
+        spend_key: str | None = None,
+        at: datetime | None = None,
     ) -> Attempt:
         """
         Record, durably, that a billable request is about to leave; the new attempt.
@@ -207,7 +214,7 @@ class BillingJournal:
                 endpoint=endpoint,
                 model=model,
                 images=images,
-                intent_at=datetime.now(tz=UTC).isoformat(),
+                intent_at=(at or datetime.now(tz=UTC)).isoformat(),
                 spend_key=spend_key,
             )
             if attempt.number > MAX_ATTEMPTS:

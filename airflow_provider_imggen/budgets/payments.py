@@ -44,7 +44,10 @@ def record_payment(
     price: Price | None,
     outcome: str,
 ) -> bool:
-    """Record a send's payment; False when it was recorded already (another read of the same results)."""
+    """
+    Record a send's payment; False when it was recorded already (another read of the same results). A
+    ``billed`` payment replaces an ``unknown`` one of the same send (a task a retry proved its own).
+    """
     entry = LedgerEntry(
         fingerprint=payment_key(spend_key),
         state="billed",
@@ -62,7 +65,12 @@ def record_payment(
             "cost": cost_record(price, asked=asked, billed_images=billed),
         },
     )
-    return store.create(entry) is not None
+    if store.create(entry) is not None:
+        return True
+    found = store.read(entry.fingerprint)
+    if outcome != "billed" or found is None or found[0].request.get("outcome") != "unknown":
+        return False
+    return store.replace(entry, found[1]) is not None
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,6 @@ def read_payment(entry: LedgerEntry) -> Payment | None:
         or not isinstance(cost["images_asked"], int)
     ):
         raise ValueError("a payment's cost has no image counts")
-    if cost["billed_images"] > cost["images_asked"]:
-        raise ValueError("a payment billed more images than it asked for")
     if cost["billed"] is not None and cost["per_image"] is not None:
         from decimal import Decimal
 

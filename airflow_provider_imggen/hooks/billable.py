@@ -92,6 +92,14 @@ class _AttemptSteps:
         """Between a throttled send and the next one: nothing of this request is in flight."""
         return self.attempt.outcome == "not_processed"
 
+    def maybe_billed(self, code: str | None) -> None:
+        """
+        A failure that may have been billed (a 5xx), about to be sent again (``retry_unknown_outcome``):
+        this send's outcome is unknown for good, and counted so, before the next one has a key of its own.
+        """
+        self.attempt = self.hook._record(self.journal, self.attempt, "unknown", reason="resent after a 5xx")
+        self.spend.failed(code, processed=True)
+
     def before_resend(self) -> None:
         # Durable before the re-send leaves, like the first intent (it takes the throttled one's slot), and
         # reserved again under a key of its own.

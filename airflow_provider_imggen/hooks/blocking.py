@@ -32,6 +32,8 @@ class JournalSteps(Protocol):
 
     def nothing_happened(self) -> None: ...
 
+    def maybe_billed(self, code: str | None) -> None: ...
+
     def before_resend(self) -> None: ...
 
 
@@ -121,6 +123,8 @@ class BlockingHookBase(ImageGenerationHookBase):
                     except TransientAPIError as error:
                         if billable is not None and error.failure not in SAFE_TO_RESEND:
                             worst = error
+                            if journal_steps is not None:
+                                journal_steps.maybe_billed(error.code)
                         elif journal_steps is not None and worst is None:
                             # Before the wait: a try killed while it waits has paid for nothing.
                             journal_steps.nothing_happened()

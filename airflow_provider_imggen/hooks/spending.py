@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,29 +40,31 @@ class SpendAccount:
         self.price = price_for(hook.settings, request.model, request.prompt_upsampling)
         self.attempt: Attempt | None = None
         self.sent_at: float | None = None
+        self.counted: set[str] = set()  # the keys of sends already counted as failed
 
     def intent(self) -> Attempt:
         """
-        Record the send's intent (with a new key) and reserve its estimate under that key. A refusal is
-        recorded as not processed (nothing left), so a retry is not stopped by it.
+        Reserve the send's estimate under a new key, then record its intent with that key and moment. A
+        refusal leaves no intent (nothing was about to leave: no retry is stopped, no earlier attempt
+        hidden); an intent that cannot be recorded gives the reservation back.
         """
-        key = secrets.token_hex(16)
-        attempt = self.journal.record_intent(
-            fingerprint=self.sending.fingerprint,
-            endpoint=self.sending.endpoint,
-            model=self.request.model,
-            images=self.request.n,
-            spend_key=key,
-        )
-        self.attempt = attempt
+        key, at = secrets.token_hex(16), datetime.now(UTC)
         if self.guard is not None:
-            try:
-                self.guard.reserve(self.request, self.price, key=key, at=attempt.sent_at)
-            except BaseException as error:
-                self.journal.record_outcome(
-                    attempt, "not_processed", reason=f"not sent: {type(error).__name__}"
-                )
-                raise
+            self.guard.reserve(self.request, self.price, key=key, at=at)
+        try:
+            attempt = self.journal.record_intent(
+                fingerprint=self.sending.fingerprint,
+                endpoint=self.sending.endpoint,
+                model=self.request.model,
+                images=self.request.n,
+                spend_key=key,
+                at=at,
+            )
+        except BaseException:
+            if self.guard is not None:
+                self.guard.release(key=key, at=at)
+            raise
+        self.attempt = attempt
         return attempt
 
     def about_to_send(self) -> None:
@@ -76,12 +79,18 @@ class SpendAccount:
 
     def failed(self, code: str | None, *, processed: bool, throttled: bool = False) -> None:
         """
-        The send failed: given back when provably not processed, else counted as spent for good.
+        The send failed: given back when provably not processed, else counted as spent for good (once per
+        send: a 5xx resent under ``retry_unknown_outcome`` is counted before the resend, not again after).
 
         :param throttled: a 429 (counted by the quota wait's metric, not as a failure)
         """
         from airflow_provider_imggen import metrics
 
+        key = self.attempt.spend_key if self.attempt is not None else None
+        if key is not None and key in self.counted:
+            return
+        if key is not None:
+            self.counted.add(key)
         if not processed:
             if not throttled:
                 metrics.failure(code)

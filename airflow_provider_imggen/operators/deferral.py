@@ -50,11 +50,22 @@ def task_deferral(
         "trigger": trigger,
         "method_name": "execute_complete",
         # Input images by sha256 only: a presigned URL or a data URI does not belong in the trigger table.
-        "kwargs": {"request": dataclasses.asdict(request.for_record())},
+        "kwargs": {
+            "request": dataclasses.asdict(request.for_record()),
+            # Which send created the task: its budget reservation and payment are settled on resuming.
+            "spend": _send_of(operator, generation_task_id),
+        },
         "timeout": timedelta(seconds=wait_timeout + DEFER_GRACE_SECONDS)
         if wait_timeout is not None
         else None,
     }
+
+
+def _send_of(operator: ImageGenerationOperator, generation_task_id: str) -> dict[str, str] | None:
+    from airflow_provider_imggen.operators.task_spending import send_of_task
+
+    sent = send_of_task(operator._journal, generation_task_id)
+    return None if sent is None else {"task": generation_task_id, "key": sent[0], "at": sent[1].isoformat()}
 
 
 def trigger_problem(operator: ImageGenerationOperator) -> str | None:

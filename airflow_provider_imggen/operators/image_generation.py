@@ -228,6 +228,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._journal: BillingJournal | None = None
         self._ledger_gate: LedgerGate | None = None
         self._input_images: tuple[Any, ...] = ()  # read for this try: OpenLineage's input datasets
+        self._deferred_spend: dict[str, Any] | None = None
 
     @classmethod
     def partial(cls, **kwargs: Any) -> OperatorPartial:
@@ -329,7 +330,11 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         return generate_answered(self, request, output_path, context["ti"])
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None
+        self,
+        context: Context,
+        event: dict[str, Any],
+        request: dict[str, Any] | None = None,
+        spend: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """
         Resume after the trigger's event: read the task's results once (URLs never travel in events).
@@ -349,6 +354,7 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         self._request = GenerationRequest(**request) if request else self._prepare_request(context)[0]
         generation_task_id = str(event_generation_task_id(event))
         self._generation_task_id = generation_task_id
+        self._deferred_spend = spend  # which send created the task, when the journal cannot say
         try:
             self._open_budgets(context)
         except Exception as error:  # the task is paid for: its results are delivered all the same
@@ -459,16 +465,17 @@ class ImageGenerationOperator(ResumableJobMixin, BaseOperator):
         """The XCom of a finished task; raises for FAILED, CANCELED, UNKNOWN or no image at all."""
         from airflow_provider_imggen.metadata import request_fields, task_metadata
         from airflow_provider_imggen.operators.ledger_reuse import with_ledger_fingerprint
-        from airflow_provider_imggen.operators.task_spending import settle_task
+        from airflow_provider_imggen.operators.task_spending import send_of_task, settle_task
 
         request = self._submitting_request
+        sent = send_of_task(self._journal, state.generation_task_id, self._deferred_spend)
         try:
             # The same call the trigger makes when it ends the task (end_from_trigger): one XCom either way.
             metadata = task_metadata(self.hook, state, request_fields(request))
         except ImageGenerationTaskFailedError:
-            settle_task(self.hook, request, state, 0, self.log, journal=self._journal)
+            settle_task(self.hook, request, state, 0, self.log, sent=sent)
             raise
-        settle_task(self.hook, request, state, len(metadata["images"]), self.log, journal=self._journal)
+        settle_task(self.hook, request, state, len(metadata["images"]), self.log, sent=sent)
         # Resumed in a new process after a deferral: the transfer records the images under this key.
         return with_ledger_fingerprint(metadata, self.hook, self._submitting_request)
 

@@ -35,6 +35,30 @@ def billed_by_task(state: TaskState, delivered: int, asked: int) -> int | None:
     return billed_image_count(usage, delivered, asked)
 
 
+def send_of_task(
+    journal: BillingJournal | None, generation_task_id: str, deferred: object = None
+) -> tuple[str, datetime] | None:
+    """
+    The send that created (or adopted) ``generation_task_id``: its spend key and intent time, from the
+    billing journal, else from the deferral's kwargs (a journal kept in memory is gone after a deferral);
+    None when neither says (then nothing is settled: an open reservation only over-counts).
+    """
+    import re
+
+    for attempt in reversed(journal.attempts if journal is not None else ()):
+        if attempt.generation_task_id == generation_task_id and attempt.spend_key is not None:
+            return attempt.spend_key, attempt.sent_at
+    if isinstance(deferred, dict) and deferred.get("task") == generation_task_id:
+        key, at = deferred.get("key"), deferred.get("at")
+        if isinstance(key, str) and re.fullmatch(r"[0-9a-f]{32}", key) and isinstance(at, str):
+            try:
+                moment = datetime.fromisoformat(at)
+            except ValueError:
+                return None
+            return (key, moment) if moment.tzinfo is not None else None
+    return None
+
+
 def settle_task(
     hook: ImageGenerationHook,
     request: GenerationRequest,
@@ -42,13 +66,13 @@ def settle_task(
     delivered: int,
     log: Any,
     *,
-    journal: BillingJournal | None,
+    sent: tuple[str, datetime] | None,
 ) -> None:
     """
     Settle the task's reservation, record its payment and emit its metrics (once per send); best effort:
     a reservation left open only over-counts.
 
-    :param journal: the task instance's billing journal (None: this process does not know the send)
+    :param sent: the send that created the task (:func:`send_of_task`): its key and intent time
     """
     from airflow_provider_imggen import metrics
     from airflow_provider_imggen.prices import price_for
@@ -61,25 +85,23 @@ def settle_task(
         )
         return
     price = price_for(hook.settings, request.model, request.prompt_upsampling)
-    sent = journal.last_for(hook.billable_send(request).fingerprint) if journal is not None else None
     first = True
     try:
         guard = hook.spend_guard()
     except Exception as error:  # billed already: never fail the delivery over the budget's bookkeeping
         log.warning("Could not open this task's budgets to settle them: %s", error)
         guard = None
-    if guard is not None and sent is not None and sent.spend_key is not None:
+    if guard is not None and sent is not None:
+        key, at = sent
         try:
-            guard.settle(key=sent.spend_key, at=sent.sent_at, images=billed, price=price)
+            guard.settle(key=key, at=at, images=billed, price=price)
         except Exception as error:
             log.warning("Could not settle task %s's budget reservation: %s", state.generation_task_id, error)
-        first = guard.record_payment(
-            request, price, key=sent.spend_key, at=sent.sent_at, billed=billed, outcome="billed"
-        )
+        first = guard.record_payment(request, price, key=key, at=at, billed=billed, outcome="billed")
     if not first:
         return  # this send's results were read (and counted) before
     metrics.images_billed(request.model, billed)
     if price is not None:
         metrics.cost("billed", price.currency, price.times(billed))
     if sent is not None:
-        metrics.task_latency((datetime.now(UTC) - sent.sent_at).total_seconds())
+        metrics.task_latency((datetime.now(UTC) - sent[1]).total_seconds())

@@ -42,6 +42,25 @@ def generate(dag_id: str, prompt: str, **kwargs: Any) -> dict[str, Any]:
     return operator.execute(context)  # type: ignore[arg-type]
 
 
+def deferred_in_a_new_process(dag_id: str, prompt: str, **kwargs: Any) -> dict[str, Any]:
+    """A deferrable generation resumed by another operator object (Airflow resumes in a new process)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from tests.integration.operators.test_deferrable import run_trigger
+
+    arguments = fast(prompt=prompt, model="wan2.2-t2i-flash", deferrable=True, **kwargs)
+    operator = make_operator(**arguments)
+    context = make_context(operator)
+    context["ti"].dag_id = dag_id
+    operator.render_template_fields(context)  # type: ignore[arg-type]
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)  # type: ignore[arg-type]
+    event = run_trigger(deferred.value)
+    resumed = make_operator(**arguments)
+    resumed.render_template_fields(context)  # type: ignore[arg-type]
+    return resumed.execute_complete(context, event=event, **(deferred.value.kwargs or {}))  # type: ignore[arg-type]
+
+
 def report(*arguments: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "airflow_provider_imggen.cost_report", "--json", *arguments],
@@ -69,21 +88,22 @@ def test_the_report_sums_what_the_ledger_says_was_paid(
     generate("posters", "a blue poster", model="wan2.6-t2i", n=1, endpoint="sync")
     emulator.set_faults(fail_next_task_images=((1,),))
     generate("product_shots", "a teapot", model="wan2.2-t2i-flash", n=3)  # billed 2 of 3
+    deferred_in_a_new_process("product_shots", "a kettle", n=2)
     flash, wan26 = LIST_PRICES["wan2.2-t2i-flash"][0], LIST_PRICES["wan2.6-t2i"][0]
     assert flash is not None and wan26 is not None
-    assert emulator.billing()["billed_images"] == 5
+    assert emulator.billing()["billed_images"] == 7
 
     today = datetime.now(UTC).date().isoformat()
     summary = report("--since", today)
     assert summary["total"] == {
-        "requests": 3,
-        "images": 5,
+        "requests": 4,
+        "images": 7,
         "unpriced_images": 0,
-        "cost": {"CNY": str(flash.per_image * 4 + wan26.per_image)},
+        "cost": {"CNY": str(flash.per_image * 6 + wan26.per_image)},
     }
     assert summary["by_dag"]["posters"]["cost"] == {"CNY": str(flash.per_image * 2 + wan26.per_image)}
-    assert summary["by_dag"]["product_shots"]["images"] == 2
-    assert summary["by_model"]["wan2.2-t2i-flash"]["cost"] == {"CNY": str(flash.per_image * 4)}
+    assert summary["by_dag"]["product_shots"]["images"] == 4
+    assert summary["by_model"]["wan2.2-t2i-flash"]["cost"] == {"CNY": str(flash.per_image * 6)}
     assert list(summary["by_day"]) == [today]
     assert {(row["dag_id"], row["model"]) for row in summary["rows"]} == {
         ("posters", "wan2.2-t2i-flash"),
@@ -99,5 +119,5 @@ def test_the_report_sums_what_the_ledger_says_was_paid(
         edited = {**entry.request, "cost": {**entry.request["cost"], "billed": "1e9"}}
         assert store.replace(type(entry)(**{**entry.__dict__, "request": edited}), version)
     tampered = report()
-    assert tampered["unreadable_entries"] == 1 and tampered["total"]["requests"] == 2
-    assert Decimal(tampered["total"]["cost"]["CNY"]) < flash.per_image * 4 + wan26.per_image
+    assert tampered["unreadable_entries"] == 1 and tampered["total"]["requests"] == 3
+    assert Decimal(tampered["total"]["cost"]["CNY"]) < flash.per_image * 6 + wan26.per_image

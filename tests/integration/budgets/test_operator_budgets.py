@@ -6,6 +6,7 @@ it leaves; what may have been billed stays counted; what provably was not is giv
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -196,3 +197,31 @@ def test_the_batch_operator_refuses_a_budget_rather_than_send_unbudgeted(
     with pytest.raises(ImageGenerationValidationError, match="does not enforce budgets yet"):
         batch.execute(make_context(batch))  # type: ignore[arg-type]
     assert emulator.requests_log() == []
+
+
+def test_a_5xx_resent_by_the_hook_counts_both_sends(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    """retry_unknown_outcome with retries: the billed 5xx is counted (unknown) before the resend reserves."""
+    from airflow_provider_imggen.budgets.book import BudgetBook, document_key
+    from airflow_provider_imggen.ledger import open_ledger_store
+
+    connect(emulator, monkeypatch, ledger, retry_unknown_outcome=True)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_IMGGEN_DEFAULT",
+        os.environ["AIRFLOW_CONN_IMGGEN_DEFAULT"].replace('"max_retries": 0', '"max_retries": 2'),
+    )
+    emulator.set_faults(fail_next=("billed_500",), retry_after_seconds=0)
+    generate(0, n=1, model="wan2.6-t2i", endpoint="sync", budget={"dag_run": 2})
+    assert emulator.billing()["billed_images"] == 2  # the 500's image and the resend's
+    with open_ledger_store(ledger) as store:
+        spending = BudgetBook(store, "x/y/z/-1/1").read(document_key("dag_run", "unit/manual__2026-12-07"))
+    assert spending is not None and (spending.spent_images, spending.reservations) == (2, {})
+    with pytest.raises(ImageGenerationBudgetExceededError, match="2 images spent and 0 reserved"):
+        generate(1, n=1, budget={"dag_run": 2})
+
+    # A refusal of the resend (the budget is spent) fails closed on the 5xx, and hides nothing of it.
+    emulator.set_faults(fail_next=("billed_500",))
+    with pytest.raises(ImageGenerationOutcomeUnknownError):
+        generate(2, n=1, model="wan2.6-t2i", endpoint="sync", budget={"dag_run": 3})
+    assert emulator.billing()["billed_images"] == 3
