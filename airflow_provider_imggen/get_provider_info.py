@@ -188,7 +188,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Which list prices the cost is computed from when the host does not "
                         "name a region (a private endpoint, a proxy): beijing (CNY) or singapore (USD). "
                         "Empty: from the host. Per-model prices of your own go in the extra 'prices'.",
-                        "schema": {"type": ["string", "null"], "enum": ["beijing", "singapore", "", None]},
+                        "schema": {"type": ["string", "null"]},
                     },
                     "budget": {
                         "label": "Budget (limits enforced before billing)",

@@ -211,6 +211,8 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
         "Gateway dialect (api_style openai)",
         "Retry requests whose outcome is unknown (may bill twice)",
         "Billing ledger (pay once across runs)",
+        "Price list",
+        "Budget (limits enforced before billing)",
         "Result hosts (ImageGenerationToS3Operator)",
         "Allow private result hosts (ImageGenerationToS3Operator)",
     ]
@@ -285,6 +287,8 @@ def test_create_test_save_and_use_the_connection_in_the_ui(
     assert extra.pop("result_hosts", None) in (None, [], "")
     assert extra.pop("allow_private_result_hosts", None) in (None, False)
     assert extra.pop("ledger", None) in (None, ""), "no ledger unless asked for"
+    assert extra.pop("price_list", None) in (None, ""), "the list prices of the host unless asked for"
+    assert extra.pop("budget", None) in (None, ""), "no budget unless asked for"
     assert extra == {
         "default_model": DEFAULT_MODEL,
         "request_timeout": REQUEST_TIMEOUT,
