@@ -73,7 +73,7 @@ def test_batch_trigger_killed_at_every_crash_point_in_a_real_triggerer(tmp_path:
             # after_send fires 0.5 s after the intent: the emulator bills at once and answers later.
             c.emulator("faults", {"hold_ms": 1500 if following == ("after_send",) else 0}, method="PUT")
             armed = {CRASH_ENV: f"{following[0]}:sigkill"} if following else {}
-            c.restart_triggerer(env={**quick, **armed})
+            c.restart_triggerer(env={**quick, **armed}, may_die=bool(armed))
         state = c.wait_run("bench_scale_batch", run_id, 600)
         instances = c.task_instances("bench_scale_batch", run_id)
         generate = next(i for i in instances if i["task_id"] == "generate")
