@@ -144,7 +144,7 @@ def parse_price_overrides(value: object) -> dict[str, Price]:
             amount = Decimal(str(entry.get("per_image")))
         except InvalidOperation:
             amount = Decimal("NaN")
-        # What XCom, S3 metadata and the budgets read back must be what is written (_PLAIN_AMOUNT).
+        # What XCom, S3 metadata and the budgets read back must be what is written (PLAIN_AMOUNT).
         in_range = amount.is_finite() and 0 <= amount < 10**9 and amount == round(amount, 9)
         if not in_range or isinstance(entry.get("per_image"), bool):
             raise ImageGenerationValidationError(
@@ -256,7 +256,7 @@ def cost_record(price: Price | None, *, asked: int | None, billed_images: int | 
 _COST_AMOUNTS = ("per_image", "estimated", "billed")
 _COST_COUNTS = ("images_asked", "billed_images")
 # What str(Decimal) writes for an amount this provider computes: no exponent, no sign, bounded digits.
-_PLAIN_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
+PLAIN_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
 
 
 def cost_from_xcom(where: str, value: object) -> dict[str, Any] | None:
@@ -281,7 +281,7 @@ def cost_from_xcom(where: str, value: object) -> dict[str, Any] | None:
         record[name] = count
     for name in _COST_AMOUNTS:
         amount = value.get(name)
-        if amount is not None and (not isinstance(amount, str) or not _PLAIN_AMOUNT.fullmatch(amount)):
+        if amount is not None and (not isinstance(amount, str) or not PLAIN_AMOUNT.fullmatch(amount)):
             raise ImageGenerationValidationError(
                 f"{where}['{name}']", "(not shown)", 'expected a plain decimal string, e.g. "0.20"'
             )

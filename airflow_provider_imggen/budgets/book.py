@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imggen.ledger.entry import LedgerEntry, LedgerEntryUnreadableError, utc_now
 from airflow_provider_imggen.ledger.store import LedgerStoreError
+from airflow_provider_imggen.prices import PLAIN_AMOUNT
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.budgets.limits import Budget
@@ -36,7 +37,6 @@ MAX_ROUNDS = 200
 # Open reservations a document may hold (each ~200 bytes; an entry is read up to 1 MiB): beyond it a send is
 # refused rather than make the budget unreadable for every later send.
 MAX_OPEN = 2000
-_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
 _KEY = re.compile(r"[0-9a-f]{32}")
 _CURRENCIES = ("CNY", "USD")
 
@@ -273,4 +273,4 @@ def _count(value: object) -> bool:
 
 
 def _amount(value: object) -> bool:
-    return isinstance(value, str) and _AMOUNT.fullmatch(value) is not None
+    return isinstance(value, str) and PLAIN_AMOUNT.fullmatch(value) is not None

@@ -11,8 +11,6 @@ resumed deferral finds exactly the send's reservation there, and two sends never
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +22,8 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationBudgetExceededError,
     ImageGenerationValidationError,
 )
+from airflow_provider_imggen.ledger.claims import account_digest
+from airflow_provider_imggen.ledger.entry import make_owner
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.connection_settings import ConnectionSettings
@@ -43,7 +43,7 @@ class TaskInstanceKey:
 
     @property
     def owner(self) -> str:
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.map_index}/{self.try_number}"
+        return make_owner(self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number)
 
     @classmethod
     def of(cls, ti: Any) -> TaskInstanceKey:
@@ -201,9 +201,7 @@ class BudgetGuard:
         elif scope == "dag_per_day":
             name = f"{self.ti.dag_id}/{day}"
         else:
-            account = hashlib.sha256(self.settings.api_key.encode()).hexdigest()
-            identity = json.dumps([self.settings.base_url, self.settings.workspace, account])
-            name = f"account {hashlib.sha256(identity.encode()).hexdigest()[:16]}/{day}"
+            name = f"account {account_digest(self.settings)[:16]}/{day}"
         return document_key(scope, name), name
 
     def _refusal(

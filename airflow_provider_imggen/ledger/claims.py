@@ -45,6 +45,13 @@ class LedgerClaimHeldError(ImageGenerationError):
     """
 
 
+def account_digest(settings: ConnectionSettings) -> str:
+    """Whose account a connection sends to (base URL, workspace, the key's digest), as one sha256."""
+    account = hashlib.sha256(settings.api_key.encode()).hexdigest()
+    identity = {"base_url": settings.base_url, "workspace": settings.workspace, "account": account}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def ledger_fingerprint(send_fingerprint: str, settings: ConnectionSettings) -> str:
     """
     The ledger's key of a request: what is sent (endpoint and body, with model, every parameter and the
