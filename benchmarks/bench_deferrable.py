@@ -170,10 +170,19 @@ def dag_id_of(mode: str) -> str:
     return f"bench_deferrable_{mode.replace('-', '_')}"
 
 
+class HttpJsonError(RuntimeError):
+    """An HTTP error answer of :func:`http_json`: its status and the start of its body."""
+
+    def __init__(self, method: str, url: str, status: int, body: bytes) -> None:
+        super().__init__(f"{method} {url}: HTTP {status} {body!r}")
+        self.status = status
+        self.body = body
+
+
 def http_json(
     url: str, body: Any = None, *, method: str = "GET", headers: dict[str, str] | None = None
 ) -> Any:
-    """One JSON request with the standard library; raises RuntimeError with the body on HTTP errors."""
+    """One JSON request with the standard library; raises HttpJsonError with the body on HTTP errors."""
     request = urllib.request.Request(
         url,
         data=None if body is None else json.dumps(body).encode(),
@@ -184,7 +193,7 @@ def http_json(
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.load(answer)
     except urllib.error.HTTPError as error:
-        raise RuntimeError(f"{method} {url}: HTTP {error.code} {error.read()[:500]!r}") from None
+        raise HttpJsonError(method, url, error.code, error.read()[:500]) from None
 
 
 def session_pids(session_id: int) -> list[int]:
@@ -228,6 +237,9 @@ def _stop_session(process: subprocess.Popen[bytes], session_id: int, grace_secon
     process.wait(timeout=10)
 
 
+DATABASE_ERROR_ATTEMPTS = 4
+
+
 @dataclass
 class Airflow:
     """A running ``airflow standalone`` and its REST API (v2, bearer token of the generated admin)."""
@@ -238,12 +250,23 @@ class Airflow:
     token: str = ""
 
     def api(self, path: str, body: Any = None, method: str = "GET") -> Any:
-        return http_json(
-            f"{self.base_url}/api/v2/{path}",
-            body,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
+        for attempt in range(1, DATABASE_ERROR_ATTEMPTS + 1):
+            try:
+                return http_json(
+                    f"{self.base_url}/api/v2/{path}",
+                    body,
+                    method=method,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+            except HttpJsonError as error:
+                # SQLite (these harnesses' metadata database) locks the whole file per writer: a request
+                # that meets the scheduler's write times out with the API's "Database error" 500. Its
+                # transaction was rolled back, so sending it again (even a POST) is safe.
+                locked = error.status == 500 and b"Database error" in error.body
+                if not locked or attempt == DATABASE_ERROR_ATTEMPTS:
+                    raise
+                time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:

@@ -1090,19 +1090,26 @@ def smoke(c: Cluster, *, run_timeout: float = 360, generation_seconds: float = 8
     )
 
     def generation_running_on_a_worker() -> Service | None:
-        """A worker running a generate task, once the service accepted a generation."""
-        submitted = any(
-            entry["method"] == "POST" and entry["path"] == NATIVE_SUBMIT_PATH and entry.get("outcome") == "ok"
+        """
+        A worker whose running generate tasks all have their generation accepted by the service. A task
+        killed between its recorded intent and its send fails closed by design (its retry cannot prove the
+        request never left: crash point ``after_intent``, tested on its own); this run kills a generation.
+        """
+        accepted = [
+            str(entry.get("prompt"))
             for entry in c.emulator("requests")["requests"]
-        )
-        if not submitted:
-            return None
+            if (entry["method"], entry["path"], entry.get("outcome")) == ("POST", NATIVE_SUBMIT_PATH, "ok")
+        ]
         generating = {
-            instance["id"]
+            instance["id"]: SMOKE_SUBJECTS[instance["map_index"]]
             for instance in c.task_instances(PIPELINE_DAG_ID, run_id)
             if instance["task_id"] == "generate" and instance["state"] == "running"
         }
-        return next((worker for worker in c.workers if c.running_on(worker) & generating), None)
+        for worker in c.workers:
+            subjects = [generating[ti] for ti in c.running_on(worker) if ti in generating]
+            if subjects and all(any(subject in prompt for prompt in accepted) for subject in subjects):
+                return worker
+        return None
 
     victim = wait_until(
         "a generation running on a worker", generation_running_on_a_worker, 180, c.workers, 0.5
