@@ -160,6 +160,60 @@ def check_extra_body(
     return dict(extra_body)
 
 
+# A named parameter under any of these names, nested anywhere in extra_body, reaches the API past the
+# parameter's own check unless checked there too: relays and gateways read ``parameters.n`` or
+# ``input.negative_prompt`` as the native API does (api-notes §7).
+_NESTED_NAMES = NAMED_FIELDS | {"prompt_extend"}
+
+
+def nested_named_values(extra_body: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Every named parameter nested in ``extra_body`` (below its top level): (where, name, value)."""
+    found = []
+    pending: list[tuple[str, Any]] = [(f"extra_body[{key!r}]", value) for key, value in extra_body.items()]
+    while pending:
+        path, value = pending.pop()
+        items: Any = ()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        for key, item in items:
+            where = f"{path}[{key!r}]"
+            if isinstance(key, str) and key in _NESTED_NAMES:
+                found.append((where, key, item))
+            pending.append((where, item))
+    return found
+
+
+def _check_nested_values(request: GenerationRequest) -> None:
+    """
+    Each named parameter nested in the request's ``extra_body`` passes the check of the parameter of that
+    name against the same model table, in the request's context; ``model`` and ``n``, which decide what is
+    billed and what the records say was asked, must also equal the request's own.
+    """
+    for where, name, value in nested_named_values(request.extra_body):
+        parameter = "prompt_upsampling" if name == "prompt_extend" else name
+        if parameter == "images":
+            raise ImageGenerationValidationError(
+                where, value, "input images are passed as images=..., where each one is checked"
+            )
+        arguments: dict[str, Any] = {
+            key: getattr(request, key) for key in NAMED_FIELDS if key not in ("images", "extra_body")
+        }
+        arguments[parameter] = value
+        try:
+            checked = validate_generation_request(images_known=False, **arguments)
+        except ImageGenerationValidationError as error:
+            raise ImageGenerationValidationError(where, value, error.allowed) from None
+        if parameter in ("model", "n") and getattr(checked, parameter) != getattr(request, parameter):
+            raise ImageGenerationValidationError(
+                where,
+                value,
+                f"differs from {parameter}={getattr(request, parameter)!r}, what is billed and recorded: "
+                f"pass it as {parameter}=... only",
+            )
+
+
 def check_request_for_style(request: GenerationRequest, api_style: str, dialect: str | None = None) -> None:
     """What a request validated without knowing the API must also satisfy for ``api_style``."""
     from airflow_provider_imggen.model_table import check_endpoint
@@ -355,6 +409,7 @@ def validate_generation_request(
         endpoint=endpoint,  # type: ignore[arg-type]
         images=checked_images,
     )
+    _check_nested_values(request)
     if isinstance(api_style, str):
         checked_dialect = dialect if isinstance(dialect, str) else None
         check_request_for_style(request, api_style, checked_dialect)

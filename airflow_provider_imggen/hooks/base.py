@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
@@ -40,7 +40,7 @@ from airflow_provider_imggen.retry_policy import (
     RetryPolicy,
     TransientAPIError,
 )
-from airflow_provider_imggen.utils import mask_url, redact
+from airflow_provider_imggen.utils import mask_url, redact, secret_forms
 from airflow_provider_imggen.wire import native
 from airflow_provider_imggen.wire.errors import decode_response
 from airflow_provider_imggen.wire.native import (
@@ -49,6 +49,7 @@ from airflow_provider_imggen.wire.native import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+    from pydantic import JsonValue
     from tenacity import RetryCallState
 
 # The prompt as logged: enough to recognise it, bounded.
@@ -103,7 +104,8 @@ class ImageGenerationHookBase(BaseHook):
         settings = parse_connection(self.connection)
         from airflow.sdk.log import mask_secret
 
-        mask_secret(settings.api_key)
+        # Every form an answer may echo the key in (Bearer, URL-encoded, base64), not only the key itself.
+        mask_secret(cast("list[JsonValue]", secret_forms(settings.api_key)))
         return settings
 
     @property

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_imggen.connection_settings import (
     ConnectionSettings,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx
+    from pydantic import JsonValue
 
 from airflow_provider_imggen.hooks.base import ImageGenerationHookBase
 
@@ -73,11 +74,12 @@ class ImageGenerationAsyncHook(ImageGenerationHookBase):
             from airflow.sdk.log import amask_secret
 
             from airflow_provider_imggen.connections import aextra_dejson, aget_connection
+            from airflow_provider_imggen.utils import secret_forms
 
             # Not self.aget_connection: that misses metadata-DB connections under `airflow dags test`.
             conn = await aget_connection(self.imggen_conn_id)
             settings = parse_connection(conn, await aextra_dejson(conn))
-            await amask_secret(settings.api_key)
+            await amask_secret(cast("list[JsonValue]", secret_forms(settings.api_key)))
             self.__dict__["connection"] = conn
             self.__dict__["settings"] = settings
         return self.settings

@@ -14,13 +14,13 @@ same whatever that target would have answered.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from airflow_provider_imggen import addresses
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ImageResultUrlRefusedError
 
 # The DashScope result stores: dashscope-result-bj.oss-cn-beijing.aliyuncs.com and, since 2026, buckets named
@@ -167,17 +167,7 @@ class ResultUrlPolicy:
         return Target(scheme, host, port, request_target, addresses, trusted_origin=False)
 
     def _address_allowed(self, text: str) -> bool:
-        try:
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.is_multicast or address.is_unspecified:
-            return False
-        if address.is_global:
-            return True
-        return self.allow_private and (address.is_private or address.is_loopback or address.is_link_local)
+        return addresses.allowed(text, allow_private=self.allow_private)
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

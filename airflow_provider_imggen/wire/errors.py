@@ -22,7 +22,7 @@ from airflow_provider_imggen.retry_policy import (
     classify_error,
     retry_after_seconds,
 )
-from airflow_provider_imggen.utils import redact
+from airflow_provider_imggen.utils import redact, redact_json
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -36,7 +36,9 @@ def decode_response(
     A response's JSON object and request id, or the exception it stands for (either hook's client).
 
     Raises for an error status, and for an error body behind HTTP 200 (a gateway quirk). The API key is
-    redacted from every message: some APIs echo the key they were sent.
+    redacted, in every form :func:`~airflow_provider_imggen.utils.secret_forms` knows, from every message
+    and from every string of the body returned: some APIs echo the key they were sent (in ``usage``, in a
+    ``revised_prompt``), and what the body holds goes on to XCom, logs and S3 metadata.
 
     A body nested deeper than the JSON parser goes is "not JSON"; any other failure of the reading itself
     is an unreadable answer too (``Failure.MALFORMED``), never a ``RecursionError`` or ``KeyError``: for a
@@ -65,6 +67,8 @@ def _decode_response(
     status: int, reason: str | None, headers: Mapping[str, str], text: str, api_key: str
 ) -> tuple[dict[str, Any], str | None]:
     request_id = headers.get("x-request-id")
+    if request_id is not None:
+        request_id = redact(request_id, api_key)
     deep = False
     try:
         body = json.loads(text)
@@ -87,6 +91,7 @@ def _decode_response(
     error = _error_fields(body)
     if error is not None or status >= 400:
         raise _api_error(status, reason, headers, text, body, error, api_key)
+    body = redact_json(body, api_key)
     body_request_id = body.get("request_id")
     return body, request_id or (body_request_id if isinstance(body_request_id, str) else None)
 
@@ -118,11 +123,11 @@ def _api_error(
     if error is None:
         shown = text[:300].strip() if text else ""
         error = {"message": f"HTTP {status} {reason or ''}".strip() + (f": {shown}" if shown else "")}
-    code = str(error["code"]) if error.get("code") is not None else None
+    code = redact(str(error["code"]), api_key) if error.get("code") is not None else None
     request_id = headers.get("x-request-id") or (body.get("request_id") if isinstance(body, dict) else None)
-    if request_id is not None and not isinstance(request_id, str):
-        request_id = str(request_id)
-    param = str(error["param"]) if error.get("param") is not None else None
+    if request_id is not None:
+        request_id = redact(str(request_id), api_key)
+    param = redact(str(error["param"]), api_key) if error.get("param") is not None else None
     message = redact(str(error.get("message") or f"HTTP {status}"), api_key)
     failure = classify_error(status, code, message, headers.get("x-should-retry"))
     if failure is not None:

@@ -19,6 +19,7 @@ from airflow_provider_imggen.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationRejectedError, ImageGenerationValidationError
 from airflow_provider_imggen.hooks.image_generation import ImageGenerationAsyncHook
 from airflow_provider_imggen.results import ImageGenerationResult
+from airflow_provider_imggen.sealed_urls import unseal
 from tests.conftest import API_KEY, set_imggen_connection
 from tests.integration.hooks.test_image_generation import fast_hook
 from tests.integration.operators.test_image_generation import make_operator, run
@@ -73,7 +74,10 @@ def test_watermark_is_a_templated_operator_parameter(imggen_conn: EmulatorServer
     assert "watermark" in make_operator().template_fields
     fingerprints = generation_bodies_seen(imggen_conn)
     assert len(set(fingerprints)) == 2, "the rendered watermark changed the request"
-    assert marked["images"][0]["url"] != plain["images"][0]["url"]
+    # Two different images (XCom shows their URLs masked: compared sealed, as the transfer opens them).
+    assert unseal(marked["images"][0]["url_sealed"], label="a") != unseal(
+        plain["images"][0]["url_sealed"], label="b"
+    )
 
 
 def test_watermark_is_checked_before_anything_is_sent(imggen_conn: EmulatorServer) -> None:
