@@ -24,11 +24,12 @@ import ipaddress
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LAST_32_BITS = tuple(
-    ipaddress.IPv6Network(prefix)
-    for prefix in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
+    ipaddress.IPv6Network(prefix) for prefix in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
 )
 _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 _UNSPECIFIED_AND_LOOPBACK = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
+# Deprecated site-local addresses (RFC 3879): Python calls them global, some stacks still route them locally.
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
 
 
 class LocalTranslatorAddress(ValueError):
@@ -81,6 +82,8 @@ def allowed(text: str, *, allow_private: bool) -> bool:
 def _allowed(address: Address, allow_private: bool) -> bool:
     if address.is_multicast or address.is_unspecified:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address in _SITE_LOCAL:
+        return allow_private
     if address.is_global:
         return True
     return allow_private and (address.is_private or address.is_loopback or address.is_link_local)

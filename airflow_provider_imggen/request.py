@@ -151,6 +151,10 @@ def check_extra_body(
         )
     try:
         json.dumps(extra_body, allow_nan=False)
+    except RecursionError:
+        raise ImageGenerationValidationError(
+            "extra_body", "...", "nested deeper than JSON can be written: expected a shallower dict"
+        ) from None
     except (TypeError, ValueError) as error:
         raise ImageGenerationValidationError(
             "extra_body",
@@ -160,36 +164,37 @@ def check_extra_body(
     return dict(extra_body)
 
 
-# A named parameter under any of these names, nested anywhere in extra_body, reaches the API past the
-# parameter's own check unless checked there too: relays and gateways read ``parameters.n`` or
-# ``input.negative_prompt`` as the native API does (api-notes §7).
+# Where in extra_body a named parameter reaches the API past the parameter's own check: relays and
+# gateways read ``parameters.n`` or ``input.negative_prompt`` as the native API does (api-notes §7).
+# Elsewhere a name means something else (a LoRA's ``model``): left alone.
+_NESTING_OBJECTS = frozenset({"parameters", "input"})
 _NESTED_NAMES = NAMED_FIELDS | {"prompt_extend"}
+# What decides what is billed and what the records say was drawn: a nested value must equal the
+# request's. The others must equal it when the request sets one.
+_ALWAYS_EQUAL = frozenset({"model", "n", "prompt", "size"})
 
 
 def nested_named_values(extra_body: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    """Every named parameter nested in ``extra_body`` (below its top level): (where, name, value)."""
+    """
+    The named parameters in ``extra_body``'s ``parameters`` and ``input`` objects, names compared without
+    case or surrounding spaces (a relay may be as lenient): (where, name, value).
+    """
     found = []
-    pending: list[tuple[str, Any]] = [(f"extra_body[{key!r}]", value) for key, value in extra_body.items()]
-    while pending:
-        path, value = pending.pop()
-        items: Any = ()
-        if isinstance(value, dict):
-            items = value.items()
-        elif isinstance(value, list):
-            items = enumerate(value)
-        for key, item in items:
-            where = f"{path}[{key!r}]"
-            if isinstance(key, str) and key in _NESTED_NAMES:
-                found.append((where, key, item))
-            pending.append((where, item))
+    for outer, inner in extra_body.items():
+        if outer.strip().lower() not in _NESTING_OBJECTS or not isinstance(inner, dict):
+            continue
+        for key, value in inner.items():
+            name = key.strip().lower() if isinstance(key, str) else None
+            if name in _NESTED_NAMES:
+                found.append((f"extra_body[{outer!r}][{key!r}]", name, value))
     return found
 
 
 def _check_nested_values(request: GenerationRequest) -> None:
     """
-    Each named parameter nested in the request's ``extra_body`` passes the check of the parameter of that
-    name against the same model table, in the request's context; ``model`` and ``n``, which decide what is
-    billed and what the records say was asked, must also equal the request's own.
+    Each named parameter in the request's ``extra_body['parameters']`` / ``['input']`` passes the check of
+    the parameter of that name against the same model table, in the request's context, and says what the
+    request says (:data:`_ALWAYS_EQUAL` always, the others when the request sets them).
     """
     for where, name, value in nested_named_values(request.extra_body):
         parameter = "prompt_upsampling" if name == "prompt_extend" else name
@@ -205,12 +210,13 @@ def _check_nested_values(request: GenerationRequest) -> None:
             checked = validate_generation_request(images_known=False, **arguments)
         except ImageGenerationValidationError as error:
             raise ImageGenerationValidationError(where, value, error.allowed) from None
-        if parameter in ("model", "n") and getattr(checked, parameter) != getattr(request, parameter):
+        named = getattr(request, parameter)
+        if (parameter in _ALWAYS_EQUAL or named is not None) and getattr(checked, parameter) != named:
             raise ImageGenerationValidationError(
                 where,
                 value,
-                f"differs from {parameter}={getattr(request, parameter)!r}, what is billed and recorded: "
-                f"pass it as {parameter}=... only",
+                f"differs from {parameter}={named!r}, what is sent, billed and recorded: pass it as "
+                f"{parameter}=... only",
             )
 
 

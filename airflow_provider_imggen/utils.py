@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,16 +12,21 @@ from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, url
 MASK = "***"
 
 
-# Object stores that sign a URL in its query string only (OSS, S3, GCS, Azure Blob): their paths are object
-# keys, shown as they are.
+# Object stores that sign a URL in its query string only (Alibaba Cloud OSS, S3, GCS, Azure Blob): their
+# paths are object keys, shown as they are.
 _QUERY_SIGNING_STORES = re.compile(
-    r"(?:^|\.)(?:aliyuncs\.com|amazonaws\.com|storage\.googleapis\.com|blob\.core\.windows\.net)"
+    r"(?:^|\.)(?:oss-[a-z0-9-]+\.aliyuncs\.com|s3(?:[.-][a-z0-9-]+)*\.amazonaws\.com"
+    r"|storage\.googleapis\.com|[a-z0-9]+\.blob\.core\.windows\.net)$"
 )
 # On any other host a path segment is shown only when it cannot be a credential (CDN URL-signing styles put
 # one in the path: Alibaba Cloud and Tencent Cloud CDN types B and C, ``/<timestamp>/<md5>/file``, Akamai's
-# ``hdnts=...~hmac=...``, nginx secure_link's ``/s/<md5>/<expires>/``): digits (dates, times: no secret is
-# a short decimal number) or a lowercase word. A file name keeps its extension.
-_PLAIN_SEGMENT = re.compile(r"[0-9]{1,14}|[a-z_-]{1,32}")
+# ``hdnts=...~hmac=...``, nginx secure_link's ``/s/<md5>/<expires>/``): digits only (dates, times: no secret
+# is a short decimal number), or at most 4 characters (24 bits: no signing scheme's credential, and guessed
+# as fast as shown). A longer word may be a token: masked. A file name keeps its extension.
+_PLAIN_SEGMENT = re.compile(r"[0-9]{1,14}|[A-Za-z0-9_-]{1,4}")
+# Masked segments this long are registered with the secrets masker one by one (shorter ones only within the
+# whole path): the masker masks every later occurrence, and "images" is no secret.
+_MIN_REGISTERED_SEGMENT = 16
 _FILE_NAME = re.compile(r"(?P<stem>[^.]+)\.(?P<ext>[A-Za-z0-9]{1,5})")
 
 
@@ -107,7 +113,8 @@ def url_secrets(url: str, *, whole_only: bool = False) -> list[str]:
         raw = value if has_value else name
         candidates += [raw, unquote_plus(raw)]
     for segment in hidden:
-        candidates += [segment, unquote(segment)]
+        if len(segment) >= _MIN_REGISTERED_SEGMENT:
+            candidates += [segment, unquote(segment)]
     for candidate in candidates:
         if candidate and candidate != MASK and candidate not in found:
             found.append(candidate)
@@ -155,17 +162,21 @@ def parse_time(value: object) -> datetime | None:
 _MIN_FORM_CHARS = 8
 
 
-def secret_forms(secret: str) -> list[str]:
+@functools.lru_cache(maxsize=16)
+def secret_forms(secret: str) -> tuple[str, ...]:
     """
     Every form in which a service may echo ``secret`` (the API key it was sent), longest first: as sent,
-    after ``Bearer``, URL-encoded, and base64 (standard and URL-safe) at each of the three byte alignments
-    it can have inside a longer encoded text (the characters that depend on the secret's bytes alone), so
-    that ``base64("Authorization: Bearer <key>")`` gives it away no more than the key itself.
+    after ``Bearer``, URL-encoded (either case of escapes), hex, and base64 (standard and URL-safe) at
+    each of the three byte alignments it can have inside a longer encoded text (the characters that depend
+    on the secret's bytes alone), so that ``base64("Authorization: Bearer <key>")`` gives it away no more
+    than the key itself.
     """
     if not secret:
-        return []
+        return ()
     raw = secret.encode()
-    forms = {secret, f"Bearer {secret}", quote(secret, safe=""), quote_plus(secret)}
+    encoded_url = quote(secret, safe="")
+    lower_escapes = re.sub(r"%[0-9A-F]{2}", lambda escape: escape[0].lower(), encoded_url)
+    forms = {secret, f"Bearer {secret}", encoded_url, lower_escapes, quote_plus(secret), raw.hex()}
     for offset in range(3):
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             encoded = encode(b"\0" * offset + raw).decode()
@@ -175,16 +186,37 @@ def secret_forms(secret: str) -> list[str]:
             forms.add(encoded[first:last])
             if offset == 0:
                 forms.add(encoded)
-    return sorted((form for form in forms if len(form) >= _MIN_FORM_CHARS or form == secret), key=len)[::-1]
+    kept = (form for form in forms if len(form) >= _MIN_FORM_CHARS or form == secret)
+    return tuple(sorted(kept, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _forms_pattern(secrets: tuple[str, ...]) -> tuple[re.Pattern[str], int]:
+    """One pattern of every form of ``secrets`` (longest first), and the shortest form's length."""
+    forms = sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, forms))), min(map(len, forms))
 
 
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret, in any form :func:`secret_forms` knows, in ``text``."""
-    for secret in secrets:
-        if secret:
-            for form in secret_forms(secret):
-                text = text.replace(form, MASK)
-    return text
+    given = tuple(secret for secret in secrets if secret)
+    if not given:
+        return text
+    pattern, shortest = _forms_pattern(given)
+    # Most strings of an answer are short (ids, sizes, statuses): they cannot hold any form.
+    return text if len(text) < shortest else pattern.sub(MASK, text)
+
+
+def may_hold_secret(text: str, *secrets: str | None) -> bool:
+    """
+    Whether the JSON text ``text`` may decode to a string holding a form of a secret: one appears in it as
+    written, or an escape (``\\u0073``, ``\\/``) could spell one. False lets a caller skip the walk of
+    :func:`redact_json` over a large answer.
+    """
+    given = tuple(secret for secret in secrets if secret)
+    if not given:
+        return False
+    return "\\" in text or _forms_pattern(given)[0].search(text) is not None
 
 
 def redact_json(value: Any, *secrets: str | None) -> Any:

@@ -167,7 +167,8 @@ class Downloader:
             return self._receive(answer.chunks, path, source, stop, answer.content_length)
 
     def _check_status(self, source: Source, status: int, retry_after: float | None = None) -> None:
-        if status < 300:
+        # Only 200 carries the image: a 1xx taken as final (103 Early Hints) or a 204 has no body to store.
+        if status == 200:
             return
         if status == 403:
             raise ImageResultExpiredError(

@@ -22,7 +22,7 @@ from airflow_provider_imggen.retry_policy import (
     classify_error,
     retry_after_seconds,
 )
-from airflow_provider_imggen.utils import redact, redact_json
+from airflow_provider_imggen.utils import may_hold_secret, redact, redact_json
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.request import GenerationRequest
@@ -91,7 +91,8 @@ def _decode_response(
     error = _error_fields(body)
     if error is not None or status >= 400:
         raise _api_error(status, reason, headers, text, body, error, api_key)
-    body = redact_json(body, api_key)
+    if may_hold_secret(text, api_key):
+        body = redact_json(body, api_key)
     body_request_id = body.get("request_id")
     return body, request_id or (body_request_id if isinstance(body_request_id, str) else None)
 
@@ -121,7 +122,8 @@ def _api_error(
 ) -> ImageGenerationAPIError:
     """One exception for both error shapes, transient or not, with the key redacted from the message."""
     if error is None:
-        shown = text[:300].strip() if text else ""
+        # Redacted before it is cut: a key straddling the cut would otherwise show its first part.
+        shown = redact(text, api_key)[:300].strip() if text else ""
         error = {"message": f"HTTP {status} {reason or ''}".strip() + (f": {shown}" if shown else "")}
     code = redact(str(error["code"]), api_key) if error.get("code") is not None else None
     request_id = headers.get("x-request-id") or (body.get("request_id") if isinstance(body, dict) else None)

@@ -208,7 +208,9 @@ def test_xcom_shape_from_the_emulator(imggen_conn: EmulatorServer) -> None:
         assert pendulum.parse(image["url_expires_at"]) > pendulum.now("UTC")
         # XCom shows the URL with every query value masked; the sealed copy is the one that downloads.
         assert image["url"].endswith("?Expires=***&OSSAccessKeyId=***&Signature=***")
-        assert requests.get(image["url"], timeout=10).status_code == 403
+        assert requests.get(image["url"], timeout=10).status_code in (403, 404), (
+            "the masked URL does not download"
+        )
         signed = unseal(image["url_sealed"], label="image")
         assert mask_url(signed) == image["url"] and "Signature=***" not in signed
         png = requests.get(signed, timeout=10).content

@@ -34,6 +34,7 @@ HIDDEN_INTERNAL = {
     "IPv4-mapped, link-local": "::ffff:169.254.169.254",
     "IPv4-translated, loopback": "::ffff:0:127.0.0.1",
     "Teredo, private client": "2001:0:4136:e378:8000:63bf:f5ff:fefe",
+    "site-local (deprecated, still routed locally)": "fec0::1",
 }
 EMBEDDED_PUBLIC = {
     "NAT64 well-known": "64:ff9b::808:808",

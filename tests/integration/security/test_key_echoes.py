@@ -107,3 +107,13 @@ def test_every_form_is_known_to_the_redaction() -> None:
 
 def test_a_key_too_short_to_encode_safely_is_still_redacted_as_sent() -> None:
     assert redact_json({"k": "abc-x-abc"}, "x") == {"k": f"abc-{MASK}-abc"}
+
+
+def test_an_error_body_cut_for_the_message_shows_no_part_of_a_key_straddling_the_cut() -> None:
+    from airflow_provider_imggen.exceptions import ImageGenerationAPIError
+    from airflow_provider_imggen.wire.errors import decode_response
+
+    for before in range(285, 300):
+        with pytest.raises(ImageGenerationAPIError) as raised:
+            decode_response(502, "Bad Gateway", {}, "x" * before + API_KEY, API_KEY)
+        assert API_KEY[:6] not in str(raised.value), before

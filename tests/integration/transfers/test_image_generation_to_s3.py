@@ -783,7 +783,8 @@ def test_progress_is_logged_per_image_without_secrets(
     for n in (1, 2):
         (line,) = [line for line in stored if f"Image {n}/2 stored: " in line]
         assert "MB/s" in line and f"s3://{s3.name}/log/{n - 1}.png" in line
-        assert "Signature=***" in line and "/results/" in line
+        # The emulator's result path is a word, a date and a hash: shown as its date and extension only.
+        assert "Signature=***" in line and "/***/" in line and ".png?" in line
     assert len([line for line in text.splitlines() if " downloaded: " in line]) == 2
     assert all(signature not in text for signature in signatures)
     assert API_KEY not in text
