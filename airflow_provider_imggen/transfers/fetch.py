@@ -6,11 +6,15 @@ connection goes to an address that check accepted, while TLS still verifies the 
 host name (SNI and Host header keep the name). Redirects are followed one at a time, at most
 ``MAX_REDIRECTS``. Bodies of error answers are never read. No API key, cookie or ``.netrc`` credential is
 ever sent, and no proxy is used (a proxy would resolve host names itself, out of the policy's reach).
+
+One deadline covers the whole download, redirects included, from the first connect to the last byte of
+the body: every wait on the socket (connect, TLS handshake, sending, status line, headers, body) is cut
+to the time left (:mod:`~airflow_provider_imggen.transfers.bounded_http`). The head of every answer is
+bounded: ``MAX_HEADER_BYTES`` in all and ``MAX_HEADER_LINES`` header lines, and well formed.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +37,12 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+# The head of an answer (status line and headers, interim 1xx answers included): result stores send about
+# 1 KiB. http.client alone allows 100 lines of 64 KiB each, 6.4 MB held in memory per download.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 100  # as http.client counts them: each block's blank end line included
+# A wait cut to the deadline that ends this close to it ended because of it (timers wake a hair early).
+_CUT_SLACK = 0.1
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -49,6 +59,74 @@ class TransientFetchError(TransientAPIError):
 
 class DeadlineExceededError(ImageTransferError):
     """The whole download took longer than ``download_timeout``."""
+
+    def __init__(
+        self, message: str = "The download did not finish within download_timeout. Nothing was stored"
+    ) -> None:
+        super().__init__(message)
+
+
+class ResponseHeadersTooLargeError(ImageResultUrlRefusedError):
+    """
+    An answer's head was over ``MAX_HEADER_BYTES`` or ``MAX_HEADER_LINES``: refused, its body unread.
+
+    Not transient: the head is what the server chose to answer, not an accident of the transport, and the
+    same request gets the same head again; retrying would only let a hostile host hold the download longer.
+    Its message never quotes the head.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Result URL refused by the result-URL policy (header size): its answer's headers are over "
+            f"{MAX_HEADER_BYTES} bytes or {MAX_HEADER_LINES} lines, and its body was not read. Nothing was "
+            "stored",
+            rule="header size",
+        )
+
+
+class MalformedResponseHeadersError(ImageResultUrlRefusedError):
+    """
+    An answer's head has lines that are not headers: refused, its body unread.
+
+    http.client stops parsing at the first such line (the headers after it, Content-Length among them, are
+    lost), and urllib3 would log the request's URL, signature included, with the unparsed lines. Not
+    transient, as for :class:`ResponseHeadersTooLargeError`. Its message never quotes the head.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Result URL refused by the result-URL policy (malformed headers): its answer's head has lines "
+            "that are not headers, and its body was not read. Nothing was stored",
+            rule="malformed headers",
+        )
+
+
+class Deadline:
+    """
+    When a download must be over (a ``time.monotonic()`` value): the time left, and waits cut to it.
+
+    :param at: the ``time.monotonic()`` value by which the last byte must have arrived
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def left(self) -> float:
+        """Seconds left; :class:`DeadlineExceededError` when none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError()
+        return left
+
+    def cap(self, timeout: float) -> float:
+        """``timeout`` cut to the time left (for one wait)."""
+        return min(timeout, self.left())
+
+    def reached(self) -> bool:
+        """Whether the deadline has come (a wait that just timed out was cut by it)."""
+        return time.monotonic() >= self.at - _CUT_SLACK
 
 
 @dataclass(frozen=True)
@@ -67,10 +145,15 @@ def fetch(
     policy: ResultUrlPolicy, url: str, *, deadline: float, user_agent: str, chunk_bytes: int
 ) -> Iterator[Answer]:
     """
-    GET ``url`` under ``policy``, following redirects (each hop checked); the body streams until ``deadline``.
+    GET ``url`` under ``policy``, following redirects (each hop checked), all of it by ``deadline``.
 
-    :param deadline: ``time.monotonic()`` value by which the whole body must have arrived
+    :param deadline: ``time.monotonic()`` value by which the whole download (connects, TLS handshakes, every
+        redirect's answer, the final answer's head and body) must be over
+    :raises DeadlineExceededError: when it is not
+    :raises ResponseHeadersTooLargeError: when an answer's head is over the bounds
+    :raises MalformedResponseHeadersError: when an answer's head has lines that are not headers
     """
+    until = Deadline(deadline)
     response: urllib3.BaseHTTPResponse | None = None
     pools: list[urllib3.HTTPConnectionPool] = []
     try:
@@ -79,13 +162,13 @@ def fetch(
                 target = policy.check(url)
             except UnresolvableHostError as error:
                 raise TransientFetchError(str(error), failure=Failure.NOT_SENT) from None
-            response = _request(target, deadline, user_agent, pools)
+            response = _request(target, until, user_agent, pools)
             if response.status not in _REDIRECTS:
                 length = response.headers.get("Content-Length")
                 yield Answer(
                     status=response.status,
                     content_length=int(length) if length and length.isdigit() else None,
-                    chunks=_chunks(response, deadline, chunk_bytes),
+                    chunks=_chunks(response, until, chunk_bytes),
                     target=target,
                     retry_after=retry_after_seconds(response.headers),
                 )
@@ -113,18 +196,13 @@ def fetch(
             pool.close()
 
 
-def _remaining(deadline: float) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise DeadlineExceededError("The download did not finish within download_timeout. Nothing was stored")
-    return remaining
-
-
 def _request(
-    target: Target, deadline: float, user_agent: str, pools: list[urllib3.HTTPConnectionPool]
+    target: Target, deadline: Deadline, user_agent: str, pools: list[urllib3.HTTPConnectionPool]
 ) -> urllib3.BaseHTTPResponse:
     """One GET to the first of the target's (checked) addresses that accepts a connection."""
     import urllib3
+
+    from airflow_provider_imggen.transfers.bounded_http import DeadlineHTTPConnection, DeadlineHTTPSConnection
 
     headers = {
         "Host": target.host_header,
@@ -134,8 +212,8 @@ def _request(
     }
     reason = "no address to connect to"
     for address in target.addresses:
-        remaining = _remaining(deadline)
-        timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=min(READ_TIMEOUT, remaining))
+        # The connection cuts each of its waits to the deadline; these are only the first values.
+        timeout = urllib3.Timeout(connect=deadline.cap(CONNECT_TIMEOUT), read=deadline.cap(READ_TIMEOUT))
         pool: urllib3.HTTPConnectionPool
         if target.scheme == "https":
             ca_certs, ca_cert_dir = ca_locations()
@@ -150,9 +228,14 @@ def _request(
                 ca_cert_dir=ca_cert_dir,
                 server_hostname=target.host,
                 assert_hostname=target.host,
+                deadline=deadline,
             )
+            pool.ConnectionCls = DeadlineHTTPSConnection
         else:
-            pool = urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, maxsize=1, retries=False)
+            pool = urllib3.HTTPConnectionPool(
+                address, target.port, timeout=timeout, maxsize=1, retries=False, deadline=deadline
+            )
+            pool.ConnectionCls = DeadlineHTTPConnection
         pools.append(pool)
         try:
             return pool.urlopen(
@@ -166,9 +249,11 @@ def _request(
                 assert_same_host=False,
             )
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
+            _check_deadline(deadline)
             reason = f"could not connect ({type(error).__name__})"
             continue
         except urllib3.exceptions.HTTPError as error:
+            _check_deadline(deadline)
             # TLS failures, a dropped connection, a read timeout before the headers. The text of these
             # errors can quote the URL: only the type is shown.
             raise TransientFetchError(
@@ -180,32 +265,37 @@ def _request(
     raise TransientFetchError(reason, failure=Failure.NOT_SENT)
 
 
-def _chunks(response: urllib3.BaseHTTPResponse, deadline: float, chunk_bytes: int) -> Iterator[bytes]:
-    """The body in chunks of at most ``chunk_bytes``; each read waits at most until ``deadline``."""
+def _check_deadline(deadline: Deadline) -> None:
+    """A failure at the deadline is the deadline's: every wait was cut to it (a TLS handshake, a connect)."""
+    if deadline.reached():
+        raise DeadlineExceededError() from None
+
+
+def _chunks(response: urllib3.BaseHTTPResponse, deadline: Deadline, chunk_bytes: int) -> Iterator[bytes]:
+    """
+    The body in chunks of at most ``chunk_bytes``. Each read returns as soon as some bytes arrive and waits
+    at most until the deadline (the connection cuts it): a server dripping bytes is stopped by the deadline,
+    one that stalls by the read timeout, whichever comes first.
+    """
     import urllib3
 
-    connection = getattr(response, "connection", None)
-    sock: socket.socket | None = getattr(connection, "sock", None)
     while True:
-        remaining = _remaining(deadline)
-        if sock is not None:
-            # A read returns as soon as some bytes arrive: a server dripping bytes is stopped by the deadline,
-            # one that stalls by the read timeout, whichever comes first.
-            sock.settimeout(min(READ_TIMEOUT, remaining))
+        deadline.left()
         try:
             chunk = response.read1(chunk_bytes)
         except urllib3.exceptions.ReadTimeoutError:
-            # The socket timeout was cut to the deadline: at (or within a hair of) it, say so.
-            _remaining(deadline - 0.1)
+            _check_deadline(deadline)
             raise TransientFetchError(
                 "no data arrived within the read timeout", failure=Failure.READ_TIMEOUT
             ) from None
         except urllib3.exceptions.ProtocolError as error:
+            _check_deadline(deadline)
             raise TransientFetchError(
                 f"truncated download: the connection closed before the whole body arrived "
                 f"({type(error).__name__})"
             ) from None
         except urllib3.exceptions.HTTPError as error:
+            _check_deadline(deadline)
             raise TransientFetchError(f"the download failed ({type(error).__name__})") from None
         if not chunk:
             return
