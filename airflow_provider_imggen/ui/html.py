@@ -33,6 +33,7 @@ h1{font-size:18px;margin:0 0 4px}p.summary{margin:0 0 16px;color:#4a5568}
 aspect-ratio:4/3;border-radius:4px;text-align:center;padding:8px;box-sizing:border-box;font-weight:600}
 .expired .placeholder{background:#fefcbf;color:#744210}.failed .placeholder{background:#fed7d7;color:#822727}
 .unavailable .placeholder{background:#e2e8f0;color:#2d3748}
+.broken .placeholder{background:#feebc8;color:#7b341e}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 8px;margin:8px 0 0}
 dt{color:#718096}dd{margin:0;overflow-wrap:anywhere}code{font-size:12px}
 .task{font-weight:600;margin:8px 0 0}a{color:#2b6cb0}
@@ -61,6 +62,8 @@ def _value(value: object) -> str:
 
 
 def _metadata(tile: Tile) -> str:
+    if tile.kind == "broken":  # nothing of an unreadable record is shown, only that it is one
+        return f'<dl><dt>error</dt><dd data-field="error">{_value(tile.failure)}</dd></dl>'
     rows = [
         ("prompt", _value(tile.prompt)),
         ("negative prompt", _value(tile.negative_prompt)),
@@ -118,6 +121,8 @@ def _tile(tile: Tile, dag_id: str, run_id: str, *, show_task: bool, size: int) -
         picture = _placeholder("failed", f"generation failed: {_value(tile.failure)}")
     elif tile.kind == "input":
         picture = _placeholder("input", _value(tile.failure))
+    elif tile.kind == "broken":
+        picture = _placeholder("broken", _value(tile.failure))
     else:
         picture = _placeholder("unavailable", _value(tile.failure))
     task = ""
@@ -146,12 +151,14 @@ def render_page(
     The page: a summary, the cost of the generations shown (:func:`~airflow_provider_imggen.ui.costs.
     render_costs`: per generation task instance, then the total per currency) and the tiles.
     """
-    counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result", "input")}
+    counts = {kind: sum(1 for tile in tiles if tile.kind == kind) for kind in ("stored", "result", "broken")}
+    counts["input"] = sum(1 for tile in tiles if tile.of_input)
     outputs = len(tiles) - counts["input"]
     others = outputs - counts["stored"] - counts["result"]
     summary = (
         f"{outputs} image(s): {counts['stored']} stored in S3, {counts['result']} not yet stored"
         + (f", {others} without a preview" if others else "")
+        + (f" ({counts['broken']} unreadable XCom record(s))" if counts["broken"] else "")
         + (f"; made from {counts['input']} input image(s), shown first" if counts["input"] else "")
         if tiles
         else escape(empty)

@@ -9,7 +9,11 @@ Where a tile's pixels come from: the S3 object a transfer's XCom names, or a gen
   public addresses, every redirect checked), with a deadline, and never with the API key.
 
 Either way at most ``MAX_SOURCE_BYTES`` are read, into a spooled temporary file (memory up to
-``SPOOL_BYTES``, then disk), and the content must have the sha256 the XCom recorded, when it recorded one.
+``SPOOL_BYTES``, then disk), and nothing of it is served unless it has the sha256 the XCom recorded. An S3
+object is read only with a sha256 to check it against: the XCom names the object, and can be edited, so
+only the digest proves it is the image the transfer (or the edit) recorded. A result, which no task has
+stored yet, has no recorded digest: its proof of origin is the seal (Fernet is authenticated encryption:
+whoever edits XCom cannot make one) and the result-URL policy; a digest recorded with it is checked too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_imggen.ui.tiles import Tile
+from airflow_provider_imggen.utils import is_sha256
 
 if TYPE_CHECKING:
     from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
@@ -52,14 +57,30 @@ def open_pixels(tile: Tile) -> IO[bytes]:
     """The tile's image bytes in a rewound temporary file (the caller closes it)."""
     if not tile.has_pixels:
         raise PixelsUnavailableError(tile.failure or "no image")
+    if tile.from_s3 and not is_sha256(tile.sha256):  # has_pixels says so too: checked where it matters
+        raise PixelsUnavailableError("no sha256 recorded to check the object against: not read")
     # The request and the read both under the semaphore: a page of 50 tiles sends 50 requests at once,
     # and the API server's thread pool would otherwise run up to 40 S3 requests side by side.
     with _fetching:
-        chunks = _s3_chunks(tile) if tile.from_s3 else _result_chunks(tile)
-        return _spool(chunks, tile.sha256, tile.bytes)
+        if tile.from_s3:
+            return _spool(_s3_chunks(tile), tile.sha256, tile.bytes)
+        return _spool(_result_chunks(tile), tile.sha256, tile.bytes, sealed_result=True)
 
 
-def _spool(chunks: Iterable[bytes], sha256: str | None, expected_bytes: int | None) -> IO[bytes]:
+def _spool(
+    chunks: Iterable[bytes], sha256: str | None, expected_bytes: int | None, *, sealed_result: bool = False
+) -> IO[bytes]:
+    """
+    The bytes, bounded, in a rewound temporary file, only if they have exactly the ``sha256`` recorded
+    (and ``expected_bytes``, when recorded).
+
+    :param sealed_result: the bytes come from a sealed result URL, the one source that may have no
+        recorded sha256 (see the module's docstring); without one, anything else is refused unread
+    """
+    if sha256 is None and not sealed_result:
+        raise PixelsUnavailableError("no sha256 recorded to check the content against: not read")
+    if sha256 is not None and not is_sha256(sha256):  # "" or upper case included: nothing to match
+        raise PixelsUnavailableError("the sha256 recorded in XCom is not one: not read")
     # Returned open: the caller reads and closes it.
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
     digest = hashlib.sha256()
@@ -71,9 +92,9 @@ def _spool(chunks: Iterable[bytes], sha256: str | None, expected_bytes: int | No
                 raise PixelsUnavailableError(f"the image is over {MAX_SOURCE_BYTES} bytes")
             digest.update(chunk)
             spool.write(chunk)
-        if sha256 and digest.hexdigest() != sha256.lower():
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise PixelsUnavailableError("the content's sha256 differs from the one recorded in XCom")
-        if expected_bytes is not None and sha256 is None and size != expected_bytes:
+        if expected_bytes is not None and size != expected_bytes:
             raise PixelsUnavailableError("the content's size differs from the one recorded in XCom")
         spool.seek(0)
         return spool
@@ -104,8 +125,9 @@ def _s3_chunks(tile: Tile) -> Iterable[bytes]:
         client = _s3_client(tile.aws_conn_id)
         answer = client.get_object(Bucket=tile.bucket, Key=tile.key)
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "error")
-        raise PixelsUnavailableError(f"S3 answered {code} for {tile.s3_uri}") from None
+        code = str(error.response.get("Error", {}).get("Code", "error"))
+        code = code if code.isalnum() and len(code) <= 64 else "an error"
+        raise PixelsUnavailableError(f"S3 answered {code} for the object the XCom names") from None
     except (BotoCoreError, ValueError) as error:
         raise PixelsUnavailableError(f"S3 could not be read ({type(error).__name__})") from None
     except Exception as error:  # AirflowNotFoundException for a missing connection, and the like
@@ -115,12 +137,15 @@ def _s3_chunks(tile: Tile) -> Iterable[bytes]:
     if isinstance(length, int) and length > MAX_SOURCE_BYTES:
         body.close()
         raise PixelsUnavailableError(f"the object is over {MAX_SOURCE_BYTES} bytes")
+    if isinstance(length, int) and tile.bytes is not None and length != tile.bytes:
+        body.close()  # not the object recorded: not read at all
+        raise PixelsUnavailableError("the object's size differs from the one recorded in XCom")
 
     def chunks() -> Iterable[bytes]:
         try:
             yield from body.iter_chunks(CHUNK_BYTES)
         except (BotoCoreError, OSError) as error:
-            raise PixelsUnavailableError(f"reading {tile.s3_uri} failed ({type(error).__name__})") from None
+            raise PixelsUnavailableError(f"reading the object failed ({type(error).__name__})") from None
         finally:
             body.close()
 
@@ -169,7 +194,7 @@ def _result_chunks(tile: Tile) -> Iterable[bytes]:
             ) as answer:
                 if answer.status in (401, 403, 404, 410):
                     raise ResultExpiredError("expired, not stored")
-                if answer.status >= 300:
+                if answer.status != 200:  # a 1xx taken as final (103 Early Hints), a 204: no image
                     raise PixelsUnavailableError(f"the result store answered HTTP {answer.status}")
                 if answer.content_length is not None and answer.content_length > MAX_SOURCE_BYTES:
                     raise PixelsUnavailableError(f"the image is over {MAX_SOURCE_BYTES} bytes")

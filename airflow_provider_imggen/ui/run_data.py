@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.ui.tiles import GENERATION, MISSING, TRANSFER, RunImages, TaskOutput, conn_id_of
+from airflow_provider_imggen.ui.xcom_records import UNREADABLE
 
 if TYPE_CHECKING:
     from airflow.models.xcom import XComModel
@@ -119,12 +120,22 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunImages:
                 task_id=xcom.task_id,
                 map_index=xcom.map_index,
                 kind=kind,
-                value=XComModel.deserialize_value(xcom),
+                value=_value(xcom),
                 conn_id=conn_id,
                 aws_conn_id=aws_conn_id,
             )
         )
     return RunImages(outputs)
+
+
+def _value(xcom: XComModel) -> Any:
+    """The XCom's value; one that cannot be deserialized (an edited row) is :data:`UNREADABLE`."""
+    from airflow.models.xcom import XComModel
+
+    try:
+        return XComModel.deserialize_value(xcom)
+    except Exception:  # whatever the stored text makes the decoder raise: a broken tile, not a 500
+        return UNREADABLE
 
 
 def task_is_image_task(session: Session, dag_id: str, run_id: str, task_id: str) -> bool | None:

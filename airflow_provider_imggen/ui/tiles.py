@@ -3,8 +3,10 @@ What the Images view shows: one :class:`Tile` per image a task's XCom names, bui
 
 Pure functions over plain data (no Airflow, no I/O), so the rules are unit-tested directly: which images
 a task instance shows, in which order (a tile's position is its address in the routes), and where each
-one's pixels may come from (an S3 object the transfer's XCom names, or a generation's sealed result URL
-while it is valid). Nothing else is ever fetched.
+one's pixels may come from (an S3 object the transfer's XCom names, with the sha256 it recorded, or a
+generation's sealed result URL while it is valid). Nothing else is ever fetched. The XCom is read only
+through :mod:`~airflow_provider_imggen.ui.xcom_records`: a record that fails its checks is a ``broken``
+tile, in its place.
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import GenerationRecord, StoredImageRecord
 from airflow_provider_imggen.ui.costs import TaskCost
-from airflow_provider_imggen.utils import parse_time
+from airflow_provider_imggen.ui.xcom_records import (
+    Broken,
+    CheckedGeneration,
+    generations,
+    is_conn_id,
+    stored_images,
+)
+from airflow_provider_imggen.utils import is_sha256, parse_time
 
 UNKNOWN_CONN = "\x00unknown"
 
-TileKind = Literal["stored", "result", "expired", "failed", "unavailable", "input"]
+TileKind = Literal["stored", "result", "expired", "failed", "unavailable", "input", "broken"]
 GENERATION = "generation"
 TRANSFER = "transfer"
 
@@ -43,9 +51,6 @@ class TaskOutput:
     value: Any
     conn_id: str | None
     aws_conn_id: str | None = UNKNOWN_CONN
-
-
-UNKNOWN_CONN = "\x00unknown"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Tile:
     cost_per_image: str | None = None
     cost_currency: str | None = None
     failure: str | None = None
+    # An edit's input image (or the broken record of one): shown on its task's page, not in a run's gallery.
+    of_input: bool = False
     # Server-side only.
     bucket: str | None = field(default=None, repr=False)
     key: str | None = field(default=None, repr=False)
@@ -87,9 +94,15 @@ class Tile:
 
     @property
     def has_pixels(self) -> bool:
+        """
+        Whether pixels may be read: an S3 object only with the sha256 its bytes must have (the XCom names
+        the object, the digest proves it is the one recorded); a result only from its sealed URL.
+        """
         if self.kind == "input":  # an s3:// input the edit read, through the task's aws connection
-            return self.bucket is not None and self.sha256 is not None and self.aws_conn_id != UNKNOWN_CONN
-        return self.kind in ("stored", "result")
+            return self.bucket is not None and is_sha256(self.sha256) and self.aws_conn_id != UNKNOWN_CONN
+        if self.kind == "stored":
+            return bool(self.bucket and self.key) and is_sha256(self.sha256)
+        return self.kind == "result" and bool(self.url_sealed)
 
     @property
     def from_s3(self) -> bool:
@@ -107,28 +120,34 @@ def _match_key(request_id: str | None, index: int | None) -> tuple[str, int] | N
     return (request_id, index) if request_id and index is not None else None
 
 
-def _generation_records(output: TaskOutput) -> list[GenerationRecord]:
-    """The generation records of a generation task's XCom (one dict; tolerate a list)."""
-    items = output.value if isinstance(output.value, list) else [output.value]
-    records = []
-    for offset, item in enumerate(items):
-        try:
-            records.append(GenerationRecord.from_dict(item, where=f"{output.task_id}[{offset}]"))
-        except ImageGenerationValidationError:
-            continue
-    return records
+def _generation_records(output: TaskOutput) -> list[CheckedGeneration | Broken]:
+    """The generation records of a generation task's XCom (one dict; a list is tolerated), checked."""
+    return generations(output.value)
 
 
-def _stored_records(output: TaskOutput) -> list[StoredImageRecord]:
-    if not isinstance(output.value, list):
-        return []
-    records = []
-    for item in output.value:
-        try:
-            records.append(StoredImageRecord.from_dict(item))
-        except ImageGenerationValidationError:
-            continue
-    return records
+def _stored_records(output: TaskOutput) -> list[StoredImageRecord | Broken]:
+    """The stored-image records of a transfer's XCom, checked."""
+    return stored_images(output.value)
+
+
+def _valid_generations(output: TaskOutput) -> list[GenerationRecord]:
+    return [item.record for item in _generation_records(output) if isinstance(item, CheckedGeneration)]
+
+
+def _valid_stored(output: TaskOutput) -> list[StoredImageRecord]:
+    return [item for item in _stored_records(output) if isinstance(item, StoredImageRecord)]
+
+
+def _broken_tile(output: TaskOutput, broken: Broken) -> Tile:
+    """A record that failed its checks: its place, a fixed message, nothing of its content."""
+    return Tile(
+        task_id=output.task_id,
+        map_index=output.map_index,
+        position=0,
+        kind="broken",
+        failure=broken.message,
+        of_input=broken.input_image,
+    )
 
 
 class RunImages:
@@ -151,7 +170,7 @@ class RunImages:
         self._cost_of_request: dict[str, TaskCost] = {}
         for output in self.outputs:
             if output.kind == GENERATION:
-                for record in _generation_records(output):
+                for record in _valid_generations(output):
                     cost = TaskCost.of(output.task_id, output.map_index, record.request_id, record.cost)
                     self._costs.append(cost)
                     if record.request_id:
@@ -161,7 +180,7 @@ class RunImages:
                         if key:
                             self._generations.setdefault(key, record)
             elif output.kind == TRANSFER:
-                for stored in _stored_records(output):
+                for stored in _valid_stored(output):
                     key = _match_key(stored.request_id, stored.index)
                     if key:
                         self._stored.setdefault(key, (stored, output.conn_id))
@@ -192,7 +211,7 @@ class RunImages:
                     if (cost.task_id, cost.map_index) == (output.task_id, output.map_index)
                 ]
             else:
-                requests = (stored.request_id for stored in _stored_records(output))
+                requests = (stored.request_id for stored in _valid_stored(output))
                 found = [self._cost_of_request[rid] for rid in requests if rid in self._cost_of_request]
             for cost in found:
                 costs.setdefault(id(cost), cost)
@@ -200,7 +219,11 @@ class RunImages:
 
     def tiles(self, output: TaskOutput) -> list[Tile]:
         """The tiles of one task instance, in a fixed order: position ``n`` always names the same image."""
-        built = self._transfer_tiles(output) if output.kind == TRANSFER else self._generation_tiles(output)
+        build = self._transfer_tiles if output.kind == TRANSFER else self._generation_tiles
+        try:
+            built = build(output)
+        except Exception:  # records are checked before use; should anything still fail: one broken tile
+            built = [_broken_tile(output, Broken("XCom value", "record"))]
         return [replace(tile, position=position) for position, tile in enumerate(built)]
 
     def gallery(self) -> list[Tile]:
@@ -214,8 +237,11 @@ class RunImages:
                 tiles += [
                     tile
                     for tile in self.tiles(output)
-                    if tile.kind == "failed"
-                    or (tile.kind != "input" and _match_key(tile.request_id, tile.index) not in self._stored)
+                    if not tile.of_input
+                    and (
+                        tile.kind in ("failed", "broken")
+                        or _match_key(tile.request_id, tile.index) not in self._stored
+                    )
                 ]
         return tiles
 
@@ -223,6 +249,9 @@ class RunImages:
         tiles = []
         failures: dict[int, GenerationRecord] = {}
         for stored in _stored_records(output):
+            if isinstance(stored, Broken):
+                tiles.append(_broken_tile(output, stored))
+                continue
             key = _match_key(stored.request_id, stored.index)
             generation = self._generations.get(key) if key else None
             if generation is not None and generation.failed_images:
@@ -259,9 +288,16 @@ class RunImages:
 
     def _generation_tiles(self, output: TaskOutput) -> list[Tile]:
         tiles = []
-        for record in _generation_records(output):
-            tiles += _input_tiles(output, record)  # an edit's inputs, beside what it made of them
-            for image in record.images:
+        for checked in _generation_records(output):
+            if isinstance(checked, Broken):
+                tiles.append(_broken_tile(output, checked))
+                continue
+            record = checked.record
+            tiles += _input_tiles(output, checked)  # an edit's inputs, beside what it made of them
+            for image in checked.images:
+                if isinstance(image, Broken):
+                    tiles.append(_broken_tile(output, image))
+                    continue
                 stored_with = self._stored.get(_match_key(record.request_id, image.index) or ("", -1))
                 common: dict[str, Any] = {
                     "task_id": output.task_id,
@@ -321,7 +357,7 @@ class RunImages:
                         imggen_conn_id=output.conn_id,
                     )
                 )
-            tiles += _failed_tiles(output, record)
+            tiles += _failed_tiles(output, record, checked.failed_images)
         return tiles
 
 
@@ -331,7 +367,7 @@ def _price(record: GenerationRecord | None) -> dict[str, Any]:
     return {"cost_per_image": cost.per_image, "cost_currency": cost.currency}
 
 
-def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
+def _input_tiles(output: TaskOutput, checked: CheckedGeneration) -> list[Tile]:
     """
     The input images an edit recorded, in order. Pixels only for an ``s3://`` input with its sha256, read
     through the generation task's aws connection and checked against that digest (the XCom names the
@@ -340,13 +376,19 @@ def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
     """
     from airflow_provider_imggen.inputs.references import s3_input_location
 
+    record = checked.record
     tiles = []
-    for position, item in enumerate(record.input_images):
+    for position, item in enumerate(checked.input_images):
+        if isinstance(item, Broken):
+            tiles.append(_broken_tile(output, item))
+            continue
         uri, sha256 = item.get("uri"), item.get("sha256")
         location = s3_input_location(uri) if isinstance(uri, str) else None
         failure = None
         if location is None:
             failure = "input image (not in S3): not fetched here"
+        elif sha256 is None:
+            failure = "input image: no sha256 recorded to check it against; not shown"
         elif output.aws_conn_id == UNKNOWN_CONN:
             failure = "input image: the task's aws_conn_id is unknown"
         tiles.append(
@@ -355,6 +397,7 @@ def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
                 map_index=output.map_index,
                 position=0,
                 kind="input",
+                of_input=True,
                 index=position,
                 prompt=record.prompt,
                 model=record.model,
@@ -375,9 +418,14 @@ def _input_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
     return tiles
 
 
-def _failed_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
+def _failed_tiles(
+    output: TaskOutput, record: GenerationRecord, entries: tuple[Any, ...] | None = None
+) -> list[Tile]:
+    """A generation's failed images (``entries``: every entry as checked, a broken tile for a bad one)."""
     return [
-        Tile(
+        _broken_tile(output, failed)
+        if isinstance(failed, Broken)
+        else Tile(
             task_id=output.task_id,
             map_index=output.map_index,
             position=0,
@@ -390,7 +438,7 @@ def _failed_tiles(output: TaskOutput, record: GenerationRecord) -> list[Tile]:
             request_id=record.request_id,
             failure=": ".join(part for part in (failed.code, failed.message) if part) or "failed",
         )
-        for failed in record.failed_images
+        for failed in (record.failed_images if entries is None else entries)
     ]
 
 
@@ -402,7 +450,8 @@ def conn_id_of(rendered: Mapping[str, Any] | None, declared: object, name: str, 
     """
     The connection a task instance used: its rendered field, else the DAG's literal value, else the default.
 
-    A value that still holds a template (never rendered: the task did not run) is :data:`UNKNOWN_CONN`.
+    A value that still holds a template (never rendered: the task did not run), or anything else that is no
+    connection id, is :data:`UNKNOWN_CONN`.
     """
     if rendered is not None and name in rendered:
         value = rendered[name]
@@ -412,9 +461,8 @@ def conn_id_of(rendered: Mapping[str, Any] | None, declared: object, name: str, 
         value = default
     if value is None:
         return None
-    if not isinstance(value, str) or "{{" in value or "{%" in value:
-        return UNKNOWN_CONN
-    return value
+    # Templates ("{{ ... }}") and anything else outside Airflow's connection id alphabet.
+    return str(value) if is_conn_id(value) else UNKNOWN_CONN
 
 
 _MISSING = object()

@@ -154,10 +154,16 @@ def test_unreadable_xcom_and_unknown_connections_show_no_pixels() -> None:
         now=NOW,
     )
     (store,) = run.task_instances("store")
+    # An unreadable record keeps its place as a broken tile, which names the failed field, not its content.
     assert [(tile.kind, tile.failure) for tile in run.tiles(store)] == [
-        ("unavailable", "the task's aws_conn_id is unknown")
+        ("unavailable", "the task's aws_conn_id is unknown"),
+        ("broken", "unreadable XCom record (stored image: bucket): not shown"),
+        ("broken", "unreadable XCom record (stored image: not a record): not shown"),
     ]
-    assert run.tiles(run.task_instances("generate")[0]) == []
+    assert not any(tile.has_pixels for tile in run.tiles(store))
+    assert [(tile.kind, tile.failure) for tile in run.tiles(run.task_instances("generate")[0])] == [
+        ("broken", "unreadable XCom record (generation: not a record): not shown")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -284,14 +290,20 @@ def test_reads_are_bounded_and_checked_against_the_xcom_sha256() -> None:
     with pytest.raises(PixelsUnavailableError, match="sha256 differs"):
         _spool([data], "00" * 32, None)
     with pytest.raises(PixelsUnavailableError, match="size differs"):
-        _spool([data], None, len(data) + 1)
+        _spool([data], hashlib.sha256(data).hexdigest(), len(data) + 1)
+    # Without a sha256 (or with one that is none: empty, upper case) nothing is read, but a sealed result.
+    for unverifiable in (None, "", hashlib.sha256(data).hexdigest().upper()):
+        with pytest.raises(PixelsUnavailableError, match="sha256"):
+            _spool([data], unverifiable, None)
+    with pytest.raises(PixelsUnavailableError, match="size differs"):
+        _spool([data], None, len(data) + 1, sealed_result=True)
 
     def endless():  # type: ignore[no-untyped-def]
         while True:
             yield b"\0" * (1024 * 1024)
 
     with pytest.raises(PixelsUnavailableError, match=f"over {MAX_SOURCE_BYTES} bytes"):
-        _spool(endless(), None, None)
+        _spool(endless(), None, None, sealed_result=True)
 
 
 def test_etags_follow_content_and_size_and_the_cache_stays_bounded() -> None:
