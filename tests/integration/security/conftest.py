@@ -243,7 +243,12 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Names:
 
 def gateway_answer(urls: list[str], request_id: str = "req-0001") -> Route:
     """A gateway's image generation answer carrying whatever result URLs the test chose."""
-    body = json.dumps({"created": int(time.time()), "data": [{"url": url} for url in urls]}).encode()
+    return json_answer({"created": int(time.time()), "data": [{"url": url} for url in urls]}, request_id)
+
+
+def json_answer(payload: Any, request_id: str = "req-0001") -> Route:
+    """A 200 answer with ``payload`` as JSON and the given ``x-request-id``."""
+    body = json.dumps(payload).encode()
 
     def answer(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)

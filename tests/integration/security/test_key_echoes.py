@@ -13,14 +13,13 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote
 
 import pytest
 
 from airflow_provider_imggen.utils import MASK, redact_json, secret_forms
 from tests.conftest import API_KEY
-from tests.integration.security.conftest import Server, image, use_gateway
+from tests.integration.security.conftest import Route, Server, image, json_answer, use_gateway
 from tests.integration.transfers.test_image_generation_to_s3 import generate, make_operator, png_bytes, run
 from tests.s3_fixtures import S3Bucket
 
@@ -48,25 +47,13 @@ def leaks(text: str) -> list[str]:
     return found
 
 
-def echoing_answer(server: Server) -> Callable[[BaseHTTPRequestHandler], None]:
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        body = json.dumps(
-            {
-                "created": int(time.time()),
-                "data": [
-                    {"url": server.url("/results/a.png"), "revised_prompt": f"a cat ({ECHOES['bearer']})"}
-                ],
-                "usage": {"echo": ECHOES["as sent"], "trace": list(ECHOES.values()), ECHOES["as sent"]: 1},
-            }
-        ).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("x-request-id", API_KEY)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    return answer
+def echoing_answer(server: Server) -> Route:
+    payload = {
+        "created": int(time.time()),
+        "data": [{"url": server.url("/results/a.png"), "revised_prompt": f"a cat ({ECHOES['bearer']})"}],
+        "usage": {"echo": ECHOES["as sent"], "trace": list(ECHOES.values()), ECHOES["as sent"]: 1},
+    }
+    return json_answer(payload, request_id=API_KEY)
 
 
 @pytest.fixture
