@@ -1,15 +1,17 @@
 """
-Structural checks of PNG, JPEG and WebP files, without decoding a pixel.
+Proof that a PNG, JPEG or WebP file is one complete image, without decoding it to pixels.
 
-The check walks the file's container structure to its end and accounts for every byte: PNG chunks to IEND
-with their CRCs, JPEG segments by their lengths and entropy-coded data to the EOI marker, WebP's RIFF length
-and chunks. The dimensions come from the header the walk proved to be part of a complete file, and must
-stay within Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the
-file is read in 1 MiB pieces.
+The check walks the file's container structure to its end and accounts for every byte (PNG chunks to IEND
+with their CRCs, JPEG segments by their lengths, WebP's RIFF length and chunks), and proves the compressed
+image data whole: a PNG's inflates to exactly the size its header implies (image_check_png.py), a JPEG's
+scans Huffman-decode to exactly the blocks of its frame (image_check_jpeg.py), a WebP's bitstream headers
+agree with its chunks, and a small one decodes (image_check_webp.py). The dimensions come from the header
+the walk proved to be part of a complete file, and must stay within Pillow's decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the file is read in 1 MiB pieces.
 
 :func:`check_image` checks a file; :class:`StreamingImageCheck` checks (and hashes) the bytes while they are
 being downloaded, in a thread of its own, so that a download needs no second pass over the file and the
-check's CRC and hashing overlap the network instead of following it.
+check's CRC, inflating and hashing overlap the network instead of following it.
 """
 
 from __future__ import annotations
@@ -17,26 +19,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import queue
-import struct
+import sys
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHUNK = 1024 * 1024
-# JPEG markers that carry the frame size (start of frame), all but DHT (C4), JPG (C8) and DAC (CC).
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+from airflow_provider_imggen.transfers.image_check_jpeg import check_jpeg as _jpeg
+from airflow_provider_imggen.transfers.image_check_png import PNG_SIGNATURE
+from airflow_provider_imggen.transfers.image_check_png import check_png as _png
+from airflow_provider_imggen.transfers.image_check_reader import (
+    PILLOW_MAX_IMAGE_PIXELS,
+    READ_BYTES,
+    ImageCheckError,
+)
+from airflow_provider_imggen.transfers.image_check_reader import ImageReader as _Reader
+from airflow_provider_imggen.transfers.image_check_webp import check_webp as _webp
+
+__all__ = ["PNG_SIGNATURE", "ImageCheckError", "ImageInfo", "StreamingImageCheck", "check_image", "sniff"]
 _KINDS = {
     "png": ("image/png", "png"),
     "jpeg": ("image/jpeg", "jpg"),
     "webp": ("image/webp", "webp"),
 }
-
-
-class ImageCheckError(Exception):
-    """The file is not a complete, well-formed image; the message says what is wrong (never its bytes)."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,20 @@ def check_image(path: Path, *, max_pixels: int | None = None) -> ImageInfo:
     :param max_pixels: largest width x height accepted; default Pillow's ``Image.MAX_IMAGE_PIXELS``
     """
     with open(path, "rb") as file:
-        return _check(_Reader(file.read), max_pixels)
+        return _check(file.read, max_pixels)
 
 
-def _check(reader: _Reader, max_pixels: int | None) -> ImageInfo:
-    if max_pixels is None:
-        from PIL import Image
+def _pixel_limit(max_pixels: int | None) -> int:
+    """The limit given, else Pillow's (as the user may have set it), without importing Pillow for it."""
+    if max_pixels is not None:
+        return max_pixels
+    limit = getattr(sys.modules.get("PIL.Image"), "MAX_IMAGE_PIXELS", PILLOW_MAX_IMAGE_PIXELS)
+    return int(limit or 0)  # Pillow's None: no limit
 
-        max_pixels = Image.MAX_IMAGE_PIXELS
+
+def _check(read: Callable[[int], bytes], max_pixels: int | None) -> ImageInfo:
+    max_pixels = _pixel_limit(max_pixels)
+    reader = _Reader(read, max_pixels)
     kind = sniff(reader.peek(12))
     if kind is None:
         raise ImageCheckError("not a PNG, JPEG or WebP image")
@@ -159,7 +170,7 @@ class StreamingImageCheck:
 
     def _run(self, max_pixels: int | None) -> None:
         try:
-            self._info = _check(_Reader(self._next), max_pixels)
+            self._info = _check(self._next, max_pixels)
         except ImageCheckError as error:
             self._error = error
         except Exception as error:  # a bug here must fail the download, never leave feed() blocked
@@ -167,192 +178,4 @@ class StreamingImageCheck:
         if self._error is not None:
             # Keep taking chunks until the end, so that a feed in progress never blocks.
             while not self._at_end:
-                self._next(_CHUNK)
-
-
-class _Reader:
-    """
-    Sequential reads through a bounded buffer over ``read(n)`` (empty at the end), a file's or a download's:
-    reading past the end means truncated.
-    """
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-        self.buffer = b""
-        self.offset = 0  # in buffer
-        self.position = 0  # in the input
-        self._ended = False
-
-    def _fill(self, wanted: int) -> None:
-        while len(self.buffer) - self.offset < wanted and not self._ended:
-            more = self._read(max(_CHUNK, wanted))
-            if not more:
-                self._ended = True
-                return
-            self.buffer = self.buffer[self.offset :] + more
-            self.offset = 0
-
-    def peek(self, count: int) -> bytes:
-        self._fill(count)
-        return self.buffer[self.offset : self.offset + count]
-
-    def read(self, count: int) -> bytes:
-        self._fill(count)
-        data = self.buffer[self.offset : self.offset + count]
-        if len(data) < count:
-            raise ImageCheckError("truncated: the file ends inside the image")
-        self.offset += count
-        self.position += count
-        return data
-
-    def skip(self, count: int, crc: int | None = None) -> int:
-        """Skip ``count`` bytes (updating ``crc`` over them when given); the CRC, or 0."""
-        while count:
-            if self.offset >= len(self.buffer):
-                self.buffer, self.offset = b"", 0
-                self._fill(1)
-                if not self.buffer:
-                    raise ImageCheckError("truncated: the file ends inside the image")
-            # A view of what is buffered, not a copy: large chunks cost one CRC pass and no allocation.
-            with memoryview(self.buffer)[self.offset : self.offset + count] as piece:
-                if crc is not None:
-                    crc = zlib.crc32(piece, crc)
-                taken = len(piece)
-            self.offset += taken
-            self.position += taken
-            count -= taken
-        return crc or 0
-
-    def find(self, byte: bytes) -> bool:
-        """Advance to the next ``byte`` (not consuming it); False at the end of the file."""
-        while True:
-            found = self.buffer.find(byte, self.offset)
-            if found >= 0:
-                self.position += found - self.offset
-                self.offset = found
-                return True
-            self.position += len(self.buffer) - self.offset
-            self.buffer, self.offset = b"", 0
-            self._fill(1)
-            if not self.buffer:
-                return False
-
-    def count_rest(self) -> int:
-        """Read to the end; how many bytes were left."""
-        rest = len(self.buffer) - self.offset
-        self.buffer, self.offset = b"", 0
-        while not self._ended:
-            self._fill(1)
-            rest += len(self.buffer)
-            self.buffer = b""
-        self.position += rest
-        return rest
-
-
-def _png(reader: _Reader) -> tuple[int, int, bool]:
-    reader.read(len(PNG_SIGNATURE))
-    width = height = 0
-    first, data_seen, alpha = True, False, False
-    while True:
-        length, kind = struct.unpack(">I4s", reader.read(8))
-        if length > 0x7FFFFFFF or not kind.isalpha():
-            raise ImageCheckError("malformed PNG chunk header")
-        if first:
-            if kind != b"IHDR" or length != 13:
-                raise ImageCheckError("the PNG does not start with its IHDR header")
-            header = reader.read(13)
-            width, height = struct.unpack(">II", header[:8])
-            alpha = header[9] in (4, 6)  # grey + alpha, RGB + alpha
-            crc = zlib.crc32(header, zlib.crc32(kind))
-            first = False
-        else:
-            crc = reader.skip(length, zlib.crc32(kind))
-        if struct.unpack(">I", reader.read(4))[0] != crc:
-            raise ImageCheckError(f"PNG chunk {kind.decode()} fails its CRC")
-        data_seen |= kind == b"IDAT"
-        alpha |= kind == b"tRNS"
-        if kind == b"IEND":
-            break
-    if not data_seen:
-        raise ImageCheckError("the PNG has no image data (IDAT)")
-    return width, height, alpha
-
-
-def _jpeg(reader: _Reader) -> tuple[int, int, bool]:
-    reader.read(2)  # SOI
-    size: tuple[int, int] | None = None
-    marker = _next_marker(reader)
-    while marker != 0xD9:  # EOI
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            marker = _next_marker(reader)
-            continue
-        (length,) = struct.unpack(">H", reader.read(2))
-        if length < 2:
-            raise ImageCheckError("malformed JPEG segment length")
-        if marker in _SOF_MARKERS:
-            frame = reader.read(length - 2)
-            if len(frame) < 5:
-                raise ImageCheckError("malformed JPEG frame header")
-            height, width = struct.unpack(">HH", frame[1:5])
-            size = (width, height)
-        else:
-            reader.skip(length - 2)
-        marker = _entropy_coded(reader) if marker == 0xDA else _next_marker(reader)
-    if size is None:
-        raise ImageCheckError("the JPEG has no frame header")
-    return size[0], size[1], False
-
-
-def _next_marker(reader: _Reader) -> int:
-    if reader.read(1) != b"\xff":
-        raise ImageCheckError("malformed JPEG: a segment does not start with a marker")
-    marker = reader.read(1)[0]
-    while marker == 0xFF:  # fill bytes
-        marker = reader.read(1)[0]
-    return marker
-
-
-def _entropy_coded(reader: _Reader) -> int:
-    """Skip a scan's entropy-coded data; the marker that ends it."""
-    while True:
-        if not reader.find(b"\xff"):
-            raise ImageCheckError("truncated: the JPEG ends inside its image data")
-        reader.read(1)
-        marker = reader.read(1)[0]
-        while marker == 0xFF:
-            marker = reader.read(1)[0]
-        if marker != 0x00 and not 0xD0 <= marker <= 0xD7:
-            return marker
-
-
-def _webp(reader: _Reader) -> tuple[int, int, bool]:
-    header = reader.read(12)
-    (riff_length,) = struct.unpack("<I", header[4:8])
-    size: tuple[int, int] | None = None
-    canvas: tuple[int, int] | None = None
-    alpha = False
-    while reader.position < riff_length + 8:
-        kind, length = struct.unpack("<4sI", reader.read(8))
-        head = reader.read(min(length, 10))
-        reader.skip(length - len(head) + (length & 1))
-        alpha |= kind == b"ALPH"
-        if kind == b"VP8X" and len(head) >= 10:
-            canvas = (int.from_bytes(head[4:7], "little") + 1, int.from_bytes(head[7:10], "little") + 1)
-            alpha |= bool(head[0] & 0x10)
-        elif kind == b"VP8 " and size is None:
-            if len(head) < 10 or head[3:6] != b"\x9d\x01\x2a":
-                raise ImageCheckError("malformed WebP (VP8) frame header")
-            width, height = struct.unpack("<HH", head[6:10])
-            size = (width & 0x3FFF, height & 0x3FFF)
-        elif kind == b"VP8L" and size is None:
-            if len(head) < 5 or head[0] != 0x2F:
-                raise ImageCheckError("malformed WebP (VP8L) header")
-            bits = int.from_bytes(head[1:5], "little")
-            size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-            alpha |= bool((bits >> 28) & 1)
-    if reader.position != riff_length + 8:
-        raise ImageCheckError(f"the WebP's last chunk runs past its RIFF length of {riff_length + 8} bytes")
-    if canvas is None and size is None:
-        raise ImageCheckError("the WebP has no image header")
-    width, height = canvas or size  # type: ignore[misc]
-    return width, height, alpha
+                self._next(READ_BYTES)
