@@ -240,6 +240,10 @@ def _stop_session(process: subprocess.Popen[bytes], session_id: int, grace_secon
 DATABASE_ERROR_ATTEMPTS = 4
 
 
+def _database_locked(error: BaseException) -> bool:
+    return isinstance(error, HttpJsonError) and error.status == 500 and b"Database error" in error.body
+
+
 @dataclass
 class Airflow:
     """A running ``airflow standalone`` and its REST API (v2, bearer token of the generated admin)."""
@@ -250,23 +254,24 @@ class Airflow:
     token: str = ""
 
     def api(self, path: str, body: Any = None, method: str = "GET") -> Any:
-        for attempt in range(1, DATABASE_ERROR_ATTEMPTS + 1):
-            try:
-                return http_json(
-                    f"{self.base_url}/api/v2/{path}",
-                    body,
-                    method=method,
-                    headers={"Authorization": f"Bearer {self.token}"},
-                )
-            except HttpJsonError as error:
-                # SQLite (these harnesses' metadata database) locks the whole file per writer: a request
-                # that meets the scheduler's write times out with the API's "Database error" 500. Its
-                # transaction was rolled back, so sending it again (even a POST) is safe.
-                locked = error.status == 500 and b"Database error" in error.body
-                if not locked or attempt == DATABASE_ERROR_ATTEMPTS:
-                    raise
-                time.sleep(attempt)
-        raise AssertionError("unreachable")
+        import tenacity
+
+        # SQLite (these harnesses' metadata database) locks the whole file per writer: a request that meets
+        # the scheduler's write times out with the API's "Database error" 500. Its transaction was rolled
+        # back, so sending it again (even a POST) is safe.
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_database_locked),
+            stop=tenacity.stop_after_attempt(DATABASE_ERROR_ATTEMPTS),
+            wait=tenacity.wait_incrementing(start=1, increment=1),
+            reraise=True,
+        )
+        return retrying(
+            http_json,
+            f"{self.base_url}/api/v2/{path}",
+            body,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:

@@ -120,22 +120,13 @@ def _match_key(request_id: str | None, index: int | None) -> tuple[str, int] | N
     return (request_id, index) if request_id and index is not None else None
 
 
-def _generation_records(output: TaskOutput) -> list[CheckedGeneration | Broken]:
-    """The generation records of a generation task's XCom (one dict; a list is tolerated), checked."""
-    return generations(output.value)
-
-
-def _stored_records(output: TaskOutput) -> list[StoredImageRecord | Broken]:
-    """The stored-image records of a transfer's XCom, checked."""
-    return stored_images(output.value)
-
-
-def _valid_generations(output: TaskOutput) -> list[GenerationRecord]:
-    return [item.record for item in _generation_records(output) if isinstance(item, CheckedGeneration)]
-
-
-def _valid_stored(output: TaskOutput) -> list[StoredImageRecord]:
-    return [item for item in _stored_records(output) if isinstance(item, StoredImageRecord)]
+def _checked_records(output: TaskOutput) -> list[Any]:
+    """A task instance's XCom records, each checked (:mod:`~airflow_provider_imggen.ui.xcom_records`)."""
+    if output.kind == GENERATION:
+        return list(generations(output.value))
+    if output.kind == TRANSFER:
+        return list(stored_images(output.value))
+    return []
 
 
 def _broken_tile(output: TaskOutput, broken: Broken) -> Tile:
@@ -168,9 +159,11 @@ class RunImages:
         # request id, as its tiles find their metadata.
         self._costs: list[TaskCost] = []
         self._cost_of_request: dict[str, TaskCost] = {}
+        # Each XCom is checked once per page, however many times its records are read.
+        self._checked = {id(output): _checked_records(output) for output in self.outputs}
         for output in self.outputs:
             if output.kind == GENERATION:
-                for record in _valid_generations(output):
+                for record in self._valid_generations(output):
                     cost = TaskCost.of(output.task_id, output.map_index, record.request_id, record.cost)
                     self._costs.append(cost)
                     if record.request_id:
@@ -180,10 +173,20 @@ class RunImages:
                         if key:
                             self._generations.setdefault(key, record)
             elif output.kind == TRANSFER:
-                for stored in _valid_stored(output):
+                for stored in self._valid_stored(output):
                     key = _match_key(stored.request_id, stored.index)
                     if key:
                         self._stored.setdefault(key, (stored, output.conn_id))
+
+    def _records(self, output: TaskOutput) -> list[Any]:
+        checked = self._checked.get(id(output))
+        return checked if checked is not None else _checked_records(output)
+
+    def _valid_generations(self, output: TaskOutput) -> list[GenerationRecord]:
+        return [item.record for item in self._records(output) if isinstance(item, CheckedGeneration)]
+
+    def _valid_stored(self, output: TaskOutput) -> list[StoredImageRecord]:
+        return [item for item in self._records(output) if isinstance(item, StoredImageRecord)]
 
     def task_instances(self, task_id: str | None = None, map_index: int | None = None) -> list[TaskOutput]:
         return [
@@ -211,7 +214,7 @@ class RunImages:
                     if (cost.task_id, cost.map_index) == (output.task_id, output.map_index)
                 ]
             else:
-                requests = (stored.request_id for stored in _valid_stored(output))
+                requests = (stored.request_id for stored in self._valid_stored(output))
                 found = [self._cost_of_request[rid] for rid in requests if rid in self._cost_of_request]
             for cost in found:
                 costs.setdefault(id(cost), cost)
@@ -248,7 +251,7 @@ class RunImages:
     def _transfer_tiles(self, output: TaskOutput) -> list[Tile]:
         tiles = []
         failures: dict[int, GenerationRecord] = {}
-        for stored in _stored_records(output):
+        for stored in self._records(output):
             if isinstance(stored, Broken):
                 tiles.append(_broken_tile(output, stored))
                 continue
@@ -288,7 +291,7 @@ class RunImages:
 
     def _generation_tiles(self, output: TaskOutput) -> list[Tile]:
         tiles = []
-        for checked in _generation_records(output):
+        for checked in self._records(output):
             if isinstance(checked, Broken):
                 tiles.append(_broken_tile(output, checked))
                 continue

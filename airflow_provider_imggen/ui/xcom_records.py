@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from airflow_provider_imggen.exceptions import ImageGenerationValidationError
+from airflow_provider_imggen.prices import PLAIN_AMOUNT, cost_from_xcom
 from airflow_provider_imggen.records import (
     FailedImageRecord,
     GenerationRecord,
@@ -49,8 +51,6 @@ _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u20
 _SEALED = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 # Airflow's connection id alphabet (airflow.models.connection.RE_SANITIZE_CONN_ID), bounded.
 _CONN_ID = re.compile(r"[\w#!()\-.:/\\]{1,250}")
-# What prices.cost_record writes: plain decimal strings.
-_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,15})?")
 
 Checked = TypeVar("Checked")
 
@@ -257,19 +257,14 @@ def _input_image(item: Mapping[str, Any], offset: int) -> dict[str, Any]:
 
 
 def _cost(value: object) -> dict[str, Any] | None:
-    """A generation's cost as prices.cost_record writes it: bounded counts, plain amounts, CNY or USD."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise _Bad("cost")
-    cost: dict[str, Any] = {
-        name: _int(value.get(name), f"cost.{name}", 0, MAX_COUNT)
-        for name in ("images_asked", "billed_images")
-    }
-    for name in ("per_image", "estimated", "billed"):
-        cost[name] = _amount(value.get(name), f"cost.{name}")
-    cost["currency"] = _choice(value.get("currency"), "cost.currency", CURRENCIES)
-    cost["price_source"] = _text(value.get("price_source"), "cost.price_source", 200)
+    """A generation's cost, read as every reader of a cost XCom reads it, its counts bounded for the page."""
+    try:
+        cost = cost_from_xcom("cost", value)
+    except ImageGenerationValidationError as error:  # names the field: cost['billed'] -> cost.billed
+        raise _Bad(error.parameter.replace("['", ".").replace("']", "")) from None
+    for name in ("images_asked", "billed_images"):
+        if cost is not None and cost[name] is not None and cost[name] > MAX_COUNT:
+            raise _Bad(f"cost.{name}")
     return cost
 
 
@@ -322,7 +317,7 @@ def _sha256(value: object, field: str) -> str | None:
 def _amount(value: object, field: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _AMOUNT.fullmatch(value):
+    if not isinstance(value, str) or not PLAIN_AMOUNT.fullmatch(value):
         raise _Bad(field)
     return value
 
