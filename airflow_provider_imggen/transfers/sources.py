@@ -137,6 +137,8 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
                 "an image needs a 'url' or a 'location' (b64_json results are only stored when the "
                 "generation task has an output_path)",
             )
+        if image.location:
+            _check_location_identity(image.sha256, image.bytes, f"{where}['images'][{offset}]")
         seed = image.seed if image.seed is not None else record.seed
         url = None if image.location else image.url
         sources.append(
@@ -164,6 +166,26 @@ def _generation_sources(item: Mapping[str, Any], generation: int, position: int)
             )
         )
     return sources
+
+
+def _check_location_identity(sha256: str | None, size: int | None, where: str) -> None:
+    """
+    A location read from an XCom is stored only as the very image its generation wrote there: XCom can be
+    edited, and a location without its sha256 could name any object or file the worker can read.
+    """
+    if not (isinstance(sha256, str) and is_sha256(sha256)):
+        raise ImageGenerationValidationError(
+            f"{where}['sha256']",
+            "(missing)" if not sha256 else "(not 64 hex digits)",
+            "an image read from a storage location needs the sha256 its generation recorded, which its "
+            "content must match (the XCom was edited, or was not written by ImageGenerationOperator)",
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ImageGenerationValidationError(
+            f"{where}['bytes']",
+            "(missing)" if size is None else "(not a positive size)",
+            "an image read from a storage location needs the size its generation recorded",
+        )
 
 
 def price_per_image(cost: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
