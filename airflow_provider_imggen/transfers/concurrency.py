@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -51,3 +51,33 @@ def run_concurrently(
             assert error is not None
             raise error
     return [future.result() for future in futures]
+
+
+class Background(Generic[_R]):
+    """
+    ``function`` running in a thread of its own from now on, beside the caller's work.
+
+    ``result`` waits for it and returns its value or raises its error; ``join`` only waits (a caller leaving
+    early on its own error must not leave the thread running into interpreter shutdown).
+    """
+
+    def __init__(self, function: Callable[[], _R], *, name: str) -> None:
+        self._value: _R | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(function,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, function: Callable[[], _R]) -> None:
+        try:
+            self._value = function()
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> _R:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]

@@ -32,7 +32,9 @@ from airflow_provider_imggen.transfers.image_check import (
 from airflow_provider_imggen.transfers.sources import Source
 from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
 
-CHUNK_BYTES = 1024 * 1024
+# Bytes per piece received, queued to the check and written: with two pieces queued and one in each hand,
+# a download holds about 1 MB, which the S3 client's models (about 12 MB) are built beside.
+CHUNK_BYTES = 256 * 1024
 # Longest backoff between download attempts, in seconds.
 MAX_RETRY_WAIT = 30.0
 _SNIFF_BYTES = 12

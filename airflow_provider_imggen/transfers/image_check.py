@@ -7,7 +7,7 @@ image data whole: a PNG's inflates to exactly the size its header implies (image
 scans Huffman-decode to exactly the blocks of its frame (image_check_jpeg.py), a WebP's bitstream headers
 agree with its chunks, and a small one decodes (image_check_webp.py). The dimensions come from the header
 the walk proved to be part of a complete file, and must stay within Pillow's decompression-bomb limit
-(``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the file is read in 1 MiB pieces.
+(``PIL.Image.MAX_IMAGE_PIXELS``). Memory stays bounded: the file is read in 256 KiB pieces.
 
 :func:`check_image` checks a file; :class:`StreamingImageCheck` checks (and hashes) the bytes while they are
 being downloaded, in a thread of its own, so that a download needs no second pass over the file and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-READ_BYTES = 1024 * 1024
+READ_BYTES = 256 * 1024
 # Pillow's default PIL.Image.MAX_IMAGE_PIXELS, used when Pillow is not imported yet (importing it only to
 # read a constant costs the task its memory); once imported, a value the user set there applies.
 PILLOW_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3

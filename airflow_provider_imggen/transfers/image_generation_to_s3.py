@@ -15,7 +15,7 @@ from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
 from airflow_provider_imggen.transfers import arguments, keys
-from airflow_provider_imggen.transfers.concurrency import run_concurrently
+from airflow_provider_imggen.transfers.concurrency import Background, run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
 from airflow_provider_imggen.transfers.ledger_record import record_stored_images
 from airflow_provider_imggen.transfers.links import ImagesViewLink, S3ImageLink
@@ -49,7 +49,7 @@ class ImageGenerationToS3Operator(BaseOperator):
     Store the images of one or more image generations in Amazon S3.
 
     Each image is streamed from its signed result URL (or read from the storage location its generation
-    task wrote it to) into a temporary file, in 1 MiB chunks, while its sha256 and size are computed; only
+    task wrote it to) into a temporary file, in 256 KiB chunks, while its sha256 and size are computed; only
     a complete, well-formed PNG, JPEG or WebP image within ``max_image_bytes`` is uploaded (its structure is
     walked to the end, without decoding pixels), through the amazon provider's ``S3Hook``. Every image is
     downloaded and checked, and every key rendered and checked, before the first upload: a failing task
@@ -210,6 +210,11 @@ class ImageGenerationToS3Operator(BaseOperator):
             if_none_match=not self.replace,
         )
 
+    def _s3_hook_with_client(self) -> ImageS3Hook:
+        hook = self.get_s3_hook()
+        hook.get_conn()
+        return hook
+
     def execute(self, context: Context) -> list[dict[str, Any]]:
         started = time.monotonic()
         S3ImageLink.start(self)
@@ -230,54 +235,62 @@ class ImageGenerationToS3Operator(BaseOperator):
             self.max_concurrency,
             self.replace,
         )
-        # 2. Images an earlier run stored already need no download.
-        uploader = Uploader(
-            self.get_s3_hook(), bucket, replace=self.replace, args=args, log=self.log, total=total
-        )
-        results: dict[int, StoredImageRecord] = {}
-        if early_keys and not self.replace:
-            results = self._find_stored(uploader, early_keys, sources)
-        pending = [source for source in sources if source.position not in results]
-        check_expiry(pending)
-        # Signed URLs travel masked in XCom: open the sealed copies (or read the native tasks again).
-        pending = resolve_urls(pending, self.imggen_conn_id, self.log)
-        self.log.info(
-            "%d image(s) to download, %d stored by an earlier run (%.2fs to check)",
-            len(pending),
-            len(results),
-            time.monotonic() - started,
-        )
+        # The S3 hook and its boto3 client are built beside the steps below (the downloads above all): a
+        # task's first client imports boto3 and loads botocore's endpoint and S3 models, 0.3-0.5 s.
+        hook = Background(self._s3_hook_with_client, name="imggen-s3-client")
 
-        with tempfile.TemporaryDirectory(prefix="imggen-to-s3-") as workdir:
-            # 3. Download and check every image (result-URL policy, deadline, structure).
-            downloader = self._downloader(pending, download_timeout, total)
-            stop = threading.Event()
-            downloaded = self._each(
-                lambda source: downloader.download(source, Path(workdir), stop), pending, stop
+        def uploader() -> Uploader:
+            return Uploader(hook.result(), bucket, replace=self.replace, args=args, log=self.log, total=total)
+
+        try:
+            # 2. Images an earlier run stored already need no download.
+            results: dict[int, StoredImageRecord] = {}
+            if early_keys and not self.replace:
+                results = self._find_stored(uploader(), early_keys, sources)
+            pending = [source for source in sources if source.position not in results]
+            check_expiry(pending)
+            # Signed URLs travel masked in XCom: open the sealed copies (or read the native tasks again).
+            pending = resolve_urls(pending, self.imggen_conn_id, self.log)
+            self.log.info(
+                "%d image(s) to download, %d stored by an earlier run (%.2fs to check)",
+                len(pending),
+                len(results),
+                time.monotonic() - started,
             )
-            # 4. Render every key, then decide per key: upload, skip (same bytes there) or conflict.
-            final_keys = self._final_keys(template, downloaded, early_keys, results, sources, map_index)
-            plans = self._each(
-                lambda pair: uploader.plan(*pair), list(zip(downloaded, final_keys, strict=True))
-            )
-            check_conflicts(plans)
+
+            with tempfile.TemporaryDirectory(prefix="imggen-to-s3-") as workdir:
+                # 3. Download and check every image (result-URL policy, deadline, structure).
+                downloader = self._downloader(pending, download_timeout, total)
+                stop = threading.Event()
+                downloaded = self._each(
+                    lambda source: downloader.download(source, Path(workdir), stop), pending, stop
+                )
+                # 4. Render every key, then decide per key: upload, skip (same bytes there) or conflict.
+                s3 = uploader()
+                final_keys = self._final_keys(template, downloaded, early_keys, results, sources, map_index)
+                plans = self._each(
+                    lambda pair: s3.plan(*pair), list(zip(downloaded, final_keys, strict=True))
+                )
+                check_conflicts(plans)
+                for plan in plans:
+                    if plan.action == "skip":
+                        self.log.info(
+                            "Image %d/%d skipped: %s already holds identical content (sha256 %s)",
+                            plan.image.source.position + 1,
+                            total,
+                            plan.uri,
+                            plan.image.sha256,
+                        )
+                # 5. Upload (conditionally unless replace=True).
+                to_upload = [plan for plan in plans if plan.action != "skip"]
+                uploaded = dict(
+                    zip((id(plan) for plan in to_upload), self._each(s3.upload, to_upload), strict=True)
+                )
             for plan in plans:
-                if plan.action == "skip":
-                    self.log.info(
-                        "Image %d/%d skipped: %s already holds identical content (sha256 %s)",
-                        plan.image.source.position + 1,
-                        total,
-                        plan.uri,
-                        plan.image.sha256,
-                    )
-            # 5. Upload (conditionally unless replace=True).
-            to_upload = [plan for plan in plans if plan.action != "skip"]
-            uploaded = dict(
-                zip((id(plan) for plan in to_upload), self._each(uploader.upload, to_upload), strict=True)
-            )
-        for plan in plans:
-            results[plan.image.source.position] = _entry(plan, skipped=not uploaded.get(id(plan), False))
+                results[plan.image.source.position] = _entry(plan, skipped=not uploaded.get(id(plan), False))
 
+        finally:
+            hook.join()
         entries = [results[source.position] for source in sources]
         # A later run asking for the same request reuses these objects instead of paying again.
         record_stored_images(self.generation, entries, self.imggen_conn_id, self.log)
@@ -296,8 +309,8 @@ class ImageGenerationToS3Operator(BaseOperator):
                 self,
                 bucket=entries[0].bucket,
                 key=entries[0].key,
-                region_name=_region(uploader.hook),
-                endpoint_url=_endpoint(uploader.hook),
+                region_name=_region(hook.result()),
+                endpoint_url=_endpoint(hook.result()),
             )
         return [entry.to_dict() for entry in entries]
 
