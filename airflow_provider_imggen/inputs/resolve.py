@@ -260,7 +260,8 @@ def _read_url(image: InputImage, where: str, limit: int, imggen_conn_id: str | N
     from airflow_provider_imggen.exceptions import ImageResultUrlRefusedError
     from airflow_provider_imggen.http_client import user_agent
     from airflow_provider_imggen.retry_policy import TransientAPIError
-    from airflow_provider_imggen.transfers.fetch import DeadlineExceededError, fetch
+    from airflow_provider_imggen.transfers.deadline import DeadlineExceededError
+    from airflow_provider_imggen.transfers.fetch import fetch
     from airflow_provider_imggen.transfers.url_policy import ResultUrlPolicy
 
     policy = ResultUrlPolicy.from_connection(imggen_conn_id)

@@ -13,7 +13,7 @@ most the time left:
 - sending the request, and every ``recv`` of the status line, the headers and the body:
   ``min(READ_TIMEOUT, time left)``, set again before each one.
 
-Once the time is up, the next wait raises :class:`~airflow_provider_imggen.transfers.fetch.
+Once the time is up, the next wait raises :class:`~airflow_provider_imggen.transfers.deadline.
 DeadlineExceededError` instead of starting, and a wait cut short by the deadline raises it too.
 
 Chosen over a watchdog thread closing the socket at the deadline: no thread per download, no socket shut
@@ -35,7 +35,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HeaderParsingError
 from urllib3.util.response import assert_header_parsing
 
-from airflow_provider_imggen.transfers.fetch import (
+from airflow_provider_imggen.transfers.deadline import (
     CONNECT_TIMEOUT,
     MAX_HEADER_BYTES,
     MAX_HEADER_LINES,

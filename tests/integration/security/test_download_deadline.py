@@ -25,7 +25,7 @@ from airflow_provider_imggen.exceptions import (
     ImageGenerationValidationError,
     ImageResultUrlRefusedError,
 )
-from airflow_provider_imggen.transfers.fetch import DeadlineExceededError
+from airflow_provider_imggen.transfers.deadline import DeadlineExceededError
 from tests.input_images import png
 from tests.integration.security.conftest import Names, Route, Server, gateway_answer, use_gateway
 from tests.integration.transfers.test_image_generation_to_s3 import generate, make_operator, png_bytes, run
