@@ -13,6 +13,7 @@ checks types and names the offending field. Older XComs stay readable (``task_id
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.prices import cost_from_xcom
 from airflow_provider_imggen.request import RECORDED_PARAMETERS
+
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _optional(where: str, value: object, kind: type | tuple[type, ...], expected: str) -> Any:
@@ -37,8 +40,12 @@ def _optional_str(where: str, value: object) -> str | None:
 
 
 def _optional_int(where: str, value: object) -> int | None:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)  # a template rendered to text
+    # A template rendered to text: ASCII digits only (str.isdigit() also takes '²' and other scripts'
+    # digits, which int() refuses or reads as another number).
+    if isinstance(value, str):
+        if _ASCII_INTEGER.fullmatch(value.strip()) is None:
+            raise ImageGenerationValidationError(where, "(text)", "expected an integer")
+        return int(value.strip())
     return _optional(where, value, int, "expected an integer")
 
 

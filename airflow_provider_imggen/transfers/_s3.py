@@ -36,12 +36,20 @@ class ImageS3Hook(S3Hook):
     of two concurrent writers exactly one wins, the other gets ``PreconditionFailed``.
 
     :param if_none_match: make every object-creating upload of this hook conditional
+    :param caller: the operator named in the client's user agent (AwsBaseHook looks for an ``execute``
+        frame on the stack, which a client built in a thread of its own does not have)
     """
 
-    def __init__(self, *args: Any, if_none_match: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, if_none_match: bool = False, caller: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.if_none_match = if_none_match
+        self.caller = caller
         self._conditional_registered = False
+
+    def _get_caller(self, target_function_name: str = "execute") -> str:
+        return self.caller or super()._get_caller(target_function_name)
 
     @property
     def extra_args(self) -> dict[str, Any]:

@@ -57,8 +57,9 @@ class Background(Generic[_R]):
     """
     ``function`` running in a thread of its own from now on, beside the caller's work.
 
-    ``result`` waits for it and returns its value or raises its error; ``join`` only waits (a caller leaving
-    early on its own error must not leave the thread running into interpreter shutdown).
+    ``result`` waits for it and returns its value or raises its error; ``join`` only waits, for at most
+    ``timeout`` seconds (a caller leaving on its own error gives it a moment to end, never its whole time:
+    the thread is a daemon).
     """
 
     def __init__(self, function: Callable[[], _R], *, name: str) -> None:
@@ -73,8 +74,8 @@ class Background(Generic[_R]):
         except BaseException as error:  # handed to the caller by result()
             self._error = error
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
     def result(self) -> _R:
         self._thread.join()

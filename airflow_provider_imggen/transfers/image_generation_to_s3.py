@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0
+# Seconds a failing task waits for the S3 client's build in its background thread before it fails.
+BUILD_WAIT_ON_ERROR = 2.0
 
 
 class ImageGenerationToS3Operator(BaseOperator):
@@ -208,6 +210,7 @@ class ImageGenerationToS3Operator(BaseOperator):
             extra_args=upload_args(self.extra_upload_args).hook_args,
             transfer_config_args={"max_concurrency": 2},
             if_none_match=not self.replace,
+            caller=type(self).__name__,
         )
 
     def _s3_hook_with_client(self) -> ImageS3Hook:
@@ -289,8 +292,11 @@ class ImageGenerationToS3Operator(BaseOperator):
             for plan in plans:
                 results[plan.image.source.position] = _entry(plan, skipped=not uploaded.get(id(plan), False))
 
-        finally:
-            hook.join()
+        except BaseException:
+            # Leaving on an error (a download failed, the task timed out): a client build still running,
+            # say on a slow secrets backend, gets a moment to end, never the time to hold the failure back.
+            hook.join(timeout=BUILD_WAIT_ON_ERROR)
+            raise
         entries = [results[source.position] for source in sources]
         # A later run asking for the same request reuses these objects instead of paying again.
         record_stored_images(self.generation, entries, self.imggen_conn_id, self.log)

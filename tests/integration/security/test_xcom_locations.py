@@ -14,6 +14,7 @@ import pytest
 
 from airflow_provider_imggen.emulator import EmulatorServer
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ImageTransferError
+from airflow_provider_imggen.records import ImageRecord
 from airflow_provider_imggen.transfers.download import Downloader
 from tests.integration.transfers.test_image_generation_to_s3 import generate, make_operator, png_bytes
 from tests.integration.transfers.test_image_generation_to_s3 import run as run_transfer
@@ -122,3 +123,14 @@ def test_an_edited_location_cannot_copy_another_image_into_the_bucket(
     with pytest.raises(ImageGenerationValidationError, match=r"\['sha256'\]"):
         run_transfer(operator)
     assert s3.object_keys() == []
+
+
+@pytest.mark.parametrize("text", ["--5", "\u00b2", "\u0661\u0660", "1e3", ""])
+def test_a_number_as_text_must_be_ascii_digits_and_is_not_echoed(text: str) -> None:
+    """str.isdigit() takes '²' (int() then raised a bare ValueError quoting it) and Arabic-Indic digits."""
+    with pytest.raises(ImageGenerationValidationError) as raised:
+        ImageRecord.from_dict({"index": 0, "bytes": text}, where="generation[0]['images'][0]")
+    assert "['bytes']" in str(raised.value) and "(text)" in str(raised.value)
+    if text:
+        assert text not in str(raised.value)
+    assert ImageRecord.from_dict({"index": " 12 ", "bytes": "-3"}, where="x").index == 12

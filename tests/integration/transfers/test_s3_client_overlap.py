@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_imggen.exceptions import ImageTransferRejectedError
 from airflow_provider_imggen.transfers._s3 import ImageS3Hook
+from airflow_provider_imggen.transfers.image_generation_to_s3 import BUILD_WAIT_ON_ERROR
 from tests.integration.transfers.test_image_generation_to_s3 import (
     StaticServer,
     make_operator,
@@ -56,3 +58,41 @@ def test_a_client_that_cannot_be_built_fails_the_task_after_the_download(
         run(make_operator(generation=server.url("/a.png"), s3_bucket=s3.name, s3_key="a.png"))
     assert s3.object_keys() == []
     assert not [thread for thread in threading.enumerate() if thread.name == "imggen-s3-client"]
+
+
+def test_a_failing_task_does_not_wait_for_a_slow_client_build(
+    s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build held up (a slow secrets backend) must not hold back a download's failure."""
+    real_get_conn = ImageS3Hook.get_conn
+    release = threading.Event()
+
+    def slow_get_conn(self: ImageS3Hook) -> Any:
+        release.wait(10)
+        return real_get_conn(self)
+
+    monkeypatch.setattr(ImageS3Hook, "get_conn", slow_get_conn)
+    routes = {"/gone.png": {"status": 404, "body": b"missing"}}
+    try:
+        with StaticServer(routes) as server:
+            started = time.monotonic()
+            # {sha256} in the key: nothing can be looked up in S3 before the download.
+            operator = make_operator(
+                generation=server.url("/gone.png"), s3_bucket=s3.name, s3_key="{sha256}.png"
+            )
+            with pytest.raises(ImageTransferRejectedError, match="HTTP 404"):
+                run(operator)
+            failed_after = time.monotonic() - started
+    finally:
+        release.set()
+    assert failed_after < BUILD_WAIT_ON_ERROR + 2.0, f"the failure waited {failed_after:.1f}s for the build"
+
+
+def test_the_user_agent_still_names_the_operator(s3: S3Bucket) -> None:
+    """AwsBaseHook finds the caller on the stack; the client's own thread has no execute() frame."""
+    routes = {"/a.png": {"status": 200, "body": png_bytes()}}
+    with StaticServer(routes) as server:
+        operator = make_operator(generation=server.url("/a.png"), s3_bucket=s3.name, s3_key="a.png")
+        run(operator)
+    hook = operator.get_s3_hook()
+    assert "Caller/ImageGenerationToS3Operator" in hook.get_conn().meta.config.user_agent_extra
