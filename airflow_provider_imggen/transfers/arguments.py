@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.transfers import keys
+from airflow_provider_imggen.transfers import keys, location_policy
 
 UNTEMPLATED_CHECKED = (
     "max_image_bytes",
@@ -17,6 +17,7 @@ UNTEMPLATED_CHECKED = (
     "download_retry_wait",
     "replace",
     "extra_upload_args",
+    "location_prefixes",
 )
 
 
@@ -48,6 +49,8 @@ def check_literal_arguments(arguments: dict[str, Any]) -> None:
         raise ImageGenerationValidationError(
             "extra_upload_args", type(extra_upload_args).__name__, "expected a dict of boto3 ExtraArgs"
         )
+    if "location_prefixes" in arguments:
+        location_policy.parse_prefixes(arguments["location_prefixes"])
     if isinstance(arguments.get("s3_key"), str):
         keys.check_template(arguments["s3_key"])
 

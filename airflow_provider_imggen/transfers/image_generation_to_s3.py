@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_imggen import DEFAULT_CONN_ID
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
 from airflow_provider_imggen.records import StoredImageRecord
-from airflow_provider_imggen.transfers import arguments, keys
+from airflow_provider_imggen.transfers import arguments, keys, location_policy
 from airflow_provider_imggen.transfers.concurrency import Background, run_concurrently
 from airflow_provider_imggen.transfers.download import Downloaded, Downloader, check_expiry
 from airflow_provider_imggen.transfers.ledger_record import record_stored_images
@@ -103,6 +103,10 @@ class ImageGenerationToS3Operator(BaseOperator):
     :param download_retry_wait: first backoff between download attempts, in seconds (doubled each time)
     :param download_timeout: seconds one download attempt may take in all, however the bytes trickle in
         (templated)
+    :param location_prefixes: where storage locations may be read, e.g. ``["s3://my-bucket/renders/",
+        "/data/images/"]``. A location given as a plain string is read only under one of them (it carries
+        no sha256 to check it by, and may come from an edited XCom); a generation record's location, under
+        them when any are set. Not templated: a template can pull an XCom
     """
 
     template_fields: Sequence[str] = (
@@ -132,6 +136,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         download_retries: int = 3,
         download_retry_wait: float = 1.0,
         download_timeout: float | str = DEFAULT_DOWNLOAD_TIMEOUT,
+        location_prefixes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -147,6 +152,7 @@ class ImageGenerationToS3Operator(BaseOperator):
         self.download_retries = download_retries
         self.download_retry_wait = download_retry_wait
         self.download_timeout = download_timeout
+        self.location_prefixes = location_prefixes
         # In-memory checks only: mapped tasks re-create the operator on workers through __init__.
         arguments.check_literal_arguments(
             {
@@ -222,7 +228,9 @@ class ImageGenerationToS3Operator(BaseOperator):
         started = time.monotonic()
         S3ImageLink.start(self)
         # 1. Everything that can be checked without a network call is checked first.
-        sources = read_sources(self.generation)
+        sources = read_sources(
+            self.generation, location_prefixes=location_policy.parse_prefixes(self.location_prefixes)
+        )
         bucket, template = keys.split_bucket(self.s3_bucket, self._template())
         map_index = getattr(context["ti"], "map_index", None)
         keys.check_mapped(template, map_index=map_index, replace=self.replace)

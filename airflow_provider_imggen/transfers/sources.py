@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
 from airflow_provider_imggen.records import GenerationRecord
 from airflow_provider_imggen.sealed_urls import register_secrets, registered_together, unseal
+from airflow_provider_imggen.transfers.location_policy import Place, is_allowed
 from airflow_provider_imggen.utils import is_masked_url, is_sha256, mask_url, parse_time, url_expiry
 
 _SUFFIX_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
@@ -58,8 +59,12 @@ class Source:
         return self.location if self.location else mask_url(self.url or "")
 
 
-def read_sources(generation: Any) -> list[Source]:
-    """The images to store, from the rendered ``generation``; raises before anything is downloaded."""
+def read_sources(generation: Any, *, location_prefixes: Sequence[Place] = ()) -> list[Source]:
+    """
+    The images to store, from the rendered ``generation``; raises before anything is downloaded.
+
+    :param location_prefixes: where storage locations may be read (see :mod:`.location_policy`)
+    """
     if generation is None:
         raise ImageGenerationValidationError(
             "generation", None, "expected an ImageGenerationOperator XCom, a list of them, or image URLs"
@@ -71,14 +76,35 @@ def read_sources(generation: Any) -> list[Source]:
         elif isinstance(item, Mapping):
             sources.extend(_generation_sources(item, position, len(sources)))
         else:
-            raise ImageGenerationValidationError(
-                f"generation[{position}]",
-                type(item).__name__,
-                "expected an ImageGenerationOperator XCom (a dict) or an image URL / storage location",
-            )
+            _not_a_source(item, position)
+    for source in sources:
+        if source.location:
+            _check_location_place(source, location_prefixes)
     if not sources:
         raise ImageGenerationValidationError("generation", "(empty)", "there are no images to store")
     return sources
+
+
+def _check_location_place(source: Source, prefixes: Sequence[Place]) -> None:
+    """A plain location is read only under the DAG's prefixes; a record's, under them when there are any."""
+    plain = source.expected_sha256 is None
+    if (plain or prefixes) and not is_allowed(str(source.location), prefixes):
+        where = f"generation[{source.generation}]" + ("" if plain else f"['images'] (index {source.index})")
+        raise ImageGenerationValidationError(
+            f"{where} (a storage location)",
+            "(not shown: it may come from an XCom)",
+            "a storage location is read only under the prefixes the DAG lists in location_prefixes "
+            "(e.g. ['s3://my-bucket/renders/']); a location given as plain text carries no sha256 "
+            "to check it by" + ("" if prefixes else ", and no location_prefixes are set"),
+        )
+
+
+def _not_a_source(item: object, position: int) -> NoReturn:
+    raise ImageGenerationValidationError(
+        f"generation[{position}]",
+        type(item).__name__,
+        "expected an ImageGenerationOperator XCom (a dict) or an image URL / storage location",
+    )
 
 
 def _string_source(item: str, generation: int, position: int) -> Source:

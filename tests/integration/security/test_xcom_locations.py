@@ -134,3 +134,115 @@ def test_a_number_as_text_must_be_ascii_digits_and_is_not_echoed(text: str) -> N
     if text:
         assert text not in str(raised.value)
     assert ImageRecord.from_dict({"index": " 12 ", "bytes": "-3"}, where="x").index == 12
+
+
+# -- plain locations: no identity, so only under the DAG's location_prefixes -----------------------------
+
+
+def test_an_xcom_replaced_by_a_plain_location_is_refused(
+    imggen_conn: EmulatorServer,
+    s3: S3Bucket,
+    tmp_path: Path,
+    elsewhere: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record swapped for a string, or a string slipped into the list: no sha256 to check it by."""
+    reads: list[object] = []
+    monkeypatch.setattr(Downloader, "_read_location", lambda self, source, *args: reads.append(source))
+    for generation in (f"file://{elsewhere}", [b64_generation(tmp_path), str(elsewhere)]):
+        operator = make_operator(
+            generation=generation, s3_bucket=s3.name, s3_key="x/{generation}-{index}.png"
+        )
+        with pytest.raises(ImageGenerationValidationError, match="location_prefixes") as raised:
+            run_transfer(operator)
+        assert str(elsewhere) not in str(raised.value)
+    assert not reads and s3.object_keys() == []
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        pytest.param("../private/other.png", id="dot-dot"),
+        pytest.param("./../private/other.png", id="dot-then-dot-dot"),
+        pytest.param("%2e%2e/private/other.png", id="percent-encoded"),
+        pytest.param("..\\private\\other.png", id="backslashes"),
+    ],
+)
+def test_a_plain_location_cannot_climb_out_of_its_prefix(
+    imggen_conn: EmulatorServer, s3: S3Bucket, tmp_path: Path, elsewhere: Path, relative: str
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    operator = make_operator(
+        generation=f"file://{allowed}/{relative}",
+        s3_bucket=s3.name,
+        s3_key="x.png",
+        location_prefixes=[f"{allowed}/"],
+    )
+    with pytest.raises(ImageGenerationValidationError, match="location_prefixes"):
+        run_transfer(operator)
+    assert s3.object_keys() == []
+
+
+def test_plain_locations_under_the_prefixes_are_stored_and_a_sibling_prefix_is_not(
+    imggen_conn: EmulatorServer, s3: S3Bucket, tmp_path: Path
+) -> None:
+    allowed, sibling = tmp_path / "renders", tmp_path / "renders-private"
+    for directory in (allowed, sibling):
+        directory.mkdir()
+        (directory / "a.png").write_bytes(png_bytes(32, 16))
+    prefixes = [str(allowed)]  # no trailing slash: still a whole segment, "renders-private" is not under it
+
+    (entry,) = run_transfer(
+        make_operator(
+            generation=str(allowed / "a.png"), s3_bucket=s3.name, s3_key="ok.png", location_prefixes=prefixes
+        )
+    )
+    assert s3.read(entry["key"]) == (allowed / "a.png").read_bytes()
+    with pytest.raises(ImageGenerationValidationError, match="location_prefixes"):
+        run_transfer(
+            make_operator(
+                generation=f"file://{sibling}/a.png",
+                s3_bucket=s3.name,
+                s3_key="no.png",
+                location_prefixes=prefixes,
+            )
+        )
+    assert s3.object_keys() == ["ok.png"]
+
+
+def test_with_prefixes_a_record_location_must_lie_under_them_too(
+    imggen_conn: EmulatorServer, s3: S3Bucket, tmp_path: Path
+) -> None:
+    generation = b64_generation(tmp_path)
+    inside = make_operator(
+        generation=generation,
+        s3_bucket=s3.name,
+        s3_key="in/{index}.png",
+        location_prefixes=[str(tmp_path / "out")],
+    )
+    assert len(run_transfer(inside)) == 1
+    outside = make_operator(
+        generation=generation, s3_bucket=s3.name, s3_key="out/{index}.png", location_prefixes=["s3://other/"]
+    )
+    with pytest.raises(ImageGenerationValidationError, match="location_prefixes"):
+        run_transfer(outside)
+    assert s3.object_keys() == ["in/0.png"]
+
+
+@pytest.mark.parametrize(
+    "prefixes",
+    [
+        pytest.param("s3://bucket/renders/", id="a-string-not-a-list"),
+        pytest.param(["renders/"], id="relative"),
+        pytest.param(["/"], id="the-whole-filesystem"),
+        pytest.param(["s3://bucket/{{ var.value.prefix }}/"], id="a-template"),
+        pytest.param(["/data/../etc/"], id="dot-dot"),
+        pytest.param([3], id="not-text"),
+    ],
+)
+def test_bad_location_prefixes_fail_when_the_dag_is_parsed(prefixes: object) -> None:
+    with pytest.raises(ImageGenerationValidationError, match="location_prefixes"):
+        make_operator(
+            generation="s3://bucket/renders/a.png", s3_bucket="b", s3_key="k", location_prefixes=prefixes
+        )
