@@ -106,7 +106,8 @@ class ImageGenerationToS3Operator(BaseOperator):
     :param location_prefixes: where storage locations may be read, e.g. ``["s3://my-bucket/renders/",
         "/data/images/"]``. A location given as a plain string is read only under one of them (it carries
         no sha256 to check it by, and may come from an edited XCom); a generation record's location, under
-        them when any are set. Not templated: a template can pull an XCom
+        them when any are set. Not templated: a template can pull an XCom (nor ``.expand()`` it: that
+        would take the rule from an XCom too)
     """
 
     template_fields: Sequence[str] = (

@@ -41,21 +41,36 @@ class Place:
         )
 
 
-def place(location: str) -> Place | None:
-    """``location`` parsed for comparison; None when it cannot be compared safely."""
+def place(location: str, *, prefix: bool = False) -> Place | None:
+    """
+    ``location`` parsed for comparison; None when it cannot be compared safely.
+
+    Empty segments are refused, not dropped: the store's own parsing gives them meaning (ObjectStoragePath
+    reads ``file:////data/x`` as ``data/x`` below the working directory, s3fs ``s3://b//k`` as the key
+    ``/k``). Only a prefix may end in ``/``.
+    """
     if not location or any(character in _REFUSED_CHARACTERS for character in location):
         return None
     if location.startswith("/"):
         scheme, authority, path = "file", "", location
     else:
-        parts = urlsplit(location)
-        if not parts.scheme or "://" not in location:
+        try:
+            parts = urlsplit(location)
+        except ValueError:  # a bracketed host that is no IPv6 address, a netloc NFKC would change
+            return None
+        if not parts.scheme or not location[len(parts.scheme) :].startswith("://"):
             return None
         scheme, authority, path = parts.scheme.lower(), parts.netloc, parts.path
-    segments = tuple(path.split("/")[1:]) if path.startswith("/") else tuple(path.split("/"))
-    if any(segment in (".", "..") for segment in segments):
+        if not authority and scheme != "file":
+            return None
+    if not path.startswith("/") and (path or scheme == "file"):
         return None
-    return Place(scheme, authority, tuple(segment for segment in segments if segment != "") or ())
+    segments = path.split("/")[1:] if path else []
+    if prefix and segments and segments[-1] == "":
+        segments.pop()
+    if any(segment in ("", ".", "..") for segment in segments):
+        return None
+    return Place(scheme, authority, tuple(segments))
 
 
 def parse_prefixes(value: object) -> tuple[Place, ...]:
@@ -70,13 +85,13 @@ def parse_prefixes(value: object) -> tuple[Place, ...]:
         )
     prefixes = []
     for position, prefix in enumerate(value):
-        parsed = place(prefix) if isinstance(prefix, str) and "{" not in prefix else None
+        parsed = place(prefix, prefix=True) if isinstance(prefix, str) and "{" not in prefix else None
         if parsed is None or (not parsed.segments and parsed.scheme == "file"):
             raise ImageGenerationValidationError(
                 f"location_prefixes[{position}]",
                 prefix,
-                "expected an absolute path or a storage URI (s3://bucket/prefix/), without '.' or '..' "
-                "segments, '%', '\\\\', a query or a template (prefixes are read as written, not rendered)",
+                "expected an absolute path or a storage URI (s3://bucket/prefix/), without empty, '.' or "
+                "'..' segments, '%', a backslash, a query or a template (prefixes are read as written)",
             )
         prefixes.append(parsed)
     return tuple(prefixes)

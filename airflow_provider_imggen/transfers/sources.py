@@ -116,7 +116,12 @@ def _string_source(item: str, generation: int, position: int) -> Source:
             "got the text of a dict or list: pass the XComArg (generate_task.output), or set "
             "render_template_as_native_obj=True on the DAG when pulling the XCom in a template",
         )
-    scheme = urlsplit(text).scheme.lower()
+    try:
+        scheme = urlsplit(text).scheme.lower()
+    except ValueError:  # urlsplit's own message quotes the text, which may come from an XCom
+        raise ImageGenerationValidationError(
+            f"generation[{generation}]", "(not shown)", "not a URL or a storage location urlsplit can read"
+        ) from None
     is_url = scheme in ("http", "https")
     if not is_url and "://" not in text and not text.startswith("/"):
         raise ImageGenerationValidationError(

@@ -33,6 +33,20 @@ PREFIXES = parse_prefixes(["s3://renders/campaigns/", "/data/images", "s3://aws_
         ("gs://renders/campaigns/a.png", False),
         ("renders/campaigns/a.png", False),
         ("", False),
+        # Empty segments: ObjectStoragePath reads file:////data/... below the working directory, and
+        # s3fs s3://b//k as the key "/k" (found by a hostile review).
+        ("//data/images/a.png", False),
+        ("file:////data/images/a.png", False),
+        ("/data//images/a.png", False),
+        ("/data/images/a.png/", False),
+        ("s3://renders//campaigns/a.png", False),
+        ("s3://renders/campaigns//a.png", False),
+        ("s3:////renders/campaigns/a.png", False),
+        ("s3:/renders/campaigns/a.png", False),
+        # What urlsplit raises on: refused, never a ValueError quoting the text.
+        ("s3://[secret-token-123]/campaigns/a.png", False),
+        ("s3://[::1/campaigns/a.png", False),
+        ("s3://renders\uff0fx/campaigns/a.png", False),
     ],
 )
 def test_locations_under_the_prefixes(location: str, allowed: bool) -> None:
@@ -44,7 +58,20 @@ def test_nothing_is_allowed_without_prefixes() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["s3://a/", ["a/b"], ["/"], ["file:///"], ["s3://a/{{ ds }}/"], [None], ["s3://a/?x"]]
+    "value",
+    [
+        "s3://a/",
+        ["a/b"],
+        ["/"],
+        ["file:///"],
+        ["s3://a/{{ ds }}/"],
+        [None],
+        ["s3://a/?x"],
+        ["s3:///renders/"],
+        ["s3://"],
+        ["s3://a//b/"],
+        ["s3://[x]/"],
+    ],
 )
 def test_bad_prefixes_name_the_parameter(value: object) -> None:
     with pytest.raises(ImageGenerationValidationError, match="location_prefixes"):
