@@ -96,7 +96,7 @@ def _check(read: Callable[[int], bytes], max_pixels: int | None) -> ImageInfo:
         raise ImageCheckError(f"{trailing} unexpected byte(s) after the image's end")
     if width < 1 or height < 1:
         raise ImageCheckError(f"its header gives an empty size ({width}x{height})")
-    if max_pixels and width * height > max_pixels:
+    if not reader.within_pixel_limit(width, height):
         raise ImageCheckError(
             f"{width}x{height} is more than the decompression-bomb limit of {max_pixels} pixels"
         )

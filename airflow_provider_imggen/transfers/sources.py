@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError, ResultUrlSealError
@@ -76,7 +76,11 @@ def read_sources(generation: Any, *, location_prefixes: Sequence[Place] = ()) ->
         elif isinstance(item, Mapping):
             sources.extend(_generation_sources(item, position, len(sources)))
         else:
-            _not_a_source(item, position)
+            raise ImageGenerationValidationError(
+                f"generation[{position}]",
+                type(item).__name__,
+                "expected an ImageGenerationOperator XCom (a dict) or an image URL / storage location",
+            )
     for source in sources:
         if source.location:
             _check_location_place(source, location_prefixes)
@@ -97,14 +101,6 @@ def _check_location_place(source: Source, prefixes: Sequence[Place]) -> None:
             "(e.g. ['s3://my-bucket/renders/']); a location given as plain text carries no sha256 "
             "to check it by" + ("" if prefixes else ", and no location_prefixes are set"),
         )
-
-
-def _not_a_source(item: object, position: int) -> NoReturn:
-    raise ImageGenerationValidationError(
-        f"generation[{position}]",
-        type(item).__name__,
-        "expected an ImageGenerationOperator XCom (a dict) or an image URL / storage location",
-    )
 
 
 def _string_source(item: str, generation: int, position: int) -> Source:
@@ -204,14 +200,15 @@ def _check_location_identity(sha256: str | None, size: int | None, where: str) -
     A location read from an XCom is stored only as the very image its generation wrote there: XCom can be
     edited, and a location without its sha256 could name any object or file the worker can read.
     """
-    if not (isinstance(sha256, str) and is_sha256(sha256)):
+    if not is_sha256(sha256):
         raise ImageGenerationValidationError(
             f"{where}['sha256']",
             "(missing)" if not sha256 else "(not 64 hex digits)",
             "an image read from a storage location needs the sha256 its generation recorded, which its "
             "content must match (the XCom was edited, or was not written by ImageGenerationOperator)",
         )
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    # ImageRecord.from_dict has refused anything but an integer (or None) already.
+    if size is None or size < 1:
         raise ImageGenerationValidationError(
             f"{where}['bytes']",
             "(missing)" if size is None else "(not a positive size)",

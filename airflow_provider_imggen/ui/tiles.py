@@ -129,12 +129,15 @@ def _checked_records(output: TaskOutput) -> list[Any]:
     return []
 
 
+def _tile(output: TaskOutput, **fields: Any) -> Tile:
+    """A tile of ``output``'s task instance; ``tiles()`` gives it its position on the page."""
+    return Tile(task_id=output.task_id, map_index=output.map_index, position=0, **fields)
+
+
 def _broken_tile(output: TaskOutput, broken: Broken) -> Tile:
     """A record that failed its checks: its place, a fixed message, nothing of its content."""
-    return Tile(
-        task_id=output.task_id,
-        map_index=output.map_index,
-        position=0,
+    return _tile(
+        output,
         kind="broken",
         failure=broken.message,
         of_input=broken.input_image,
@@ -179,8 +182,7 @@ class RunImages:
                         self._stored.setdefault(key, (stored, output.conn_id))
 
     def _records(self, output: TaskOutput) -> list[Any]:
-        checked = self._checked.get(id(output))
-        return checked if checked is not None else _checked_records(output)
+        return self._checked[id(output)]
 
     def _valid_generations(self, output: TaskOutput) -> list[GenerationRecord]:
         return [item.record for item in self._records(output) if isinstance(item, CheckedGeneration)]
@@ -260,10 +262,8 @@ class RunImages:
             if generation is not None and generation.failed_images:
                 failures.setdefault(id(generation), generation)
             tiles.append(
-                Tile(
-                    task_id=output.task_id,
-                    map_index=output.map_index,
-                    position=0,
+                _tile(
+                    output,
                     kind="stored" if output.conn_id != UNKNOWN_CONN else "unavailable",
                     index=stored.index,
                     prompt=stored.prompt,
@@ -303,9 +303,6 @@ class RunImages:
                     continue
                 stored_with = self._stored.get(_match_key(record.request_id, image.index) or ("", -1))
                 common: dict[str, Any] = {
-                    "task_id": output.task_id,
-                    "map_index": output.map_index,
-                    "position": 0,
                     "index": image.index,
                     "prompt": record.prompt,
                     "negative_prompt": record.negative_prompt,
@@ -319,7 +316,8 @@ class RunImages:
                     stored, aws_conn_id = stored_with
                     known = aws_conn_id != UNKNOWN_CONN
                     tiles.append(
-                        Tile(
+                        _tile(
+                            output,
                             **common,
                             kind="stored" if known else "unavailable",
                             sha256=stored.sha256,
@@ -349,7 +347,8 @@ class RunImages:
                 else:
                     kind, failure = "result", None
                 tiles.append(
-                    Tile(
+                    _tile(
+                        output,
                         **common,
                         kind=kind,
                         sha256=image.sha256,
@@ -395,10 +394,8 @@ def _input_tiles(output: TaskOutput, checked: CheckedGeneration) -> list[Tile]:
         elif output.aws_conn_id == UNKNOWN_CONN:
             failure = "input image: the task's aws_conn_id is unknown"
         tiles.append(
-            Tile(
-                task_id=output.task_id,
-                map_index=output.map_index,
-                position=0,
+            _tile(
+                output,
                 kind="input",
                 of_input=True,
                 index=position,
@@ -428,10 +425,8 @@ def _failed_tiles(
     return [
         _broken_tile(output, failed)
         if isinstance(failed, Broken)
-        else Tile(
-            task_id=output.task_id,
-            map_index=output.map_index,
-            position=0,
+        else _tile(
+            output,
             kind="failed",
             index=failed.index,
             prompt=record.prompt,

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from airflow_provider_imggen.exceptions import ImageGenerationValidationError
-from airflow_provider_imggen.prices import PLAIN_AMOUNT, cost_from_xcom
+from airflow_provider_imggen.prices import CURRENCIES, PLAIN_AMOUNT, cost_from_xcom
 from airflow_provider_imggen.records import (
     FailedImageRecord,
     GenerationRecord,
     ImageRecord,
     StoredImageRecord,
 )
+from airflow_provider_imggen.transfers.keys import MAX_KEY_BYTES
 from airflow_provider_imggen.utils import is_sha256, parse_time
 
 # Bounds far above anything the provider writes, far below what costs the view memory or time.
@@ -39,9 +40,7 @@ MAX_LOCATION = 2_048  # a b64_json image's location (an object-storage URI)
 MAX_NAME = 250  # model, request id, error code, size
 MAX_SEALED = 16_384  # a sealed result URL (Fernet token)
 MAX_TIME = 64  # an ISO 8601 time
-MAX_KEY_BYTES = 1024  # S3's limit
 CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
-CURRENCIES = ("CNY", "USD")
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Control characters forge log lines and hide text: refused everywhere, but in prompts tab and newlines.

@@ -243,8 +243,9 @@ def test_a_large_real_png_inflates_in_constant_memory_and_its_cut_copy_is_refuse
     del raw
     tracemalloc.start()
     try:
-        assert (check_image(path).width, check_image(path).height) == (width, height)
+        info = check_image(path)
         _, peak = tracemalloc.get_traced_memory()
+        assert (info.width, info.height) == (width, height)
     finally:
         tracemalloc.stop()
     assert peak < 8 * MiB, f"{peak} bytes held while checking a {len(compressed)}-byte PNG"
