@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
@@ -199,12 +200,17 @@ def _forms_pattern(secrets: tuple[str, ...]) -> tuple[re.Pattern[str], int]:
 
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret, in any form :func:`secret_forms` knows, in ``text``."""
+    return _redactor(secrets)(text)
+
+
+def _redactor(secrets: tuple[str | None, ...]) -> Callable[[str], str]:
+    """:func:`redact` for these ``secrets``, their pattern looked up once for the many strings of a body."""
     given = tuple(secret for secret in secrets if secret)
     if not given:
-        return text
+        return lambda text: text
     pattern, shortest = _forms_pattern(given)
     # Most strings of an answer are short (ids, sizes, statuses): they cannot hold any form.
-    return text if len(text) < shortest else pattern.sub(MASK, text)
+    return lambda text: text if len(text) < shortest else pattern.sub(MASK, text)
 
 
 def may_hold_secret(text: str, *secrets: str | None) -> bool:
@@ -227,17 +233,18 @@ def redact_json(value: Any, *secrets: str | None) -> Any:
     """
     if not any(secrets):
         return value
+    clean = _redactor(secrets)
     root: list[Any] = [value]
     pending: list[tuple[Any, Any]] = [(root, 0)]
     while pending:
         parent, key = pending.pop()
         item = parent[key]
         if isinstance(item, str):
-            parent[key] = redact(item, *secrets)
+            parent[key] = clean(item)
         elif isinstance(item, list):
             pending.extend((item, index) for index in range(len(item)))
         elif isinstance(item, dict):
-            cleaned = {redact(name, *secrets): v for name, v in item.items()}  # JSON names are strings
+            cleaned = {clean(name): v for name, v in item.items()}  # JSON names are strings
             item.clear()
             item.update(cleaned)
             pending.extend((item, name) for name in item)

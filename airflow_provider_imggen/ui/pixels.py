@@ -57,8 +57,6 @@ def open_pixels(tile: Tile) -> IO[bytes]:
     """The tile's image bytes in a rewound temporary file (the caller closes it)."""
     if not tile.has_pixels:
         raise PixelsUnavailableError(tile.failure or "no image")
-    if tile.from_s3 and not is_sha256(tile.sha256):  # has_pixels says so too: checked where it matters
-        raise PixelsUnavailableError("no sha256 recorded to check the object against: not read")
     # The request and the read both under the semaphore: a page of 50 tiles sends 50 requests at once,
     # and the API server's thread pool would otherwise run up to 40 S3 requests side by side.
     with _fetching:
